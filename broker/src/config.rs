@@ -1,0 +1,244 @@
+//! Broker configuration: embedded defaults, an optional TOML file, and
+//! command-line flags, in increasing order of precedence.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ferry_storage::{FlushPolicy, LogConfig};
+use serde::Deserialize;
+
+use crate::error::BrokerError;
+
+/// Default port of `ferry broker`.
+pub const DEFAULT_PORT: u16 = 7400;
+/// Largest request the broker decodes by default.
+pub const DEFAULT_MAX_REQUEST_BYTES: usize = 32 * 1024 * 1024;
+/// Largest batch the broker appends by default.
+pub const DEFAULT_MAX_BATCH_BYTES: usize = ferry_proto::batch::MAX_BATCH_BYTES;
+/// Largest fetch response by default.
+pub const DEFAULT_MAX_FETCH_BYTES: usize = 16 * 1024 * 1024;
+/// Most concurrent client connections by default.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+/// Most partitions one topic may have.
+pub const MAX_PARTITIONS_PER_TOPIC: u32 = 1024;
+/// Most topics one broker hosts.
+pub const MAX_TOPICS: usize = 10_000;
+/// Longest a fetch may long-poll.
+pub const MAX_FETCH_WAIT_MS: u32 = 30_000;
+/// Longest topic or group name, in bytes.
+pub const MAX_NAME_BYTES: usize = 200;
+
+/// Limits that turn oversized or excessive requests into clear errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest gRPC request decoded; larger ones are refused unread.
+    pub max_request_bytes: usize,
+    /// Largest batch appended (`MessageTooLarge` above it).
+    pub max_batch_bytes: usize,
+    /// Largest fetch response; requests asking for more are capped.
+    pub max_fetch_bytes: usize,
+    /// Most concurrent connections; extra connections are closed at once.
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
+            max_batch_bytes: DEFAULT_MAX_BATCH_BYTES,
+            max_fetch_bytes: DEFAULT_MAX_FETCH_BYTES,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+        }
+    }
+}
+
+/// Everything the broker needs to run.
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    /// Where topics and internal logs live.
+    pub data_dir: PathBuf,
+    /// Address the gRPC server binds; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// Address of the Prometheus `/metrics` endpoint, if any.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Log settings used for every partition.
+    pub log: LogConfig,
+    /// Request limits.
+    pub limits: Limits,
+    /// How often retention runs.
+    pub retention_check_interval: Duration,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            data_dir: PathBuf::from("ferry-data"),
+            listen: SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)),
+            metrics_listen: None,
+            log: LogConfig::default(),
+            limits: Limits::default(),
+            retention_check_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+impl BrokerConfig {
+    /// A config for tests and embedding: loopback, an ephemeral port, and a
+    /// data dir chosen by [`crate::EmbeddedBroker`] (a temporary one unless
+    /// set).
+    pub fn ephemeral() -> BrokerConfig {
+        BrokerConfig {
+            data_dir: PathBuf::new(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            ..BrokerConfig::default()
+        }
+    }
+
+    /// Same config with another data dir.
+    pub fn with_data_dir(mut self, dir: impl AsRef<Path>) -> BrokerConfig {
+        self.data_dir = dir.as_ref().to_path_buf();
+        self
+    }
+
+    /// Same config with another flush policy.
+    pub fn with_flush(mut self, flush: FlushPolicy) -> BrokerConfig {
+        self.log.flush = flush;
+        self
+    }
+
+    /// Applies the settings present in a TOML file on top of `self`.
+    pub fn merge_toml_file(self, path: &Path) -> Result<BrokerConfig, BrokerError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            BrokerError::Config(format!("cannot read config file {}: {e}", path.display()))
+        })?;
+        self.merge_toml(&text)
+            .map_err(|e| BrokerError::Config(format!("{}: {e}", path.display())))
+    }
+
+    /// Applies the settings present in TOML text on top of `self`.
+    pub fn merge_toml(mut self, text: &str) -> Result<BrokerConfig, String> {
+        let file: FileConfig = toml::from_str(text).map_err(|e| e.to_string())?;
+        if let Some(v) = file.data_dir {
+            self.data_dir = v;
+        }
+        if let Some(v) = file.listen {
+            self.listen = v.parse().map_err(|e| format!("listen = {v:?}: {e}"))?;
+        }
+        if let Some(v) = file.metrics_listen {
+            self.metrics_listen = Some(
+                v.parse()
+                    .map_err(|e| format!("metrics_listen = {v:?}: {e}"))?,
+            );
+        }
+        if let Some(v) = file.fsync {
+            self.log.flush = v.parse().map_err(|e| format!("fsync = {v:?}: {e}"))?;
+        }
+        if let Some(v) = file.segment_bytes {
+            self.log.segment_bytes = v;
+        }
+        if let Some(v) = file.retention_bytes {
+            self.log.retention_bytes = Some(v);
+        }
+        if let Some(v) = file.retention_ms {
+            self.log.retention_ms = Some(v);
+        }
+        if let Some(l) = file.limits {
+            if let Some(v) = l.max_request_bytes {
+                self.limits.max_request_bytes = v;
+            }
+            if let Some(v) = l.max_batch_bytes {
+                self.limits.max_batch_bytes = v;
+            }
+            if let Some(v) = l.max_fetch_bytes {
+                self.limits.max_fetch_bytes = v;
+            }
+            if let Some(v) = l.max_connections {
+                self.limits.max_connections = v;
+            }
+        }
+        Ok(self)
+    }
+
+    /// Rejects settings the broker cannot honour.
+    pub fn validate(&self) -> Result<(), BrokerError> {
+        let l = &self.limits;
+        if l.max_batch_bytes == 0 || l.max_batch_bytes > ferry_proto::batch::MAX_BATCH_BYTES {
+            return Err(BrokerError::Config(format!(
+                "max_batch_bytes must be in 1..={}",
+                ferry_proto::batch::MAX_BATCH_BYTES
+            )));
+        }
+        if l.max_request_bytes < l.max_batch_bytes {
+            return Err(BrokerError::Config(
+                "max_request_bytes must be at least max_batch_bytes".into(),
+            ));
+        }
+        if l.max_connections == 0 || l.max_fetch_bytes == 0 {
+            return Err(BrokerError::Config(
+                "max_connections and max_fetch_bytes must be positive".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The TOML file's shape; every key is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    listen: Option<String>,
+    metrics_listen: Option<String>,
+    fsync: Option<String>,
+    segment_bytes: Option<u64>,
+    retention_bytes: Option<u64>,
+    retention_ms: Option<u64>,
+    limits: Option<FileLimits>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileLimits {
+    max_request_bytes: Option<usize>,
+    max_batch_bytes: Option<usize>,
+    max_fetch_bytes: Option<usize>,
+    max_connections: Option<usize>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toml_settings_override_defaults_and_missing_keys_keep_them() {
+        let cfg = BrokerConfig::default()
+            .merge_toml("fsync = \"interval=50\"\n[limits]\nmax_connections = 7\n")
+            .unwrap();
+        assert_eq!(
+            cfg.log.flush,
+            FlushPolicy::Interval(Duration::from_millis(50))
+        );
+        assert_eq!(cfg.limits.max_connections, 7);
+        assert_eq!(cfg.listen, BrokerConfig::default().listen);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_clear_errors() {
+        let err = BrokerConfig::default()
+            .merge_toml("fsynk = \"always\"")
+            .unwrap_err();
+        assert!(err.contains("fsynk"), "{err}");
+        let err = BrokerConfig::default()
+            .merge_toml("fsync = \"sometimes\"")
+            .unwrap_err();
+        assert!(err.contains("sometimes"), "{err}");
+    }
+
+    #[test]
+    fn a_request_limit_below_the_batch_limit_is_rejected() {
+        let mut cfg = BrokerConfig::default();
+        cfg.limits.max_request_bytes = 10;
+        assert!(cfg.validate().is_err());
+    }
+}

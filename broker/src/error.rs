@@ -1,0 +1,151 @@
+//! Broker errors. Each maps to one stable [`ErrorCode`]; they become wire
+//! responses only at the service edge.
+
+use ferry_proto::ErrorCode;
+use ferry_proto::batch::BatchError;
+use ferry_storage::StorageError;
+
+/// Everything that can go wrong handling a request.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// The topic or partition does not exist.
+    #[error("unknown topic or partition: {topic}/{partition}")]
+    UnknownTopicOrPartition {
+        /// Topic name.
+        topic: String,
+        /// Partition, if one was named.
+        partition: u32,
+    },
+    /// The topic does not exist.
+    #[error("unknown topic: {0}")]
+    UnknownTopic(String),
+    /// Creating a topic that exists.
+    #[error("topic {0} already exists")]
+    TopicAlreadyExists(String),
+    /// The name breaks the naming rules.
+    #[error("invalid topic name {name:?}: {reason}")]
+    InvalidTopic {
+        /// The name given.
+        name: String,
+        /// Which rule it breaks.
+        reason: &'static str,
+    },
+    /// The group name breaks the naming rules.
+    #[error("invalid group name {name:?}: {reason}")]
+    InvalidGroup {
+        /// The name given.
+        name: String,
+        /// Which rule it breaks.
+        reason: &'static str,
+    },
+    /// Partition count out of range.
+    #[error("invalid partition count {count}: must be in 1..={max}")]
+    InvalidPartitions {
+        /// Count requested.
+        count: u32,
+        /// Largest allowed.
+        max: u32,
+    },
+    /// Too many topics.
+    #[error("the broker already hosts its maximum of {0} topics")]
+    TooManyTopics(usize),
+    /// The batch failed validation.
+    #[error("corrupt batch: {0}")]
+    CorruptBatch(#[from] BatchError),
+    /// The batch exceeds the broker's batch limit.
+    #[error("batch of {size} bytes exceeds the limit of {max}")]
+    BatchTooLarge {
+        /// Size received.
+        size: usize,
+        /// Limit.
+        max: usize,
+    },
+    /// A request field is malformed.
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    /// The log refused the operation.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// The broker is stopping.
+    #[error("the broker is shutting down")]
+    ShuttingDown,
+    /// Bad configuration.
+    #[error("configuration error: {0}")]
+    Config(String),
+    /// An I/O error outside any log (metadata files, sockets).
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The file or address involved.
+        path: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl BrokerError {
+    /// The stable wire code for this error.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            BrokerError::UnknownTopicOrPartition { .. } | BrokerError::UnknownTopic(_) => {
+                ErrorCode::UnknownTopicOrPartition
+            }
+            BrokerError::TopicAlreadyExists(_) => ErrorCode::TopicAlreadyExists,
+            BrokerError::InvalidTopic { .. } | BrokerError::TooManyTopics(_) => {
+                ErrorCode::InvalidTopic
+            }
+            BrokerError::InvalidGroup { .. } => ErrorCode::InvalidGroup,
+            BrokerError::InvalidPartitions { .. } => ErrorCode::InvalidPartitions,
+            BrokerError::CorruptBatch(_) => ErrorCode::CorruptMessage,
+            BrokerError::BatchTooLarge { .. } => ErrorCode::MessageTooLarge,
+            BrokerError::InvalidRequest(_) | BrokerError::Config(_) => ErrorCode::InvalidRequest,
+            BrokerError::ShuttingDown => ErrorCode::BrokerShuttingDown,
+            BrokerError::Io { .. } => ErrorCode::Unknown,
+            BrokerError::Storage(e) => match e {
+                StorageError::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,
+                StorageError::BatchTooLarge { .. } => ErrorCode::MessageTooLarge,
+                StorageError::Closed => ErrorCode::BrokerShuttingDown,
+                _ => ErrorCode::StorageError,
+            },
+        }
+    }
+}
+
+/// Checks a topic or group name: 1 to `MAX_NAME_BYTES` bytes of ASCII
+/// letters, digits, `.`, `_` and `-`, not starting with `.` or `__` (those
+/// are reserved for internal use and for files in the data dir).
+pub fn check_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() {
+        return Err("empty");
+    }
+    if name.len() > crate::config::MAX_NAME_BYTES {
+        return Err("longer than 200 bytes");
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        return Err("only ASCII letters, digits, '.', '_' and '-' are allowed");
+    }
+    if name.starts_with('.') || name.starts_with("__") {
+        return Err("names starting with '.' or '__' are reserved");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_the_documented_rules() {
+        assert!(check_name("orders.v1-eu_2").is_ok());
+        assert!(check_name("").is_err());
+        assert!(check_name("../etc").is_err());
+        assert!(check_name("a/b").is_err());
+        assert!(check_name("__offsets").is_err());
+        assert!(check_name(&"x".repeat(201)).is_err());
+    }
+}

@@ -1,0 +1,187 @@
+//! Consumer-group offsets, kept in an internal log and in memory.
+//!
+//! Each commit appends one batch to the offsets log (`<data_dir>/__offsets`),
+//! one record per partition:
+//!
+//! ```text
+//! key   = u8 version (0) | u16 group_len | group | u16 topic_len | topic | u32 partition
+//! value = u64 offset
+//! ```
+//!
+//! (all integers little-endian). A commit is acknowledged once its batch is
+//! durable under the flush policy, and only then becomes visible to
+//! `FetchOffsets`; a crash before that point may lose the commit, which the
+//! committer never saw succeed. On open the whole log is replayed, later
+//! records winning.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use bytes::Bytes;
+use ferry_proto::batch::{BatchBuilder, BatchIter, ValidBatch};
+use ferry_storage::{FlushPolicy, Log, LogConfig};
+use parking_lot::Mutex;
+
+use crate::error::{BrokerError, check_name};
+
+/// Most partitions one commit may carry.
+pub const MAX_OFFSETS_PER_COMMIT: usize = 10_000;
+const KEY_VERSION: u8 = 0;
+const REPLAY_CHUNK_BYTES: usize = 4 * 1024 * 1024;
+
+type Key = (String, String, u32);
+
+/// The committed offsets of every group.
+#[derive(Debug)]
+pub struct OffsetStore {
+    log: Log,
+    /// Committed offset and the log offset of the commit that set it, so a
+    /// commit that became durable later than a newer one cannot win.
+    committed: Mutex<HashMap<Key, (u64, u64)>>,
+    flush: FlushPolicy,
+}
+
+fn encode_key(group: &str, topic: &str, partition: u32) -> Vec<u8> {
+    let mut k = Vec::with_capacity(9 + group.len() + topic.len());
+    k.push(KEY_VERSION);
+    k.extend_from_slice(&(group.len() as u16).to_le_bytes());
+    k.extend_from_slice(group.as_bytes());
+    k.extend_from_slice(&(topic.len() as u16).to_le_bytes());
+    k.extend_from_slice(topic.as_bytes());
+    k.extend_from_slice(&partition.to_le_bytes());
+    k
+}
+
+fn decode_key(k: &[u8]) -> Option<Key> {
+    let (&version, rest) = k.split_first()?;
+    if version != KEY_VERSION {
+        return None;
+    }
+    let (group, rest) = take_str(rest)?;
+    let (topic, rest) = take_str(rest)?;
+    let partition = u32::from_le_bytes(rest.try_into().ok()?);
+    Some((group, topic, partition))
+}
+
+fn take_str(b: &[u8]) -> Option<(String, &[u8])> {
+    let len = u16::from_le_bytes(b.get(..2)?.try_into().ok()?) as usize;
+    let s = b.get(2..2 + len)?;
+    Some((String::from_utf8(s.to_vec()).ok()?, &b[2 + len..]))
+}
+
+impl OffsetStore {
+    /// Opens the offsets log under `dir` and replays it.
+    pub fn open(dir: &Path, log_config: LogConfig) -> Result<OffsetStore, BrokerError> {
+        let flush = log_config.flush;
+        let log = Log::open(dir, log_config)?;
+        let mut committed = HashMap::new();
+        let mut offset = log.log_start_offset();
+        let end = log.next_offset();
+        while offset < end {
+            let chunk = log.read(offset, REPLAY_CHUNK_BYTES, end)?;
+            if chunk.is_empty() {
+                break;
+            }
+            for batch in BatchIter::new(&chunk) {
+                let batch = batch?;
+                let base = batch.header().base_offset;
+                for record in batch.records() {
+                    let record = record?;
+                    let at = base + u64::from(record.offset_delta);
+                    let (Some(key), Some(value)) = (record.key.and_then(decode_key), record.value)
+                    else {
+                        tracing::warn!(offset = at, "skipping unreadable offsets record");
+                        continue;
+                    };
+                    let Ok(value) = <[u8; 8]>::try_from(value) else {
+                        tracing::warn!(offset = at, "skipping offsets record with a bad value");
+                        continue;
+                    };
+                    committed.insert(key, (u64::from_le_bytes(value), at));
+                }
+                offset = batch.header().next_offset();
+            }
+        }
+        tracing::info!(
+            groups_partitions = committed.len(),
+            "replayed consumer offsets"
+        );
+        Ok(OffsetStore {
+            log,
+            committed: Mutex::new(committed),
+            flush,
+        })
+    }
+
+    /// Durably commits `offsets` for `group`.
+    pub async fn commit(
+        &self,
+        group: &str,
+        offsets: &[(String, u32, u64)],
+    ) -> Result<(), BrokerError> {
+        check_name(group).map_err(|reason| BrokerError::InvalidGroup {
+            name: group.to_string(),
+            reason,
+        })?;
+        if offsets.is_empty() {
+            return Ok(());
+        }
+        if offsets.len() > MAX_OFFSETS_PER_COMMIT {
+            return Err(BrokerError::InvalidRequest(format!(
+                "{} offsets in one commit; the limit is {MAX_OFFSETS_PER_COMMIT}",
+                offsets.len()
+            )));
+        }
+        let now = ferry_proto::now_ms();
+        let mut builder = BatchBuilder::new(now);
+        for (topic, partition, offset) in offsets {
+            builder.push(
+                now,
+                Some(&encode_key(group, topic, *partition)),
+                Some(&offset.to_le_bytes()),
+                &[],
+            );
+        }
+        let bytes: Bytes = builder.finish();
+        if bytes.len() > ferry_proto::batch::MAX_BATCH_BYTES {
+            return Err(BrokerError::InvalidRequest(
+                "offset commit too large".into(),
+            ));
+        }
+        let batch = ValidBatch::exact(&bytes)?;
+        let info = self.log.append(batch)?;
+        // The offsets log shares the partitions' policy; under `never`
+        // nothing waits for durability.
+        if self.flush != FlushPolicy::Never {
+            self.log.wait_durable(info.last_offset).await?;
+        }
+        let mut committed = self.committed.lock();
+        for (i, (topic, partition, offset)) in offsets.iter().enumerate() {
+            let at = info.base_offset + i as u64;
+            let entry = committed
+                .entry((group.to_string(), topic.clone(), *partition))
+                .or_insert((*offset, at));
+            if entry.1 <= at {
+                *entry = (*offset, at);
+            }
+        }
+        Ok(())
+    }
+
+    /// The committed offsets of `group` for `topic`, by partition.
+    pub fn fetch(&self, group: &str, topic: &str) -> Vec<(u32, u64)> {
+        let committed = self.committed.lock();
+        let mut out: Vec<(u32, u64)> = committed
+            .iter()
+            .filter(|((g, t, _), _)| g == group && t == topic)
+            .map(|((_, _, p), (offset, _))| (*p, *offset))
+            .collect();
+        out.sort_unstable();
+        out
+    }
+
+    /// Flushes and closes the offsets log.
+    pub fn close(&self) -> Result<(), BrokerError> {
+        Ok(self.log.close()?)
+    }
+}

@@ -1,0 +1,295 @@
+//! Running the broker: the gRPC server with health and reflection, the
+//! connection limit, metrics, retention, and graceful shutdown.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use ferry_proto::v1::ferry_server::FerryServer;
+use futures::Stream;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tonic::transport::server::{Connected, TcpConnectInfo};
+
+use crate::config::BrokerConfig;
+use crate::error::BrokerError;
+use crate::service::FerryService;
+use crate::state::BrokerState;
+
+/// HTTP/2 frame size on the server. The 16 KiB default, not the flow
+/// control window, limits throughput for 64–256 KiB batches.
+pub const MAX_FRAME_BYTES: u32 = (1 << 20) - 1;
+/// How long graceful shutdown waits for connections to drain.
+pub const SHUTDOWN_DRAIN: Duration = Duration::from_secs(5);
+
+/// How the broker should stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// Drain connections, flush and close every log.
+    Graceful,
+    /// Stop at once without flushing or checkpointing: on disk this looks
+    /// like a crash, and the next open runs recovery.
+    Crash,
+}
+
+/// An opened broker, ready to serve.
+#[derive(Debug, Clone)]
+pub struct Broker {
+    state: Arc<BrokerState>,
+}
+
+impl Broker {
+    /// Opens and recovers the data dir. Blocking: call it off the async
+    /// threads, or before serving.
+    pub fn open(config: BrokerConfig) -> Result<Broker, BrokerError> {
+        Ok(Broker {
+            state: Arc::new(BrokerState::open(config)?),
+        })
+    }
+
+    /// The shared state (for tests and embedding).
+    pub fn state(&self) -> &Arc<BrokerState> {
+        &self.state
+    }
+
+    /// Binds the configured listen address.
+    pub async fn bind(&self) -> Result<TcpListener, BrokerError> {
+        let addr = self.state.config.listen;
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| BrokerError::Io {
+                op: "bind",
+                path: addr.to_string(),
+                source,
+            })
+    }
+
+    /// Serves on `listener` until `stop` resolves, then stops as it says.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        stop: impl std::future::Future<Output = Stop> + Send,
+    ) -> Result<(), BrokerError> {
+        let state = self.state.clone();
+        let limits = state.config.limits;
+        if let Some(addr) = state.config.metrics_listen {
+            install_metrics(addr)?;
+        }
+        describe_metrics();
+
+        let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        health_reporter
+            .set_serving::<FerryServer<FerryService>>()
+            .await;
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(ferry_proto::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .map_err(|e| BrokerError::Config(format!("reflection: {e}")))?;
+        let ferry = FerryServer::new(FerryService::new(state.clone()))
+            .max_decoding_message_size(limits.max_request_bytes)
+            .max_encoding_message_size(limits.max_fetch_bytes + 1024 * 1024);
+
+        let retention = tokio::spawn(retention_loop(state.clone()));
+        let incoming = limited_incoming(listener, limits.max_connections);
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<Stop>();
+        let shutdown_state = state.clone();
+        let signal = async move {
+            let how = stop.await;
+            tracing::info!(?how, "broker stopping");
+            shutdown_state.begin_shutdown();
+            let _ = stop_tx.send(how);
+        };
+        let server = tonic::transport::Server::builder()
+            .max_frame_size(MAX_FRAME_BYTES)
+            .add_service(health_service)
+            .add_service(reflection)
+            .add_service(ferry)
+            .serve_with_incoming_shutdown(incoming, signal);
+        // Long-lived streams may not end on their own; drain for a bounded
+        // time after the stop signal, then close the logs regardless.
+        let mut server = Box::pin(server);
+        let mut stop_rx = stop_rx;
+        let how = tokio::select! {
+            r = &mut server => {
+                r.map_err(|e| BrokerError::Config(format!("server: {e}")))?;
+                stop_rx.try_recv().unwrap_or(Stop::Graceful)
+            }
+            how = &mut stop_rx => {
+                let how = how.unwrap_or(Stop::Graceful);
+                if how == Stop::Graceful {
+                    let _ = tokio::time::timeout(SHUTDOWN_DRAIN, &mut server).await;
+                }
+                how
+            }
+        };
+        retention.abort();
+        drop(server);
+        match how {
+            Stop::Graceful => {
+                let s = state.clone();
+                tokio::task::spawn_blocking(move || s.close())
+                    .await
+                    .map_err(|e| BrokerError::Config(format!("close: {e}")))?;
+                tracing::info!("broker stopped; logs flushed and closed");
+            }
+            Stop::Crash => tracing::warn!("broker crashed on purpose; recovery runs on next open"),
+        }
+        Ok(())
+    }
+}
+
+async fn retention_loop(state: Arc<BrokerState>) {
+    let every = state.config.retention_check_interval;
+    loop {
+        tokio::time::sleep(every).await;
+        let s = state.clone();
+        let _ = tokio::task::spawn_blocking(move || s.apply_retention()).await;
+    }
+}
+
+static METRICS: OnceLock<()> = OnceLock::new();
+
+fn install_metrics(addr: SocketAddr) -> Result<(), BrokerError> {
+    if METRICS.get().is_some() {
+        tracing::warn!("a metrics exporter is already installed in this process");
+        return Ok(());
+    }
+    metrics_exporter_prometheus::PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .set_buckets(&[
+            0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
+            0.25, 0.5, 1.0, 2.5,
+        ])
+        .and_then(|b| b.install())
+        .map_err(|e| BrokerError::Config(format!("metrics exporter on {addr}: {e}")))?;
+    let _ = METRICS.set(());
+    tracing::info!(%addr, "serving Prometheus metrics at /metrics");
+    Ok(())
+}
+
+fn describe_metrics() {
+    use metrics::{Unit, describe_counter, describe_histogram};
+    describe_counter!(
+        "ferry_bytes_in_total",
+        Unit::Bytes,
+        "Batch bytes appended by producers"
+    );
+    describe_counter!(
+        "ferry_bytes_out_total",
+        Unit::Bytes,
+        "Batch bytes returned by fetches"
+    );
+    describe_counter!("ferry_records_in_total", "Records appended by producers");
+    describe_counter!(
+        "ferry_connections_refused_total",
+        "Connections closed at the connection limit"
+    );
+    describe_histogram!(
+        "ferry_produce_latency_seconds",
+        Unit::Seconds,
+        "Produce: receipt to acknowledgement"
+    );
+    describe_histogram!(
+        "ferry_fetch_latency_seconds",
+        Unit::Seconds,
+        "Fetch: receipt to response, long-poll included"
+    );
+    describe_histogram!(
+        "ferry_flush_latency_seconds",
+        Unit::Seconds,
+        "One log flush (msync)"
+    );
+}
+
+/// A connection holding one of the limited connection permits.
+struct LimitedConn {
+    stream: TcpStream,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Connected for LimitedConn {
+    type ConnectInfo = TcpConnectInfo;
+    fn connect_info(&self) -> TcpConnectInfo {
+        self.stream.connect_info()
+    }
+}
+
+impl AsyncRead for LimitedConn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for LimitedConn {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+}
+
+/// Accepts connections with TCP_NODELAY set (Nagle costs two orders of
+/// magnitude on pipelined produce), and closes any connection past
+/// `max_connections` at once, so the limit holds without queueing.
+fn limited_incoming(
+    listener: TcpListener,
+    max_connections: usize,
+) -> impl Stream<Item = io::Result<LimitedConn>> + Send {
+    let permits = Arc::new(Semaphore::new(max_connections));
+    futures::stream::unfold((listener, permits), move |(listener, permits)| async move {
+        loop {
+            let (stream, peer) = match listener.accept().await {
+                Ok(s) => s,
+                Err(e) => {
+                    // Per-connection accept errors (e.g. the peer reset) are
+                    // not fatal to the listener.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            };
+            let Ok(permit) = permits.clone().try_acquire_owned() else {
+                metrics::counter!("ferry_connections_refused_total").increment(1);
+                tracing::warn!(%peer, limit = max_connections, "connection limit reached; closing new connection");
+                drop(stream);
+                continue;
+            };
+            if let Err(e) = stream.set_nodelay(true) {
+                tracing::warn!(error = %e, "cannot set TCP_NODELAY");
+            }
+            return Some((
+                Ok(LimitedConn {
+                    stream,
+                    _permit: permit,
+                }),
+                (listener, permits),
+            ));
+        }
+    })
+}

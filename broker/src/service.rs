@@ -1,0 +1,385 @@
+//! The gRPC edge: turns `ferry.v1` requests into [`BrokerState`] calls and
+//! typed errors into `error_code` / `error_message` fields.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ferry_proto::ErrorCode;
+use ferry_proto::v1::{self, ferry_server::Ferry};
+use futures::stream::{FuturesOrdered, Stream, StreamExt};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::error::BrokerError;
+use crate::state::{AckLevel, BrokerState, FetchSpec};
+
+/// Most produce requests one stream may have awaiting acknowledgement;
+/// past it the broker stops reading the stream (backpressure).
+pub const MAX_IN_FLIGHT_PER_STREAM: usize = 256;
+
+/// The `ferry.v1.Ferry` service.
+#[derive(Debug, Clone)]
+pub struct FerryService {
+    state: Arc<BrokerState>,
+}
+
+impl FerryService {
+    /// A service over `state`.
+    pub fn new(state: Arc<BrokerState>) -> FerryService {
+        FerryService { state }
+    }
+}
+
+fn err_fields(e: &BrokerError) -> (u32, String) {
+    (e.code().as_u32(), e.to_string())
+}
+
+fn acks_of(raw: i32) -> Result<AckLevel, BrokerError> {
+    match v1::Acks::try_from(raw) {
+        Ok(v1::Acks::All) => Ok(AckLevel::All),
+        Ok(v1::Acks::Leader) => Ok(AckLevel::Leader),
+        Ok(v1::Acks::None) => Ok(AckLevel::None),
+        Err(_) => Err(BrokerError::InvalidRequest(format!(
+            "unknown acks value {raw}"
+        ))),
+    }
+}
+
+fn produce_response(
+    correlation_id: u64,
+    r: Result<ferry_storage::AppendInfo, BrokerError>,
+) -> v1::ProduceResponse {
+    match r {
+        Ok(info) => v1::ProduceResponse {
+            correlation_id,
+            base_offset: info.base_offset,
+            last_offset: info.last_offset,
+            log_start_offset: info.log_start_offset,
+            ..Default::default()
+        },
+        Err(e) => {
+            let (error_code, error_message) = err_fields(&e);
+            if e.code() == ErrorCode::StorageError {
+                tracing::error!(error = %e, "produce failed in storage");
+            }
+            v1::ProduceResponse {
+                correlation_id,
+                error_code,
+                error_message,
+                ..Default::default()
+            }
+        }
+    }
+}
+
+type ProduceStream = Pin<Box<dyn Stream<Item = Result<v1::ProduceResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Ferry for FerryService {
+    async fn create_topic(
+        &self,
+        request: Request<v1::CreateTopicRequest>,
+    ) -> Result<Response<v1::CreateTopicResponse>, Status> {
+        let req = request.into_inner();
+        let state = self.state.clone();
+        let r = tokio::task::spawn_blocking(move || state.topics.create(&req.name, req.partitions))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let mut resp = v1::CreateTopicResponse::default();
+        if let Err(e) = r {
+            (resp.error_code, resp.error_message) = err_fields(&e);
+        }
+        Ok(Response::new(resp))
+    }
+
+    async fn delete_topic(
+        &self,
+        request: Request<v1::DeleteTopicRequest>,
+    ) -> Result<Response<v1::DeleteTopicResponse>, Status> {
+        let req = request.into_inner();
+        let state = self.state.clone();
+        let r = tokio::task::spawn_blocking(move || state.topics.delete(&req.name))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let mut resp = v1::DeleteTopicResponse::default();
+        if let Err(e) = r {
+            (resp.error_code, resp.error_message) = err_fields(&e);
+        }
+        Ok(Response::new(resp))
+    }
+
+    async fn list_topics(
+        &self,
+        _request: Request<v1::ListTopicsRequest>,
+    ) -> Result<Response<v1::ListTopicsResponse>, Status> {
+        let topics = self
+            .state
+            .topics
+            .all()
+            .iter()
+            .map(|t| v1::TopicSummary {
+                name: t.name.to_string(),
+                partitions: t.partitions.len() as u32,
+            })
+            .collect();
+        Ok(Response::new(v1::ListTopicsResponse {
+            topics,
+            ..Default::default()
+        }))
+    }
+
+    async fn describe_topic(
+        &self,
+        request: Request<v1::DescribeTopicRequest>,
+    ) -> Result<Response<v1::DescribeTopicResponse>, Status> {
+        let req = request.into_inner();
+        let mut resp = v1::DescribeTopicResponse {
+            name: req.name.clone(),
+            ..Default::default()
+        };
+        match self.state.topics.get(&req.name) {
+            Err(e) => (resp.error_code, resp.error_message) = err_fields(&e),
+            Ok(topic) => {
+                resp.partitions = topic
+                    .partitions
+                    .iter()
+                    .map(|p| {
+                        let visible = p.visible_offset();
+                        v1::PartitionInfo {
+                            partition: p.id,
+                            log_start_offset: p.log.log_start_offset(),
+                            high_watermark: p.log.next_offset(),
+                            last_stable_offset: visible,
+                            durable_watermark: p.log.durable_offset(),
+                            size_bytes: p.log.size_bytes(),
+                            segments: p.log.segments().len() as u32,
+                        }
+                    })
+                    .collect();
+            }
+        }
+        Ok(Response::new(resp))
+    }
+
+    async fn produce(
+        &self,
+        request: Request<v1::ProduceRequest>,
+    ) -> Result<Response<v1::ProduceResponse>, Status> {
+        let req = request.into_inner();
+        let r = match acks_of(req.acks) {
+            Ok(acks) => {
+                self.state
+                    .produce(&req.topic, req.partition, &req.batch, acks)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        Ok(Response::new(produce_response(req.correlation_id, r)))
+    }
+
+    type ProduceStreamStream = ProduceStream;
+
+    async fn produce_stream(
+        &self,
+        request: Request<Streaming<v1::ProduceRequest>>,
+    ) -> Result<Response<Self::ProduceStreamStream>, Status> {
+        let mut inbound = request.into_inner();
+        let state = self.state.clone();
+        let (tx, rx) = mpsc::channel(MAX_IN_FLIGHT_PER_STREAM);
+        tokio::spawn(async move {
+            // Appends happen in arrival order as requests are read; the
+            // waits for durability run concurrently, and responses leave in
+            // request order, so one partition's acks are never reordered.
+            let mut pending = FuturesOrdered::new();
+            let mut shutdown = state.shutdown_signal();
+            let mut open = true;
+            while open || !pending.is_empty() {
+                tokio::select! {
+                    req = inbound.next(), if open && pending.len() < MAX_IN_FLIGHT_PER_STREAM => {
+                        match req {
+                            Some(Ok(req)) => pending.push_back(handle_streamed(state.clone(), req)),
+                            Some(Err(status)) => {
+                                tracing::debug!(%status, "produce stream ended with an error");
+                                open = false;
+                            }
+                            None => open = false,
+                        }
+                    }
+                    Some(resp) = pending.next(), if !pending.is_empty() => {
+                        if let Some(resp) = resp {
+                            if tx.send(Ok(resp)).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    _ = crate::state::shutdown_begun(&mut shutdown), if open => open = false,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn fetch(
+        &self,
+        request: Request<v1::FetchRequest>,
+    ) -> Result<Response<v1::FetchResponse>, Status> {
+        let req = request.into_inner();
+        let specs = req
+            .partitions
+            .into_iter()
+            .map(|p| FetchSpec {
+                topic: p.topic,
+                partition: p.partition,
+                offset: p.offset,
+                max_bytes: if p.max_bytes == 0 {
+                    u32::MAX
+                } else {
+                    p.max_bytes
+                },
+            })
+            .collect();
+        let max_bytes = if req.max_bytes == 0 {
+            usize::MAX
+        } else {
+            req.max_bytes as usize
+        };
+        let r = self
+            .state
+            .fetch(
+                specs,
+                Duration::from_millis(u64::from(req.max_wait_ms)),
+                req.min_bytes as usize,
+                max_bytes,
+            )
+            .await;
+        let mut resp = v1::FetchResponse::default();
+        match r {
+            Err(e) => (resp.error_code, resp.error_message) = err_fields(&e),
+            Ok(results) => {
+                resp.partitions = results
+                    .into_iter()
+                    .map(|r| {
+                        let mut out = v1::FetchPartitionResult {
+                            topic: r.spec.topic,
+                            partition: r.spec.partition,
+                            high_watermark: r.high_watermark,
+                            last_stable_offset: r.last_stable_offset,
+                            log_start_offset: r.log_start_offset,
+                            ..Default::default()
+                        };
+                        match r.records {
+                            Ok(b) => out.records = b,
+                            Err(e) => (out.error_code, out.error_message) = err_fields(&e),
+                        }
+                        out
+                    })
+                    .collect();
+            }
+        }
+        Ok(Response::new(resp))
+    }
+
+    async fn list_offsets(
+        &self,
+        request: Request<v1::ListOffsetsRequest>,
+    ) -> Result<Response<v1::ListOffsetsResponse>, Status> {
+        let req = request.into_inner();
+        let r = (|| -> Result<u64, BrokerError> {
+            let p = self.state.topics.partition(&req.topic, req.partition)?;
+            let visible = p.visible_offset();
+            match v1::OffsetSpec::try_from(req.spec) {
+                Ok(v1::OffsetSpec::Earliest) => Ok(p.log.log_start_offset()),
+                Ok(v1::OffsetSpec::Latest) => Ok(visible),
+                Ok(v1::OffsetSpec::ByTimestamp) => Ok(p
+                    .log
+                    .offset_for_timestamp(req.timestamp_ms)?
+                    .map_or(visible, |o| o.min(visible))),
+                Err(_) => Err(BrokerError::InvalidRequest(format!(
+                    "unknown offset spec {}",
+                    req.spec
+                ))),
+            }
+        })();
+        let mut resp = v1::ListOffsetsResponse::default();
+        match r {
+            Ok(o) => resp.offset = o,
+            Err(e) => (resp.error_code, resp.error_message) = err_fields(&e),
+        }
+        Ok(Response::new(resp))
+    }
+
+    async fn commit_offsets(
+        &self,
+        request: Request<v1::CommitOffsetsRequest>,
+    ) -> Result<Response<v1::CommitOffsetsResponse>, Status> {
+        let req = request.into_inner();
+        let r = async {
+            for o in &req.offsets {
+                self.state.topics.partition(&o.topic, o.partition)?;
+            }
+            let offsets: Vec<_> = req
+                .offsets
+                .into_iter()
+                .map(|o| (o.topic, o.partition, o.offset))
+                .collect();
+            self.state.offsets.commit(&req.group, &offsets).await
+        }
+        .await;
+        let mut resp = v1::CommitOffsetsResponse::default();
+        if let Err(e) = r {
+            (resp.error_code, resp.error_message) = err_fields(&e);
+        }
+        Ok(Response::new(resp))
+    }
+
+    async fn fetch_offsets(
+        &self,
+        request: Request<v1::FetchOffsetsRequest>,
+    ) -> Result<Response<v1::FetchOffsetsResponse>, Status> {
+        let req = request.into_inner();
+        let offsets = self
+            .state
+            .offsets
+            .fetch(&req.group, &req.topic)
+            .into_iter()
+            .map(|(partition, offset)| v1::PartitionOffset {
+                topic: req.topic.clone(),
+                partition,
+                offset,
+            })
+            .collect();
+        Ok(Response::new(v1::FetchOffsetsResponse {
+            offsets,
+            ..Default::default()
+        }))
+    }
+}
+
+/// Appends one streamed request now and returns the future of its
+/// response; `None` means no response is due (acks = none, success).
+fn handle_streamed(
+    state: Arc<BrokerState>,
+    req: v1::ProduceRequest,
+) -> impl std::future::Future<Output = Option<v1::ProduceResponse>> + Send {
+    let started = Instant::now();
+    let id = req.correlation_id;
+    let appended = acks_of(req.acks).and_then(|acks| {
+        state
+            .append(&req.topic, req.partition, &req.batch)
+            .map(|(p, info, _)| (p, info, acks))
+    });
+    async move {
+        match appended {
+            Err(e) => Some(produce_response(id, Err(e))),
+            Ok((_, _, AckLevel::None)) => None,
+            Ok((p, info, acks)) => {
+                let r = state.await_ack(&p, &info, acks).await.map(|()| info);
+                metrics::histogram!("ferry_produce_latency_seconds")
+                    .record(started.elapsed().as_secs_f64());
+                Some(produce_response(id, r))
+            }
+        }
+    }
+}

@@ -1,0 +1,102 @@
+//! `ferry broker`.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use ferry_broker::{Broker, BrokerConfig, FlushPolicy, Stop};
+
+use super::CliError;
+
+/// Run a broker in the foreground until SIGINT or SIGTERM.
+#[derive(Debug, clap::Args)]
+pub struct BrokerArgs {
+    /// Data directory [default: ./ferry-data].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Address to listen on, HOST:PORT [default: 127.0.0.1:7400].
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Flush policy: always (group commit), interval=MS, or never [default: always].
+    #[arg(long)]
+    fsync: Option<FlushPolicy>,
+    /// Serve Prometheus metrics at http://HOST:PORT/metrics.
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
+    /// TOML config file; flags override its settings.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Segment size in bytes.
+    #[arg(long)]
+    segment_bytes: Option<u64>,
+    /// Delete old segments once a partition exceeds this many bytes.
+    #[arg(long)]
+    retention_bytes: Option<u64>,
+    /// Delete segments whose newest record is older than this.
+    #[arg(long)]
+    retention_ms: Option<u64>,
+}
+
+pub fn run(args: BrokerArgs) -> Result<ExitCode, CliError> {
+    super::init_tracing("info");
+    let mut config = BrokerConfig::default();
+    if let Some(path) = &args.config {
+        config = config.merge_toml_file(path)?;
+    }
+    if let Some(v) = args.data_dir {
+        config.data_dir = v;
+    }
+    if let Some(v) = args.listen {
+        config.listen = v;
+    }
+    if let Some(v) = args.fsync {
+        config.log.flush = v;
+    }
+    if let Some(v) = args.metrics_listen {
+        config.metrics_listen = Some(v);
+    }
+    if let Some(v) = args.segment_bytes {
+        config.log.segment_bytes = v;
+    }
+    if let Some(v) = args.retention_bytes {
+        config.log.retention_bytes = Some(v);
+    }
+    if let Some(v) = args.retention_ms {
+        config.log.retention_ms = Some(v);
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let data_dir = config.data_dir.clone();
+        let flush = config.log.flush;
+        let broker = tokio::task::spawn_blocking(move || Broker::open(config)).await??;
+        let listener = broker.bind().await?;
+        let addr = listener.local_addr()?;
+        tracing::info!(%addr, data_dir = %data_dir.display(), fsync = %flush, "broker ready");
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "ferry broker listening on {addr}")?;
+        out.flush()?;
+        drop(out);
+        broker.serve(listener, stop_signal()).await?;
+        Ok::<_, CliError>(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn stop_signal() -> Stop {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop with kill -9");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+    Stop::Graceful
+}

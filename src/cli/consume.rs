@@ -1,0 +1,133 @@
+//! `ferry consume`: records as JSON lines.
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use ferry_client::{
+    Client, CommitMode, Consumer, ConsumerConfig, ConsumerRecord, IsolationLevel, StartFrom,
+};
+
+use super::{BrokerAddr, CliError};
+
+/// Print records as {"partition":P,"offset":O,"key":K,"value":V,"timestamp":T}
+/// lines. Exits after --max-records, or after --idle-timeout with no new
+/// records.
+#[derive(Debug, clap::Args)]
+pub struct ConsumeArgs {
+    /// Topic to read.
+    topic: String,
+    /// Consumer group, for committed offsets.
+    #[arg(long)]
+    group: Option<String>,
+    /// Where to start: earliest, latest, or committed (the group's
+    /// committed offset, else earliest).
+    #[arg(long, default_value = "committed")]
+    from: StartFrom,
+    /// none; before (commit, then print: at-most-once); after (print, then
+    /// commit: at-least-once). Default: after with --group, else none.
+    #[arg(long)]
+    commit: Option<CommitMode>,
+    /// read-committed or read-uncommitted.
+    #[arg(long, default_value = "read-committed")]
+    isolation: IsolationLevel,
+    /// Stop after printing this many records.
+    #[arg(long)]
+    max_records: Option<u64>,
+    /// Stop after this many milliseconds without a new record.
+    #[arg(long)]
+    idle_timeout: Option<u64>,
+    /// Read only this partition.
+    #[arg(long)]
+    partition: Option<u32>,
+    #[command(flatten)]
+    broker: BrokerAddr,
+}
+
+pub async fn run(args: ConsumeArgs) -> Result<ExitCode, CliError> {
+    let commit_mode = args.commit.unwrap_or(if args.group.is_some() {
+        CommitMode::After
+    } else {
+        CommitMode::None
+    });
+    if commit_mode != CommitMode::None && args.group.is_none() {
+        return Err("--commit before/after needs --group".into());
+    }
+    let client = Client::connect(&args.broker.broker).await?;
+    let config = ConsumerConfig {
+        group: args.group.clone(),
+        commit_mode,
+        isolation: args.isolation,
+        start_from: args.from,
+        ..ConsumerConfig::default()
+    };
+    let mut consumer = Consumer::new(client, config).await?;
+    match args.partition {
+        Some(p) => consumer.assign(&[(args.topic.clone(), p)]).await?,
+        None => consumer.subscribe(&args.topic).await?,
+    }
+    let idle = args.idle_timeout.map(Duration::from_millis);
+    let max = args.max_records.unwrap_or(u64::MAX);
+    let mut printed = 0u64;
+    let mut last_record = Instant::now();
+    let stdout = std::io::stdout();
+    while printed < max {
+        let wait = match idle {
+            Some(idle) => {
+                let left = idle.saturating_sub(last_record.elapsed());
+                if left.is_zero() {
+                    break;
+                }
+                left.min(Duration::from_millis(500))
+            }
+            None => Duration::from_millis(500),
+        };
+        let records = consumer.poll(wait).await?;
+        if records.is_empty() {
+            continue;
+        }
+        last_record = Instant::now();
+        let take = (max - printed).min(records.len() as u64) as usize;
+        {
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            for r in &records[..take] {
+                writeln!(out, "{}", to_json(r))?;
+            }
+            out.flush()?;
+        }
+        printed += take as u64;
+        if take < records.len() {
+            // Rewind each partition to its first unprinted record, so a
+            // commit covers exactly what was printed.
+            for r in &records[take..] {
+                if consumer
+                    .position(&r.topic, r.partition)
+                    .is_some_and(|pos| pos > r.offset)
+                {
+                    consumer.seek(&r.topic, r.partition, r.offset);
+                }
+            }
+        }
+        if commit_mode == CommitMode::After {
+            consumer.commit().await?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn text(b: &Option<bytes::Bytes>) -> serde_json::Value {
+    match b {
+        None => serde_json::Value::Null,
+        Some(b) => serde_json::Value::String(String::from_utf8_lossy(b).into_owned()),
+    }
+}
+
+fn to_json(r: &ConsumerRecord) -> serde_json::Value {
+    serde_json::json!({
+        "partition": r.partition,
+        "offset": r.offset,
+        "key": text(&r.key),
+        "value": text(&r.value),
+        "timestamp": r.timestamp,
+    })
+}

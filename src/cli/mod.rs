@@ -1,0 +1,83 @@
+//! Command-line parsing and dispatch. The commands, flags and JSON shapes
+//! here are a public contract: keep them stable.
+
+mod broker;
+mod consume;
+mod produce;
+mod topic;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Errors the CLI reports: one line on stderr and a non-zero exit.
+pub type CliError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Ferry: a message broker with at-most-once, at-least-once and
+/// exactly-once delivery.
+#[derive(Debug, Parser)]
+#[command(name = "ferry", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// The `--broker` flag every client command takes.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BrokerAddr {
+    /// Broker address, HOST:PORT.
+    #[arg(
+        long,
+        env = "FERRY_BROKER",
+        default_value = "127.0.0.1:7400",
+        global = true
+    )]
+    pub broker: String,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a broker.
+    Broker(broker::BrokerArgs),
+    /// Create, list, describe and delete topics.
+    Topic {
+        #[command(subcommand)]
+        command: topic::TopicCommand,
+        #[command(flatten)]
+        broker: BrokerAddr,
+    },
+    /// Produce one record per line of standard input.
+    Produce(produce::ProduceArgs),
+    /// Print records as JSON lines.
+    Consume(consume::ConsumeArgs),
+}
+
+/// Runs the parsed command.
+pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
+    match cli.command {
+        Command::Broker(args) => broker::run(args),
+        Command::Topic { command, broker } => {
+            client_runtime()?.block_on(topic::run(command, broker))
+        }
+        Command::Produce(args) => client_runtime()?.block_on(produce::run(args)),
+        Command::Consume(args) => client_runtime()?.block_on(consume::run(args)),
+    }
+}
+
+/// One current-thread runtime per side: on two cores it beat a
+/// multi-threaded one for the client.
+fn client_runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
+/// Logs to stderr; `RUST_LOG` overrides the default level.
+fn init_tracing(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

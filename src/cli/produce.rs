@@ -1,0 +1,189 @@
+//! `ferry produce`: one record per line of standard input.
+
+use std::io::BufRead;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use ferry_client::{Acks, Client, Producer, ProducerConfig};
+
+use super::{BrokerAddr, CliError};
+
+/// Lines handed from the stdin thread to the producer at a time.
+const LINES_PER_CHUNK: usize = 1024;
+/// Deliveries awaited behind the sender before it waits (bounds memory).
+const MAX_PENDING_DELIVERIES: usize = 1 << 20;
+
+/// Produce one record per stdin line. Prints {"sent":N,"acked":N,"failed":N}
+/// and exits 0 only if every record was acknowledged (or, with
+/// --acks none, sent).
+#[derive(Debug, clap::Args)]
+pub struct ProduceArgs {
+    /// Topic to write to.
+    topic: String,
+    /// Write every record to this partition instead of hashing keys.
+    #[arg(long)]
+    partition: Option<u32>,
+    /// Split each line at the first SEP into key and value (no SEP: null key).
+    #[arg(long)]
+    key_separator: Option<String>,
+    /// none, leader, or all (durable under the broker's fsync policy).
+    #[arg(long, default_value = "all")]
+    acks: Acks,
+    /// Give up on a record this many seconds after it was batched.
+    #[arg(long, default_value_t = 120)]
+    delivery_timeout: u64,
+    /// Wait up to this long to fill a batch.
+    #[arg(long, default_value_t = 5)]
+    linger_ms: u64,
+    /// Batch size in bytes.
+    #[arg(long, default_value_t = 256 * 1024)]
+    batch_bytes: usize,
+    #[command(flatten)]
+    broker: BrokerAddr,
+}
+
+pub async fn run(args: ProduceArgs) -> Result<ExitCode, CliError> {
+    if args.key_separator.as_deref() == Some("") {
+        return Err("--key-separator must not be empty".into());
+    }
+    let client = Client::connect(&args.broker.broker).await?;
+    let config = ProducerConfig {
+        acks: args.acks,
+        linger: Duration::from_millis(args.linger_ms),
+        batch_bytes: args.batch_bytes,
+        delivery_timeout: Duration::from_secs(args.delivery_timeout),
+        ..ProducerConfig::default()
+    };
+    let producer = Producer::new(client, config).await?;
+
+    // stdin is read on a plain thread; lines cross over in chunks.
+    let (line_tx, mut line_rx) = tokio::sync::mpsc::channel::<Vec<Vec<u8>>>(16);
+    let reader = std::thread::spawn(move || -> std::io::Result<()> {
+        let stdin = std::io::stdin();
+        let mut input = stdin.lock();
+        let mut chunk = Vec::with_capacity(LINES_PER_CHUNK);
+        loop {
+            let mut line = Vec::new();
+            if input.read_until(b'\n', &mut line)? == 0 {
+                break;
+            }
+            if line.last() == Some(&b'\n') {
+                line.pop();
+                if line.last() == Some(&b'\r') {
+                    line.pop();
+                }
+            }
+            chunk.push(line);
+            if chunk.len() == LINES_PER_CHUNK {
+                if line_tx.blocking_send(std::mem::take(&mut chunk)).is_err() {
+                    return Ok(());
+                }
+                chunk.reserve(LINES_PER_CHUNK);
+            }
+        }
+        if !chunk.is_empty() {
+            let _ = line_tx.blocking_send(chunk);
+        }
+        Ok(())
+    });
+
+    // Deliveries are awaited in order on a separate task, so sending never
+    // waits for acknowledgements except through the producer's own
+    // backpressure.
+    let (dtx, mut drx) = tokio::sync::mpsc::channel(MAX_PENDING_DELIVERIES);
+    let counter = tokio::spawn(async move {
+        let (mut acked, mut failed, mut first_error) = (0u64, 0u64, None::<String>);
+        while let Some(d) = drx.recv().await {
+            let d: ferry_client::Delivery = d;
+            match d.wait().await {
+                Ok(_) => acked += 1,
+                Err(e) => {
+                    failed += 1;
+                    first_error.get_or_insert_with(|| e.to_string());
+                }
+            }
+        }
+        (acked, failed, first_error)
+    });
+
+    let sep = args.key_separator.as_deref().map(str::as_bytes);
+    let mut sent = 0u64;
+    let mut send_failed = 0u64;
+    let mut send_error = None;
+    while let Some(chunk) = line_rx.recv().await {
+        for line in &chunk {
+            let (key, value) = split_line(line, sep);
+            let r = match args.partition {
+                Some(p) => producer.send_to(&args.topic, p, key, Some(value)).await,
+                None => producer.send(&args.topic, key, Some(value)).await,
+            };
+            match r {
+                Ok(d) => {
+                    sent += 1;
+                    if dtx.send(d).await.is_err() {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    // A definite error before sending (unknown topic, bad
+                    // partition) fails every later record the same way.
+                    send_failed += 1;
+                    send_error.get_or_insert_with(|| e.to_string());
+                }
+            }
+        }
+        if send_error.is_some() && sent == 0 {
+            break;
+        }
+    }
+    drop(line_rx);
+    let flushed = producer.close().await;
+    drop(dtx);
+    let (acked, failed, first_error) = counter.await?;
+    let _ = reader.join();
+    let failed = failed + send_failed;
+    println!(
+        "{}",
+        serde_json::json!({ "sent": sent, "acked": acked, "failed": failed })
+    );
+    if let Some(e) = send_error.or(first_error) {
+        eprintln!("error: {e}");
+    } else if let Err(e) = flushed {
+        eprintln!("error: {e}");
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(if failed == 0 && acked == sent {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn split_line<'a>(line: &'a [u8], sep: Option<&[u8]>) -> (Option<&'a [u8]>, &'a [u8]) {
+    let Some(sep) = sep else {
+        return (None, line);
+    };
+    match line.windows(sep.len()).position(|w| w == sep) {
+        Some(i) => (Some(&line[..i]), &line[i + sep.len()..]),
+        None => (None, line),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_line;
+
+    #[test]
+    fn lines_split_at_the_first_separator_only() {
+        assert_eq!(
+            split_line(b"k:v:w", Some(b":")),
+            (Some(&b"k"[..]), &b"v:w"[..])
+        );
+        assert_eq!(split_line(b"novalue", Some(b":")), (None, &b"novalue"[..]));
+        assert_eq!(
+            split_line(b"a::b", Some(b"::")),
+            (Some(&b"a"[..]), &b"b"[..])
+        );
+        assert_eq!(split_line(b"k:v", None), (None, &b"k:v"[..]));
+    }
+}

@@ -1,0 +1,72 @@
+//! `ferry topic create|list|describe|delete`.
+
+use std::process::ExitCode;
+
+use clap::Subcommand;
+use ferry_client::Client;
+use serde_json::json;
+
+use super::{BrokerAddr, CliError};
+
+#[derive(Debug, Subcommand)]
+pub enum TopicCommand {
+    /// Create a topic.
+    Create {
+        /// Topic name: ASCII letters, digits, '.', '_' and '-'.
+        name: String,
+        /// Number of partitions.
+        #[arg(long, default_value_t = 1)]
+        partitions: u32,
+    },
+    /// List topics, one per line: NAME<TAB>PARTITIONS.
+    List,
+    /// Describe a topic's partitions as JSON.
+    Describe {
+        /// Topic name.
+        name: String,
+    },
+    /// Delete a topic and all its data.
+    Delete {
+        /// Topic name.
+        name: String,
+    },
+}
+
+pub async fn run(command: TopicCommand, broker: BrokerAddr) -> Result<ExitCode, CliError> {
+    let client = Client::connect(&broker.broker).await?;
+    match command {
+        TopicCommand::Create { name, partitions } => {
+            client.create_topic(&name, partitions).await?;
+            println!("created topic {name} with {partitions} partition(s)");
+        }
+        TopicCommand::List => {
+            for t in client.list_topics().await? {
+                println!("{}\t{}", t.name, t.partitions);
+            }
+        }
+        TopicCommand::Describe { name } => {
+            let d = client.describe_topic(&name).await?;
+            let partitions: Vec<_> = d
+                .partitions
+                .iter()
+                .map(|p| {
+                    json!({
+                        "partition": p.partition,
+                        "log_start_offset": p.log_start_offset,
+                        "high_watermark": p.high_watermark,
+                        "last_stable_offset": p.last_stable_offset,
+                        "durable_watermark": p.durable_watermark,
+                        "size_bytes": p.size_bytes,
+                        "segments": p.segments,
+                    })
+                })
+                .collect();
+            println!("{}", json!({ "name": d.name, "partitions": partitions }));
+        }
+        TopicCommand::Delete { name } => {
+            client.delete_topic(&name).await?;
+            println!("deleted topic {name}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
