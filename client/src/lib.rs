@@ -1,1 +1,47 @@
-//! placeholder
+//! Async Rust client for the Ferry broker.
+//!
+//! - [`Client`]: one HTTP/2 connection to a broker, cheap to clone, with the
+//!   topic admin and consumer-offset calls.
+//! - [`Producer`]: batches records per partition and pipelines the batches
+//!   over one bidirectional `ProduceStream`, retrying what is safe to retry
+//!   until the delivery timeout.
+//! - [`Consumer`]: long-polls assigned partitions, validates every batch's
+//!   CRC, and commits offsets before (at-most-once) or after (at-least-once)
+//!   the application processes the records.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use ferry_client::{Client, Consumer, ConsumerConfig, Producer, ProducerConfig};
+//!
+//! # async fn demo() -> Result<(), ferry_client::ClientError> {
+//! let client = Client::connect("127.0.0.1:7400").await?;
+//! client.create_topic("events", 3).await?;
+//!
+//! let producer = Producer::new(client.clone(), ProducerConfig::default()).await?;
+//! let delivery = producer.send("events", Some(b"user-1"), Some(b"hello")).await?;
+//! let meta = delivery.wait().await?;
+//! println!("stored at {}/{} offset {:?}", meta.topic, meta.partition, meta.offset);
+//! producer.close().await?;
+//!
+//! let mut consumer = Consumer::new(client, ConsumerConfig::default()).await?;
+//! consumer.subscribe("events").await?;
+//! for record in consumer.poll(Duration::from_secs(1)).await? {
+//!     println!("{}:{} {:?}", record.partition, record.offset, record.value);
+//! }
+//! # Ok(())
+//! # }
+//! ```
+
+mod client;
+mod consumer;
+mod error;
+pub mod partitioner;
+mod producer;
+
+pub use client::{Client, OffsetSpec, TopicDescription};
+pub use consumer::{
+    CommitMode, Consumer, ConsumerConfig, ConsumerRecord, IsolationLevel, StartFrom,
+};
+pub use error::ClientError;
+pub use ferry_proto::v1::{PartitionInfo, TopicSummary};
+pub use producer::{Acks, Delivery, Producer, ProducerConfig, RecordMetadata};

@@ -1,0 +1,1204 @@
+//! [`Producer`]: batching, pipelining, retries and backpressure.
+//!
+//! # How a record travels
+//!
+//! 1. [`Producer::send`] picks a partition and copies the record into that
+//!    partition's open [`BatchBuilder`] (the accumulator). Every record of a
+//!    batch shares one [`BatchCompletion`]; a [`Delivery`] is that `Arc` plus
+//!    the record's offset delta, so the hot path allocates nothing per
+//!    record.
+//! 2. A batch is sealed when the next record would push it past
+//!    `batch_bytes`, when `linger` has passed since it was opened, or on
+//!    [`Producer::flush`] / [`Producer::close`]. Sealing hands the finished
+//!    bytes to the background sender task.
+//! 3. The sender task owns one `ProduceStream`. It sends at most
+//!    `max_in_flight_per_partition` batches per partition, matches
+//!    responses by correlation id and completes the batch.
+//!
+//! # Retries
+//!
+//! Only retriable outcomes are retried: broker codes for which
+//! [`ErrorCode::is_retriable`] holds, and a broken stream. A retry resends
+//! the exact bytes of the batch after an exponential backoff, until
+//! `delivery_timeout` has passed since the batch was sealed; then its
+//! records fail with [`ClientError::Timeout`]. Definite errors fail the
+//! batch at once. When the stream breaks, the task reconnects with backoff
+//! and resends the batches that were in flight, per partition in their
+//! original order.
+//!
+//! Without idempotence a retry may duplicate a batch the broker already
+//! stored (at-least-once allows that), and a batch retried after a
+//! broker error may land after a later batch of the same partition that
+//! succeeded meanwhile.
+//!
+//! Under [`Acks::None`] the broker answers only errors, so a batch counts
+//! as delivered once it is handed to the stream, and nothing is retried
+//! (at-most-once).
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use ferry_proto::ErrorCode;
+use ferry_proto::batch::{BatchBuilder, HEADER_LEN, MAX_BATCH_BYTES};
+use ferry_proto::v1;
+use parking_lot::Mutex;
+use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::codec::Streaming;
+
+use crate::client::Client;
+use crate::error::ClientError;
+use crate::partitioner::partition_for_key;
+
+/// How many produce requests may wait in the stream's send queue. Only a
+/// buffer in front of HTTP/2 flow control; the in-flight limit is per
+/// partition.
+const REQUEST_QUEUE_LEN: usize = 16;
+/// How often batches waiting for a retry or a response are checked
+/// against their delivery timeout.
+const EXPIRY_CHECK_INTERVAL: Duration = Duration::from_millis(100);
+/// Smallest buffer a new batch reserves.
+const MIN_BATCH_CAPACITY: usize = 1024;
+
+/// Which acknowledgement the producer waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Acks {
+    /// No acknowledgement: a record counts as sent once handed to the
+    /// connection. At-most-once; never retried.
+    None,
+    /// The broker appended the batch to its log (page cache).
+    Leader,
+    /// The batch is durable under the broker's fsync policy.
+    All,
+}
+
+impl Acks {
+    fn to_proto(self) -> v1::Acks {
+        match self {
+            Acks::None => v1::Acks::None,
+            Acks::Leader => v1::Acks::Leader,
+            Acks::All => v1::Acks::All,
+        }
+    }
+}
+
+impl FromStr for Acks {
+    type Err = ClientError;
+
+    fn from_str(s: &str) -> Result<Acks, ClientError> {
+        match s {
+            "none" => Ok(Acks::None),
+            "leader" => Ok(Acks::Leader),
+            "all" => Ok(Acks::All),
+            other => Err(ClientError::InvalidArgument(format!(
+                "unknown acks {other:?}: expected one of none, leader, all"
+            ))),
+        }
+    }
+}
+
+impl std::fmt::Display for Acks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Acks::None => "none",
+            Acks::Leader => "leader",
+            Acks::All => "all",
+        })
+    }
+}
+
+/// Producer settings.
+#[derive(Clone, Debug)]
+pub struct ProducerConfig {
+    /// Acknowledgement to wait for. Default [`Acks::All`].
+    pub acks: Acks,
+    /// How long a batch stays open for more records. Default 5 ms.
+    pub linger: Duration,
+    /// A batch is sealed before it would grow past this. Default 256 KiB,
+    /// capped at [`MAX_BATCH_BYTES`]. A single larger record gets a batch
+    /// of its own.
+    pub batch_bytes: usize,
+    /// How long after sealing a batch may be retried. Default 120 s.
+    pub delivery_timeout: Duration,
+    /// First retry backoff, doubled per attempt. Default 50 ms.
+    pub retry_backoff: Duration,
+    /// Largest retry backoff. Default 1 s.
+    pub retry_backoff_max: Duration,
+    /// Batches per partition sent and not yet answered. Default 5.
+    pub max_in_flight_per_partition: usize,
+    /// `send` waits while this many record bytes are unacknowledged.
+    /// Default 64 MiB.
+    pub buffer_bytes: usize,
+}
+
+impl Default for ProducerConfig {
+    fn default() -> ProducerConfig {
+        ProducerConfig {
+            acks: Acks::All,
+            linger: Duration::from_millis(5),
+            batch_bytes: 256 * 1024,
+            delivery_timeout: Duration::from_secs(120),
+            retry_backoff: Duration::from_millis(50),
+            retry_backoff_max: Duration::from_secs(1),
+            max_in_flight_per_partition: 5,
+            buffer_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+impl ProducerConfig {
+    fn normalized(mut self) -> Result<ProducerConfig, ClientError> {
+        if self.batch_bytes <= HEADER_LEN {
+            return Err(ClientError::InvalidArgument(format!(
+                "batch_bytes {} must exceed the {HEADER_LEN}-byte batch header",
+                self.batch_bytes
+            )));
+        }
+        self.batch_bytes = self.batch_bytes.min(MAX_BATCH_BYTES);
+        if self.max_in_flight_per_partition == 0 {
+            return Err(ClientError::InvalidArgument(
+                "max_in_flight_per_partition must be at least 1".into(),
+            ));
+        }
+        if self.buffer_bytes == 0 {
+            return Err(ClientError::InvalidArgument(
+                "buffer_bytes must be at least 1".into(),
+            ));
+        }
+        self.retry_backoff_max = self.retry_backoff_max.max(self.retry_backoff);
+        Ok(self)
+    }
+
+    fn backoff(&self, attempt: u32) -> Duration {
+        let factor = 1u32 << attempt.min(16);
+        self.retry_backoff
+            .saturating_mul(factor)
+            .min(self.retry_backoff_max)
+    }
+}
+
+/// Where a record was stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordMetadata {
+    /// Topic.
+    pub topic: Arc<str>,
+    /// Partition.
+    pub partition: u32,
+    /// The record's offset; `None` under [`Acks::None`], which gets no
+    /// answer from the broker.
+    pub offset: Option<u64>,
+}
+
+/// The shared outcome of every record in one batch: the base offset (or
+/// `None` under `Acks::None`), or the error.
+pub(crate) struct BatchCompletion {
+    result: OnceLock<Result<Option<u64>, ClientError>>,
+    notify: Notify,
+}
+
+impl BatchCompletion {
+    fn new() -> BatchCompletion {
+        BatchCompletion {
+            result: OnceLock::new(),
+            notify: Notify::new(),
+        }
+    }
+
+    /// Sets the outcome unless one is set already, and wakes the waiters.
+    fn complete(&self, result: Result<Option<u64>, ClientError>) {
+        if self.result.set(result).is_ok() {
+            self.notify.notify_waiters();
+        }
+    }
+
+    async fn wait(&self) -> &Result<Option<u64>, ClientError> {
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(result) = self.result.get() {
+                return result;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// The pending outcome of one [`Producer::send`].
+///
+/// Dropping it does not cancel the send.
+pub struct Delivery {
+    completion: Arc<BatchCompletion>,
+    topic: Arc<str>,
+    partition: u32,
+    offset_delta: u32,
+}
+
+impl std::fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Delivery")
+            .field("topic", &self.topic)
+            .field("partition", &self.partition)
+            .field("offset_delta", &self.offset_delta)
+            .finish()
+    }
+}
+
+impl Delivery {
+    /// The partition the record was assigned to.
+    pub fn partition(&self) -> u32 {
+        self.partition
+    }
+
+    /// Waits until the record's batch reaches a final outcome.
+    pub async fn wait(self) -> Result<RecordMetadata, ClientError> {
+        match self.completion.wait().await {
+            Ok(base) => Ok(RecordMetadata {
+                topic: self.topic,
+                partition: self.partition,
+                offset: base.map(|b| b + u64::from(self.offset_delta)),
+            }),
+            Err(e) => Err(e.clone()),
+        }
+    }
+}
+
+/// A sealed batch on its way to the broker.
+struct SealedBatch {
+    /// Producer-wide number, increasing in seal order; within a partition
+    /// it orders the batches.
+    seq: u64,
+    topic: Arc<str>,
+    partition: u32,
+    bytes: Bytes,
+    /// Bytes this batch holds against `buffer_bytes`.
+    accounted: usize,
+    completion: Arc<BatchCompletion>,
+    sealed_at: Instant,
+    attempts: u32,
+}
+
+impl Drop for SealedBatch {
+    fn drop(&mut self) {
+        // Reached only if the sender task dies with the batch unresolved;
+        // never leave a Delivery waiting forever.
+        self.completion.complete(Err(ClientError::Closed));
+    }
+}
+
+enum Command {
+    /// A batch was opened; seal it at `deadline` if it is still open.
+    Opened {
+        topic: Arc<str>,
+        partition: u32,
+        seq: u64,
+        deadline: Instant,
+    },
+    Sealed(SealedBatch),
+    /// Answer once every batch sealed before this command is resolved.
+    Flush(oneshot::Sender<()>),
+    /// Like `Flush`, then stop the task.
+    Close(oneshot::Sender<()>),
+}
+
+struct OpenBatch {
+    seq: u64,
+    first_ts: i64,
+    builder: BatchBuilder,
+    completion: Arc<BatchCompletion>,
+    record_bytes: usize,
+}
+
+struct Accumulator {
+    open: Option<OpenBatch>,
+    /// Capacity to reserve for the next batch: the size of the last one,
+    /// so steady traffic never regrows the buffer.
+    next_capacity: usize,
+}
+
+struct TopicState {
+    name: Arc<str>,
+    partitions: Vec<Accumulator>,
+    /// Partition for records without a key; moves on when its batch seals.
+    sticky: u32,
+}
+
+struct State {
+    topics: HashMap<Arc<str>, TopicState>,
+    next_seq: u64,
+    closed: bool,
+}
+
+/// State shared by the producer handles and the sender task.
+struct Shared {
+    config: ProducerConfig,
+    state: Mutex<State>,
+    unacked_bytes: AtomicUsize,
+    space: Notify,
+}
+
+impl Shared {
+    fn release(&self, bytes: usize) {
+        self.unacked_bytes.fetch_sub(bytes, Ordering::AcqRel);
+        self.space.notify_waiters();
+    }
+
+    /// Seals the open batch of `topic`/`partition`, if any, handing it to
+    /// `sink`.
+    fn seal(&self, topic: &mut TopicState, partition: u32, sink: &mut impl FnMut(Command)) {
+        let n = topic.partitions.len() as u32;
+        let acc = &mut topic.partitions[partition as usize];
+        let Some(open) = acc.open.take() else {
+            return;
+        };
+        let bytes = open.builder.finish();
+        acc.next_capacity = bytes
+            .len()
+            .clamp(MIN_BATCH_CAPACITY, self.config.batch_bytes);
+        if topic.sticky == partition {
+            topic.sticky = (partition + 1) % n;
+        }
+        sink(Command::Sealed(SealedBatch {
+            seq: open.seq,
+            topic: topic.name.clone(),
+            partition,
+            bytes,
+            accounted: open.record_bytes,
+            completion: open.completion,
+            sealed_at: Instant::now(),
+            attempts: 0,
+        }));
+    }
+
+    fn seal_all(&self, state: &mut State, sink: &mut impl FnMut(Command)) {
+        for topic in state.topics.values_mut() {
+            for p in 0..topic.partitions.len() as u32 {
+                self.seal(topic, p, sink);
+            }
+        }
+    }
+}
+
+struct Inner {
+    shared: Arc<Shared>,
+    client: Client,
+    tx: mpsc::UnboundedSender<Command>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Hand over what is still open so that outstanding deliveries
+        // resolve; the sender task finishes them and then exits.
+        let mut state = self.shared.state.lock();
+        let tx = &self.tx;
+        self.shared.seal_all(&mut state, &mut |c| {
+            let _ = tx.send(c);
+        });
+        state.closed = true;
+    }
+}
+
+/// Sends records to the broker in batches.
+///
+/// Clones share one accumulator and one background sender task. Dropping
+/// the last clone hands the open batches to the task, which delivers them
+/// and exits; [`Producer::close`] also waits for that.
+///
+/// ```no_run
+/// use ferry_client::{Acks, Client, Producer, ProducerConfig};
+///
+/// # async fn demo() -> Result<(), ferry_client::ClientError> {
+/// let client = Client::connect("127.0.0.1:7400").await?;
+/// let config = ProducerConfig { acks: Acks::Leader, ..ProducerConfig::default() };
+/// let producer = Producer::new(client, config).await?;
+/// let mut deliveries = Vec::new();
+/// for i in 0..1000u32 {
+///     let key = i.to_string();
+///     deliveries.push(producer.send("events", Some(key.as_bytes()), Some(b"payload")).await?);
+/// }
+/// producer.flush().await?;
+/// for d in deliveries {
+///     d.wait().await?;
+/// }
+/// producer.close().await?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Producer {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Producer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Producer")
+            .field("addr", &self.inner.client.addr())
+            .field("config", &self.inner.shared.config)
+            .finish()
+    }
+}
+
+impl Producer {
+    /// Starts a producer and its background sender task on the current
+    /// tokio runtime. The stream to the broker opens on first use.
+    pub async fn new(client: Client, config: ProducerConfig) -> Result<Producer, ClientError> {
+        let config = config.normalized()?;
+        let shared = Arc::new(Shared {
+            config,
+            state: Mutex::new(State {
+                topics: HashMap::new(),
+                next_seq: 0,
+                closed: false,
+            }),
+            unacked_bytes: AtomicUsize::new(0),
+            space: Notify::new(),
+        });
+        let (tx, rx) = mpsc::unbounded_channel();
+        let task = SenderTask::new(shared.clone(), client.clone(), rx);
+        tokio::spawn(task.run());
+        Ok(Producer {
+            inner: Arc::new(Inner { shared, client, tx }),
+        })
+    }
+
+    /// Sends a record to the partition chosen by its key: murmur2 of the
+    /// key modulo the partition count (see [`crate::partitioner`]), so
+    /// one key always lands on one partition, in send order. Records
+    /// without a key go to a "sticky" partition that moves on whenever its
+    /// batch is sealed.
+    ///
+    /// The partition count is fetched once per topic and cached; a missing
+    /// topic fails with `UnknownTopicOrPartition`. Waits while
+    /// `buffer_bytes` are unacknowledged.
+    pub async fn send(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+    ) -> Result<Delivery, ClientError> {
+        self.send_inner(topic, None, key, value).await
+    }
+
+    /// Sends a record to an explicit partition.
+    pub async fn send_to(
+        &self,
+        topic: &str,
+        partition: u32,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+    ) -> Result<Delivery, ClientError> {
+        self.send_inner(topic, Some(partition), key, value).await
+    }
+
+    async fn send_inner(
+        &self,
+        topic: &str,
+        partition: Option<u32>,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+    ) -> Result<Delivery, ClientError> {
+        let shared = &*self.inner.shared;
+        let max_record = MAX_BATCH_BYTES - HEADER_LEN;
+        let approx = key.map_or(0, <[u8]>::len) + value.map_or(0, <[u8]>::len);
+        if approx > max_record {
+            return Err(ClientError::InvalidArgument(format!(
+                "a record of {approx} bytes exceeds the batch limit of {max_record} bytes"
+            )));
+        }
+        self.wait_for_space().await?;
+        loop {
+            let outcome = {
+                let mut state = shared.state.lock();
+                if state.closed {
+                    return Err(ClientError::Closed);
+                }
+                let state = &mut *state;
+                let next_seq = &mut state.next_seq;
+                match state.topics.get_mut(topic) {
+                    None => None,
+                    Some(ts) => Some(self.append(ts, next_seq, partition, key, value)?),
+                }
+            };
+            match outcome {
+                Some((delivery, sealed)) => {
+                    if sealed {
+                        // Let the sender task pick the batch up even on a
+                        // current-thread runtime where this loop never
+                        // waits otherwise.
+                        tokio::task::yield_now().await;
+                    }
+                    return Ok(delivery);
+                }
+                None => self.load_topic(topic).await?,
+            }
+        }
+    }
+
+    /// Copies one record into its partition's open batch. Returns the
+    /// delivery and whether a batch was sealed.
+    fn append(
+        &self,
+        ts: &mut TopicState,
+        next_seq: &mut u64,
+        partition: Option<u32>,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+    ) -> Result<(Delivery, bool), ClientError> {
+        let shared = &*self.inner.shared;
+        let n = ts.partitions.len() as u32;
+        let pick = |ts: &TopicState| match (partition, key) {
+            (Some(p), _) => p,
+            (None, Some(k)) => partition_for_key(k, n),
+            (None, None) => ts.sticky,
+        };
+        let mut p = pick(ts);
+        if p >= n {
+            return Err(ClientError::broker(
+                ErrorCode::UnknownTopicOrPartition,
+                format!("topic {} has no partition {p} (it has {n})", ts.name),
+            ));
+        }
+        let tx = &self.inner.tx;
+        let mut sink = |c| {
+            let _ = tx.send(c);
+        };
+        let now_ms = ferry_proto::now_ms();
+        let batch_bytes = shared.config.batch_bytes;
+        let linger = shared.config.linger;
+        let mut sealed = false;
+        // Seal first if the record does not fit; a keyless record then
+        // follows the sticky partition to its new place. Every round seals
+        // one open batch, so this ends.
+        while let Some(open) = &ts.partitions[p as usize].open {
+            let size = BatchBuilder::record_size(
+                open.builder.len(),
+                now_ms.wrapping_sub(open.first_ts),
+                key,
+                value,
+                &[],
+            );
+            if open.builder.size() + size <= batch_bytes {
+                break;
+            }
+            shared.seal(ts, p, &mut sink);
+            sealed = true;
+            p = pick(ts);
+        }
+        let name = ts.name.clone();
+        let acc = &mut ts.partitions[p as usize];
+        let open = acc.open.get_or_insert_with(|| {
+            let seq = *next_seq;
+            *next_seq += 1;
+            sink(Command::Opened {
+                topic: name.clone(),
+                partition: p,
+                seq,
+                deadline: Instant::now() + linger,
+            });
+            OpenBatch {
+                seq,
+                first_ts: now_ms,
+                builder: BatchBuilder::with_capacity(now_ms, acc.next_capacity),
+                completion: Arc::new(BatchCompletion::new()),
+                record_bytes: 0,
+            }
+        });
+        let before = open.builder.size();
+        let offset_delta = open.builder.len();
+        open.builder.push(now_ms, key, value, &[]);
+        let added = open.builder.size() - before;
+        open.record_bytes += added;
+        shared.unacked_bytes.fetch_add(added, Ordering::AcqRel);
+        let delivery = Delivery {
+            completion: open.completion.clone(),
+            topic: name,
+            partition: p,
+            offset_delta,
+        };
+        if open.builder.size() >= batch_bytes {
+            shared.seal(ts, p, &mut sink);
+            sealed = true;
+        }
+        Ok((delivery, sealed))
+    }
+
+    async fn load_topic(&self, topic: &str) -> Result<(), ClientError> {
+        let description = self.inner.client.describe_topic(topic).await?;
+        let n = description.partitions.len() as u32;
+        if n == 0 {
+            return Err(ClientError::broker(
+                ErrorCode::UnknownTopicOrPartition,
+                format!("topic {topic} has no partitions"),
+            ));
+        }
+        let mut state = self.inner.shared.state.lock();
+        let name: Arc<str> = Arc::from(topic);
+        state
+            .topics
+            .entry(name.clone())
+            .or_insert_with(|| TopicState {
+                name,
+                partitions: (0..n)
+                    .map(|_| Accumulator {
+                        open: None,
+                        next_capacity: MIN_BATCH_CAPACITY,
+                    })
+                    .collect(),
+                sticky: start_partition(n),
+            });
+        Ok(())
+    }
+
+    async fn wait_for_space(&self) -> Result<(), ClientError> {
+        let shared = &*self.inner.shared;
+        let limit = shared.config.buffer_bytes;
+        loop {
+            let notified = shared.space.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if shared.unacked_bytes.load(Ordering::Acquire) < limit {
+                return Ok(());
+            }
+            if shared.state.lock().closed {
+                return Err(ClientError::Closed);
+            }
+            notified.await;
+        }
+    }
+
+    /// Seals every open batch and waits until every batch sealed so far
+    /// has succeeded or failed. Individual failures are reported through
+    /// each record's [`Delivery`], not here.
+    pub async fn flush(&self) -> Result<(), ClientError> {
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut state = self.inner.shared.state.lock();
+            let sender = &self.inner.tx;
+            self.inner.shared.seal_all(&mut state, &mut |c| {
+                let _ = sender.send(c);
+            });
+            self.inner
+                .tx
+                .send(Command::Flush(tx))
+                .map_err(|_| ClientError::Closed)?;
+        }
+        rx.await.map_err(|_| ClientError::Closed)
+    }
+
+    /// Flushes, then stops the background task. Later sends fail with
+    /// [`ClientError::Closed`]. Closing twice is harmless.
+    pub async fn close(&self) -> Result<(), ClientError> {
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut state = self.inner.shared.state.lock();
+            let sender = &self.inner.tx;
+            self.inner.shared.seal_all(&mut state, &mut |c| {
+                let _ = sender.send(c);
+            });
+            state.closed = true;
+            if self.inner.tx.send(Command::Close(tx)).is_err() {
+                return Ok(());
+            }
+        }
+        self.inner.shared.space.notify_waiters();
+        // A dropped answer means the task already stopped: closed either way.
+        let _ = rx.await;
+        Ok(())
+    }
+
+    /// Record bytes sent but not yet acknowledged (or failed).
+    pub fn unacked_bytes(&self) -> usize {
+        self.inner.shared.unacked_bytes.load(Ordering::Acquire)
+    }
+}
+
+/// A starting sticky partition that differs between producers, so that
+/// many short-lived producers do not all pile onto partition 0.
+fn start_partition(n: u32) -> u32 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    nanos % n
+}
+
+type StreamResult = Result<tonic::Response<Streaming<v1::ProduceResponse>>, tonic::Status>;
+type ConnectFuture = Pin<Box<dyn Future<Output = StreamResult> + Send>>;
+
+enum Conn {
+    /// No stream; reconnect at `retry_at` once there is work.
+    Down { retry_at: Instant },
+    /// The call is starting. Requests may queue already.
+    Connecting {
+        req_tx: mpsc::Sender<v1::ProduceRequest>,
+        call: ConnectFuture,
+    },
+    Up {
+        req_tx: mpsc::Sender<v1::ProduceRequest>,
+        responses: Box<Streaming<v1::ProduceResponse>>,
+    },
+}
+
+impl Conn {
+    fn req_tx(&self) -> Option<&mpsc::Sender<v1::ProduceRequest>> {
+        match self {
+            Conn::Down { .. } => None,
+            Conn::Connecting { req_tx, .. } | Conn::Up { req_tx, .. } => Some(req_tx),
+        }
+    }
+}
+
+enum ConnEvent {
+    Connected(Result<Box<Streaming<v1::ProduceResponse>>, tonic::Status>),
+    Response(Result<Option<v1::ProduceResponse>, tonic::Status>),
+    /// The request queue has room again.
+    Space,
+}
+
+/// Waits for the next thing the connection has to say. Pending forever
+/// when there is no connection.
+async fn conn_event(conn: &mut Conn, want_space: bool) -> ConnEvent {
+    match conn {
+        Conn::Down { .. } => std::future::pending().await,
+        Conn::Connecting { req_tx, call } => tokio::select! {
+            r = call.as_mut() => ConnEvent::Connected(r.map(|r| Box::new(r.into_inner()))),
+            _ = req_tx.reserve(), if want_space => ConnEvent::Space,
+        },
+        Conn::Up { req_tx, responses } => tokio::select! {
+            r = responses.message() => ConnEvent::Response(r),
+            _ = req_tx.reserve(), if want_space => ConnEvent::Space,
+        },
+    }
+}
+
+#[derive(Default)]
+struct PartitionQueue {
+    /// Sealed batches not yet sent, ordered by `seq`.
+    pending: VecDeque<SealedBatch>,
+    /// Correlation ids of batches sent and not yet answered, in send order.
+    in_flight: VecDeque<u64>,
+    /// No sends before this (backoff after a retriable error).
+    retry_at: Option<Instant>,
+}
+
+impl PartitionQueue {
+    /// Puts a batch back in `seq` order, so retries keep the original order.
+    fn requeue(&mut self, batch: SealedBatch) {
+        let at = self.pending.partition_point(|b| b.seq < batch.seq);
+        self.pending.insert(at, batch);
+    }
+}
+
+/// Outstanding batches and the flushes waiting on them.
+struct Tracker {
+    shared: Arc<Shared>,
+    outstanding: BTreeSet<u64>,
+    flushes: Vec<(u64, oneshot::Sender<()>)>,
+}
+
+impl Tracker {
+    fn complete(&mut self, batch: SealedBatch, result: Result<Option<u64>, ClientError>) {
+        self.outstanding.remove(&batch.seq);
+        self.shared.release(batch.accounted);
+        batch.completion.complete(result);
+        if !self.flushes.is_empty() {
+            let oldest = self.outstanding.first().copied();
+            let mut i = 0;
+            while i < self.flushes.len() {
+                if oldest.is_none_or(|o| o > self.flushes[i].0) {
+                    let (_, tx) = self.flushes.swap_remove(i);
+                    let _ = tx.send(());
+                } else {
+                    i += 1;
+                }
+            }
+        }
+    }
+
+    fn add_flush(&mut self, tx: oneshot::Sender<()>) {
+        match self.outstanding.last() {
+            None => {
+                let _ = tx.send(());
+            }
+            Some(&newest) => self.flushes.push((newest, tx)),
+        }
+    }
+}
+
+type PartitionKey = (Arc<str>, u32);
+
+/// The background task: owns the `ProduceStream` and every sealed batch.
+struct SenderTask {
+    shared: Arc<Shared>,
+    client: Client,
+    acks: v1::Acks,
+    rx: mpsc::UnboundedReceiver<Command>,
+    rx_open: bool,
+    lingers: VecDeque<(Instant, Arc<str>, u32, u64)>,
+    partitions: HashMap<PartitionKey, PartitionQueue>,
+    in_flight: HashMap<u64, SealedBatch>,
+    tracker: Tracker,
+    conn: Conn,
+    conn_failures: u32,
+    next_correlation_id: u64,
+    /// The request queue was full on the last pump.
+    blocked: bool,
+    closers: Vec<oneshot::Sender<()>>,
+    next_expiry_check: Instant,
+}
+
+impl SenderTask {
+    fn new(
+        shared: Arc<Shared>,
+        client: Client,
+        rx: mpsc::UnboundedReceiver<Command>,
+    ) -> SenderTask {
+        let now = Instant::now();
+        SenderTask {
+            acks: shared.config.acks.to_proto(),
+            tracker: Tracker {
+                shared: shared.clone(),
+                outstanding: BTreeSet::new(),
+                flushes: Vec::new(),
+            },
+            shared,
+            client,
+            rx,
+            rx_open: true,
+            lingers: VecDeque::new(),
+            partitions: HashMap::new(),
+            in_flight: HashMap::new(),
+            conn: Conn::Down { retry_at: now },
+            conn_failures: 0,
+            next_correlation_id: 0,
+            blocked: false,
+            closers: Vec::new(),
+            next_expiry_check: now + EXPIRY_CHECK_INTERVAL,
+        }
+    }
+
+    fn has_work(&self) -> bool {
+        !self.tracker.outstanding.is_empty()
+    }
+
+    fn finished(&self) -> bool {
+        (!self.rx_open || !self.closers.is_empty()) && !self.has_work()
+    }
+
+    async fn run(mut self) {
+        loop {
+            if self.finished() {
+                break;
+            }
+            let now = Instant::now();
+            self.maybe_connect(now);
+            self.pump(now);
+            let deadline = self.next_deadline(now);
+            enum Event {
+                Command(Option<Command>),
+                Timer,
+                Conn(ConnEvent),
+            }
+            let event = tokio::select! {
+                c = self.rx.recv(), if self.rx_open => Event::Command(c),
+                _ = tokio::time::sleep_until(deadline) => Event::Timer,
+                e = conn_event(&mut self.conn, self.blocked) => Event::Conn(e),
+            };
+            match event {
+                Event::Command(Some(c)) => {
+                    self.handle_command(c);
+                    // Take whatever else queued up without a trip through
+                    // the select.
+                    while let Ok(c) = self.rx.try_recv() {
+                        self.handle_command(c);
+                    }
+                }
+                Event::Command(None) => self.rx_open = false,
+                Event::Timer => {}
+                Event::Conn(ConnEvent::Space) => self.blocked = false,
+                Event::Conn(ConnEvent::Connected(Ok(response))) => {
+                    if let Conn::Connecting { req_tx, .. } =
+                        std::mem::replace(&mut self.conn, Conn::Down { retry_at: now })
+                    {
+                        self.conn = Conn::Up {
+                            req_tx,
+                            responses: response,
+                        };
+                    }
+                }
+                Event::Conn(ConnEvent::Connected(Err(status))) => self.broken(&status.into()),
+                Event::Conn(ConnEvent::Response(Ok(Some(r)))) => self.handle_response(r),
+                Event::Conn(ConnEvent::Response(Ok(None))) => self.broken(&ClientError::broker(
+                    ErrorCode::NetworkError,
+                    "the broker closed the produce stream",
+                )),
+                Event::Conn(ConnEvent::Response(Err(status))) => self.broken(&status.into()),
+            }
+            let now = Instant::now();
+            self.seal_lingered(now);
+            if now >= self.next_expiry_check {
+                self.expire(now);
+                self.next_expiry_check = now + EXPIRY_CHECK_INTERVAL;
+            }
+        }
+        for tx in self.closers.drain(..) {
+            let _ = tx.send(());
+        }
+    }
+
+    fn handle_command(&mut self, command: Command) {
+        match command {
+            Command::Opened {
+                topic,
+                partition,
+                seq,
+                deadline,
+            } => self.lingers.push_back((deadline, topic, partition, seq)),
+            Command::Sealed(batch) => {
+                self.tracker.outstanding.insert(batch.seq);
+                let key = (batch.topic.clone(), batch.partition);
+                self.partitions.entry(key).or_default().requeue(batch);
+            }
+            Command::Flush(tx) => self.tracker.add_flush(tx),
+            // The loop ends once nothing is outstanding; nothing new can
+            // arrive because the producer is marked closed.
+            Command::Close(tx) => self.closers.push(tx),
+        }
+    }
+
+    /// Seals batches whose linger ran out. Linger is one constant, so
+    /// deadlines arrive in order and a queue suffices.
+    fn seal_lingered(&mut self, now: Instant) {
+        if self.lingers.front().is_none_or(|(d, ..)| *d > now) {
+            return;
+        }
+        let mut sealed = Vec::new();
+        {
+            let mut state = self.shared.state.lock();
+            // Batches the application sealed before now are in the channel;
+            // take them first so each partition's batches stay in order.
+            while let Ok(c) = self.rx.try_recv() {
+                sealed.push(c);
+            }
+            while let Some((deadline, ..)) = self.lingers.front() {
+                if *deadline > now {
+                    break;
+                }
+                let Some((_, topic, partition, seq)) = self.lingers.pop_front() else {
+                    break;
+                };
+                if let Some(ts) = state.topics.get_mut(&*topic) {
+                    let still_open = ts.partitions[partition as usize]
+                        .open
+                        .as_ref()
+                        .is_some_and(|o| o.seq == seq);
+                    if still_open {
+                        self.shared.seal(ts, partition, &mut |c| sealed.push(c));
+                    }
+                }
+            }
+        }
+        for c in sealed {
+            self.handle_command(c);
+        }
+    }
+
+    fn next_deadline(&self, now: Instant) -> Instant {
+        let mut deadline = now + Duration::from_secs(3600);
+        if let Some((d, ..)) = self.lingers.front() {
+            deadline = deadline.min(*d);
+        }
+        if self.has_work() {
+            deadline = deadline.min(self.next_expiry_check);
+            if let Conn::Down { retry_at } = &self.conn {
+                deadline = deadline.min(*retry_at);
+            }
+            // Past retry times are due at the next pump; counting them here
+            // would spin while the connection is down.
+            for q in self.partitions.values() {
+                if let Some(t) = q.retry_at.filter(|t| *t > now && !q.pending.is_empty()) {
+                    deadline = deadline.min(t);
+                }
+            }
+        }
+        deadline.max(now)
+    }
+
+    fn maybe_connect(&mut self, now: Instant) {
+        let Conn::Down { retry_at } = &self.conn else {
+            return;
+        };
+        if !self.has_work() || *retry_at > now {
+            return;
+        }
+        let (req_tx, req_rx) = mpsc::channel(REQUEST_QUEUE_LEN);
+        let mut raw = self.client.raw();
+        let call: ConnectFuture =
+            Box::pin(async move { raw.produce_stream(ReceiverStream::new(req_rx)).await });
+        self.conn = Conn::Connecting { req_tx, call };
+        self.blocked = false;
+    }
+
+    /// Sends every batch that may go now, until the request queue is full.
+    fn pump(&mut self, now: Instant) {
+        let Some(req_tx) = self.conn.req_tx() else {
+            return;
+        };
+        if self.blocked {
+            return;
+        }
+        let max_in_flight = self.shared.config.max_in_flight_per_partition;
+        let acks_none = self.acks == v1::Acks::None;
+        let mut closed = false;
+        'partitions: for q in self.partitions.values_mut() {
+            if q.retry_at.is_some_and(|t| t > now) {
+                continue;
+            }
+            q.retry_at = None;
+            while !q.pending.is_empty() && q.in_flight.len() < max_in_flight {
+                let permit = match req_tx.try_reserve() {
+                    Ok(permit) => permit,
+                    Err(mpsc::error::TrySendError::Full(())) => {
+                        self.blocked = true;
+                        break 'partitions;
+                    }
+                    Err(mpsc::error::TrySendError::Closed(())) => {
+                        closed = true;
+                        break 'partitions;
+                    }
+                };
+                let Some(mut batch) = q.pending.pop_front() else {
+                    break;
+                };
+                let correlation_id = self.next_correlation_id;
+                self.next_correlation_id += 1;
+                batch.attempts += 1;
+                permit.send(v1::ProduceRequest {
+                    correlation_id,
+                    topic: batch.topic.to_string(),
+                    partition: batch.partition,
+                    acks: self.acks as i32,
+                    batch: batch.bytes.clone(),
+                });
+                if acks_none {
+                    self.tracker.complete(batch, Ok(None));
+                } else {
+                    q.in_flight.push_back(correlation_id);
+                    self.in_flight.insert(correlation_id, batch);
+                }
+            }
+        }
+        if closed {
+            self.broken(&ClientError::broker(
+                ErrorCode::NetworkError,
+                "the produce stream closed",
+            ));
+        }
+    }
+
+    fn handle_response(&mut self, r: v1::ProduceResponse) {
+        self.conn_failures = 0;
+        let Some(batch) = self.in_flight.remove(&r.correlation_id) else {
+            if r.error_code != 0 {
+                // Acks::None batches, or batches that already timed out.
+                tracing::warn!(
+                    correlation_id = r.correlation_id,
+                    code = %ErrorCode::from_u32(r.error_code),
+                    message = %r.error_message,
+                    "produce failed for a batch already reported as sent"
+                );
+            }
+            return;
+        };
+        let key = (batch.topic.clone(), batch.partition);
+        let q = self.partitions.entry(key).or_default();
+        if let Some(i) = q.in_flight.iter().position(|c| *c == r.correlation_id) {
+            q.in_flight.remove(i);
+        }
+        if r.error_code == 0 {
+            self.tracker.complete(batch, Ok(Some(r.base_offset)));
+            return;
+        }
+        let code = ErrorCode::from_u32(r.error_code);
+        let error = ClientError::broker(code, r.error_message);
+        if !code.is_retriable() {
+            self.tracker.complete(batch, Err(error));
+            return;
+        }
+        let now = Instant::now();
+        let timeout = self.shared.config.delivery_timeout;
+        if now.duration_since(batch.sealed_at) >= timeout {
+            self.tracker.complete(batch, Err(delivery_timeout(timeout)));
+            return;
+        }
+        tracing::debug!(topic = %batch.topic, partition = batch.partition, %error, "retrying batch");
+        q.retry_at = Some(now + self.shared.config.backoff(batch.attempts.saturating_sub(1)));
+        q.requeue(batch);
+    }
+
+    /// The stream failed: every in-flight batch goes back to its queue in
+    /// order, and a new stream opens after a backoff.
+    fn broken(&mut self, error: &ClientError) {
+        if self.has_work() {
+            tracing::warn!(%error, "produce stream broke; reconnecting");
+        } else {
+            tracing::debug!(%error, "idle produce stream closed");
+        }
+        let now = Instant::now();
+        let backoff = self.shared.config.backoff(self.conn_failures);
+        self.conn_failures = self.conn_failures.saturating_add(1);
+        self.conn = Conn::Down {
+            retry_at: now + backoff,
+        };
+        self.blocked = false;
+        let timeout = self.shared.config.delivery_timeout;
+        for (_, batch) in self.in_flight.drain() {
+            let key = (batch.topic.clone(), batch.partition);
+            let q = self.partitions.entry(key).or_default();
+            q.in_flight.clear();
+            if now.duration_since(batch.sealed_at) >= timeout {
+                self.tracker.complete(batch, Err(delivery_timeout(timeout)));
+            } else {
+                q.requeue(batch);
+            }
+        }
+    }
+
+    /// Fails batches past their delivery timeout, waiting or in flight.
+    /// Batches of a partition were sealed in `seq` order, so only the front
+    /// of each queue needs a look.
+    fn expire(&mut self, now: Instant) {
+        let timeout = self.shared.config.delivery_timeout;
+        let expired = |b: &SealedBatch| now.duration_since(b.sealed_at) >= timeout;
+        for q in self.partitions.values_mut() {
+            while q.pending.front().is_some_and(expired) {
+                if let Some(batch) = q.pending.pop_front() {
+                    self.tracker.complete(batch, Err(delivery_timeout(timeout)));
+                }
+            }
+            while let Some(&c) = q.in_flight.front() {
+                if !self.in_flight.get(&c).is_some_and(expired) {
+                    break;
+                }
+                if let Some(batch) = self.in_flight.remove(&c) {
+                    self.tracker.complete(batch, Err(delivery_timeout(timeout)));
+                }
+                q.in_flight.pop_front();
+            }
+        }
+    }
+}
+
+fn delivery_timeout(timeout: Duration) -> ClientError {
+    ClientError::Timeout {
+        what: "delivery",
+        after_ms: timeout.as_millis() as u64,
+    }
+}
