@@ -1,1 +1,27 @@
-//! placeholder
+//! Ferry's storage engine: a memory-mapped, append-only, crash-safe log of
+//! record batches.
+//!
+//! A [`Log`] is a directory of segments. Each segment is a preallocated
+//! `.log` file of concatenated record batches (the format of
+//! `ferry_proto::batch`) plus an `.index` file holding a sparse offset index
+//! and the recovery checkpoint. Appends are a memcpy into a writable map;
+//! reads are zero-copy `Bytes` slices of a read-only map. Durability comes
+//! from msync under a [`FlushPolicy`]; recovery scans only past the last
+//! checkpoint. The byte formats and the crash analysis are in
+//! `docs/format.md`; the reasoning for each piece is in the module docs of
+//! [`mmap`](crate::mmap) (soundness of the two maps), `segment` (torn
+//! writes), `index` (atomic checkpoints) and `log` (flush and recovery).
+
+mod config;
+mod error;
+mod index;
+mod log;
+mod mmap;
+mod segment;
+
+pub use config::{
+    FlushPolicy, LogConfig, MAX_FLUSH_INTERVAL_MS, MAX_SEGMENT_BYTES, MIN_SEGMENT_BYTES,
+    ParseFlushPolicyError,
+};
+pub use error::StorageError;
+pub use log::{AppendInfo, Log, RecoveryStats, RetentionOutcome, SegmentInfo, Watermarks};

@@ -1,0 +1,388 @@
+use std::time::Duration;
+
+use ferry_proto::batch::{BatchBuilder, BatchIter, ValidBatch};
+
+use super::*;
+
+fn batch(first_ts: i64, records: usize, value_len: usize) -> Bytes {
+    let mut b = BatchBuilder::new(first_ts);
+    for i in 0..records {
+        b.push(first_ts + i as i64, None, Some(&vec![b'v'; value_len]), &[]);
+    }
+    b.finish()
+}
+
+fn append(log: &Log, b: &Bytes) -> AppendInfo {
+    log.append(ValidBatch::exact(b).unwrap()).unwrap()
+}
+
+fn config(segment_bytes: u64, flush: FlushPolicy) -> LogConfig {
+    LogConfig {
+        segment_bytes,
+        index_interval_bytes: 512,
+        flush,
+        checkpoint_interval_bytes: 1 << 20,
+        ..LogConfig::default()
+    }
+}
+
+/// Every batch's (base offset, record values) read back one offset at a time.
+fn read_all(log: &Log) -> Vec<(u64, u32)> {
+    let mut out = Vec::new();
+    let mut offset = log.log_start_offset();
+    while offset < log.next_offset() {
+        let bytes = log.read(offset, 1, u64::MAX).unwrap();
+        let batches: Vec<_> = BatchIter::new(&bytes).map(Result::unwrap).collect();
+        assert_eq!(batches.len(), 1);
+        let h = batches[0].header();
+        out.push((h.base_offset, h.record_count));
+        offset = h.next_offset();
+    }
+    out
+}
+
+#[test]
+fn appends_get_consecutive_offsets_and_read_back_byte_for_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), config(64 * 1024, FlushPolicy::Never)).unwrap();
+    let a = batch(1, 3, 10);
+    let b = batch(2, 2, 10);
+    assert_eq!(append(&log, &a).base_offset, 0);
+    let info = append(&log, &b);
+    assert_eq!(
+        (info.base_offset, info.last_offset, info.log_start_offset),
+        (3, 4, 0)
+    );
+    assert_eq!(log.next_offset(), 5);
+    let got = log.read(0, usize::MAX, u64::MAX).unwrap();
+    assert_eq!(&got[8..a.len()], &a[8..]);
+    assert_eq!(&got[a.len() + 8..], &b[8..]);
+    // An offset inside a batch returns the whole batch it belongs to.
+    let mid = log.read(4, 1, u64::MAX).unwrap();
+    assert_eq!(ValidBatch::exact(&mid).unwrap().header().base_offset, 3);
+    assert!(log.read(5, 100, u64::MAX).unwrap().is_empty());
+    assert!(matches!(
+        log.read(6, 100, u64::MAX),
+        Err(StorageError::OffsetOutOfRange { requested: 6, .. })
+    ));
+}
+
+#[test]
+fn reads_stop_at_the_upper_watermark_and_at_max_bytes_but_return_the_first_batch_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), config(64 * 1024, FlushPolicy::Never)).unwrap();
+    let b = batch(1, 2, 100);
+    for _ in 0..4 {
+        append(&log, &b);
+    }
+    assert_eq!(log.read(0, 1, u64::MAX).unwrap().len(), b.len());
+    assert_eq!(
+        log.read(0, 2 * b.len() + 1, u64::MAX).unwrap().len(),
+        2 * b.len()
+    );
+    assert_eq!(log.read(0, usize::MAX, 4).unwrap().len(), 2 * b.len());
+    assert_eq!(log.read(0, usize::MAX, 3).unwrap().len(), b.len());
+    assert!(log.read(0, usize::MAX, 1).unwrap().is_empty());
+    assert!(log.read(4, usize::MAX, 4).unwrap().is_empty());
+}
+
+#[test]
+fn a_batch_that_does_not_fit_rolls_and_reads_continue_across_the_boundary() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), config(4096, FlushPolicy::Never)).unwrap();
+    let b = batch(1, 1, 1000);
+    for _ in 0..10 {
+        append(&log, &b);
+    }
+    let segs = log.segments();
+    assert!(segs.len() >= 3, "{segs:?}");
+    for pair in segs.windows(2) {
+        assert_eq!(pair[0].next_offset, pair[1].base_offset);
+        // Sealed segments are flushed in full at roll.
+        assert_eq!(pair[0].durable_len, pair[0].data_len);
+    }
+    // Reading at the end of a segment continues into the next one, and one
+    // read never spans two segments.
+    let first_end = segs[0].next_offset;
+    let got = log.read(first_end, usize::MAX, u64::MAX).unwrap();
+    assert_eq!(
+        ValidBatch::new(&got).unwrap().header().base_offset,
+        first_end
+    );
+    assert_eq!(got.len() as u64, segs[1].data_len);
+    assert_eq!(read_all(&log).len(), 10);
+    assert_eq!(log.size_bytes(), 10 * b.len() as u64);
+}
+
+#[test]
+fn a_batch_larger_than_a_segment_is_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), config(4096, FlushPolicy::Never)).unwrap();
+    let b = batch(1, 1, 5000);
+    assert!(matches!(
+        log.append(ValidBatch::exact(&b).unwrap()),
+        Err(StorageError::BatchTooLarge { max: 4096, .. })
+    ));
+    assert_eq!(log.next_offset(), 0);
+}
+
+#[test]
+fn a_closed_log_reopens_without_scanning_and_continues_at_the_next_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = batch(1, 2, 300);
+    {
+        let log = Log::open(dir.path(), config(8192, FlushPolicy::Never)).unwrap();
+        for _ in 0..20 {
+            append(&log, &b);
+        }
+        log.close().unwrap();
+        log.close().unwrap();
+        assert!(matches!(
+            log.append(ValidBatch::exact(&b).unwrap()),
+            Err(StorageError::Closed)
+        ));
+    }
+    let log = Log::open(dir.path(), config(8192, FlushPolicy::Never)).unwrap();
+    let stats = log.recovery_stats();
+    assert_eq!(
+        (
+            stats.scanned_bytes,
+            stats.zeroed_bytes,
+            stats.rebuilt_indexes
+        ),
+        (0, 0, 0)
+    );
+    assert_eq!(log.next_offset(), 40);
+    assert_eq!(log.durable_offset(), 40);
+    assert_eq!(append(&log, &b).base_offset, 40);
+    assert_eq!(read_all(&log).len(), 21);
+    assert_eq!(
+        log.index_entries().unwrap(),
+        log.rebuilt_index_entries().unwrap()
+    );
+}
+
+#[test]
+fn a_dropped_log_recovers_its_unflushed_tail_by_scanning() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = batch(1, 2, 300);
+    {
+        let log = Log::open(dir.path(), config(64 * 1024, FlushPolicy::Never)).unwrap();
+        for _ in 0..5 {
+            append(&log, &b);
+        }
+        log.flush().unwrap();
+        for _ in 0..5 {
+            append(&log, &b);
+        }
+        assert_eq!(log.durable_offset(), 10);
+    }
+    let log = Log::open(dir.path(), config(64 * 1024, FlushPolicy::Never)).unwrap();
+    assert!(log.recovery_stats().scanned_bytes > 0);
+    assert_eq!(log.next_offset(), 20);
+    assert_eq!(log.durable_offset(), 20);
+    assert_eq!(
+        log.index_entries().unwrap(),
+        log.rebuilt_index_entries().unwrap()
+    );
+}
+
+#[test]
+fn always_policy_group_commits_and_wakes_blocking_and_async_waiters() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Arc::new(Log::open(dir.path(), config(1 << 20, FlushPolicy::Always)).unwrap());
+    let b = batch(1, 1, 100);
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let log = log.clone();
+            let b = b.clone();
+            std::thread::spawn(move || {
+                for _ in 0..20 {
+                    let info = append(&log, &b);
+                    log.wait_durable_blocking(info.last_offset).unwrap();
+                    assert!(log.durable_offset() > info.last_offset);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let info = append(&log, &b);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(10), log.wait_durable(info.last_offset))
+            .await
+            .unwrap()
+            .unwrap();
+    });
+    assert_eq!(log.durable_offset(), 81);
+    assert_eq!(
+        *log.watch().borrow(),
+        Watermarks {
+            next_offset: 81,
+            durable_offset: 81
+        }
+    );
+}
+
+#[test]
+fn a_long_wait_under_the_interval_policy_wakes_when_the_timer_flushes() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(
+        dir.path(),
+        config(1 << 20, FlushPolicy::Interval(Duration::from_millis(200))),
+    )
+    .unwrap();
+    let info = append(&log, &batch(1, 1, 10));
+    let start = std::time::Instant::now();
+    log.wait_durable_blocking(info.last_offset).unwrap();
+    assert!(start.elapsed() < Duration::from_secs(5));
+}
+
+#[test]
+fn never_policy_flushes_only_on_demand_and_close_fails_pending_waiters() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Arc::new(Log::open(dir.path(), config(1 << 20, FlushPolicy::Never)).unwrap());
+    append(&log, &batch(1, 1, 10));
+    std::thread::sleep(Duration::from_millis(20));
+    assert_eq!(log.durable_offset(), 0);
+    let waiter = {
+        let log = log.clone();
+        std::thread::spawn(move || log.wait_durable_blocking(5))
+    };
+    log.flush().unwrap();
+    assert_eq!(log.durable_offset(), 1);
+    log.close().unwrap();
+    assert!(matches!(waiter.join().unwrap(), Err(StorageError::Closed)));
+}
+
+#[test]
+fn retention_deletes_only_whole_sealed_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(4096, FlushPolicy::Never);
+    cfg.retention_bytes = Some(0);
+    let log = Log::open(dir.path(), cfg).unwrap();
+    let b = batch(1, 1, 1000);
+    for _ in 0..10 {
+        append(&log, &b);
+    }
+    let before = log.segments();
+    let held = log.read(0, usize::MAX, u64::MAX).unwrap();
+    let out = log.apply_retention(0).unwrap();
+    let after = log.segments();
+    assert_eq!(after.len(), 1, "only the active segment is left");
+    assert_eq!(out.segments_deleted, before.len() - 1);
+    assert_eq!(out.log_start_offset, after[0].base_offset);
+    assert_eq!(log.log_start_offset(), after[0].base_offset);
+    assert!(!before[0].log_path.exists() && !before[0].index_path.exists());
+    // A read handed out before the deletion still sees its bytes.
+    assert_eq!(ValidBatch::new(&held).unwrap().header().base_offset, 0);
+    assert!(matches!(
+        log.read(0, 1, u64::MAX),
+        Err(StorageError::OffsetOutOfRange { .. })
+    ));
+    drop(log);
+    let log = Log::open(dir.path(), config(4096, FlushPolicy::Never)).unwrap();
+    assert_eq!(log.log_start_offset(), after[0].base_offset);
+    assert_eq!(log.next_offset(), 10);
+}
+
+#[test]
+fn retention_by_age_uses_each_segments_newest_timestamp() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(4096, FlushPolicy::Never);
+    cfg.retention_ms = Some(1000);
+    let log = Log::open(dir.path(), cfg).unwrap();
+    for ts in [100, 200, 300, 5000, 5100, 5200] {
+        append(&log, &batch(ts, 1, 1500));
+    }
+    // Two batches per segment: segments end at ts 200, 5000, 5200.
+    let out = log.apply_retention(5500).unwrap();
+    assert_eq!(out.segments_deleted, 1);
+    assert_eq!(log.log_start_offset(), 2);
+}
+
+#[test]
+fn offset_for_timestamp_finds_the_first_batch_that_reaches_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), config(4096, FlushPolicy::Never)).unwrap();
+    for ts in [10, 20, 30, 40, 50] {
+        append(&log, &batch(ts, 2, 1200));
+    }
+    assert_eq!(log.offset_for_timestamp(0).unwrap(), Some(0));
+    assert_eq!(log.offset_for_timestamp(21).unwrap(), Some(2));
+    assert_eq!(log.offset_for_timestamp(41).unwrap(), Some(6));
+    assert_eq!(log.offset_for_timestamp(42).unwrap(), Some(8));
+    assert_eq!(log.offset_for_timestamp(52).unwrap(), None);
+}
+
+#[test]
+fn a_missing_sealed_index_is_rebuilt_and_a_corrupt_sealed_segment_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = batch(1, 1, 1000);
+    let segs = {
+        let log = Log::open(dir.path(), config(4096, FlushPolicy::Never)).unwrap();
+        for _ in 0..10 {
+            append(&log, &b);
+        }
+        log.close().unwrap();
+        log.segments()
+    };
+    std::fs::remove_file(&segs[0].index_path).unwrap();
+    std::fs::write(&segs[1].index_path, b"garbage").unwrap();
+    {
+        let log = Log::open(dir.path(), config(4096, FlushPolicy::Never)).unwrap();
+        assert_eq!(log.recovery_stats().rebuilt_indexes, 2);
+        assert_eq!(read_all(&log).len(), 10);
+        assert_eq!(
+            log.index_entries().unwrap(),
+            log.rebuilt_index_entries().unwrap()
+        );
+    }
+    // Damage inside a sealed segment whose index is also gone: data after
+    // the damage must not be silently dropped.
+    std::fs::remove_file(&segs[0].index_path).unwrap();
+    let mut data = std::fs::read(&segs[0].log_path).unwrap();
+    data[b.len() + 100] ^= 0xff;
+    std::fs::write(&segs[0].log_path, &data).unwrap();
+    let err = Log::open(dir.path(), config(4096, FlushPolicy::Never)).unwrap_err();
+    match err {
+        StorageError::Corrupt { path, position, .. } => {
+            assert_eq!(path, segs[0].log_path);
+            assert_eq!(position, b.len() as u64);
+        }
+        other => panic!("{other}"),
+    }
+}
+
+#[test]
+fn a_stray_empty_segment_file_that_does_not_continue_the_log_is_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let log = Log::open(dir.path(), config(4096, FlushPolicy::Never)).unwrap();
+        for _ in 0..3 {
+            append(&log, &batch(1, 1, 100));
+        }
+        log.close().unwrap();
+    }
+    std::fs::write(dir.path().join(log_file_name(1000)), b"").unwrap();
+    std::fs::write(dir.path().join("00000000000000000007.index.tmp"), b"x").unwrap();
+    let log = Log::open(dir.path(), config(4096, FlushPolicy::Never)).unwrap();
+    assert_eq!(log.next_offset(), 3);
+    assert_eq!(log.segments().len(), 1);
+    assert!(!dir.path().join(log_file_name(1000)).exists());
+    assert_eq!(append(&log, &batch(1, 1, 100)).base_offset, 3);
+}
+
+#[test]
+fn invalid_configs_are_rejected_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    assert!(matches!(
+        Log::open(dir.path(), config(100, FlushPolicy::Never)),
+        Err(StorageError::InvalidConfig(_))
+    ));
+}
