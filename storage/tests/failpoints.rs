@@ -1,0 +1,130 @@
+//! Failure injection: a failed flush is fatal, a failed checkpoint is not.
+#![cfg(feature = "failpoints")]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{append, make_batch, read_batches};
+use ferry_proto::batch::ValidBatch;
+use ferry_storage::{FlushPolicy, Log, LogConfig, StorageError};
+use parking_lot::Mutex;
+
+/// Failpoints are process-global: tests that use them run one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn config(flush: FlushPolicy) -> LogConfig {
+    LogConfig {
+        segment_bytes: 8192,
+        flush,
+        checkpoint_interval_bytes: 0,
+        ..LogConfig::default()
+    }
+}
+
+#[test]
+fn a_failed_flush_makes_the_log_refuse_writes_and_never_ack() {
+    let _serial = SERIAL.lock();
+    let scenario = fail::FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let log = Arc::new(Log::open(dir.path(), config(FlushPolicy::Always)).unwrap());
+    let b = make_batch(1, 2, 50);
+    let ok = append(&log, &b);
+    log.wait_durable_blocking(ok.last_offset).unwrap();
+    let durable_before = log.durable_offset();
+
+    fail::cfg("storage::flush", "return").unwrap();
+    let doomed = append(&log, &b);
+    let err = log.wait_durable_blocking(doomed.last_offset).unwrap_err();
+    assert!(matches!(err, StorageError::LogFailed { .. }), "{err}");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let async_err = rt
+        .block_on(async {
+            tokio::time::timeout(
+                Duration::from_secs(10),
+                log.wait_durable(doomed.last_offset),
+            )
+            .await
+        })
+        .unwrap()
+        .unwrap_err();
+    assert!(matches!(async_err, StorageError::LogFailed { .. }));
+
+    // Even once the disk "recovers", the log never retries and never acks.
+    fail::remove("storage::flush");
+    assert!(matches!(
+        log.append(ValidBatch::exact(&b).unwrap()),
+        Err(StorageError::LogFailed { .. })
+    ));
+    assert!(matches!(log.flush(), Err(StorageError::LogFailed { .. })));
+    std::thread::sleep(Duration::from_millis(20));
+    assert_eq!(log.durable_offset(), durable_before);
+    assert!(log.failure().unwrap().contains("injected flush failure"));
+    // Reads of what is there keep working.
+    assert_eq!(read_batches(&log).len(), 2);
+    drop(log);
+    scenario.teardown();
+
+    let log = Log::open(dir.path(), config(FlushPolicy::Always)).unwrap();
+    assert!(log.failure().is_none());
+    assert!(log.next_offset() >= durable_before);
+}
+
+#[test]
+fn a_failed_flush_at_segment_roll_fails_the_log() {
+    let _serial = SERIAL.lock();
+    let scenario = fail::FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), config(FlushPolicy::Never)).unwrap();
+    let b = make_batch(1, 1, 3000);
+    append(&log, &b);
+    append(&log, &b);
+    fail::cfg("storage::flush", "return").unwrap();
+    assert!(matches!(
+        log.append(ValidBatch::exact(&b).unwrap()),
+        Err(StorageError::LogFailed { .. })
+    ));
+    fail::remove("storage::flush");
+    assert!(matches!(
+        log.append(ValidBatch::exact(&b).unwrap()),
+        Err(StorageError::LogFailed { .. })
+    ));
+    assert_eq!(log.segments().len(), 1);
+    scenario.teardown();
+}
+
+#[test]
+fn a_failed_checkpoint_is_not_fatal_and_recovery_scans_instead() {
+    let _serial = SERIAL.lock();
+    let scenario = fail::FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let b = make_batch(1, 2, 100);
+    {
+        let log = Log::open(dir.path(), config(FlushPolicy::Never)).unwrap();
+        append(&log, &b);
+        log.flush().unwrap();
+        fail::cfg("storage::checkpoint", "return").unwrap();
+        append(&log, &b);
+        log.flush().unwrap();
+        assert_eq!(log.durable_offset(), 4);
+        // At roll the sealed segment's index cannot be written: the append
+        // fails, but the log stays usable.
+        let big = make_batch(2, 1, 7900);
+        assert!(matches!(
+            log.append(ValidBatch::exact(&big).unwrap()),
+            Err(StorageError::Io { .. })
+        ));
+        assert!(log.failure().is_none());
+        fail::remove("storage::checkpoint");
+        assert_eq!(append(&log, &big).base_offset, 4);
+        assert_eq!(log.segments().len(), 2);
+    }
+    scenario.teardown();
+    let log = Log::open(dir.path(), config(FlushPolicy::Never)).unwrap();
+    assert_eq!(log.next_offset(), 5);
+    assert_eq!(read_batches(&log).len(), 3);
+}
