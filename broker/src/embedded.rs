@@ -31,7 +31,7 @@ pub struct EmbeddedBroker {
     tmp: Option<Arc<tempfile::TempDir>>,
     stop: Option<oneshot::Sender<Stop>>,
     thread: Option<std::thread::JoinHandle<Result<(), BrokerError>>>,
-    state: Arc<BrokerState>,
+    state: Option<Arc<BrokerState>>,
 }
 
 impl EmbeddedBroker {
@@ -119,7 +119,7 @@ impl EmbeddedBroker {
             tmp,
             stop: Some(stop_tx),
             thread: Some(thread),
-            state,
+            state: Some(state),
         })
     }
 
@@ -139,14 +139,20 @@ impl EmbeddedBroker {
     }
 
     /// The broker's state, for white-box tests.
+    ///
+    /// # Panics
+    /// After the broker was stopped.
     pub fn state(&self) -> &Arc<BrokerState> {
-        &self.state
+        self.state.as_ref().expect("the embedded broker is running")
     }
 
     async fn stop(&mut self, how: Stop) -> Result<(), BrokerError> {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(how);
         }
+        // Our reference must go too: the state holds the data-dir lock and
+        // the logs, which a restart opens again.
+        self.state = None;
         if let Some(thread) = self.thread.take() {
             return tokio::task::spawn_blocking(move || thread.join())
                 .await

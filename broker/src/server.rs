@@ -23,7 +23,7 @@ use crate::state::BrokerState;
 /// HTTP/2 frame size on the server. The 16 KiB default, not the flow
 /// control window, limits throughput for 64–256 KiB batches.
 pub const MAX_FRAME_BYTES: u32 = (1 << 20) - 1;
-/// How long graceful shutdown waits for connections to drain.
+/// How long graceful shutdown waits for running requests.
 pub const SHUTDOWN_DRAIN: Duration = Duration::from_secs(5);
 
 /// How the broker should stop.
@@ -109,8 +109,9 @@ impl Broker {
             .add_service(reflection)
             .add_service(ferry)
             .serve_with_incoming_shutdown(incoming, signal);
-        // Long-lived streams may not end on their own; drain for a bounded
-        // time after the stop signal, then close the logs regardless.
+        // Idle connections and long-lived streams may stay open; after the
+        // stop signal, wait (bounded) only for requests being handled, then
+        // close the logs regardless.
         let mut server = Box::pin(server);
         let mut stop_rx = stop_rx;
         let how = tokio::select! {
@@ -118,14 +119,20 @@ impl Broker {
                 r.map_err(|e| BrokerError::Config(format!("server: {e}")))?;
                 stop_rx.try_recv().unwrap_or(Stop::Graceful)
             }
-            how = &mut stop_rx => {
-                let how = how.unwrap_or(Stop::Graceful);
-                if how == Stop::Graceful {
-                    let _ = tokio::time::timeout(SHUTDOWN_DRAIN, &mut server).await;
-                }
-                how
-            }
+            how = &mut stop_rx => how.unwrap_or(Stop::Graceful),
         };
+        if how == Stop::Graceful {
+            let drained = tokio::time::timeout(SHUTDOWN_DRAIN, async {
+                tokio::select! {
+                    _ = &mut server => {}
+                    _ = state.inflight.wait_idle() => {}
+                }
+            })
+            .await;
+            if drained.is_err() {
+                tracing::warn!("requests still running after the drain period; closing anyway");
+            }
+        }
         retention.abort();
         drop(server);
         match how {

@@ -167,6 +167,7 @@ impl Ferry for FerryService {
         &self,
         request: Request<v1::ProduceRequest>,
     ) -> Result<Response<v1::ProduceResponse>, Status> {
+        let _busy = self.state.inflight.enter();
         let req = request.into_inner();
         let r = match acks_of(req.acks) {
             Ok(acks) => {
@@ -225,6 +226,7 @@ impl Ferry for FerryService {
         &self,
         request: Request<v1::FetchRequest>,
     ) -> Result<Response<v1::FetchResponse>, Status> {
+        let _busy = self.state.inflight.enter();
         let req = request.into_inner();
         let specs = req
             .partitions
@@ -314,6 +316,7 @@ impl Ferry for FerryService {
         &self,
         request: Request<v1::CommitOffsetsRequest>,
     ) -> Result<Response<v1::CommitOffsetsResponse>, Status> {
+        let _busy = self.state.inflight.enter();
         let req = request.into_inner();
         let r = async {
             for o in &req.offsets {
@@ -364,6 +367,7 @@ fn handle_streamed(
     req: v1::ProduceRequest,
 ) -> impl std::future::Future<Output = Option<v1::ProduceResponse>> + Send {
     let started = Instant::now();
+    let busy = state.inflight.enter();
     let id = req.correlation_id;
     let appended = acks_of(req.acks).and_then(|acks| {
         state
@@ -371,6 +375,7 @@ fn handle_streamed(
             .map(|(p, info, _)| (p, info, acks))
     });
     async move {
+        let _busy = busy;
         match appended {
             Err(e) => Some(produce_response(id, Err(e))),
             Ok((_, _, AckLevel::None)) => None,

@@ -2,14 +2,14 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ferry_proto::batch::{BatchHeader, ValidBatch};
 use ferry_storage::{AppendInfo, FlushPolicy};
 use futures::future::select_all;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
 use crate::config::{BrokerConfig, MAX_FETCH_WAIT_MS};
 use crate::error::BrokerError;
@@ -58,6 +58,47 @@ pub struct FetchResult {
     pub log_start_offset: u64,
 }
 
+/// Counts requests being handled, so shutdown can wait for them without
+/// waiting for idle connections to go away.
+#[derive(Debug, Default)]
+pub struct Inflight {
+    count: AtomicUsize,
+    idle: Notify,
+}
+
+/// Held while a request is being handled.
+#[derive(Debug)]
+pub struct InflightGuard(Arc<Inflight>);
+
+impl Inflight {
+    /// Marks a request as started until the guard drops.
+    pub fn enter(self: &Arc<Self>) -> InflightGuard {
+        self.count.fetch_add(1, Ordering::AcqRel);
+        InflightGuard(self.clone())
+    }
+
+    /// Resolves when no request is being handled.
+    pub async fn wait_idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.count.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
 /// The whole broker: topics, offsets and limits.
 #[derive(Debug)]
 pub struct BrokerState {
@@ -67,6 +108,8 @@ pub struct BrokerState {
     pub topics: Topics,
     /// Consumer-group offsets.
     pub offsets: OffsetStore,
+    /// Requests being handled.
+    pub inflight: Arc<Inflight>,
     shutting_down: AtomicBool,
     shutdown_tx: watch::Sender<bool>,
     _lock: std::fs::File,
@@ -90,6 +133,7 @@ impl BrokerState {
             config,
             topics,
             offsets,
+            inflight: Arc::default(),
             shutting_down: AtomicBool::new(false),
             shutdown_tx,
             _lock: lock,

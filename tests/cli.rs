@@ -1,0 +1,300 @@
+//! The real `ferry` binary, end to end: broker, topic admin, produce and
+//! consume, and a `kill -9` of the broker with a restart in between.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
+
+struct BrokerProc {
+    child: Child,
+    addr: String,
+}
+
+impl BrokerProc {
+    fn start(data_dir: &Path, listen: &str) -> BrokerProc {
+        let mut child = Command::new(FERRY)
+            .args(["broker", "--data-dir"])
+            .arg(data_dir)
+            .args(["--listen", listen])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn ferry broker");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .trim()
+            .rsplit(' ')
+            .next()
+            .expect("broker prints its address")
+            .to_string();
+        assert!(addr.contains(':'), "unexpected first line {line:?}");
+        BrokerProc { child, addr }
+    }
+
+    /// SIGKILL: no flush, no checkpoint, no goodbye.
+    fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    fn sigterm(mut self) -> std::process::ExitStatus {
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for BrokerProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn ferry(addr: &str, args: &[&str], stdin: Option<&str>) -> std::process::Output {
+    let mut child = Command::new(FERRY)
+        .args(args)
+        .args(["--broker", addr])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    if let Some(s) = stdin {
+        input.write_all(s.as_bytes()).unwrap();
+    }
+    drop(input);
+    child.wait_with_output().unwrap()
+}
+
+fn json_lines(out: &[u8]) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(out)
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn every_acked_record_survives_a_kill_9_of_the_broker() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let broker = BrokerProc::start(&data, "127.0.0.1:0");
+    let out = ferry(
+        &broker.addr,
+        &["topic", "create", "t", "--partitions", "3"],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let n = 5000;
+    let input: String = (0..n).map(|i| format!("k{}:v{i}\n", i % 11)).collect();
+    let out = ferry(
+        &broker.addr,
+        &["produce", "t", "--key-separator", ":", "--acks", "all"],
+        Some(&input),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary = json_lines(&out.stdout).pop().unwrap();
+    assert_eq!(summary["acked"], n);
+
+    broker.kill9();
+    let broker = BrokerProc::start(&data, "127.0.0.1:0");
+    let out = ferry(
+        &broker.addr,
+        &[
+            "consume",
+            "t",
+            "--from",
+            "earliest",
+            "--idle-timeout",
+            "1500",
+        ],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows = json_lines(&out.stdout);
+    let mut values: Vec<String> = rows
+        .iter()
+        .map(|r| r["value"].as_str().unwrap().to_string())
+        .collect();
+    values.sort();
+    let mut expected: Vec<String> = (0..n).map(|i| format!("v{i}")).collect();
+    expected.sort();
+    assert_eq!(
+        values, expected,
+        "every acked record, exactly once (nothing was retried)"
+    );
+    for r in &rows {
+        let i: u64 = r["value"].as_str().unwrap()[1..].parse().unwrap();
+        assert_eq!(r["key"], format!("k{}", i % 11));
+    }
+    // Per partition, offsets are dense and values keep their input order.
+    for p in 0..3 {
+        let mine: Vec<_> = rows.iter().filter(|r| r["partition"] == p).collect();
+        for (i, r) in mine.iter().enumerate() {
+            assert_eq!(r["offset"], i as u64, "partition {p} offsets are dense");
+        }
+        let order: Vec<u64> = mine
+            .iter()
+            .map(|r| r["value"].as_str().unwrap()[1..].parse().unwrap())
+            .collect();
+        assert!(
+            order.windows(2).all(|w| w[0] < w[1]),
+            "partition {p} keeps input order"
+        );
+    }
+    assert!(
+        broker.sigterm().success(),
+        "SIGTERM stops the broker cleanly"
+    );
+}
+
+#[test]
+fn a_producer_rides_through_a_broker_kill_9_and_restart_without_losing_acked_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let broker = BrokerProc::start(&data, "127.0.0.1:0");
+    let addr = broker.addr.clone();
+    assert!(
+        ferry(&addr, &["topic", "create", "t"], None)
+            .status
+            .success()
+    );
+
+    // Feed lines slowly enough that the kill lands mid-stream.
+    let n = 3000;
+    let mut producer = Command::new(FERRY)
+        .args([
+            "produce",
+            "t",
+            "--acks",
+            "all",
+            "--delivery-timeout",
+            "60",
+            "--broker",
+            &addr,
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = producer.stdin.take().unwrap();
+    let feeder = std::thread::spawn(move || {
+        for i in 0..n {
+            writeln!(stdin, "v{i}").unwrap();
+            if i % 100 == 0 {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_millis(250));
+    broker.kill9();
+    std::thread::sleep(Duration::from_millis(200));
+    let broker = BrokerProc::start(&data, &addr);
+    feeder.join().unwrap();
+    let out = producer.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "producer: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(json_lines(&out.stdout).pop().unwrap()["acked"], n);
+
+    let out = ferry(
+        &broker.addr,
+        &[
+            "consume",
+            "t",
+            "--from",
+            "earliest",
+            "--idle-timeout",
+            "1500",
+        ],
+        None,
+    );
+    let mut seen: Vec<u64> = json_lines(&out.stdout)
+        .iter()
+        .map(|r| r["value"].as_str().unwrap()[1..].parse().unwrap())
+        .collect();
+    seen.sort_unstable();
+    seen.dedup();
+    assert_eq!(
+        seen,
+        (0..n).collect::<Vec<u64>>(),
+        "at-least-once: every acked record is present"
+    );
+}
+
+#[test]
+fn bad_flags_unknown_topics_and_a_dead_broker_exit_non_zero_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProc::start(&dir.path().join("d"), "127.0.0.1:0");
+    let out = ferry(
+        &broker.addr,
+        &["produce", "t", "--acks", "sometimes"],
+        Some("x\n"),
+    );
+    assert!(!out.status.success());
+    let out = ferry(
+        &broker.addr,
+        &["consume", "missing", "--idle-timeout", "500"],
+        None,
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("missing"), "{err}");
+    let out = ferry(
+        &broker.addr,
+        &["consume", "missing", "--commit", "after"],
+        None,
+    );
+    assert!(
+        !out.status.success(),
+        "--commit after without --group is refused"
+    );
+    drop(broker);
+    let out = ferry("127.0.0.1:1", &["topic", "list"], None);
+    assert!(!out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim().lines().count(),
+        1
+    );
+}
+
+#[test]
+fn a_second_broker_on_the_same_data_dir_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("d");
+    let _first = BrokerProc::start(&data, "127.0.0.1:0");
+    let out = Command::new(FERRY)
+        .args(["broker", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("in use"));
+}
