@@ -9,6 +9,7 @@ use ferry_storage::{FlushPolicy, LogConfig};
 use serde::Deserialize;
 
 use crate::error::BrokerError;
+use crate::topics::ProducerSettings;
 
 /// Default port of `ferry broker`.
 pub const DEFAULT_PORT: u16 = 7400;
@@ -66,8 +67,10 @@ pub struct BrokerConfig {
     pub log: LogConfig,
     /// Request limits.
     pub limits: Limits,
-    /// How often retention runs.
+    /// How often retention and producer-id expiry run.
     pub retention_check_interval: Duration,
+    /// Idempotent-producer state settings.
+    pub producers: ProducerSettings,
 }
 
 impl Default for BrokerConfig {
@@ -79,6 +82,7 @@ impl Default for BrokerConfig {
             log: LogConfig::default(),
             limits: Limits::default(),
             retention_check_interval: Duration::from_secs(60),
+            producers: ProducerSettings::default(),
         }
     }
 }
@@ -143,6 +147,12 @@ impl BrokerConfig {
         if let Some(v) = file.retention_ms {
             self.log.retention_ms = Some(v);
         }
+        if let Some(v) = file.producer_id_expiry_ms {
+            self.producers.expiry_ms = v;
+        }
+        if let Some(v) = file.max_producer_ids {
+            self.producers.max_per_partition = v;
+        }
         if let Some(l) = file.limits {
             if let Some(v) = l.max_request_bytes {
                 self.limits.max_request_bytes = v;
@@ -194,6 +204,8 @@ struct FileConfig {
     segment_bytes: Option<u64>,
     retention_bytes: Option<u64>,
     retention_ms: Option<u64>,
+    producer_id_expiry_ms: Option<i64>,
+    max_producer_ids: Option<usize>,
     limits: Option<FileLimits>,
 }
 

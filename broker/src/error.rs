@@ -63,6 +63,17 @@ pub enum BrokerError {
     /// A request field is malformed.
     #[error("invalid request: {0}")]
     InvalidRequest(String),
+    /// The idempotent-producer check refused the batch.
+    #[error(transparent)]
+    Sequence(#[from] crate::producer_state::SeqError),
+    /// The partition tracks as many producer ids as it may.
+    #[error(
+        "the partition already tracks its maximum of {max} producer ids; retry after idle ones expire"
+    )]
+    ProducerQuota {
+        /// The limit.
+        max: usize,
+    },
     /// The log refused the operation.
     #[error(transparent)]
     Storage(#[from] StorageError),
@@ -102,6 +113,18 @@ impl BrokerError {
             BrokerError::BatchTooLarge { .. } => ErrorCode::MessageTooLarge,
             BrokerError::InvalidRequest(_) | BrokerError::Config(_) => ErrorCode::InvalidRequest,
             BrokerError::ShuttingDown => ErrorCode::BrokerShuttingDown,
+            BrokerError::ProducerQuota { .. } => ErrorCode::ProducerIdQuotaExceeded,
+            BrokerError::Sequence(e) => match e {
+                crate::producer_state::SeqError::InvalidProducerEpoch { .. } => {
+                    ErrorCode::InvalidProducerEpoch
+                }
+                crate::producer_state::SeqError::OutOfOrderSequence { .. } => {
+                    ErrorCode::OutOfOrderSequence
+                }
+                crate::producer_state::SeqError::UnknownProducerId { .. } => {
+                    ErrorCode::UnknownProducerId
+                }
+            },
             BrokerError::Io { .. } => ErrorCode::Unknown,
             BrokerError::Storage(e) => match e {
                 StorageError::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,

@@ -6,6 +6,8 @@ mod config;
 mod embedded;
 mod error;
 mod offsets;
+mod producer_ids;
+pub mod producer_state;
 mod server;
 mod service;
 mod state;
@@ -18,7 +20,8 @@ pub use config::{
 pub use embedded::EmbeddedBroker;
 pub use error::{BrokerError, check_name};
 pub use ferry_storage::{FlushPolicy, LogConfig};
+pub use producer_ids::{ID_BLOCK, ProducerIds};
 pub use server::{Broker, MAX_FRAME_BYTES, Stop};
 pub use service::{FerryService, MAX_IN_FLIGHT_PER_STREAM};
 pub use state::{AckLevel, BrokerState, FetchResult, FetchSpec, MAX_FETCH_PARTITIONS};
-pub use topics::{Partition, Topic, Topics};
+pub use topics::{Partition, ProducerSettings, Topic, Topics};

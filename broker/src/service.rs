@@ -312,6 +312,32 @@ impl Ferry for FerryService {
         Ok(Response::new(resp))
     }
 
+    async fn init_producer_id(
+        &self,
+        request: Request<v1::InitProducerIdRequest>,
+    ) -> Result<Response<v1::InitProducerIdResponse>, Status> {
+        let req = request.into_inner();
+        let mut resp = v1::InitProducerIdResponse::default();
+        let r = if req.transactional_id.is_empty() {
+            let state = self.state.clone();
+            tokio::task::spawn_blocking(move || state.producer_ids.allocate())
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?
+        } else {
+            Err(BrokerError::InvalidRequest(
+                "transactional ids are not supported by this broker yet".into(),
+            ))
+        };
+        match r {
+            Ok(id) => {
+                resp.producer_id = id;
+                resp.producer_epoch = 0;
+            }
+            Err(e) => (resp.error_code, resp.error_message) = err_fields(&e),
+        }
+        Ok(Response::new(resp))
+    }
+
     async fn commit_offsets(
         &self,
         request: Request<v1::CommitOffsetsRequest>,

@@ -14,6 +14,7 @@ use tokio::sync::{Notify, watch};
 use crate::config::{BrokerConfig, MAX_FETCH_WAIT_MS};
 use crate::error::BrokerError;
 use crate::offsets::OffsetStore;
+use crate::producer_ids::ProducerIds;
 use crate::topics::{Partition, Topics};
 
 /// Most partitions one fetch may name.
@@ -108,6 +109,8 @@ pub struct BrokerState {
     pub topics: Topics,
     /// Consumer-group offsets.
     pub offsets: OffsetStore,
+    /// Producer id allocation.
+    pub producer_ids: ProducerIds,
     /// Requests being handled.
     pub inflight: Arc<Inflight>,
     shutting_down: AtomicBool,
@@ -126,13 +129,15 @@ impl BrokerState {
             source,
         })?;
         let lock = lock_data_dir(dir)?;
-        let topics = Topics::open(&dir.join("topics"), config.log.clone())?;
+        let topics = Topics::open(&dir.join("topics"), config.log.clone(), config.producers)?;
+        let producer_ids = ProducerIds::open(dir)?;
         let offsets = OffsetStore::open(&dir.join("__offsets"), config.log.clone())?;
         let (shutdown_tx, _) = watch::channel(false);
         Ok(BrokerState {
             config,
             topics,
             offsets,
+            producer_ids,
             inflight: Arc::default(),
             shutting_down: AtomicBool::new(false),
             shutdown_tx,
@@ -187,7 +192,7 @@ impl BrokerState {
         let p = self.topics.partition(topic, partition)?;
         let valid = ValidBatch::exact(batch)?;
         let header = *valid.header();
-        let info = p.log.append(valid)?;
+        let info = p.append(valid)?;
         metrics::counter!("ferry_bytes_in_total").increment(batch.len() as u64);
         metrics::counter!("ferry_records_in_total").increment(u64::from(header.record_count));
         Ok((p, info, header))
@@ -342,7 +347,7 @@ impl BrokerState {
             .collect()
     }
 
-    /// Runs retention on every partition.
+    /// Runs retention and producer-id expiry on every partition.
     pub fn apply_retention(&self) {
         let now = ferry_proto::now_ms();
         for topic in self.topics.all() {

@@ -18,12 +18,35 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use ferry_storage::{FlushPolicy, Log, LogConfig};
+use ferry_proto::batch::{BatchIter, ValidBatch};
+use ferry_storage::{AppendInfo, FlushPolicy, Log, LogConfig};
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{MAX_PARTITIONS_PER_TOPIC, MAX_TOPICS};
 use crate::error::{BrokerError, check_name};
+use crate::producer_state::{ProducerTable, SeqCheck, check_sequence};
+
+/// Bytes read at a time while replaying a log into the producer table.
+const REPLAY_CHUNK_BYTES: usize = 4 * 1024 * 1024;
+
+/// Settings for idempotent-producer state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProducerSettings {
+    /// Producers idle for longer than this are forgotten.
+    pub expiry_ms: i64,
+    /// Most producer ids one partition tracks.
+    pub max_per_partition: usize,
+}
+
+impl Default for ProducerSettings {
+    fn default() -> Self {
+        ProducerSettings {
+            expiry_ms: 24 * 60 * 60 * 1000,
+            max_per_partition: 10_000,
+        }
+    }
+}
 
 /// One partition: an append-only log.
 #[derive(Debug)]
@@ -35,9 +58,118 @@ pub struct Partition {
     /// The partition's log.
     pub log: Log,
     flush: FlushPolicy,
+    producers: Mutex<ProducerTable>,
+    snapshot_path: PathBuf,
+    settings: ProducerSettings,
 }
 
 impl Partition {
+    fn open(
+        topic: Arc<str>,
+        id: u32,
+        topic_dir: &Path,
+        log_config: &LogConfig,
+        settings: ProducerSettings,
+    ) -> Result<Partition, BrokerError> {
+        let log = Log::open(topic_dir.join(id.to_string()), log_config.clone())?;
+        let snapshot_path = topic_dir.join(format!("{id}.producers"));
+        let producers = load_producers(&log, &snapshot_path)?;
+        Ok(Partition {
+            topic,
+            id,
+            log,
+            flush: log_config.flush,
+            producers: Mutex::new(producers),
+            snapshot_path,
+            settings,
+        })
+    }
+
+    /// Appends a validated batch, applying the idempotent-producer checks
+    /// when the batch carries a producer id. A retry of a batch still in
+    /// the producer's window is answered with the original offsets and
+    /// appends nothing.
+    pub fn append(&self, batch: ValidBatch<'_>) -> Result<AppendInfo, BrokerError> {
+        let header = *batch.header();
+        if header.producer_id < 0 {
+            return Ok(self.log.append(batch)?);
+        }
+        if header.producer_epoch < 0 || header.base_sequence < 0 {
+            return Err(BrokerError::InvalidRequest(format!(
+                "idempotent batch with producer id {} has epoch {} and sequence {}",
+                header.producer_id, header.producer_epoch, header.base_sequence
+            )));
+        }
+        let now = ferry_proto::now_ms();
+        // Check, append and record under one lock: the window must never
+        // see two appends of the same sequence.
+        let mut table = self.producers.lock();
+        let entry = table.get(header.producer_id);
+        match check_sequence(
+            entry,
+            header.producer_epoch,
+            header.base_sequence,
+            header.last_sequence(),
+        )? {
+            SeqCheck::Duplicate(meta) => {
+                metrics::counter!("ferry_duplicate_batches_total").increment(1);
+                Ok(AppendInfo {
+                    base_offset: meta.base_offset,
+                    last_offset: meta.last_offset,
+                    log_start_offset: self.log.log_start_offset(),
+                })
+            }
+            SeqCheck::Append => {
+                if entry.is_none() && table.len() >= self.settings.max_per_partition {
+                    table.expire(now, self.settings.expiry_ms);
+                    if table.len() >= self.settings.max_per_partition {
+                        return Err(BrokerError::ProducerQuota {
+                            max: self.settings.max_per_partition,
+                        });
+                    }
+                }
+                let info = self.log.append(batch)?;
+                let mut stored = header;
+                stored.base_offset = info.base_offset;
+                table.record(&stored, now);
+                Ok(info)
+            }
+        }
+    }
+
+    /// Forgets idle producers.
+    pub fn expire_producers(&self, now_ms: i64) -> usize {
+        self.producers
+            .lock()
+            .expire(now_ms, self.settings.expiry_ms)
+    }
+
+    /// Number of producer ids tracked.
+    pub fn producer_count(&self) -> usize {
+        self.producers.lock().len()
+    }
+
+    /// Writes a producer-state snapshot at the current log end. The caller
+    /// makes sure everything below that end is durable first.
+    pub fn snapshot_producers(&self) -> Result<(), BrokerError> {
+        let table = self.producers.lock();
+        let offset = self.log.next_offset();
+        table
+            .write_snapshot(&self.snapshot_path, offset)
+            .map_err(|source| BrokerError::Io {
+                op: "write producer snapshot",
+                path: self.snapshot_path.display().to_string(),
+                source,
+            })
+    }
+
+    /// Flushes and closes the log, then snapshots the producer state so the
+    /// next open replays nothing.
+    pub fn close(&self) -> Result<(), BrokerError> {
+        self.log.close()?;
+        self.snapshot_producers()
+    }
+
     /// The offset below which consumers may read.
     ///
     /// Under `always`, consumers never see a record that is not durable, so
@@ -79,6 +211,7 @@ struct TopicMeta {
 pub struct Topics {
     root: PathBuf,
     log_config: LogConfig,
+    settings: ProducerSettings,
     map: RwLock<BTreeMap<String, Arc<Topic>>>,
     /// Serialises create and delete, which touch the file system.
     admin: Mutex<()>,
@@ -105,7 +238,11 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), BrokerError> {
 
 impl Topics {
     /// Opens every topic under `root`, recovering each partition log.
-    pub fn open(root: &Path, log_config: LogConfig) -> Result<Topics, BrokerError> {
+    pub fn open(
+        root: &Path,
+        log_config: LogConfig,
+        settings: ProducerSettings,
+    ) -> Result<Topics, BrokerError> {
         fs::create_dir_all(root).map_err(io_err("create directory", root))?;
         let mut map = BTreeMap::new();
         let entries = fs::read_dir(root).map_err(io_err("read directory", root))?;
@@ -121,18 +258,23 @@ impl Topics {
             if !path.is_dir() {
                 continue;
             }
-            let topic = Self::open_topic(&path, &log_config)?;
+            let topic = Self::open_topic(&path, &log_config, settings)?;
             map.insert(topic.name.to_string(), Arc::new(topic));
         }
         Ok(Topics {
             root: root.to_path_buf(),
             log_config,
+            settings,
             map: RwLock::new(map),
             admin: Mutex::new(()),
         })
     }
 
-    fn open_topic(dir: &Path, log_config: &LogConfig) -> Result<Topic, BrokerError> {
+    fn open_topic(
+        dir: &Path,
+        log_config: &LogConfig,
+        settings: ProducerSettings,
+    ) -> Result<Topic, BrokerError> {
         let meta_path = dir.join("meta.json");
         let text = fs::read_to_string(&meta_path).map_err(io_err("read", &meta_path))?;
         let meta: TopicMeta = serde_json::from_str(&text).map_err(|e| {
@@ -151,13 +293,13 @@ impl Topics {
         let name: Arc<str> = Arc::from(meta.name.as_str());
         let mut partitions = Vec::with_capacity(meta.partitions as usize);
         for id in 0..meta.partitions {
-            let log = Log::open(dir.join(id.to_string()), log_config.clone())?;
-            partitions.push(Arc::new(Partition {
-                topic: name.clone(),
+            partitions.push(Arc::new(Partition::open(
+                name.clone(),
                 id,
-                log,
-                flush: log_config.flush,
-            }));
+                dir,
+                log_config,
+                settings,
+            )?));
         }
         tracing::info!(topic = %name, partitions = meta.partitions, "opened topic");
         Ok(Topic {
@@ -203,7 +345,7 @@ impl Topics {
         let dir = self.root.join(name);
         fs::rename(&tmp, &dir).map_err(io_err("rename", &tmp))?;
         sync_dir(&self.root)?;
-        let topic = Self::open_topic(&dir, &self.log_config)?;
+        let topic = Self::open_topic(&dir, &self.log_config, self.settings)?;
         self.map.write().insert(name.to_string(), Arc::new(topic));
         Ok(())
     }
@@ -262,10 +404,45 @@ impl Topics {
     pub fn close_all(&self) {
         for topic in self.all() {
             for p in &topic.partitions {
-                if let Err(e) = p.log.close() {
+                if let Err(e) = p.close() {
                     tracing::error!(topic = %topic.name, partition = p.id, error = %e, "closing partition log failed");
                 }
             }
         }
     }
+}
+
+/// Rebuilds a partition's producer table: the snapshot, if it is valid and
+/// within the log, plus a replay of every batch after it.
+fn load_producers(log: &Log, snapshot_path: &Path) -> Result<ProducerTable, BrokerError> {
+    let end = log.next_offset();
+    let (mut from, mut table) = match fs::read(snapshot_path) {
+        Ok(buf) => match ProducerTable::decode_snapshot(&buf) {
+            Some((offset, table)) if offset <= end => (offset, table),
+            Some((offset, _)) => {
+                tracing::warn!(path = %snapshot_path.display(), offset, end, "producer snapshot is ahead of the log; replaying the log instead");
+                (0, ProducerTable::default())
+            }
+            None => {
+                tracing::warn!(path = %snapshot_path.display(), "corrupt producer snapshot ignored; replaying the log");
+                (0, ProducerTable::default())
+            }
+        },
+        Err(_) => (0, ProducerTable::default()),
+    };
+    from = from.max(log.log_start_offset());
+    while from < end {
+        let chunk = log.read(from, REPLAY_CHUNK_BYTES, end)?;
+        if chunk.is_empty() {
+            break;
+        }
+        for batch in BatchIter::new(&chunk) {
+            let h = *batch?.header();
+            if h.producer_id >= 0 && !h.is_control() && h.last_offset() >= from {
+                table.record(&h, h.max_timestamp);
+            }
+            from = from.max(h.next_offset());
+        }
+    }
+    Ok(table)
 }
