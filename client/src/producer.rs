@@ -64,6 +64,10 @@ const REQUEST_QUEUE_LEN: usize = 16;
 /// How often batches waiting for a retry or a response are checked
 /// against their delivery timeout.
 const EXPIRY_CHECK_INTERVAL: Duration = Duration::from_millis(100);
+/// Most framing bytes a header-less record adds to its key and value:
+/// length (5), attributes (1), timestamp delta (10), offset delta (5), key
+/// and value lengths (5 + 5), header count (1).
+const MAX_RECORD_OVERHEAD: usize = 32;
 /// Smallest buffer a new batch reserves.
 const MIN_BATCH_CAPACITY: usize = 1024;
 
@@ -331,7 +335,12 @@ struct TopicState {
 }
 
 struct State {
-    topics: HashMap<Arc<str>, TopicState>,
+    /// Topics in the order first used; never removed.
+    topics: Vec<TopicState>,
+    by_name: HashMap<Arc<str>, usize>,
+    /// Index of the topic of the last send: most sends repeat it, and a
+    /// string compare is cheaper than hashing.
+    last_topic: usize,
     next_seq: u64,
     closed: bool,
 }
@@ -378,7 +387,7 @@ impl Shared {
     }
 
     fn seal_all(&self, state: &mut State, sink: &mut impl FnMut(Command)) {
-        for topic in state.topics.values_mut() {
+        for topic in &mut state.topics {
             for p in 0..topic.partitions.len() as u32 {
                 self.seal(topic, p, sink);
             }
@@ -453,7 +462,9 @@ impl Producer {
         let shared = Arc::new(Shared {
             config,
             state: Mutex::new(State {
-                topics: HashMap::new(),
+                topics: Vec::new(),
+                by_name: HashMap::new(),
+                last_topic: 0,
                 next_seq: 0,
                 closed: false,
             }),
@@ -520,10 +531,17 @@ impl Producer {
                     return Err(ClientError::Closed);
                 }
                 let state = &mut *state;
-                let next_seq = &mut state.next_seq;
-                match state.topics.get_mut(topic) {
+                let index = match state.topics.get(state.last_topic) {
+                    Some(t) if &*t.name == topic => Some(state.last_topic),
+                    _ => state.by_name.get(topic).copied(),
+                };
+                match index {
                     None => None,
-                    Some(ts) => Some(self.append(ts, next_seq, partition, key, value)?),
+                    Some(i) => {
+                        state.last_topic = i;
+                        let ts = &mut state.topics[i];
+                        Some(self.append(ts, &mut state.next_seq, partition, key, value)?)
+                    }
                 }
             };
             match outcome {
@@ -576,15 +594,21 @@ impl Producer {
         // Seal first if the record does not fit; a keyless record then
         // follows the sticky partition to its new place. Every round seals
         // one open batch, so this ends.
+        let payload = key.map_or(0, <[u8]>::len) + value.map_or(0, <[u8]>::len);
         while let Some(open) = &ts.partitions[p as usize].open {
-            let size = BatchBuilder::record_size(
-                open.builder.len(),
-                now_ms.wrapping_sub(open.first_ts),
-                key,
-                value,
-                &[],
-            );
-            if open.builder.size() + size <= batch_bytes {
+            // The exact size costs a second pass over the varints; the
+            // upper bound settles nearly every record.
+            let fits = open.builder.size() + payload + MAX_RECORD_OVERHEAD <= batch_bytes
+                || open.builder.size()
+                    + BatchBuilder::record_size(
+                        open.builder.len(),
+                        now_ms.wrapping_sub(open.first_ts),
+                        key,
+                        value,
+                        &[],
+                    )
+                    <= batch_bytes;
+            if fits {
                 break;
             }
             shared.seal(ts, p, &mut sink);
@@ -639,12 +663,11 @@ impl Producer {
             ));
         }
         let mut state = self.inner.shared.state.lock();
-        let name: Arc<str> = Arc::from(topic);
-        state
-            .topics
-            .entry(name.clone())
-            .or_insert_with(|| TopicState {
-                name,
+        if !state.by_name.contains_key(topic) {
+            let name: Arc<str> = Arc::from(topic);
+            let index = state.topics.len();
+            state.topics.push(TopicState {
+                name: name.clone(),
                 partitions: (0..n)
                     .map(|_| Accumulator {
                         open: None,
@@ -653,12 +676,18 @@ impl Producer {
                     .collect(),
                 sticky: start_partition(n),
             });
+            state.by_name.insert(name, index);
+        }
         Ok(())
     }
 
     async fn wait_for_space(&self) -> Result<(), ClientError> {
         let shared = &*self.inner.shared;
         let limit = shared.config.buffer_bytes;
+        // Fast path without registering a waiter, which takes a lock.
+        if shared.unacked_bytes.load(Ordering::Acquire) < limit {
+            return Ok(());
+        }
         loop {
             let notified = shared.space.notified();
             tokio::pin!(notified);
@@ -994,7 +1023,8 @@ impl SenderTask {
                 let Some((_, topic, partition, seq)) = self.lingers.pop_front() else {
                     break;
                 };
-                if let Some(ts) = state.topics.get_mut(&*topic) {
+                if let Some(&i) = state.by_name.get(&*topic) {
+                    let ts = &mut state.topics[i];
                     let still_open = ts.partitions[partition as usize]
                         .open
                         .as_ref()
