@@ -82,7 +82,7 @@ impl Model {
             .iter()
             .filter(|b| b.position + b.len <= last.durable_len)
             .map(MBatch::next_offset)
-            .last()
+            .next_back()
             .unwrap_or(last.base)
     }
 
