@@ -368,9 +368,10 @@ impl Shared {
             return;
         };
         let bytes = open.builder.finish();
-        acc.next_capacity = bytes
-            .len()
-            .clamp(MIN_BATCH_CAPACITY, self.config.batch_bytes);
+        acc.next_capacity = bytes.len().clamp(
+            MIN_BATCH_CAPACITY.min(self.config.batch_bytes),
+            self.config.batch_bytes,
+        );
         if topic.sticky == partition {
             topic.sticky = (partition + 1) % n;
         }
@@ -1230,5 +1231,229 @@ fn delivery_timeout(timeout: Duration) -> ClientError {
     ClientError::Timeout {
         what: "delivery",
         after_ms: timeout.as_millis() as u64,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A producer whose broker never answers, with `topic` known to have
+    /// `partitions` partitions, so tests can watch the accumulator.
+    async fn offline(config: ProducerConfig, topic: &str, partitions: u32) -> Producer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let client = Client::connect_lazy(&format!("127.0.0.1:{port}")).unwrap();
+        let producer = Producer::new(client, config).await.unwrap();
+        let mut state = producer.inner.shared.state.lock();
+        let name: Arc<str> = Arc::from(topic);
+        state.topics.push(TopicState {
+            name: name.clone(),
+            partitions: (0..partitions)
+                .map(|_| Accumulator {
+                    open: None,
+                    next_capacity: MIN_BATCH_CAPACITY,
+                })
+                .collect(),
+            sticky: 0,
+        });
+        state.by_name.insert(name, 0);
+        drop(state);
+        producer
+    }
+
+    fn slow_linger() -> ProducerConfig {
+        ProducerConfig {
+            linger: Duration::from_secs(3600),
+            ..ProducerConfig::default()
+        }
+    }
+
+    #[test]
+    fn acks_parse_and_display() {
+        for acks in [Acks::None, Acks::Leader, Acks::All] {
+            assert_eq!(acks.to_string().parse::<Acks>().unwrap(), acks);
+        }
+        let err = "2".parse::<Acks>().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid argument: unknown acks \"2\": expected one of none, leader, all"
+        );
+    }
+
+    #[test]
+    fn config_is_checked_and_capped() {
+        let c = ProducerConfig {
+            batch_bytes: usize::MAX,
+            ..ProducerConfig::default()
+        }
+        .normalized()
+        .unwrap();
+        assert_eq!(c.batch_bytes, MAX_BATCH_BYTES);
+        for bad in [
+            ProducerConfig {
+                batch_bytes: HEADER_LEN,
+                ..ProducerConfig::default()
+            },
+            ProducerConfig {
+                max_in_flight_per_partition: 0,
+                ..ProducerConfig::default()
+            },
+        ] {
+            assert!(matches!(
+                bad.normalized(),
+                Err(ClientError::InvalidArgument(_))
+            ));
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let c = ProducerConfig::default();
+        assert_eq!(c.backoff(0), Duration::from_millis(50));
+        assert_eq!(c.backoff(1), Duration::from_millis(100));
+        assert_eq!(c.backoff(4), Duration::from_millis(800));
+        assert_eq!(c.backoff(5), Duration::from_secs(1));
+        assert_eq!(c.backoff(u32::MAX), Duration::from_secs(1));
+    }
+
+    #[tokio::test]
+    async fn a_batch_is_sealed_before_it_would_exceed_batch_bytes() {
+        let config = ProducerConfig {
+            batch_bytes: 1000,
+            ..slow_linger()
+        };
+        let producer = offline(config, "t", 1).await;
+        let value = [7u8; 100];
+        let mut deliveries = Vec::new();
+        for _ in 0..30 {
+            deliveries.push(producer.send("t", None, Some(&value)).await.unwrap());
+        }
+        // Records of one batch share one completion.
+        let mut batches: Vec<Vec<u32>> = Vec::new();
+        for (i, d) in deliveries.iter().enumerate() {
+            let same = i > 0 && Arc::ptr_eq(&d.completion, &deliveries[i - 1].completion);
+            if same {
+                batches.last_mut().unwrap().push(d.offset_delta);
+            } else {
+                batches.push(vec![d.offset_delta]);
+            }
+        }
+        let per_batch =
+            (1000 - HEADER_LEN) / BatchBuilder::record_size(0, 0, None, Some(&value), &[]);
+        assert!(batches.len() >= 30 / per_batch);
+        for b in &batches[..batches.len() - 1] {
+            assert_eq!(b.len(), per_batch, "{batches:?}");
+            assert_eq!(b, &(0..per_batch as u32).collect::<Vec<_>>());
+        }
+        assert_eq!(
+            producer.unacked_bytes(),
+            30 * BatchBuilder::record_size(0, 0, None, Some(&value), &[])
+        );
+    }
+
+    #[tokio::test]
+    async fn keyless_records_stick_to_a_partition_until_its_batch_seals() {
+        let config = ProducerConfig {
+            batch_bytes: 600,
+            ..slow_linger()
+        };
+        let producer = offline(config, "t", 3).await;
+        let mut partitions = Vec::new();
+        for _ in 0..40 {
+            let d = producer.send("t", None, Some(&[0u8; 100])).await.unwrap();
+            partitions.push(d.partition());
+        }
+        let mut runs = partitions.clone();
+        runs.dedup();
+        assert!(runs.len() > 3, "the sticky partition moves: {partitions:?}");
+        for pair in runs.windows(2) {
+            assert_eq!(pair[1], (pair[0] + 1) % 3);
+        }
+    }
+
+    #[tokio::test]
+    async fn keyed_records_follow_the_partitioner() {
+        let producer = offline(slow_linger(), "t", 5).await;
+        for i in 0..50u32 {
+            let key = i.to_be_bytes();
+            let d = producer.send("t", Some(&key), None).await.unwrap();
+            assert_eq!(d.partition(), partition_for_key(&key, 5));
+        }
+        let err = producer.send_to("t", 5, None, None).await.unwrap_err();
+        assert_eq!(err.code(), ErrorCode::UnknownTopicOrPartition);
+    }
+
+    #[tokio::test]
+    async fn a_record_over_the_batch_limit_is_refused() {
+        let producer = offline(slow_linger(), "t", 1).await;
+        let huge = vec![0u8; MAX_BATCH_BYTES];
+        let err = producer.send("t", None, Some(&huge)).await.unwrap_err();
+        assert!(matches!(err, ClientError::InvalidArgument(_)), "{err}");
+    }
+
+    #[tokio::test]
+    async fn deliveries_fail_with_timeout_when_no_broker_answers() {
+        let config = ProducerConfig {
+            linger: Duration::from_millis(1),
+            delivery_timeout: Duration::from_millis(300),
+            retry_backoff: Duration::from_millis(10),
+            retry_backoff_max: Duration::from_millis(50),
+            ..ProducerConfig::default()
+        };
+        let producer = offline(config, "t", 2).await;
+        let a = producer.send("t", None, Some(b"a")).await.unwrap();
+        let b = producer.send_to("t", 1, None, Some(b"b")).await.unwrap();
+        let started = std::time::Instant::now();
+        producer.flush().await.unwrap();
+        for d in [a, b] {
+            let err = d.wait().await.unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    ClientError::Timeout {
+                        what: "delivery",
+                        ..
+                    }
+                ),
+                "{err}"
+            );
+        }
+        assert!(started.elapsed() >= Duration::from_millis(250));
+        assert_eq!(producer.unacked_bytes(), 0);
+        producer.close().await.unwrap();
+        assert!(matches!(
+            producer.send("t", None, None).await,
+            Err(ClientError::Closed)
+        ));
+        producer.close().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn send_waits_while_the_buffer_is_full() {
+        let config = ProducerConfig {
+            buffer_bytes: 1000,
+            delivery_timeout: Duration::from_millis(300),
+            retry_backoff: Duration::from_millis(10),
+            ..slow_linger()
+        };
+        let producer = offline(config, "t", 1).await;
+        for _ in 0..10 {
+            producer.send("t", None, Some(&[1u8; 100])).await.unwrap();
+        }
+        assert!(producer.unacked_bytes() >= 1000);
+        // Stays blocked while the batch is open; a flush seals it, it times
+        // out, the buffer empties and the send goes through.
+        let blocked = tokio::time::timeout(
+            Duration::from_millis(100),
+            producer.send("t", None, Some(b"x")),
+        )
+        .await;
+        assert!(blocked.is_err(), "send did not wait for buffer space");
+        let (_, sent) = tokio::join!(producer.flush(), producer.send("t", None, Some(b"x")));
+        sent.unwrap();
     }
 }
