@@ -38,7 +38,9 @@ mod error;
 pub mod partitioner;
 mod producer;
 
-pub use client::{Client, OffsetSpec, TopicDescription};
+pub use client::{
+    CONNECT_TIMEOUT, Client, MAX_FRAME_BYTES, MAX_MESSAGE_BYTES, OffsetSpec, TopicDescription,
+};
 pub use consumer::{
     CommitMode, Consumer, ConsumerConfig, ConsumerRecord, IsolationLevel, StartFrom,
 };

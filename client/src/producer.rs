@@ -61,6 +61,9 @@ use crate::partitioner::partition_for_key;
 /// buffer in front of HTTP/2 flow control; the in-flight limit is per
 /// partition.
 const REQUEST_QUEUE_LEN: usize = 16;
+/// Most commands the sender task takes in one go before it looks at the
+/// connection again.
+const MAX_COMMANDS_PER_WAKEUP: usize = 256;
 /// How often batches waiting for a retry or a response are checked
 /// against their delivery timeout.
 const EXPIRY_CHECK_INTERVAL: Duration = Duration::from_millis(100);
@@ -944,9 +947,10 @@ impl SenderTask {
             match event {
                 Event::Command(Some(c)) => {
                     self.handle_command(c);
-                    // Take whatever else queued up without a trip through
-                    // the select.
-                    while let Ok(c) = self.rx.try_recv() {
+                    // Take what else queued up without a trip through the
+                    // select, bounded so responses are never starved.
+                    for _ in 0..MAX_COMMANDS_PER_WAKEUP {
+                        let Ok(c) = self.rx.try_recv() else { break };
                         self.handle_command(c);
                     }
                 }
