@@ -3,10 +3,13 @@
 //!
 //! This crate is the `ferry` command and a facade over the workspace:
 //! [`broker`] (with [`EmbeddedBroker`]), [`client`], [`proto`] and
-//! [`storage`].
+//! [`storage`]. [`testkit`] is the fault-injection kit and history
+//! checker for stress tests.
 
 pub use ferry_broker as broker;
 pub use ferry_broker::{BrokerConfig, EmbeddedBroker};
 pub use ferry_client as client;
 pub use ferry_proto as proto;
 pub use ferry_storage as storage;
+
+pub mod testkit;
