@@ -122,7 +122,7 @@ pub struct RecoveryStats {
     pub segments: usize,
     /// Bytes of batches scanned past checkpoints.
     pub scanned_bytes: u64,
-    /// Non-zero bytes past the valid end that were zeroed.
+    /// Bytes past the valid end that were reset to zeros.
     pub zeroed_bytes: u64,
     /// Segments whose index was rebuilt by a full scan.
     pub rebuilt_indexes: usize,
@@ -693,9 +693,12 @@ impl Inner {
     }
 
     /// Seals the active segment and starts a new one at `next_offset`.
+    ///
+    /// The old segment is flushed and its index written *before* the new
+    /// file is created, so a `.log` file after a segment always means that
+    /// segment's index covers all of it. If creating the new file fails
+    /// (disk full), the old segment simply stays active.
     fn roll(&self, app: &mut Appender) -> Result<(), StorageError> {
-        let base = app.next_offset;
-        let (new_seg, new_writer) = create_segment(&self.dir, base, &self.config)?;
         let old = app.active.clone();
         let target = DurablePoint {
             len: app.writer.read_map().published(),
@@ -704,7 +707,6 @@ impl Inner {
         };
         let from = old.durable.lock().len;
         if let Err(e) = flush_range(&app.writer.flush_handle(), &old.log_path, from, target.len) {
-            discard_segment(&new_seg);
             return Err(self.fail(&e));
         }
         {
@@ -714,12 +716,10 @@ impl Inner {
             }
         }
         self.advance_durable(target.next_offset);
-        if let Err(e) = old.write_index(target) {
-            discard_segment(&new_seg);
-            return Err(e);
-        }
+        old.write_index(target)?;
+        let (new_seg, new_writer) = create_segment(&self.dir, app.next_offset, &self.config)?;
         if let Err(e) = index::sync_dir(&self.dir) {
-            discard_segment(&new_seg);
+            let _ = std::fs::remove_file(&new_seg.log_path);
             return Err(StorageError::io("fsync dir", &self.dir, e));
         }
         // The old write map is dropped here: the segment is sealed.
@@ -728,10 +728,6 @@ impl Inner {
         self.segments.write().push(new_seg);
         Ok(())
     }
-}
-
-fn discard_segment(seg: &Segment) {
-    let _ = std::fs::remove_file(&seg.log_path);
 }
 
 fn open_rw(path: &Path, create: bool) -> Result<File, StorageError> {

@@ -38,6 +38,9 @@ use crate::mmap::{FlushHandle, MapSlice, ReadMap, Writer};
 
 /// Bytes checked per step when looking for a non-zero tail.
 pub const ZERO_CHECK_CHUNK_BYTES: u64 = 64 * 1024;
+/// The page size assumed when aligning ranges (a multiple of the real one
+/// on the platforms Ferry runs on is all that matters).
+pub const PAGE_BYTES: u64 = 4096;
 
 /// File name of a segment's data.
 pub fn log_file_name(base_offset: u64) -> String {
@@ -241,9 +244,52 @@ pub fn find_nonzero(
     (first, dirty)
 }
 
-/// Zeroes every non-zero byte in `[from, to)` and flushes the zeroes.
-/// Returns the number of bytes zeroed.
+/// Makes `[from, to)` read as zeros on disk, at a cost that follows what
+/// is actually there rather than `to - from`.
+///
+/// The partial page at `from` is checked and zeroed through the map. If
+/// SEEK_DATA reports anything beyond that page (torn writes, or just pages
+/// that readahead pulled into the page cache), the rest is reset with
+/// `fallocate(FALLOC_FL_ZERO_RANGE)`, which turns it back into unwritten
+/// extents and drops its cached pages without reading them, then the file
+/// is fsynced. Reading the tail through the map instead would fault in
+/// (and read ahead) pages that later count as data, so each open would get
+/// slower. Without ZERO_RANGE support, falls back to checking and zeroing
+/// through the map. Returns the number of bytes reset.
 pub fn zero_tail(
+    file: &File,
+    path: &Path,
+    writer: &mut Writer,
+    from: u64,
+    to: u64,
+) -> Result<u64, StorageError> {
+    let regions = data_regions(file, from, to);
+    let Some(&(_, last_end)) = regions.last() else {
+        return Ok(0);
+    };
+    let page_end = (from.div_ceil(PAGE_BYTES) * PAGE_BYTES).min(to);
+    let mut zeroed = zero_nonzero(file, path, writer, from, page_end)?;
+    if last_end > page_end {
+        let len = to - page_end;
+        let flags = FallocateFlags::ZERO_RANGE | FallocateFlags::KEEP_SIZE;
+        match rustix::fs::fallocate(file, flags, page_end, len) {
+            Ok(()) => {
+                file.sync_all()
+                    .map_err(|e| StorageError::io("fsync zeroed tail", path, e))?;
+                zeroed += len;
+            }
+            Err(Errno::OPNOTSUPP | Errno::NOSYS | Errno::INVAL) => {
+                zeroed += zero_nonzero(file, path, writer, page_end, to)?;
+            }
+            Err(e) => return Err(StorageError::io("fallocate zero range", path, e.into())),
+        }
+    }
+    Ok(zeroed)
+}
+
+/// Zeroes, through the map, the non-zero chunks of `[from, to)` and
+/// flushes them. Returns the bytes zeroed.
+fn zero_nonzero(
     file: &File,
     path: &Path,
     writer: &mut Writer,
