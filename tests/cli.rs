@@ -1,62 +1,18 @@
 //! The real `ferry` binary, end to end: broker, topic admin, produce and
 //! consume, and a `kill -9` of the broker with a restart in between.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
+
+use ferry::testkit::BrokerProcess;
 use std::time::Duration;
 
 const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
 
-struct BrokerProc {
-    child: Child,
-    addr: String,
-}
-
-impl BrokerProc {
-    fn start(data_dir: &Path, listen: &str) -> BrokerProc {
-        let mut child = Command::new(FERRY)
-            .args(["broker", "--data-dir"])
-            .arg(data_dir)
-            .args(["--listen", listen])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn ferry broker");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let addr = line
-            .trim()
-            .rsplit(' ')
-            .next()
-            .expect("broker prints its address")
-            .to_string();
-        assert!(addr.contains(':'), "unexpected first line {line:?}");
-        BrokerProc { child, addr }
-    }
-
-    /// SIGKILL: no flush, no checkpoint, no goodbye.
-    fn kill9(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-
-    fn sigterm(mut self) -> std::process::ExitStatus {
-        Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        self.child.wait().unwrap()
-    }
-}
-
-impl Drop for BrokerProc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The real broker binary as a subprocess that can be `kill -9`ed.
+fn start_broker(data_dir: &Path, listen: &str) -> BrokerProcess {
+    BrokerProcess::start(FERRY, data_dir, listen).expect("start ferry broker")
 }
 
 fn ferry(addr: &str, args: &[&str], stdin: Option<&str>) -> std::process::Output {
@@ -88,9 +44,9 @@ fn json_lines(out: &[u8]) -> Vec<serde_json::Value> {
 fn every_acked_record_survives_a_kill_9_of_the_broker() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let broker = BrokerProc::start(&data, "127.0.0.1:0");
+    let broker = start_broker(&data, "127.0.0.1:0");
     let out = ferry(
-        &broker.addr,
+        broker.addr(),
         &["topic", "create", "t", "--partitions", "3"],
         None,
     );
@@ -103,7 +59,7 @@ fn every_acked_record_survives_a_kill_9_of_the_broker() {
     let n = 5000;
     let input: String = (0..n).map(|i| format!("k{}:v{i}\n", i % 11)).collect();
     let out = ferry(
-        &broker.addr,
+        broker.addr(),
         &["produce", "t", "--key-separator", ":", "--acks", "all"],
         Some(&input),
     );
@@ -115,10 +71,10 @@ fn every_acked_record_survives_a_kill_9_of_the_broker() {
     let summary = json_lines(&out.stdout).pop().unwrap();
     assert_eq!(summary["acked"], n);
 
-    broker.kill9();
-    let broker = BrokerProc::start(&data, "127.0.0.1:0");
+    broker.kill9().unwrap();
+    let broker = start_broker(&data, "127.0.0.1:0");
     let out = ferry(
-        &broker.addr,
+        broker.addr(),
         &[
             "consume",
             "t",
@@ -166,7 +122,7 @@ fn every_acked_record_survives_a_kill_9_of_the_broker() {
         );
     }
     assert!(
-        broker.sigterm().success(),
+        broker.sigterm().unwrap().success(),
         "SIGTERM stops the broker cleanly"
     );
 }
@@ -175,8 +131,8 @@ fn every_acked_record_survives_a_kill_9_of_the_broker() {
 fn a_producer_rides_through_a_broker_kill_9_and_restart_without_losing_acked_records() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let broker = BrokerProc::start(&data, "127.0.0.1:0");
-    let addr = broker.addr.clone();
+    let broker = start_broker(&data, "127.0.0.1:0");
+    let addr = broker.addr().to_string();
     assert!(
         ferry(&addr, &["topic", "create", "t"], None)
             .status
@@ -211,9 +167,9 @@ fn a_producer_rides_through_a_broker_kill_9_and_restart_without_losing_acked_rec
         }
     });
     std::thread::sleep(Duration::from_millis(250));
-    broker.kill9();
+    broker.kill9().unwrap();
     std::thread::sleep(Duration::from_millis(200));
-    let broker = BrokerProc::start(&data, &addr);
+    let broker = start_broker(&data, &addr);
     feeder.join().unwrap();
     let out = producer.wait_with_output().unwrap();
     assert!(
@@ -224,7 +180,7 @@ fn a_producer_rides_through_a_broker_kill_9_and_restart_without_losing_acked_rec
     assert_eq!(json_lines(&out.stdout).pop().unwrap()["acked"], n);
 
     let out = ferry(
-        &broker.addr,
+        broker.addr(),
         &[
             "consume",
             "t",
@@ -251,15 +207,15 @@ fn a_producer_rides_through_a_broker_kill_9_and_restart_without_losing_acked_rec
 #[test]
 fn bad_flags_unknown_topics_and_a_dead_broker_exit_non_zero_with_one_line() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = BrokerProc::start(&dir.path().join("d"), "127.0.0.1:0");
+    let broker = start_broker(&dir.path().join("d"), "127.0.0.1:0");
     let out = ferry(
-        &broker.addr,
+        broker.addr(),
         &["produce", "t", "--acks", "sometimes"],
         Some("x\n"),
     );
     assert!(!out.status.success());
     let out = ferry(
-        &broker.addr,
+        broker.addr(),
         &["consume", "missing", "--idle-timeout", "500"],
         None,
     );
@@ -268,7 +224,7 @@ fn bad_flags_unknown_topics_and_a_dead_broker_exit_non_zero_with_one_line() {
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(err.contains("missing"), "{err}");
     let out = ferry(
-        &broker.addr,
+        broker.addr(),
         &["consume", "missing", "--commit", "after"],
         None,
     );
@@ -289,7 +245,7 @@ fn bad_flags_unknown_topics_and_a_dead_broker_exit_non_zero_with_one_line() {
 fn a_second_broker_on_the_same_data_dir_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("d");
-    let _first = BrokerProc::start(&data, "127.0.0.1:0");
+    let _first = start_broker(&data, "127.0.0.1:0");
     let out = Command::new(FERRY)
         .args(["broker", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(&data)

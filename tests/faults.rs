@@ -10,9 +10,9 @@ use ferry::client::{
 use ferry::proto::v1;
 use ferry::storage::FlushPolicy;
 use ferry::testkit::{
-    self, AnomalyKind, CheckOptions, CrashPoint, CrashSchedule, CrashingConsumer, DeliveryMode,
-    Fault, FaultKind, FaultPlan, FaultProxy, History, RecordingProducer, RpcKind, Step, TailDamage,
-    Targets, ValueGen,
+    self, AnomalyKind, BrokerProcess, CheckOptions, CrashPoint, CrashSchedule, CrashingConsumer,
+    DeliveryMode, DurableFloors, Fault, FaultKind, FaultPlan, FaultProxy, History,
+    RecordingProducer, RpcKind, Step, TailDamage, Targets, ValueGen,
 };
 use ferry::{BrokerConfig, EmbeddedBroker};
 
@@ -399,4 +399,52 @@ async fn a_torn_tail_is_cut_off_by_recovery_and_nothing_durable_is_lost() {
     eprintln!("{verdict}");
     assert!(verdict.is_valid(), "{verdict}");
     assert_eq!(report.stats.acked, 350);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_9_with_garbage_past_the_tail_keeps_every_acked_record_once() {
+    let seed = testkit::seed();
+    let dir = tempfile::tempdir().unwrap();
+    let broker =
+        BrokerProcess::start(env!("CARGO_BIN_EXE_ferry"), dir.path(), "127.0.0.1:0").unwrap();
+    let client = Client::connect(broker.addr()).await.unwrap();
+    client.create_topic("t", 2).await.unwrap();
+    let history = History::new();
+    produce(&client, &history, "t", 300, Acks::All)
+        .await
+        .close()
+        .await
+        .unwrap();
+
+    // No floors: every valid batch counts as durable, so only garbage.
+    let (broker, report) = broker
+        .kill9_tear_and_restart(TailDamage::Garbage, &DurableFloors::new(), seed)
+        .unwrap();
+    assert!(
+        report.logs.iter().any(|l| l.garbage_bytes > 0),
+        "{report:?}"
+    );
+    assert_eq!(report.records_cut(), 0);
+
+    let client = Client::connect(broker.addr()).await.unwrap();
+    produce(&client, &history, "t", 50, Acks::All)
+        .await
+        .close()
+        .await
+        .unwrap();
+    testkit::drain(&client, "t", &history, Duration::from_millis(500))
+        .await
+        .unwrap();
+    let report = testkit::check(
+        &history.ops(),
+        &CheckOptions {
+            drained: true,
+            ..CheckOptions::default()
+        },
+    );
+    let verdict = report.verdict(DeliveryMode::ExactlyOnce);
+    eprintln!("seed {seed}: {verdict}");
+    assert!(verdict.is_valid(), "{verdict}");
+    assert_eq!(report.stats.acked, 350);
+    assert!(broker.sigterm().unwrap().success());
 }
