@@ -270,6 +270,29 @@ pub fn patch_base_offset(buf: &mut [u8], base_offset: u64) {
     buf[layout::BASE_OFFSET..layout::BASE_OFFSET + 8].copy_from_slice(&base_offset.to_le_bytes());
 }
 
+/// Returns a copy of `batch` carrying `stamp` (producer id, epoch and base
+/// sequence) in its header, with the CRC recomputed.
+///
+/// The stamp lives inside the CRC-covered header, so a producer that must
+/// renumber a sealed batch (after a producer-epoch bump) rewrites those
+/// fields and the checksum; the records are copied unchanged.
+///
+/// # Panics
+/// If `batch` is shorter than [`HEADER_LEN`].
+pub fn restamp(batch: &[u8], stamp: ProducerStamp) -> Bytes {
+    assert!(batch.len() >= HEADER_LEN, "a batch has a full header");
+    let mut b = batch.to_vec();
+    b[layout::PRODUCER_EPOCH..layout::PRODUCER_EPOCH + 2]
+        .copy_from_slice(&stamp.producer_epoch.to_le_bytes());
+    b[layout::PRODUCER_ID..layout::PRODUCER_ID + 8]
+        .copy_from_slice(&stamp.producer_id.to_le_bytes());
+    b[layout::BASE_SEQUENCE..layout::BASE_SEQUENCE + 4]
+        .copy_from_slice(&stamp.base_sequence.to_le_bytes());
+    let crc = compute_crc(&b);
+    b[layout::CRC..layout::CRC + 4].copy_from_slice(&crc.to_le_bytes());
+    Bytes::from(b)
+}
+
 /// Checks the header and CRC of the batch at the start of `buf`, but not
 /// the records. Returns the header; the batch is `buf[..header.batch_len]`.
 ///
@@ -465,10 +488,10 @@ impl<'a> RecordIter<'a> {
         let offset_delta = varint::get_uvarint(rec, &mut pos).map_err(varint_err)?;
         let offset_delta =
             u32::try_from(offset_delta).map_err(|_| corrupt("offset delta exceeds u32"))?;
-        if let Some(prev) = self.prev_offset_delta {
-            if offset_delta <= prev {
-                return Err(corrupt("offset deltas not strictly increasing"));
-            }
+        if let Some(prev) = self.prev_offset_delta
+            && offset_delta <= prev
+        {
+            return Err(corrupt("offset deltas not strictly increasing"));
         }
         if offset_delta > self.last_offset_delta {
             return Err(corrupt(
@@ -832,6 +855,38 @@ mod tests {
         let batch = ValidBatch::exact(&bytes).unwrap();
         assert_eq!(batch.header().base_offset, 123_456);
         assert_eq!(batch.header().last_offset(), 123_458);
+    }
+
+    #[test]
+    fn restamping_rewrites_the_stamp_keeps_the_records_and_stays_valid() {
+        let original = sample();
+        let stamp = ProducerStamp {
+            producer_id: 9,
+            producer_epoch: 3,
+            base_sequence: i32::MAX,
+        };
+        let bytes = restamp(&original, stamp);
+        let batch = ValidBatch::exact(&bytes).unwrap();
+        let h = batch.header();
+        assert_eq!(
+            (h.producer_id, h.producer_epoch, h.base_sequence),
+            (9, 3, i32::MAX)
+        );
+        assert_eq!(h.last_sequence(), 1, "three records wrap past i32::MAX");
+        assert_eq!(bytes.len(), original.len());
+        assert_eq!(bytes[HEADER_LEN..], original[HEADER_LEN..]);
+        let old = ValidBatch::exact(&original).unwrap();
+        assert!(batch.records().eq(old.records()));
+        // Restamping back gives the original bytes exactly.
+        let back = restamp(
+            &bytes,
+            ProducerStamp {
+                producer_id: 7,
+                producer_epoch: 2,
+                base_sequence: 40,
+            },
+        );
+        assert_eq!(back, original);
     }
 
     #[test]
