@@ -4,7 +4,9 @@
 //!   topic admin and consumer-offset calls.
 //! - [`Producer`]: batches records per partition and pipelines the batches
 //!   over one bidirectional `ProduceStream`, retrying what is safe to retry
-//!   until the delivery timeout.
+//!   until the delivery timeout. Idempotent by default: producer id, epoch
+//!   and per-partition sequence numbers let the broker store every batch
+//!   exactly once and in order, however often it is retried.
 //! - [`Consumer`]: long-polls assigned partitions, validates every batch's
 //!   CRC, and commits offsets before (at-most-once) or after (at-least-once)
 //!   the application processes the records.
@@ -35,6 +37,7 @@
 mod client;
 mod consumer;
 mod error;
+mod idempotence;
 pub mod partitioner;
 mod producer;
 
@@ -46,4 +49,5 @@ pub use consumer::{
 };
 pub use error::ClientError;
 pub use ferry_proto::v1::{PartitionInfo, TopicSummary};
+pub use idempotence::MAX_IN_FLIGHT_IDEMPOTENT;
 pub use producer::{Acks, Delivery, Producer, ProducerConfig, RecordMetadata};

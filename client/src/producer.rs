@@ -31,11 +31,39 @@
 //! broker error may land after a later batch of the same partition that
 //! succeeded meanwhile.
 //!
+//! # Idempotence
+//!
+//! With [`ProducerConfig::idempotent`] (the default; it requires
+//! [`Acks::All`]) the producer gets a producer id from `InitProducerId` when
+//! it starts. Each partition has an epoch and a next sequence number, and a
+//! batch is stamped with (producer id, epoch, first sequence) when it is
+//! sealed; sequences count records. At most
+//! [`MAX_IN_FLIGHT_IDEMPOTENT`](crate::MAX_IN_FLIGHT_IDEMPOTENT) batches per
+//! partition are in flight, and a retry resends the same bytes, so the
+//! broker stores each batch once and answers a retry of a stored batch with
+//! its original offsets. What happens on each error is decided by
+//! [`crate::idempotence::decide`]:
+//!
+//! - a retriable error or a broken stream: resend after a backoff. Later
+//!   batches of the partition that were already in flight are refused with
+//!   `OutOfOrderSequence` (their predecessor is missing) and resent after
+//!   it, in order;
+//! - `OutOfOrderSequence` with every earlier batch of the partition acked
+//!   (records the broker acked were lost), `InvalidProducerEpoch` or
+//!   `ProducerFenced`: the batch, every later batch of the partition and
+//!   every future batch of the partition fail with that error;
+//! - `UnknownProducerId` with every earlier batch acked: the partition's
+//!   epoch goes up by one, its unacked batches are renumbered from 0 and
+//!   resent;
+//! - another definite error: the batch fails, and the partition's later
+//!   batches are renumbered under the next epoch so they are not blocked by
+//!   the hole.
+//!
 //! Under [`Acks::None`] the broker answers only errors, so a batch counts
 //! as delivered once it is handed to the stream, and nothing is retried
 //! (at-most-once).
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::str::FromStr;
@@ -45,7 +73,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ferry_proto::ErrorCode;
-use ferry_proto::batch::{BatchBuilder, HEADER_LEN, MAX_BATCH_BYTES};
+use ferry_proto::batch::{BatchBuilder, HEADER_LEN, MAX_BATCH_BYTES, ProducerStamp, restamp};
 use ferry_proto::v1;
 use parking_lot::Mutex;
 use tokio::sync::{Notify, mpsc, oneshot};
@@ -54,7 +82,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::codec::Streaming;
 
 use crate::client::Client;
-use crate::error::ClientError;
+use crate::error::{ClientError, check};
+use crate::idempotence::{Action, MAX_IN_FLIGHT_IDEMPOTENT, Sequencer, decide};
 use crate::partitioner::partition_for_key;
 
 /// How many produce requests may wait in the stream's send queue. Only a
@@ -138,8 +167,13 @@ pub struct ProducerConfig {
     pub retry_backoff: Duration,
     /// Largest retry backoff. Default 1 s.
     pub retry_backoff_max: Duration,
-    /// Batches per partition sent and not yet answered. Default 5.
+    /// Batches per partition sent and not yet answered. Default 5, and at
+    /// most [`MAX_IN_FLIGHT_IDEMPOTENT`] when `idempotent`.
     pub max_in_flight_per_partition: usize,
+    /// Stamp batches with a producer id, epoch and sequence numbers so the
+    /// broker stores each batch exactly once and in order, however often it
+    /// is retried. Default `true`. Requires [`Acks::All`].
+    pub idempotent: bool,
     /// `send` waits while this many record bytes are unacknowledged.
     /// Default 64 MiB.
     pub buffer_bytes: usize,
@@ -156,6 +190,7 @@ impl Default for ProducerConfig {
             retry_backoff_max: Duration::from_secs(1),
             max_in_flight_per_partition: 5,
             buffer_bytes: 64 * 1024 * 1024,
+            idempotent: true,
         }
     }
 }
@@ -173,6 +208,20 @@ impl ProducerConfig {
             return Err(ClientError::InvalidArgument(
                 "max_in_flight_per_partition must be at least 1".into(),
             ));
+        }
+        if self.idempotent && self.acks != Acks::All {
+            return Err(ClientError::InvalidArgument(format!(
+                "an idempotent producer needs acks=all, not acks={}; \
+                 set idempotent to false for acks={0}",
+                self.acks
+            )));
+        }
+        if self.idempotent && self.max_in_flight_per_partition > MAX_IN_FLIGHT_IDEMPOTENT {
+            return Err(ClientError::InvalidArgument(format!(
+                "an idempotent producer allows at most {MAX_IN_FLIGHT_IDEMPOTENT} batches in \
+                 flight per partition, not {}",
+                self.max_in_flight_per_partition
+            )));
         }
         if self.buffer_bytes == 0 {
             return Err(ClientError::InvalidArgument(
@@ -285,6 +334,10 @@ struct SealedBatch {
     topic: Arc<str>,
     partition: u32,
     bytes: Bytes,
+    /// The producer stamp in `bytes`, or [`ProducerStamp::NONE`].
+    stamp: ProducerStamp,
+    /// Records in the batch.
+    records: u32,
     /// Bytes this batch holds against `buffer_bytes`.
     accounted: usize,
     completion: Arc<BatchCompletion>,
@@ -328,6 +381,20 @@ struct Accumulator {
     /// Capacity to reserve for the next batch: the size of the last one,
     /// so steady traffic never regrows the buffer.
     next_capacity: usize,
+    /// The partition's epoch and next sequence; used only when idempotent.
+    /// Batches take their stamp here when sealed, under the state lock, so
+    /// stamps follow seal order.
+    seq: Sequencer,
+}
+
+impl Accumulator {
+    fn new(epoch: i16) -> Accumulator {
+        Accumulator {
+            open: None,
+            next_capacity: MIN_BATCH_CAPACITY,
+            seq: Sequencer::new(epoch),
+        }
+    }
 }
 
 struct TopicState {
@@ -351,6 +418,9 @@ struct State {
 /// State shared by the producer handles and the sender task.
 struct Shared {
     config: ProducerConfig,
+    /// Producer id and initial epoch from `InitProducerId`; `None` when not
+    /// idempotent.
+    producer: Option<(i64, i16)>,
     state: Mutex<State>,
     unacked_bytes: AtomicUsize,
     space: Notify,
@@ -370,7 +440,12 @@ impl Shared {
         let Some(open) = acc.open.take() else {
             return;
         };
-        let bytes = open.builder.finish();
+        let records = open.builder.len();
+        let stamp = match self.producer {
+            Some((producer_id, _)) => acc.seq.stamp(producer_id, records),
+            None => ProducerStamp::NONE,
+        };
+        let bytes = open.builder.producer(stamp).finish();
         acc.next_capacity = bytes.len().clamp(
             MIN_BATCH_CAPACITY.min(self.config.batch_bytes),
             self.config.batch_bytes,
@@ -383,6 +458,8 @@ impl Shared {
             topic: topic.name.clone(),
             partition,
             bytes,
+            stamp,
+            records,
             accounted: open.record_bytes,
             completion: open.completion,
             sealed_at: Instant::now(),
@@ -429,7 +506,12 @@ impl Drop for Inner {
 ///
 /// # async fn demo() -> Result<(), ferry_client::ClientError> {
 /// let client = Client::connect("127.0.0.1:7400").await?;
-/// let config = ProducerConfig { acks: Acks::Leader, ..ProducerConfig::default() };
+/// // Idempotence (the default) needs acks=all; turn it off for acks=leader.
+/// let config = ProducerConfig {
+///     acks: Acks::Leader,
+///     idempotent: false,
+///     ..ProducerConfig::default()
+/// };
 /// let producer = Producer::new(client, config).await?;
 /// let mut deliveries = Vec::new();
 /// for i in 0..1000u32 {
@@ -461,10 +543,25 @@ impl std::fmt::Debug for Producer {
 impl Producer {
     /// Starts a producer and its background sender task on the current
     /// tokio runtime. The stream to the broker opens on first use.
+    ///
+    /// An idempotent producer first asks the broker for a producer id
+    /// (`InitProducerId`), so the broker must be reachable.
     pub async fn new(client: Client, config: ProducerConfig) -> Result<Producer, ClientError> {
         let config = config.normalized()?;
+        let producer = if config.idempotent {
+            Some(init_producer_id(&client).await?)
+        } else {
+            None
+        };
+        Ok(Self::start(client, config, producer))
+    }
+
+    /// Starts the sender task for a checked config and, when idempotent,
+    /// a producer id and epoch.
+    fn start(client: Client, config: ProducerConfig, producer: Option<(i64, i16)>) -> Producer {
         let shared = Arc::new(Shared {
             config,
+            producer,
             state: Mutex::new(State {
                 topics: Vec::new(),
                 by_name: HashMap::new(),
@@ -478,9 +575,14 @@ impl Producer {
         let (tx, rx) = mpsc::unbounded_channel();
         let task = SenderTask::new(shared.clone(), client.clone(), rx);
         tokio::spawn(task.run());
-        Ok(Producer {
+        Producer {
             inner: Arc::new(Inner { shared, client, tx }),
-        })
+        }
+    }
+
+    /// The producer id and the epoch it started with, when idempotent.
+    pub fn producer_id(&self) -> Option<(i64, i16)> {
+        self.inner.shared.producer
     }
 
     /// Sends a record to the partition chosen by its key: murmur2 of the
@@ -666,18 +768,14 @@ impl Producer {
                 format!("topic {topic} has no partitions"),
             ));
         }
+        let epoch = self.inner.shared.producer.map_or(0, |(_, e)| e);
         let mut state = self.inner.shared.state.lock();
         if !state.by_name.contains_key(topic) {
             let name: Arc<str> = Arc::from(topic);
             let index = state.topics.len();
             state.topics.push(TopicState {
                 name: name.clone(),
-                partitions: (0..n)
-                    .map(|_| Accumulator {
-                        open: None,
-                        next_capacity: MIN_BATCH_CAPACITY,
-                    })
-                    .collect(),
+                partitions: (0..n).map(|_| Accumulator::new(epoch)).collect(),
                 sticky: start_partition(n),
             });
             state.by_name.insert(name, index);
@@ -752,6 +850,23 @@ impl Producer {
     }
 }
 
+/// Asks the broker for a fresh producer id (epoch 0).
+async fn init_producer_id(client: &Client) -> Result<(i64, i16), ClientError> {
+    let r = client
+        .raw()
+        .init_producer_id(v1::InitProducerIdRequest::default())
+        .await?
+        .into_inner();
+    check(r.error_code, &r.error_message)?;
+    let epoch = i16::try_from(r.producer_epoch).map_err(|_| {
+        ClientError::broker(
+            ErrorCode::InvalidProducerEpoch,
+            format!("InitProducerId returned epoch {}", r.producer_epoch),
+        )
+    })?;
+    Ok((r.producer_id, epoch))
+}
+
 /// A starting sticky partition that differs between producers, so that
 /// many short-lived producers do not all pile onto partition 0.
 fn start_partition(n: u32) -> u32 {
@@ -819,6 +934,9 @@ struct PartitionQueue {
     in_flight: VecDeque<u64>,
     /// No sends before this (backoff after a retriable error).
     retry_at: Option<Instant>,
+    /// Set when the partition's idempotent sequence is broken beyond
+    /// repair: every later batch fails with this error.
+    fatal: Option<ClientError>,
 }
 
 impl PartitionQueue {
@@ -826,6 +944,16 @@ impl PartitionQueue {
     fn requeue(&mut self, batch: SealedBatch) {
         let at = self.pending.partition_point(|b| b.seq < batch.seq);
         self.pending.insert(at, batch);
+    }
+
+    /// Whether a batch sealed before `seq` is still unresolved: waiting in
+    /// the queue, or in flight.
+    fn has_unresolved_before(&self, seq: u64, in_flight: &HashMap<u64, SealedBatch>) -> bool {
+        self.pending.front().is_some_and(|b| b.seq < seq)
+            || self
+                .in_flight
+                .iter()
+                .any(|c| in_flight.get(c).is_some_and(|b| b.seq < seq))
     }
 }
 
@@ -872,11 +1000,15 @@ struct SenderTask {
     shared: Arc<Shared>,
     client: Client,
     acks: v1::Acks,
+    idempotent: bool,
     rx: mpsc::UnboundedReceiver<Command>,
     rx_open: bool,
     lingers: VecDeque<(Instant, Arc<str>, u32, u64)>,
     partitions: HashMap<PartitionKey, PartitionQueue>,
     in_flight: HashMap<u64, SealedBatch>,
+    /// Correlation ids of requests still on the stream whose batches were
+    /// taken back for renumbering or failed; their answers are ignored.
+    abandoned: HashSet<u64>,
     tracker: Tracker,
     conn: Conn,
     conn_failures: u32,
@@ -896,6 +1028,7 @@ impl SenderTask {
         let now = Instant::now();
         SenderTask {
             acks: shared.config.acks.to_proto(),
+            idempotent: shared.producer.is_some(),
             tracker: Tracker {
                 shared: shared.clone(),
                 outstanding: BTreeSet::new(),
@@ -908,6 +1041,7 @@ impl SenderTask {
             lingers: VecDeque::new(),
             partitions: HashMap::new(),
             in_flight: HashMap::new(),
+            abandoned: HashSet::new(),
             conn: Conn::Down { retry_at: now },
             conn_failures: 0,
             next_correlation_id: 0,
@@ -998,7 +1132,11 @@ impl SenderTask {
             Command::Sealed(batch) => {
                 self.tracker.outstanding.insert(batch.seq);
                 let key = (batch.topic.clone(), batch.partition);
-                self.partitions.entry(key).or_default().requeue(batch);
+                let q = self.partitions.entry(key).or_default();
+                match &q.fatal {
+                    Some(error) => self.tracker.complete(batch, Err(error.clone())),
+                    None => q.requeue(batch),
+                }
             }
             Command::Flush(tx) => self.tracker.add_flush(tx),
             // The loop ends once nothing is outstanding; nothing new can
@@ -1140,6 +1278,9 @@ impl SenderTask {
 
     fn handle_response(&mut self, r: v1::ProduceResponse) {
         self.conn_failures = 0;
+        if self.abandoned.remove(&r.correlation_id) {
+            return;
+        }
         let Some(batch) = self.in_flight.remove(&r.correlation_id) else {
             if r.error_code != 0 {
                 // Acks::None batches, or batches that already timed out.
@@ -1153,7 +1294,7 @@ impl SenderTask {
             return;
         };
         let key = (batch.topic.clone(), batch.partition);
-        let q = self.partitions.entry(key).or_default();
+        let q = self.partitions.entry(key.clone()).or_default();
         if let Some(i) = q.in_flight.iter().position(|c| *c == r.correlation_id) {
             q.in_flight.remove(i);
         }
@@ -1163,19 +1304,142 @@ impl SenderTask {
         }
         let code = ErrorCode::from_u32(r.error_code);
         let error = ClientError::broker(code, r.error_message);
-        if !code.is_retriable() {
-            self.tracker.complete(batch, Err(error));
-            return;
-        }
+        let earlier = q.has_unresolved_before(batch.seq, &self.in_flight);
+        let action = decide(code, self.idempotent, earlier);
         let now = Instant::now();
         let timeout = self.shared.config.delivery_timeout;
-        if now.duration_since(batch.sealed_at) >= timeout {
-            self.tracker.complete(batch, Err(delivery_timeout(timeout)));
-            return;
+        match action {
+            Action::Retry | Action::AwaitPredecessor | Action::Renumber
+                if now.duration_since(batch.sealed_at) >= timeout =>
+            {
+                self.tracker.complete(batch, Err(delivery_timeout(timeout)));
+            }
+            Action::Retry => {
+                tracing::debug!(
+                    topic = %batch.topic,
+                    partition = batch.partition,
+                    epoch = batch.stamp.producer_epoch,
+                    sequence = batch.stamp.base_sequence,
+                    %error,
+                    "retrying batch"
+                );
+                q.retry_at =
+                    Some(now + self.shared.config.backoff(batch.attempts.saturating_sub(1)));
+                q.requeue(batch);
+            }
+            Action::AwaitPredecessor => {
+                tracing::debug!(
+                    topic = %batch.topic,
+                    partition = batch.partition,
+                    %error,
+                    "batch arrived before its predecessor; resending after it"
+                );
+                q.requeue(batch);
+            }
+            Action::Fail => self.tracker.complete(batch, Err(error)),
+            Action::Renumber => {
+                tracing::warn!(
+                    topic = %batch.topic,
+                    partition = batch.partition,
+                    %error,
+                    "the broker does not know this producer here; bumping the epoch and renumbering"
+                );
+                q.requeue(batch);
+                if let Err(e) = self.renumber(&key) {
+                    self.fail_partition(&key, None, e);
+                }
+            }
+            Action::FailAndRenumber => {
+                self.tracker.complete(batch, Err(error));
+                if let Err(e) = self.renumber(&key) {
+                    self.fail_partition(&key, None, e);
+                }
+            }
+            Action::FailPartition => self.fail_partition(&key, Some(batch), error),
         }
-        tracing::debug!(topic = %batch.topic, partition = batch.partition, %error, "retrying batch");
-        q.retry_at = Some(now + self.shared.config.backoff(batch.attempts.saturating_sub(1)));
-        q.requeue(batch);
+    }
+
+    /// Fails `batch` and every other unresolved batch of the partition with
+    /// `error`, and marks the partition so later batches fail too. Used
+    /// when the idempotent sequence cannot be repaired; it is logged as an
+    /// error and every affected delivery reports it.
+    fn fail_partition(
+        &mut self,
+        key: &PartitionKey,
+        batch: Option<SealedBatch>,
+        error: ClientError,
+    ) {
+        tracing::error!(
+            topic = %key.0,
+            partition = key.1,
+            %error,
+            "idempotent sequence broken; failing this and every later batch of the partition"
+        );
+        if let Some(batch) = batch {
+            self.tracker.complete(batch, Err(error.clone()));
+        }
+        // Batches sealed but still in the channel fail on arrival, through
+        // `fatal`.
+        let q = self.partitions.entry(key.clone()).or_default();
+        for c in q.in_flight.drain(..) {
+            if let Some(b) = self.in_flight.remove(&c) {
+                self.abandoned.insert(c);
+                self.tracker.complete(b, Err(error.clone()));
+            }
+        }
+        for b in q.pending.drain(..) {
+            self.tracker.complete(b, Err(error.clone()));
+        }
+        q.retry_at = None;
+        q.fatal = Some(error);
+    }
+
+    /// Moves the partition to its next epoch and renumbers its unresolved
+    /// batches from sequence 0, in seal order. Batches in flight are taken
+    /// back first: the broker refuses them (their sequence does not follow
+    /// anything it stored), so their answers are ignored and they are sent
+    /// again with their new numbers.
+    fn renumber(&mut self, key: &PartitionKey) -> Result<(), ClientError> {
+        let Some((producer_id, _)) = self.shared.producer else {
+            return Ok(());
+        };
+        let shared = self.shared.clone();
+        // Under the state lock nothing new is sealed, and every batch
+        // sealed so far is in the channel or already here.
+        let mut state = shared.state.lock();
+        while let Ok(c) = self.rx.try_recv() {
+            self.handle_command(c);
+        }
+        let q = self.partitions.entry(key.clone()).or_default();
+        if q.fatal.is_some() {
+            return Ok(());
+        }
+        for c in std::mem::take(&mut q.in_flight) {
+            if let Some(b) = self.in_flight.remove(&c) {
+                self.abandoned.insert(c);
+                q.requeue(b);
+            }
+        }
+        let acc = state
+            .by_name
+            .get(&*key.0)
+            .copied()
+            .and_then(|i| state.topics[i].partitions.get_mut(key.1 as usize))
+            .expect("a partition with batches has an accumulator");
+        acc.seq.bump()?;
+        for b in &mut q.pending {
+            let stamp = acc.seq.stamp(producer_id, b.records);
+            b.bytes = restamp(&b.bytes, stamp);
+            b.stamp = stamp;
+        }
+        tracing::info!(
+            topic = %key.0,
+            partition = key.1,
+            epoch = acc.seq.epoch,
+            batches = q.pending.len(),
+            "renumbered the partition's unacked batches under a new epoch"
+        );
+        Ok(())
     }
 
     /// The stream failed: every in-flight batch goes back to its queue in
@@ -1193,6 +1457,8 @@ impl SenderTask {
             retry_at: now + backoff,
         };
         self.blocked = false;
+        // Nothing more arrives on the old stream.
+        self.abandoned.clear();
         let timeout = self.shared.config.delivery_timeout;
         for (_, batch) in self.in_flight.drain() {
             let key = (batch.topic.clone(), batch.partition);
@@ -1251,17 +1517,16 @@ mod tests {
             .unwrap()
             .port();
         let client = Client::connect_lazy(&format!("127.0.0.1:{port}")).unwrap();
-        let producer = Producer::new(client, config).await.unwrap();
+        // No broker to ask for a producer id: idempotent configs get a
+        // made-up one.
+        let config = config.normalized().unwrap();
+        let id = config.idempotent.then_some((77, 0));
+        let producer = Producer::start(client, config, id);
         let mut state = producer.inner.shared.state.lock();
         let name: Arc<str> = Arc::from(topic);
         state.topics.push(TopicState {
             name: name.clone(),
-            partitions: (0..partitions)
-                .map(|_| Accumulator {
-                    open: None,
-                    next_capacity: MIN_BATCH_CAPACITY,
-                })
-                .collect(),
+            partitions: (0..partitions).map(|_| Accumulator::new(0)).collect(),
             sticky: 0,
         });
         state.by_name.insert(name, 0);
@@ -1306,12 +1571,102 @@ mod tests {
                 max_in_flight_per_partition: 0,
                 ..ProducerConfig::default()
             },
+            ProducerConfig {
+                max_in_flight_per_partition: MAX_IN_FLIGHT_IDEMPOTENT + 1,
+                ..ProducerConfig::default()
+            },
         ] {
             assert!(matches!(
                 bad.normalized(),
                 Err(ClientError::InvalidArgument(_))
             ));
         }
+    }
+
+    #[test]
+    fn idempotence_is_the_default_and_needs_acks_all() {
+        assert!(ProducerConfig::default().idempotent);
+        for acks in [Acks::None, Acks::Leader] {
+            let err = ProducerConfig {
+                acks,
+                ..ProducerConfig::default()
+            }
+            .normalized()
+            .unwrap_err();
+            assert!(
+                matches!(&err, ClientError::InvalidArgument(m) if m.contains("needs acks=all")),
+                "{err}"
+            );
+            ProducerConfig {
+                acks,
+                idempotent: false,
+                max_in_flight_per_partition: 20,
+                ..ProducerConfig::default()
+            }
+            .normalized()
+            .unwrap();
+        }
+    }
+
+    /// Seals every open batch of topic `t` and returns them in seal order.
+    fn seal_now(producer: &Producer) -> Vec<SealedBatch> {
+        let shared = &producer.inner.shared;
+        let mut state = shared.state.lock();
+        let mut out = Vec::new();
+        shared.seal_all(&mut state, &mut |c| {
+            if let Command::Sealed(b) = c {
+                out.push(b);
+            }
+        });
+        out
+    }
+
+    #[tokio::test]
+    async fn batches_are_stamped_at_seal_with_sequences_counting_records() {
+        let producer = offline(slow_linger(), "t", 2).await;
+        let mut stamps = Vec::new();
+        for (p, n) in [(0u32, 3), (1, 2), (0, 1), (0, 4)] {
+            for _ in 0..n {
+                producer.send_to("t", p, None, Some(b"v")).await.unwrap();
+            }
+            for b in seal_now(&producer) {
+                let h = ferry_proto::batch::ValidBatch::exact(&b.bytes)
+                    .unwrap()
+                    .header()
+                    .to_owned();
+                assert_eq!(
+                    (h.producer_id, h.producer_epoch, h.base_sequence),
+                    (
+                        b.stamp.producer_id,
+                        b.stamp.producer_epoch,
+                        b.stamp.base_sequence
+                    )
+                );
+                assert_eq!(h.record_count, b.records);
+                stamps.push((b.partition, h.producer_id, h.base_sequence, b.records));
+            }
+        }
+        assert_eq!(
+            stamps,
+            vec![(0, 77, 0, 3), (1, 77, 0, 2), (0, 77, 3, 1), (0, 77, 4, 4)],
+            "each partition counts its own records from 0"
+        );
+    }
+
+    #[tokio::test]
+    async fn batches_of_a_plain_producer_carry_no_stamp() {
+        let config = ProducerConfig {
+            idempotent: false,
+            ..slow_linger()
+        };
+        let producer = offline(config, "t", 1).await;
+        producer.send("t", None, Some(b"v")).await.unwrap();
+        let sealed = seal_now(&producer);
+        let h = ferry_proto::batch::BatchHeader::decode(&sealed[0].bytes).unwrap();
+        assert_eq!(
+            (h.producer_id, h.producer_epoch, h.base_sequence),
+            (-1, -1, -1)
+        );
     }
 
     #[test]

@@ -96,6 +96,7 @@ async fn records_round_trip_under_every_acks_mode() {
         let config = ProducerConfig {
             acks,
             batch_bytes: 4096,
+            idempotent: acks == Acks::All,
             ..ProducerConfig::default()
         };
         let producer = Producer::new(client.clone(), config).await.unwrap();
