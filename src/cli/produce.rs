@@ -29,6 +29,14 @@ pub struct ProduceArgs {
     /// none, leader, or all (durable under the broker's fsync policy).
     #[arg(long, default_value = "all")]
     acks: Acks,
+    /// Idempotent producer: retries never duplicate or reorder records
+    /// within a partition. The default with --acks all; needs --acks all.
+    #[arg(long, overrides_with = "no_idempotent")]
+    idempotent: bool,
+    /// Plain at-least-once producer: a retry may store a record twice.
+    /// Implied by --acks none and --acks leader.
+    #[arg(long, overrides_with = "idempotent")]
+    no_idempotent: bool,
     /// Give up on a record this many seconds after it was batched.
     #[arg(long, default_value_t = 120)]
     delivery_timeout: u64,
@@ -46,9 +54,11 @@ pub async fn run(args: ProduceArgs) -> Result<ExitCode, CliError> {
     if args.key_separator.as_deref() == Some("") {
         return Err("--key-separator must not be empty".into());
     }
+    let idempotent = idempotence(args.acks, args.idempotent, args.no_idempotent)?;
     let client = Client::connect(&args.broker.broker).await?;
     let config = ProducerConfig {
         acks: args.acks,
+        idempotent,
         linger: Duration::from_millis(args.linger_ms),
         batch_bytes: args.batch_bytes,
         delivery_timeout: Duration::from_secs(args.delivery_timeout),
@@ -159,6 +169,18 @@ pub async fn run(args: ProduceArgs) -> Result<ExitCode, CliError> {
     })
 }
 
+/// Whether to produce idempotently: the explicit flag if one was given
+/// (the later one wins), otherwise exactly when `acks` is `all`.
+fn idempotence(acks: Acks, idempotent: bool, no_idempotent: bool) -> Result<bool, CliError> {
+    if idempotent && acks != Acks::All {
+        return Err(format!(
+            "--idempotent needs --acks all (got --acks {acks}); use --no-idempotent for --acks {acks}"
+        )
+        .into());
+    }
+    Ok(!no_idempotent && acks == Acks::All)
+}
+
 fn split_line<'a>(line: &'a [u8], sep: Option<&[u8]>) -> (Option<&'a [u8]>, &'a [u8]) {
     let Some(sep) = sep else {
         return (None, line);
@@ -171,7 +193,20 @@ fn split_line<'a>(line: &'a [u8], sep: Option<&[u8]>) -> (Option<&'a [u8]>, &'a 
 
 #[cfg(test)]
 mod tests {
-    use super::split_line;
+    use super::{Acks, idempotence, split_line};
+
+    #[test]
+    fn idempotence_is_the_default_only_with_acks_all() {
+        assert!(idempotence(Acks::All, false, false).unwrap());
+        assert!(idempotence(Acks::All, true, false).unwrap());
+        assert!(!idempotence(Acks::All, false, true).unwrap());
+        for acks in [Acks::None, Acks::Leader] {
+            assert!(!idempotence(acks, false, false).unwrap());
+            assert!(!idempotence(acks, false, true).unwrap());
+            let err = idempotence(acks, true, false).unwrap_err().to_string();
+            assert!(err.contains("--idempotent needs --acks all"), "{err}");
+        }
+    }
 
     #[test]
     fn lines_split_at_the_first_separator_only() {
