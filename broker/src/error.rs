@@ -74,6 +74,45 @@ pub enum BrokerError {
         /// The limit.
         max: usize,
     },
+    /// The request is not legal in the transaction's current state.
+    #[error("invalid transaction state: {0}")]
+    InvalidTxnState(String),
+    /// A newer producer with the same transactional id took over.
+    #[error("producer of {transactional_id:?} with epoch {epoch} was fenced by epoch {current}")]
+    ProducerFenced {
+        /// The transactional id.
+        transactional_id: String,
+        /// Epoch of the request.
+        epoch: i16,
+        /// Current epoch.
+        current: i16,
+    },
+    /// A transactional request with an epoch that is not the current one.
+    #[error("producer epoch {epoch} is not the transaction's current epoch {current}")]
+    InvalidEpoch {
+        /// Epoch of the request.
+        epoch: i16,
+        /// Current epoch.
+        current: i16,
+    },
+    /// Another operation on the transaction is still completing.
+    #[error("transaction of {0:?} is completing; retry")]
+    ConcurrentTransactions(String),
+    /// A transactional append to a partition not added to the transaction.
+    #[error(
+        "{topic}/{partition} is not part of an open transaction of producer {producer_id}; call AddPartitionsToTxn first"
+    )]
+    NotInTransaction {
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: u32,
+        /// Producer id.
+        producer_id: i64,
+    },
+    /// A failpoint fired (tests only).
+    #[error("injected failure at {0}")]
+    Injected(&'static str),
     /// The log refused the operation.
     #[error(transparent)]
     Storage(#[from] StorageError),
@@ -114,6 +153,12 @@ impl BrokerError {
             BrokerError::InvalidRequest(_) | BrokerError::Config(_) => ErrorCode::InvalidRequest,
             BrokerError::ShuttingDown => ErrorCode::BrokerShuttingDown,
             BrokerError::ProducerQuota { .. } => ErrorCode::ProducerIdQuotaExceeded,
+            BrokerError::InvalidTxnState(_) => ErrorCode::InvalidTxnState,
+            BrokerError::ProducerFenced { .. } => ErrorCode::ProducerFenced,
+            BrokerError::InvalidEpoch { .. } => ErrorCode::InvalidProducerEpoch,
+            BrokerError::ConcurrentTransactions(_) => ErrorCode::ConcurrentTransactions,
+            BrokerError::NotInTransaction { .. } => ErrorCode::PartitionNotInTransaction,
+            BrokerError::Injected(_) => ErrorCode::Unknown,
             BrokerError::Sequence(e) => match e {
                 crate::producer_state::SeqError::InvalidProducerEpoch { .. } => {
                     ErrorCode::InvalidProducerEpoch

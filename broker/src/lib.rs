@@ -3,6 +3,7 @@
 //! service. [`EmbeddedBroker`] runs one inside another process.
 
 mod config;
+pub mod coordinator;
 mod embedded;
 mod error;
 mod offsets;
@@ -23,5 +24,5 @@ pub use ferry_storage::{FlushPolicy, LogConfig};
 pub use producer_ids::{ID_BLOCK, ProducerIds};
 pub use server::{Broker, MAX_FRAME_BYTES, Stop};
 pub use service::{FerryService, MAX_IN_FLIGHT_PER_STREAM};
-pub use state::{AckLevel, BrokerState, FetchResult, FetchSpec, MAX_FETCH_PARTITIONS};
+pub use state::{AckLevel, BrokerState, FetchResult, FetchSpec, Isolation, MAX_FETCH_PARTITIONS};
 pub use topics::{Partition, ProducerSettings, Topic, Topics};

@@ -13,12 +13,20 @@
 //! `FetchOffsets`; a crash before that point may lose the commit, which the
 //! committer never saw succeed. On open the whole log is replayed, later
 //! records winning.
+//!
+//! Offsets committed inside a transaction (`TxnOffsetCommit`) are written as
+//! a transactional batch stamped with the producer id. They stay pending
+//! until the coordinator writes the transaction's marker here: a COMMIT
+//! marker makes them the group's committed offsets, an ABORT marker drops
+//! them. Replay applies the same rule, so a transaction whose marker never
+//! landed leaves its offsets pending until the coordinator finishes it.
 
 use std::collections::HashMap;
 use std::path::Path;
 
 use bytes::Bytes;
-use ferry_proto::batch::{BatchBuilder, BatchIter, ValidBatch};
+use ferry_proto::batch::{BatchBuilder, BatchIter, NO_SEQUENCE, ProducerStamp, ValidBatch};
+use ferry_proto::control::{ControlType, marker_batch, marker_type};
 use ferry_storage::{FlushPolicy, Log, LogConfig};
 use parking_lot::Mutex;
 
@@ -38,7 +46,16 @@ pub struct OffsetStore {
     /// Committed offset and the log offset of the commit that set it, so a
     /// commit that became durable later than a newer one cannot win.
     committed: Mutex<HashMap<Key, (u64, u64)>>,
+    /// Offsets of open transactions, by producer id: (key, offset, log offset).
+    pending: Mutex<HashMap<i64, Vec<(Key, u64, u64)>>>,
     flush: FlushPolicy,
+}
+
+fn apply(committed: &mut HashMap<Key, (u64, u64)>, key: Key, offset: u64, at: u64) {
+    let entry = committed.entry(key).or_insert((offset, at));
+    if entry.1 <= at {
+        *entry = (offset, at);
+    }
 }
 
 fn encode_key(group: &str, topic: &str, partition: u32) -> Vec<u8> {
@@ -75,6 +92,7 @@ impl OffsetStore {
         let flush = log_config.flush;
         let log = Log::open(dir, log_config)?;
         let mut committed = HashMap::new();
+        let mut pending: HashMap<i64, Vec<(Key, u64, u64)>> = HashMap::new();
         let mut offset = log.log_start_offset();
         let end = log.next_offset();
         while offset < end {
@@ -84,7 +102,18 @@ impl OffsetStore {
             }
             for batch in BatchIter::new(&chunk) {
                 let batch = batch?;
-                let base = batch.header().base_offset;
+                let h = *batch.header();
+                let base = h.base_offset;
+                offset = h.next_offset();
+                if let Some(kind) = marker_type(&batch) {
+                    let records = pending.remove(&h.producer_id).unwrap_or_default();
+                    if kind == ControlType::Commit {
+                        for (key, value, at) in records {
+                            apply(&mut committed, key, value, at);
+                        }
+                    }
+                    continue;
+                }
                 for record in batch.records() {
                     let record = record?;
                     let at = base + u64::from(record.offset_delta);
@@ -97,9 +126,16 @@ impl OffsetStore {
                         tracing::warn!(offset = at, "skipping offsets record with a bad value");
                         continue;
                     };
-                    committed.insert(key, (u64::from_le_bytes(value), at));
+                    let value = u64::from_le_bytes(value);
+                    if h.is_transactional() {
+                        pending
+                            .entry(h.producer_id)
+                            .or_default()
+                            .push((key, value, at));
+                    } else {
+                        apply(&mut committed, key, value, at);
+                    }
                 }
-                offset = batch.header().next_offset();
             }
         }
         tracing::info!(
@@ -109,6 +145,7 @@ impl OffsetStore {
         Ok(OffsetStore {
             log,
             committed: Mutex::new(committed),
+            pending: Mutex::new(pending),
             flush,
         })
     }
@@ -119,12 +156,89 @@ impl OffsetStore {
         group: &str,
         offsets: &[(String, u32, u64)],
     ) -> Result<(), BrokerError> {
+        let Some(info) = self.write(group, offsets, None).await? else {
+            return Ok(());
+        };
+        let mut committed = self.committed.lock();
+        for (i, (topic, partition, offset)) in offsets.iter().enumerate() {
+            let key = (group.to_string(), topic.clone(), *partition);
+            apply(&mut committed, key, *offset, info.base_offset + i as u64);
+        }
+        Ok(())
+    }
+
+    /// Durably writes `offsets` for `group` as part of the transaction of
+    /// `producer_id`; they take effect when its COMMIT marker is written.
+    pub async fn commit_in_transaction(
+        &self,
+        producer_id: i64,
+        epoch: i16,
+        group: &str,
+        offsets: &[(String, u32, u64)],
+    ) -> Result<(), BrokerError> {
+        let stamp = ProducerStamp {
+            producer_id,
+            producer_epoch: epoch,
+            base_sequence: NO_SEQUENCE,
+        };
+        let Some(info) = self.write(group, offsets, Some(stamp)).await? else {
+            return Ok(());
+        };
+        let mut pending = self.pending.lock();
+        let list = pending.entry(producer_id).or_default();
+        for (i, (topic, partition, offset)) in offsets.iter().enumerate() {
+            let key = (group.to_string(), topic.clone(), *partition);
+            list.push((key, *offset, info.base_offset + i as u64));
+        }
+        Ok(())
+    }
+
+    /// Writes the marker ending `producer_id`'s transaction and, once it is
+    /// durable, applies (commit) or drops (abort) its pending offsets.
+    pub async fn end_transaction(
+        &self,
+        producer_id: i64,
+        epoch: i16,
+        commit: bool,
+    ) -> Result<(), BrokerError> {
+        let kind = if commit {
+            ControlType::Commit
+        } else {
+            ControlType::Abort
+        };
+        let bytes = marker_batch(producer_id, epoch, kind, ferry_proto::now_ms());
+        let info = self.log.append(ValidBatch::exact(&bytes)?)?;
+        if self.flush != FlushPolicy::Never {
+            self.log.wait_durable(info.last_offset).await?;
+        }
+        let records = self.pending.lock().remove(&producer_id).unwrap_or_default();
+        if commit {
+            let mut committed = self.committed.lock();
+            for (key, value, at) in records {
+                apply(&mut committed, key, value, at);
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether `producer_id` has offsets waiting for its transaction's end.
+    pub fn has_pending(&self, producer_id: i64) -> bool {
+        self.pending.lock().contains_key(&producer_id)
+    }
+
+    /// Validates and durably appends one batch of offset records.
+    async fn write(
+        &self,
+        group: &str,
+        offsets: &[(String, u32, u64)],
+        stamp: Option<ProducerStamp>,
+    ) -> Result<Option<ferry_storage::AppendInfo>, BrokerError> {
         check_name(group).map_err(|reason| BrokerError::InvalidGroup {
             name: group.to_string(),
             reason,
         })?;
         if offsets.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
         if offsets.len() > MAX_OFFSETS_PER_COMMIT {
             return Err(BrokerError::InvalidRequest(format!(
@@ -134,6 +248,9 @@ impl OffsetStore {
         }
         let now = ferry_proto::now_ms();
         let mut builder = BatchBuilder::new(now);
+        if let Some(stamp) = stamp {
+            builder = builder.producer(stamp).transactional(true);
+        }
         for (topic, partition, offset) in offsets {
             builder.push(
                 now,
@@ -148,24 +265,13 @@ impl OffsetStore {
                 "offset commit too large".into(),
             ));
         }
-        let batch = ValidBatch::exact(&bytes)?;
-        let info = self.log.append(batch)?;
+        let info = self.log.append(ValidBatch::exact(&bytes)?)?;
         // The offsets log shares the partitions' policy; under `never`
         // nothing waits for durability.
         if self.flush != FlushPolicy::Never {
             self.log.wait_durable(info.last_offset).await?;
         }
-        let mut committed = self.committed.lock();
-        for (i, (topic, partition, offset)) in offsets.iter().enumerate() {
-            let at = info.base_offset + i as u64;
-            let entry = committed
-                .entry((group.to_string(), topic.clone(), *partition))
-                .or_insert((*offset, at));
-            if entry.1 <= at {
-                *entry = (*offset, at);
-            }
-        }
-        Ok(())
+        Ok(Some(info))
     }
 
     /// The committed offsets of `group` for `topic`, by partition.

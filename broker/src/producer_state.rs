@@ -153,10 +153,28 @@ pub fn check_sequence(
     }
 }
 
-/// The producer table of one partition.
+/// A transaction that aborted in this partition: `read_committed`
+/// consumers drop the producer's transactional batches from `first_offset`
+/// up to the abort marker at `last_offset`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AbortedTxn {
+    /// Producer id of the transaction.
+    pub producer_id: i64,
+    /// First offset the transaction wrote here.
+    pub first_offset: u64,
+    /// Offset of the abort marker.
+    pub last_offset: u64,
+}
+
+/// The producer table of one partition: idempotence windows, open
+/// transactions and the aborted-transaction index.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ProducerTable {
     entries: HashMap<i64, ProducerEntry>,
+    /// Open transactions: producer id → first offset written here.
+    ongoing: HashMap<i64, u64>,
+    /// Aborted transactions, in marker order (so sorted by `last_offset`).
+    aborted: Vec<AbortedTxn>,
 }
 
 impl ProducerTable {
@@ -203,21 +221,90 @@ impl ProducerTable {
         entry.last_update_ms = entry.last_update_ms.max(now_ms);
     }
 
-    /// Forgets producers idle for longer than `max_idle_ms`. Returns how
-    /// many were removed.
+    /// Forgets producers idle for longer than `max_idle_ms`, except those
+    /// with an open transaction. Returns how many were removed.
     pub fn expire(&mut self, now_ms: i64, max_idle_ms: i64) -> usize {
         let before = self.entries.len();
-        self.entries
-            .retain(|_, e| now_ms.saturating_sub(e.last_update_ms) <= max_idle_ms);
+        let ongoing = &self.ongoing;
+        self.entries.retain(|pid, e| {
+            ongoing.contains_key(pid) || now_ms.saturating_sub(e.last_update_ms) <= max_idle_ms
+        });
         before - self.entries.len()
+    }
+
+    /// Notes a transactional batch at `offset`: the first one opens the
+    /// producer's transaction in this partition.
+    pub fn note_transactional(&mut self, producer_id: i64, offset: u64) {
+        self.ongoing.entry(producer_id).or_insert(offset);
+    }
+
+    /// Ends the producer's open transaction with a marker at `offset`.
+    /// A marker with no open transaction (a marker written twice) changes
+    /// nothing.
+    pub fn end_transaction(&mut self, producer_id: i64, offset: u64, commit: bool) {
+        if let Some(first) = self.ongoing.remove(&producer_id) {
+            if !commit {
+                self.aborted.push(AbortedTxn {
+                    producer_id,
+                    first_offset: first,
+                    last_offset: offset,
+                });
+            }
+        }
+    }
+
+    /// First offset of the oldest open transaction.
+    pub fn first_unstable_offset(&self) -> Option<u64> {
+        self.ongoing.values().copied().min()
+    }
+
+    /// Producers with an open transaction here.
+    pub fn ongoing(&self) -> impl Iterator<Item = (i64, u64)> + '_ {
+        self.ongoing.iter().map(|(p, o)| (*p, *o))
+    }
+
+    /// Aborted transactions overlapping offsets `[from, to)`.
+    pub fn aborted_between(&self, from: u64, to: u64) -> Vec<AbortedTxn> {
+        let start = self.aborted.partition_point(|a| a.last_offset < from);
+        self.aborted[start..]
+            .iter()
+            .filter(|a| a.first_offset < to)
+            .copied()
+            .collect()
+    }
+
+    /// Drops index entries wholly below the log start.
+    pub fn truncate_aborted_below(&mut self, log_start: u64) {
+        let cut = self.aborted.partition_point(|a| a.last_offset < log_start);
+        self.aborted.drain(..cut);
+    }
+
+    /// Applies one batch read from the log during recovery.
+    pub fn replay(&mut self, header: &BatchHeader, marker: Option<bool>) {
+        if header.producer_id < 0 {
+            return;
+        }
+        match marker {
+            Some(commit) => self.end_transaction(header.producer_id, header.base_offset, commit),
+            None => {
+                if header.base_sequence >= 0 {
+                    self.record(header, header.max_timestamp);
+                }
+                if header.is_transactional() {
+                    self.note_transactional(header.producer_id, header.base_offset);
+                }
+            }
+        }
     }
 
     /// Encodes the table as a snapshot taken at log offset `offset`.
     ///
     /// ```text
-    /// magic "FPS1" | u64 offset | u32 producers |
+    /// magic "FPS2" | u64 offset | u32 producers |
     ///   per producer: i64 id | i16 epoch | i64 last_update_ms | u8 n |
     ///     n × (i32 first_seq | i32 last_seq | u64 base_offset | u64 last_offset | u32 record_count)
+    /// | u32 open transactions | per open: i64 id | u64 first_offset
+    /// | u32 aborted | per aborted: i64 id | u64 first_offset | u64 last_offset
     /// | u32 crc32 of everything before it
     /// ```
     pub fn encode_snapshot(&self, offset: u64) -> Vec<u8> {
@@ -240,6 +327,19 @@ impl ProducerTable {
                 out.extend_from_slice(&b.last_offset.to_le_bytes());
                 out.extend_from_slice(&b.record_count.to_le_bytes());
             }
+        }
+        let mut ongoing: Vec<_> = self.ongoing.iter().collect();
+        ongoing.sort_unstable();
+        out.extend_from_slice(&(ongoing.len() as u32).to_le_bytes());
+        for (pid, first) in ongoing {
+            out.extend_from_slice(&pid.to_le_bytes());
+            out.extend_from_slice(&first.to_le_bytes());
+        }
+        out.extend_from_slice(&(self.aborted.len() as u32).to_le_bytes());
+        for a in &self.aborted {
+            out.extend_from_slice(&a.producer_id.to_le_bytes());
+            out.extend_from_slice(&a.first_offset.to_le_bytes());
+            out.extend_from_slice(&a.last_offset.to_le_bytes());
         }
         let crc = crc32fast::hash(&out);
         out.extend_from_slice(&crc.to_le_bytes());
@@ -290,7 +390,34 @@ impl ProducerTable {
                 },
             );
         }
-        (r.pos == body.len()).then_some((offset, ProducerTable { entries }))
+        let open = r.u32()? as usize;
+        if open > MAX_SNAPSHOT_PRODUCERS {
+            return None;
+        }
+        let mut ongoing = HashMap::with_capacity(open);
+        for _ in 0..open {
+            ongoing.insert(r.u64()? as i64, r.u64()?);
+        }
+        let n_aborted = r.u32()? as usize;
+        if n_aborted > MAX_SNAPSHOT_ABORTED {
+            return None;
+        }
+        let mut aborted = Vec::with_capacity(n_aborted);
+        for _ in 0..n_aborted {
+            aborted.push(AbortedTxn {
+                producer_id: r.u64()? as i64,
+                first_offset: r.u64()?,
+                last_offset: r.u64()?,
+            });
+        }
+        (r.pos == body.len()).then_some((
+            offset,
+            ProducerTable {
+                entries,
+                ongoing,
+                aborted,
+            },
+        ))
     }
 
     /// Writes a snapshot atomically (temporary file, fsync, rename).
@@ -308,7 +435,9 @@ impl ProducerTable {
     }
 }
 
-const SNAPSHOT_MAGIC: &[u8; 4] = b"FPS1";
+const SNAPSHOT_MAGIC: &[u8; 4] = b"FPS2";
+/// Most aborted transactions a snapshot may list.
+pub const MAX_SNAPSHOT_ABORTED: usize = 1 << 24;
 /// Most producers a snapshot may list; a larger count marks it corrupt.
 pub const MAX_SNAPSHOT_PRODUCERS: usize = 1 << 20;
 
@@ -523,12 +652,50 @@ mod tests {
     }
 
     #[test]
+    fn the_lso_is_the_oldest_open_transaction_and_aborts_are_indexed() {
+        let mut t = ProducerTable::default();
+        t.note_transactional(1, 10);
+        t.note_transactional(2, 12);
+        t.note_transactional(1, 15);
+        assert_eq!(t.first_unstable_offset(), Some(10));
+        t.end_transaction(1, 20, false);
+        assert_eq!(t.first_unstable_offset(), Some(12));
+        t.end_transaction(2, 21, true);
+        t.end_transaction(2, 22, true);
+        assert_eq!(t.first_unstable_offset(), None);
+        let a = AbortedTxn {
+            producer_id: 1,
+            first_offset: 10,
+            last_offset: 20,
+        };
+        assert_eq!(t.aborted_between(0, 100), vec![a]);
+        assert_eq!(t.aborted_between(20, 100), vec![a]);
+        assert!(t.aborted_between(21, 100).is_empty());
+        assert!(t.aborted_between(0, 10).is_empty());
+        t.truncate_aborted_below(21);
+        assert!(t.aborted_between(0, 100).is_empty());
+    }
+
+    #[test]
+    fn a_producer_with_an_open_transaction_never_expires() {
+        let mut t = ProducerTable::default();
+        t.record(&header(1, 0, 0, 1, 0), 0);
+        t.note_transactional(1, 0);
+        assert_eq!(t.expire(1_000_000, 10), 0);
+        t.end_transaction(1, 5, true);
+        assert_eq!(t.expire(1_000_000, 10), 1);
+    }
+
+    #[test]
     fn a_snapshot_round_trips_the_whole_window_and_any_corruption_is_rejected() {
         let mut t = ProducerTable::default();
         for i in 0..6 {
             t.record(&header(7, 2, i * 3, 3, u64::from(i as u32) * 3), 5);
         }
         t.record(&header(9, 0, 0, 1, 40), 6);
+        t.note_transactional(9, 40);
+        t.note_transactional(11, 20);
+        t.end_transaction(11, 30, false);
         let snap = t.encode_snapshot(41);
         let (offset, back) = ProducerTable::decode_snapshot(&snap).unwrap();
         assert_eq!(offset, 41);

@@ -93,7 +93,11 @@ impl Broker {
             .max_decoding_message_size(limits.max_request_bytes)
             .max_encoding_message_size(limits.max_fetch_bytes + 1024 * 1024);
 
+        // Finish transactions that were prepared before a crash, before
+        // anyone can read the partitions they touched.
+        state.coordinator.recover(&state).await?;
         let retention = tokio::spawn(retention_loop(state.clone()));
+        let txn_timeouts = tokio::spawn(txn_timeout_loop(state.clone()));
         let incoming = limited_incoming(listener, limits.max_connections);
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<Stop>();
         let shutdown_state = state.clone();
@@ -134,6 +138,7 @@ impl Broker {
             }
         }
         retention.abort();
+        txn_timeouts.abort();
         drop(server);
         match how {
             Stop::Graceful => {
@@ -155,6 +160,19 @@ async fn retention_loop(state: Arc<BrokerState>) {
         tokio::time::sleep(every).await;
         let s = state.clone();
         let _ = tokio::task::spawn_blocking(move || s.apply_retention()).await;
+    }
+}
+
+/// How often open transactions are checked against their timeouts.
+pub const TXN_TIMEOUT_CHECK: Duration = Duration::from_millis(500);
+
+async fn txn_timeout_loop(state: Arc<BrokerState>) {
+    loop {
+        tokio::time::sleep(TXN_TIMEOUT_CHECK).await;
+        if state.is_shutting_down() {
+            return;
+        }
+        state.coordinator.abort_expired(&state).await;
     }
 }
 

@@ -13,7 +13,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::error::BrokerError;
-use crate::state::{AckLevel, BrokerState, FetchSpec};
+use crate::state::{AckLevel, BrokerState, FetchSpec, Isolation};
 
 /// Most produce requests one stream may have awaiting acknowledgement;
 /// past it the broker stops reading the stream (backpressure).
@@ -34,6 +34,11 @@ impl FerryService {
 
 fn err_fields(e: &BrokerError) -> (u32, String) {
     (e.code().as_u32(), e.to_string())
+}
+
+fn epoch_of(raw: i32) -> Result<i16, BrokerError> {
+    i16::try_from(raw)
+        .map_err(|_| BrokerError::InvalidRequest(format!("producer epoch {raw} out of range")))
 }
 
 fn acks_of(raw: i32) -> Result<AckLevel, BrokerError> {
@@ -145,17 +150,14 @@ impl Ferry for FerryService {
                 resp.partitions = topic
                     .partitions
                     .iter()
-                    .map(|p| {
-                        let visible = p.visible_offset();
-                        v1::PartitionInfo {
-                            partition: p.id,
-                            log_start_offset: p.log.log_start_offset(),
-                            high_watermark: p.log.next_offset(),
-                            last_stable_offset: visible,
-                            durable_watermark: p.log.durable_offset(),
-                            size_bytes: p.log.size_bytes(),
-                            segments: p.log.segments().len() as u32,
-                        }
+                    .map(|p| v1::PartitionInfo {
+                        partition: p.id,
+                        log_start_offset: p.log.log_start_offset(),
+                        high_watermark: p.log.next_offset(),
+                        last_stable_offset: p.last_stable_offset(),
+                        durable_watermark: p.log.durable_offset(),
+                        size_bytes: p.log.size_bytes(),
+                        segments: p.log.segments().len() as u32,
                     })
                     .collect();
             }
@@ -247,15 +249,28 @@ impl Ferry for FerryService {
         } else {
             req.max_bytes as usize
         };
-        let r = self
-            .state
-            .fetch(
-                specs,
-                Duration::from_millis(u64::from(req.max_wait_ms)),
-                req.min_bytes as usize,
-                max_bytes,
-            )
-            .await;
+        let isolation = match v1::IsolationLevel::try_from(req.isolation) {
+            Ok(v1::IsolationLevel::ReadCommitted) => Ok(Isolation::ReadCommitted),
+            Ok(v1::IsolationLevel::ReadUncommitted) => Ok(Isolation::ReadUncommitted),
+            Err(_) => Err(BrokerError::InvalidRequest(format!(
+                "unknown isolation level {}",
+                req.isolation
+            ))),
+        };
+        let r = match isolation {
+            Ok(isolation) => {
+                self.state
+                    .fetch(
+                        specs,
+                        Duration::from_millis(u64::from(req.max_wait_ms)),
+                        req.min_bytes as usize,
+                        max_bytes,
+                        isolation,
+                    )
+                    .await
+            }
+            Err(e) => Err(e),
+        };
         let mut resp = v1::FetchResponse::default();
         match r {
             Err(e) => (resp.error_code, resp.error_message) = err_fields(&e),
@@ -269,6 +284,14 @@ impl Ferry for FerryService {
                             high_watermark: r.high_watermark,
                             last_stable_offset: r.last_stable_offset,
                             log_start_offset: r.log_start_offset,
+                            aborted_transactions: r
+                                .aborted
+                                .iter()
+                                .map(|a| v1::AbortedTransaction {
+                                    producer_id: a.producer_id,
+                                    first_offset: a.first_offset,
+                                })
+                                .collect(),
                             ..Default::default()
                         };
                         match r.records {
@@ -323,17 +346,203 @@ impl Ferry for FerryService {
             tokio::task::spawn_blocking(move || state.producer_ids.allocate())
                 .await
                 .map_err(|e| Status::internal(e.to_string()))?
+                .map(|id| (id, 0))
         } else {
-            Err(BrokerError::InvalidRequest(
-                "transactional ids are not supported by this broker yet".into(),
-            ))
+            let _busy = self.state.inflight.enter();
+            self.state
+                .coordinator
+                .init_producer_id(
+                    &self.state,
+                    &req.transactional_id,
+                    req.transaction_timeout_ms,
+                )
+                .await
         };
         match r {
-            Ok(id) => {
+            Ok((id, epoch)) => {
                 resp.producer_id = id;
-                resp.producer_epoch = 0;
+                resp.producer_epoch = i32::from(epoch);
             }
             Err(e) => (resp.error_code, resp.error_message) = err_fields(&e),
+        }
+        Ok(Response::new(resp))
+    }
+
+    async fn add_partitions_to_txn(
+        &self,
+        request: Request<v1::AddPartitionsToTxnRequest>,
+    ) -> Result<Response<v1::AddPartitionsToTxnResponse>, Status> {
+        let _busy = self.state.inflight.enter();
+        let req = request.into_inner();
+        let parts: Vec<_> = req
+            .partitions
+            .into_iter()
+            .map(|tp| (tp.topic, tp.partition))
+            .collect();
+        let r = match epoch_of(req.producer_epoch) {
+            Ok(epoch) => {
+                self.state
+                    .coordinator
+                    .add(
+                        &self.state,
+                        &req.transactional_id,
+                        req.producer_id,
+                        epoch,
+                        &parts,
+                        None,
+                    )
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        let mut resp = v1::AddPartitionsToTxnResponse::default();
+        if let Err(e) = r {
+            (resp.error_code, resp.error_message) = err_fields(&e);
+        }
+        Ok(Response::new(resp))
+    }
+
+    async fn add_offsets_to_txn(
+        &self,
+        request: Request<v1::AddOffsetsToTxnRequest>,
+    ) -> Result<Response<v1::AddOffsetsToTxnResponse>, Status> {
+        let _busy = self.state.inflight.enter();
+        let req = request.into_inner();
+        let r = match epoch_of(req.producer_epoch) {
+            Ok(epoch) => {
+                self.state
+                    .coordinator
+                    .add(
+                        &self.state,
+                        &req.transactional_id,
+                        req.producer_id,
+                        epoch,
+                        &[],
+                        Some(&req.group),
+                    )
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        let mut resp = v1::AddOffsetsToTxnResponse::default();
+        if let Err(e) = r {
+            (resp.error_code, resp.error_message) = err_fields(&e);
+        }
+        Ok(Response::new(resp))
+    }
+
+    async fn txn_offset_commit(
+        &self,
+        request: Request<v1::TxnOffsetCommitRequest>,
+    ) -> Result<Response<v1::TxnOffsetCommitResponse>, Status> {
+        let _busy = self.state.inflight.enter();
+        let req = request.into_inner();
+        let offsets: Vec<_> = req
+            .offsets
+            .into_iter()
+            .map(|o| (o.topic, o.partition, o.offset))
+            .collect();
+        let r = match epoch_of(req.producer_epoch) {
+            Ok(epoch) => {
+                self.state
+                    .coordinator
+                    .txn_offset_commit(
+                        &self.state,
+                        &req.transactional_id,
+                        req.producer_id,
+                        epoch,
+                        &req.group,
+                        &offsets,
+                    )
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        let mut resp = v1::TxnOffsetCommitResponse::default();
+        if let Err(e) = r {
+            (resp.error_code, resp.error_message) = err_fields(&e);
+        }
+        Ok(Response::new(resp))
+    }
+
+    async fn end_txn(
+        &self,
+        request: Request<v1::EndTxnRequest>,
+    ) -> Result<Response<v1::EndTxnResponse>, Status> {
+        let _busy = self.state.inflight.enter();
+        let req = request.into_inner();
+        let r = match epoch_of(req.producer_epoch) {
+            Ok(epoch) => {
+                self.state
+                    .coordinator
+                    .end_txn(
+                        &self.state,
+                        &req.transactional_id,
+                        req.producer_id,
+                        epoch,
+                        req.commit,
+                    )
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        let mut resp = v1::EndTxnResponse::default();
+        match r {
+            Ok((pid, epoch)) => {
+                resp.producer_id = pid;
+                resp.producer_epoch = i32::from(epoch);
+            }
+            Err(e) => (resp.error_code, resp.error_message) = err_fields(&e),
+        }
+        Ok(Response::new(resp))
+    }
+
+    async fn list_transactions(
+        &self,
+        _request: Request<v1::ListTransactionsRequest>,
+    ) -> Result<Response<v1::ListTransactionsResponse>, Status> {
+        let now = ferry_proto::now_ms();
+        let transactions = self
+            .state
+            .coordinator
+            .list()
+            .into_iter()
+            .map(|m| v1::TransactionInfo {
+                hanging: m.is_hanging(now),
+                transactional_id: m.transactional_id,
+                producer_id: m.producer_id,
+                producer_epoch: i32::from(m.epoch),
+                state: m.state.name().to_string(),
+                partitions: m
+                    .partitions
+                    .into_iter()
+                    .map(|(topic, partition)| v1::TopicPartition { topic, partition })
+                    .collect(),
+                groups: m.groups.into_iter().collect(),
+                started_ms: m.started_ms,
+                timeout_ms: m.timeout_ms,
+            })
+            .collect();
+        Ok(Response::new(v1::ListTransactionsResponse {
+            transactions,
+            ..Default::default()
+        }))
+    }
+
+    async fn abort_transaction(
+        &self,
+        request: Request<v1::AbortTransactionRequest>,
+    ) -> Result<Response<v1::AbortTransactionResponse>, Status> {
+        let _busy = self.state.inflight.enter();
+        let req = request.into_inner();
+        let mut resp = v1::AbortTransactionResponse::default();
+        if let Err(e) = self
+            .state
+            .coordinator
+            .abort(&self.state, &req.transactional_id)
+            .await
+        {
+            (resp.error_code, resp.error_message) = err_fields(&e);
         }
         Ok(Response::new(resp))
     }

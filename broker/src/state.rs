@@ -12,6 +12,7 @@ use futures::future::select_all;
 use tokio::sync::{Notify, watch};
 
 use crate::config::{BrokerConfig, MAX_FETCH_WAIT_MS};
+use crate::coordinator::Coordinator;
 use crate::error::BrokerError;
 use crate::offsets::OffsetStore;
 use crate::producer_ids::ProducerIds;
@@ -44,6 +45,16 @@ pub struct FetchSpec {
     pub max_bytes: u32,
 }
 
+/// Which records a fetch may see.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isolation {
+    /// Everything up to the visible watermark, aborted records included.
+    ReadUncommitted,
+    /// Only up to the last stable offset, with the aborted transactions in
+    /// range listed so the client can drop them.
+    ReadCommitted,
+}
+
 /// One partition's fetch result.
 #[derive(Debug)]
 pub struct FetchResult {
@@ -57,6 +68,8 @@ pub struct FetchResult {
     pub last_stable_offset: u64,
     /// First offset in the log.
     pub log_start_offset: u64,
+    /// `ReadCommitted` only: aborted transactions overlapping the records.
+    pub aborted: Vec<crate::producer_state::AbortedTxn>,
 }
 
 /// Counts requests being handled, so shutdown can wait for them without
@@ -111,6 +124,8 @@ pub struct BrokerState {
     pub offsets: OffsetStore,
     /// Producer id allocation.
     pub producer_ids: ProducerIds,
+    /// The transaction coordinator.
+    pub coordinator: Coordinator,
     /// Requests being handled.
     pub inflight: Arc<Inflight>,
     shutting_down: AtomicBool,
@@ -131,6 +146,7 @@ impl BrokerState {
         let lock = lock_data_dir(dir)?;
         let topics = Topics::open(&dir.join("topics"), config.log.clone(), config.producers)?;
         let producer_ids = ProducerIds::open(dir)?;
+        let coordinator = Coordinator::open(&dir.join("__transactions"), config.log.clone())?;
         let offsets = OffsetStore::open(&dir.join("__offsets"), config.log.clone())?;
         let (shutdown_tx, _) = watch::channel(false);
         Ok(BrokerState {
@@ -138,6 +154,7 @@ impl BrokerState {
             topics,
             offsets,
             producer_ids,
+            coordinator,
             inflight: Arc::default(),
             shutting_down: AtomicBool::new(false),
             shutdown_tx,
@@ -168,6 +185,9 @@ impl BrokerState {
         if let Err(e) = self.offsets.close() {
             tracing::error!(error = %e, "closing the offsets log failed");
         }
+        if let Err(e) = self.coordinator.close() {
+            tracing::error!(error = %e, "closing the transaction log failed");
+        }
     }
 
     /// Validates and appends one batch. Returns the partition (to wait on)
@@ -192,7 +212,22 @@ impl BrokerState {
         let p = self.topics.partition(topic, partition)?;
         let valid = ValidBatch::exact(batch)?;
         let header = *valid.header();
-        let info = p.append(valid)?;
+        if header.is_control() {
+            return Err(BrokerError::InvalidRequest(
+                "control batches are written by the transaction coordinator only".into(),
+            ));
+        }
+        let info = if header.is_transactional() {
+            self.coordinator.check_append(
+                header.producer_id,
+                header.producer_epoch,
+                topic,
+                partition,
+                || p.append(valid),
+            )?
+        } else {
+            p.append(valid)?
+        };
         metrics::counter!("ferry_bytes_in_total").increment(batch.len() as u64);
         metrics::counter!("ferry_records_in_total").increment(u64::from(header.record_count));
         Ok((p, info, header))
@@ -243,6 +278,7 @@ impl BrokerState {
         max_wait: Duration,
         min_bytes: usize,
         max_bytes: usize,
+        isolation: Isolation,
     ) -> Result<Vec<FetchResult>, BrokerError> {
         if specs.len() > MAX_FETCH_PARTITIONS {
             return Err(BrokerError::InvalidRequest(format!(
@@ -275,7 +311,7 @@ impl BrokerState {
             for w in &mut watches {
                 w.borrow_and_update();
             }
-            let results = self.read_all(&specs, &partitions, max_bytes);
+            let results = self.read_all(&specs, &partitions, max_bytes, isolation);
             let total: usize = results
                 .iter()
                 .map(|r| r.records.as_ref().map_or(0, Bytes::len))
@@ -306,6 +342,7 @@ impl BrokerState {
         specs: &[FetchSpec],
         partitions: &[Result<Arc<Partition>, BrokerError>],
         max_bytes: usize,
+        isolation: Isolation,
     ) -> Vec<FetchResult> {
         let mut budget = max_bytes;
         specs
@@ -321,26 +358,43 @@ impl BrokerState {
                     high_watermark: 0,
                     last_stable_offset: 0,
                     log_start_offset: 0,
+                    aborted: Vec::new(),
                 },
                 Ok(p) => {
                     let visible = p.visible_offset();
-                    let cap = (spec.max_bytes as usize).clamp(1, budget.max(1));
-                    let records = if budget == 0 {
-                        Ok(Bytes::new())
-                    } else {
-                        p.log
-                            .read(spec.offset, cap, visible)
-                            .map_err(BrokerError::from)
+                    let lso = p.last_stable_offset();
+                    let upper = match isolation {
+                        Isolation::ReadUncommitted => visible,
+                        Isolation::ReadCommitted => lso,
                     };
+                    let cap = (spec.max_bytes as usize).clamp(1, budget.max(1));
+                    // With no budget left, a read of nothing still checks
+                    // that the offset is in range.
+                    let upper_now = if budget == 0 {
+                        spec.offset.min(upper)
+                    } else {
+                        upper
+                    };
+                    let records = p
+                        .log
+                        .read(spec.offset, cap, upper_now)
+                        .map_err(BrokerError::from);
                     if let Ok(r) = &records {
                         budget = budget.saturating_sub(r.len());
                     }
+                    let aborted = match (&records, isolation) {
+                        (Ok(r), Isolation::ReadCommitted) if !r.is_empty() => {
+                            p.aborted_between(spec.offset, upper)
+                        }
+                        _ => Vec::new(),
+                    };
                     FetchResult {
                         spec: spec.clone(),
                         records,
                         high_watermark: visible,
-                        last_stable_offset: visible,
+                        last_stable_offset: lso,
                         log_start_offset: p.log.log_start_offset(),
+                        aborted,
                     }
                 }
             })

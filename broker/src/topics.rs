@@ -19,13 +19,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use ferry_proto::batch::{BatchIter, ValidBatch};
+use ferry_proto::control::{ControlType, marker_batch, marker_type};
 use ferry_storage::{AppendInfo, FlushPolicy, Log, LogConfig};
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{MAX_PARTITIONS_PER_TOPIC, MAX_TOPICS};
 use crate::error::{BrokerError, check_name};
-use crate::producer_state::{ProducerTable, SeqCheck, check_sequence};
+use crate::producer_state::{AbortedTxn, ProducerTable, SeqCheck, check_sequence};
 
 /// Bytes read at a time while replaying a log into the producer table.
 const REPLAY_CHUNK_BYTES: usize = 4 * 1024 * 1024;
@@ -132,9 +133,62 @@ impl Partition {
                 let mut stored = header;
                 stored.base_offset = info.base_offset;
                 table.record(&stored, now);
+                if header.is_transactional() {
+                    table.note_transactional(header.producer_id, info.base_offset);
+                }
                 Ok(info)
             }
         }
+    }
+
+    /// Appends the marker ending `producer_id`'s transaction, and updates
+    /// the open-transaction set and the aborted index under the same lock.
+    pub fn append_marker(
+        &self,
+        producer_id: i64,
+        epoch: i16,
+        commit: bool,
+    ) -> Result<AppendInfo, BrokerError> {
+        let kind = if commit {
+            ControlType::Commit
+        } else {
+            ControlType::Abort
+        };
+        let bytes = marker_batch(producer_id, epoch, kind, ferry_proto::now_ms());
+        let batch = ValidBatch::exact(&bytes)?;
+        let mut table = self.producers.lock();
+        let info = self.log.append(batch)?;
+        table.end_transaction(producer_id, info.base_offset, commit);
+        Ok(info)
+    }
+
+    /// Whether `producer_id` has an open transaction in this partition.
+    pub fn has_open_transaction(&self, producer_id: i64) -> bool {
+        self.producers
+            .lock()
+            .ongoing()
+            .any(|(p, _)| p == producer_id)
+    }
+
+    /// Producers with an open transaction here, with its first offset.
+    pub fn open_transactions(&self) -> Vec<(i64, u64)> {
+        self.producers.lock().ongoing().collect()
+    }
+
+    /// The last stable offset: `read_committed` consumers read below it.
+    /// It is the first offset of the oldest open transaction, or the
+    /// visible watermark when none is open.
+    pub fn last_stable_offset(&self) -> u64 {
+        let visible = self.visible_offset();
+        self.producers
+            .lock()
+            .first_unstable_offset()
+            .map_or(visible, |first| first.min(visible))
+    }
+
+    /// Aborted transactions overlapping `[from, to)`.
+    pub fn aborted_between(&self, from: u64, to: u64) -> Vec<AbortedTxn> {
+        self.producers.lock().aborted_between(from, to)
     }
 
     /// Forgets idle producers.
@@ -412,8 +466,9 @@ impl Topics {
     }
 }
 
-/// Rebuilds a partition's producer table: the snapshot, if it is valid and
-/// within the log, plus a replay of every batch after it.
+/// Rebuilds a partition's producer table (idempotence windows, open
+/// transactions, aborted index): the snapshot, if it is valid and within
+/// the log, plus a replay of every batch after it.
 fn load_producers(log: &Log, snapshot_path: &Path) -> Result<ProducerTable, BrokerError> {
     let end = log.next_offset();
     let (mut from, mut table) = match fs::read(snapshot_path) {
@@ -437,9 +492,11 @@ fn load_producers(log: &Log, snapshot_path: &Path) -> Result<ProducerTable, Brok
             break;
         }
         for batch in BatchIter::new(&chunk) {
-            let h = *batch?.header();
-            if h.producer_id >= 0 && !h.is_control() && h.last_offset() >= from {
-                table.record(&h, h.max_timestamp);
+            let batch = batch?;
+            let h = *batch.header();
+            if h.last_offset() >= from {
+                let marker = marker_type(&batch).map(|k| k == ControlType::Commit);
+                table.replay(&h, marker);
             }
             from = from.max(h.next_offset());
         }

@@ -3,6 +3,7 @@
 //! service generated from `proto/ferry.proto`.
 
 pub mod batch;
+pub mod control;
 pub mod error_code;
 pub mod varint;
 

@@ -1,0 +1,505 @@
+//! The transaction coordinator and the read side, driven with raw
+//! requests: all-or-nothing visibility under read_committed, offsets that
+//! commit with the transaction, fencing, idempotent EndTxn, timeouts, and
+//! recovery of a transaction that was prepared before a crash.
+
+use bytes::Bytes;
+use ferry_broker::{BrokerConfig, EmbeddedBroker};
+use ferry_proto::ErrorCode;
+use ferry_proto::batch::{BatchBuilder, BatchIter, ProducerStamp};
+use ferry_proto::control::{ControlType, marker_batch, marker_type};
+use ferry_proto::v1;
+
+/// A raw protocol client: these tests speak the wire protocol directly.
+#[derive(Clone)]
+pub struct Client(v1::ferry_client::FerryClient<tonic::transport::Channel>);
+
+impl Client {
+    pub async fn connect(addr: &str) -> Result<Client, tonic::transport::Error> {
+        Ok(Client(
+            v1::ferry_client::FerryClient::connect(format!("http://{addr}")).await?,
+        ))
+    }
+
+    pub fn raw(&self) -> v1::ferry_client::FerryClient<tonic::transport::Channel> {
+        self.0.clone()
+    }
+
+    pub async fn create_topic(&self, name: &str, partitions: u32) {
+        let r = self
+            .raw()
+            .create_topic(v1::CreateTopicRequest {
+                name: name.into(),
+                partitions,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.error_code, 0, "{}", r.error_message);
+    }
+
+    pub async fn fetch_offsets(
+        &self,
+        group: &str,
+        topic: &str,
+    ) -> std::collections::HashMap<u32, u64> {
+        self.raw()
+            .fetch_offsets(v1::FetchOffsetsRequest {
+                group: group.into(),
+                topic: topic.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .offsets
+            .into_iter()
+            .map(|o| (o.partition, o.offset))
+            .collect()
+    }
+}
+
+pub struct Txn {
+    pub tid: String,
+    pub pid: i64,
+    pub epoch: i32,
+    /// Next sequence per partition of topic "t".
+    pub seq: std::collections::HashMap<u32, i32>,
+}
+
+pub async fn init(client: &Client, tid: &str, timeout_ms: u32) -> Txn {
+    let r = client
+        .raw()
+        .init_producer_id(v1::InitProducerIdRequest {
+            transactional_id: tid.into(),
+            transaction_timeout_ms: timeout_ms,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.error_code, 0, "{}", r.error_message);
+    Txn {
+        tid: tid.into(),
+        pid: r.producer_id,
+        epoch: r.producer_epoch,
+        seq: Default::default(),
+    }
+}
+
+pub fn txn_batch(t: &Txn, partition: u32, values: &[&str]) -> Bytes {
+    let seq = t.seq.get(&partition).copied().unwrap_or(0);
+    let mut b = BatchBuilder::new(1)
+        .producer(ProducerStamp {
+            producer_id: t.pid,
+            producer_epoch: t.epoch as i16,
+            base_sequence: seq,
+        })
+        .transactional(true);
+    for v in values {
+        b.push(1, None, Some(v.as_bytes()), &[]);
+    }
+    b.finish()
+}
+
+pub async fn add(client: &Client, t: &Txn, topic: &str, partition: u32) -> u32 {
+    client
+        .raw()
+        .add_partitions_to_txn(v1::AddPartitionsToTxnRequest {
+            transactional_id: t.tid.clone(),
+            producer_id: t.pid,
+            producer_epoch: t.epoch,
+            partitions: vec![v1::TopicPartition {
+                topic: topic.into(),
+                partition,
+            }],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .error_code
+}
+
+pub async fn send(
+    client: &Client,
+    t: &mut Txn,
+    topic: &str,
+    partition: u32,
+    values: &[&str],
+) -> v1::ProduceResponse {
+    let r = client
+        .raw()
+        .produce(v1::ProduceRequest {
+            correlation_id: 0,
+            topic: topic.into(),
+            partition,
+            acks: v1::Acks::All as i32,
+            batch: txn_batch(t, partition, values),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    if r.error_code == 0 {
+        *t.seq.entry(partition).or_default() += values.len() as i32;
+    }
+    r
+}
+
+pub async fn end(client: &Client, t: &Txn, commit: bool) -> v1::EndTxnResponse {
+    client
+        .raw()
+        .end_txn(v1::EndTxnRequest {
+            transactional_id: t.tid.clone(),
+            producer_id: t.pid,
+            producer_epoch: t.epoch,
+            commit,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// Values visible at `isolation`, after dropping control batches and,
+/// for read_committed, the aborted transactions the broker lists.
+pub async fn read(
+    client: &Client,
+    topic: &str,
+    partition: u32,
+    committed: bool,
+) -> (Vec<String>, u64) {
+    let isolation = if committed {
+        v1::IsolationLevel::ReadCommitted
+    } else {
+        v1::IsolationLevel::ReadUncommitted
+    };
+    let r = client
+        .raw()
+        .fetch(v1::FetchRequest {
+            partitions: vec![v1::FetchPartition {
+                topic: topic.into(),
+                partition,
+                offset: 0,
+                max_bytes: 1 << 20,
+            }],
+            isolation: isolation as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let p = &r.partitions[0];
+    assert_eq!(p.error_code, 0, "{}", p.error_message);
+    let aborted: Vec<_> = p
+        .aborted_transactions
+        .iter()
+        .map(|a| (a.producer_id, a.first_offset))
+        .collect();
+    let mut ended_abort: std::collections::HashSet<i64> = Default::default();
+    let mut out = Vec::new();
+    for b in BatchIter::new(&p.records) {
+        let b = b.unwrap();
+        let h = *b.header();
+        if let Some(kind) = marker_type(&b) {
+            if kind == ControlType::Abort {
+                ended_abort.insert(h.producer_id);
+            }
+            continue;
+        }
+        let dropped = h.is_transactional()
+            && aborted
+                .iter()
+                .any(|&(pid, first)| pid == h.producer_id && h.base_offset >= first)
+            && !ended_abort.contains(&h.producer_id);
+        if dropped {
+            continue;
+        }
+        for rec in b.records() {
+            out.push(String::from_utf8(rec.unwrap().value.unwrap().to_vec()).unwrap());
+        }
+    }
+    (out, p.last_stable_offset)
+}
+
+async fn setup() -> (EmbeddedBroker, Client) {
+    let broker = EmbeddedBroker::start(BrokerConfig::ephemeral())
+        .await
+        .unwrap();
+    let client = Client::connect(&broker.addr_string()).await.unwrap();
+    client.create_topic("t", 2).await;
+    (broker, client)
+}
+
+fn code(c: u32) -> ErrorCode {
+    ErrorCode::from_u32(c)
+}
+
+#[tokio::test]
+async fn committed_records_become_visible_together_and_aborted_ones_never() {
+    let (_broker, client) = setup().await;
+    let mut t = init(&client, "tx", 0).await;
+    assert_eq!(add(&client, &t, "t", 0).await, 0);
+    assert_eq!(add(&client, &t, "t", 1).await, 0);
+    assert_eq!(
+        send(&client, &mut t, "t", 0, &["a1", "a2"])
+            .await
+            .error_code,
+        0
+    );
+    assert_eq!(send(&client, &mut t, "t", 1, &["b1"]).await.error_code, 0);
+    let (seen, lso) = read(&client, "t", 0, true).await;
+    assert!(
+        seen.is_empty(),
+        "open transaction is invisible to read_committed"
+    );
+    assert_eq!(lso, 0, "the LSO stops at the open transaction");
+    assert_eq!(
+        read(&client, "t", 0, false).await.0,
+        ["a1", "a2"],
+        "read_uncommitted sees it"
+    );
+    let r = end(&client, &t, true).await;
+    assert_eq!(r.error_code, 0, "{}", r.error_message);
+    assert_eq!(
+        r.producer_epoch,
+        t.epoch + 1,
+        "the epoch is bumped after every transaction"
+    );
+    let (seen, lso) = read(&client, "t", 0, true).await;
+    assert_eq!(seen, ["a1", "a2"]);
+    assert_eq!(lso, 3, "records and marker are below the LSO");
+    assert_eq!(read(&client, "t", 1, true).await.0, ["b1"]);
+
+    // The next transaction runs on the new epoch from sequence 0, and aborts.
+    t.epoch = r.producer_epoch;
+    t.seq.clear();
+    assert_eq!(add(&client, &t, "t", 0).await, 0);
+    assert_eq!(send(&client, &mut t, "t", 0, &["x1"]).await.error_code, 0);
+    let r = end(&client, &t, false).await;
+    assert_eq!(r.error_code, 0, "{}", r.error_message);
+    let (seen, lso) = read(&client, "t", 0, true).await;
+    assert_eq!(seen, ["a1", "a2"], "aborted records are never visible");
+    assert_eq!(lso, 5);
+    assert_eq!(read(&client, "t", 0, false).await.0, ["a1", "a2", "x1"]);
+}
+
+#[tokio::test]
+async fn writes_to_unregistered_partitions_and_control_batches_from_clients_are_refused() {
+    let (_broker, client) = setup().await;
+    let mut t = init(&client, "tx", 0).await;
+    let r = send(&client, &mut t, "t", 0, &["nope"]).await;
+    assert_eq!(
+        code(r.error_code),
+        ErrorCode::PartitionNotInTransaction,
+        "{}",
+        r.error_message
+    );
+    assert_eq!(add(&client, &t, "t", 0).await, 0);
+    let r = send(&client, &mut t, "t", 1, &["nope"]).await;
+    assert_eq!(code(r.error_code), ErrorCode::PartitionNotInTransaction);
+    let marker = marker_batch(t.pid, 0, ControlType::Commit, 1);
+    let r = client
+        .raw()
+        .produce(v1::ProduceRequest {
+            topic: "t".into(),
+            batch: marker,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(code(r.error_code), ErrorCode::InvalidRequest);
+    assert_eq!(read(&client, "t", 1, false).await.0, Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn a_new_producer_with_the_same_id_fences_the_old_one_and_aborts_its_transaction() {
+    let (_broker, client) = setup().await;
+    let mut old = init(&client, "tx", 0).await;
+    assert_eq!(add(&client, &old, "t", 0).await, 0);
+    assert_eq!(
+        send(&client, &mut old, "t", 0, &["zombie"])
+            .await
+            .error_code,
+        0
+    );
+    let new = init(&client, "tx", 0).await;
+    assert_eq!(new.pid, old.pid);
+    assert!(new.epoch > old.epoch);
+    assert_eq!(
+        code(add(&client, &old, "t", 1).await),
+        ErrorCode::ProducerFenced
+    );
+    let r = send(&client, &mut old, "t", 0, &["late"]).await;
+    assert_eq!(
+        code(r.error_code),
+        ErrorCode::InvalidProducerEpoch,
+        "{}",
+        r.error_message
+    );
+    assert_eq!(
+        code(end(&client, &old, true).await.error_code),
+        ErrorCode::ProducerFenced
+    );
+    let (seen, lso) = read(&client, "t", 0, true).await;
+    assert!(seen.is_empty(), "the zombie's write never becomes visible");
+    assert_eq!(
+        lso, 2,
+        "its transaction was aborted, so the LSO moved past it"
+    );
+}
+
+#[tokio::test]
+async fn a_retried_end_txn_gets_the_same_answer_and_epoch() {
+    let (_broker, client) = setup().await;
+    let mut t = init(&client, "tx", 0).await;
+    add(&client, &t, "t", 0).await;
+    send(&client, &mut t, "t", 0, &["v"]).await;
+    let first = end(&client, &t, true).await;
+    let retry = end(&client, &t, true).await;
+    assert_eq!(
+        (retry.error_code, retry.producer_epoch),
+        (0, first.producer_epoch)
+    );
+    assert_eq!(
+        code(end(&client, &t, false).await.error_code),
+        ErrorCode::InvalidTxnState,
+        "it committed; it cannot now abort"
+    );
+    assert_eq!(read(&client, "t", 0, true).await.0, ["v"]);
+    assert_eq!(
+        read(&client, "t", 0, false).await.0,
+        ["v"],
+        "no second marker or record"
+    );
+}
+
+#[tokio::test]
+async fn offsets_sent_in_a_transaction_commit_with_it_and_vanish_with_an_abort() {
+    let (_broker, client) = setup().await;
+    let mut t = init(&client, "tx", 0).await;
+    for (commit, offset) in [(false, 5u64), (true, 9u64)] {
+        let r = client
+            .raw()
+            .add_offsets_to_txn(v1::AddOffsetsToTxnRequest {
+                transactional_id: t.tid.clone(),
+                producer_id: t.pid,
+                producer_epoch: t.epoch,
+                group: "g".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.error_code, 0, "{}", r.error_message);
+        let r = client
+            .raw()
+            .txn_offset_commit(v1::TxnOffsetCommitRequest {
+                transactional_id: t.tid.clone(),
+                producer_id: t.pid,
+                producer_epoch: t.epoch,
+                group: "g".into(),
+                offsets: vec![v1::PartitionOffset {
+                    topic: "t".into(),
+                    partition: 0,
+                    offset,
+                }],
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.error_code, 0, "{}", r.error_message);
+        assert!(
+            client.fetch_offsets("g", "t").await.is_empty(),
+            "pending until the marker"
+        );
+        let r = end(&client, &t, commit).await;
+        assert_eq!(r.error_code, 0);
+        t.epoch = r.producer_epoch;
+        t.seq.clear();
+    }
+    assert_eq!(
+        client.fetch_offsets("g", "t").await.get(&0),
+        Some(&9),
+        "only the committed offset"
+    );
+}
+
+#[tokio::test]
+async fn a_transaction_past_its_timeout_is_aborted_and_the_lso_advances() {
+    let (_broker, client) = setup().await;
+    let mut t = init(&client, "slow", 300).await;
+    add(&client, &t, "t", 0).await;
+    send(&client, &mut t, "t", 0, &["late"]).await;
+    let listed = client
+        .raw()
+        .list_transactions(v1::ListTransactionsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.transactions[0].state, "Ongoing");
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let (seen, lso) = read(&client, "t", 0, true).await;
+    assert!(seen.is_empty());
+    assert_eq!(lso, 2, "record plus abort marker");
+    let r = end(&client, &t, true).await;
+    assert_eq!(
+        code(r.error_code),
+        ErrorCode::InvalidTxnState,
+        "{}",
+        r.error_message
+    );
+    assert!(
+        r.error_message.contains("CompleteAbort"),
+        "{}",
+        r.error_message
+    );
+}
+
+#[tokio::test]
+async fn a_hanging_transaction_can_be_listed_and_aborted_by_hand() {
+    let (_broker, client) = setup().await;
+    let mut t = init(&client, "stuck", 0).await;
+    add(&client, &t, "t", 1).await;
+    send(&client, &mut t, "t", 1, &["x"]).await;
+    let r = client
+        .raw()
+        .abort_transaction(v1::AbortTransactionRequest {
+            transactional_id: "stuck".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.error_code, 0, "{}", r.error_message);
+    let (seen, lso) = read(&client, "t", 1, true).await;
+    assert!(seen.is_empty());
+    assert_eq!(lso, 2);
+    let listed = client
+        .raw()
+        .list_transactions(v1::ListTransactionsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.transactions[0].state, "CompleteAbort");
+}
+
+#[tokio::test]
+async fn open_and_committed_transactions_survive_a_crash() {
+    let (broker, client) = setup().await;
+    let mut done = init(&client, "done", 0).await;
+    add(&client, &done, "t", 0).await;
+    send(&client, &mut done, "t", 0, &["c1", "c2"]).await;
+    assert_eq!(end(&client, &done, true).await.error_code, 0);
+    let mut open = init(&client, "open", 0).await;
+    add(&client, &open, "t", 0).await;
+    send(&client, &mut open, "t", 0, &["o1"]).await;
+
+    let broker = broker.crash_and_restart().await.unwrap();
+    let client = Client::connect(&broker.addr_string()).await.unwrap();
+    let (seen, lso) = read(&client, "t", 0, true).await;
+    assert_eq!(seen, ["c1", "c2"]);
+    assert_eq!(
+        lso, 3,
+        "the open transaction still holds the LSO after recovery"
+    );
+    // The producer finishes its transaction after the restart.
+    let r = end(&client, &open, true).await;
+    assert_eq!(r.error_code, 0, "{}", r.error_message);
+    assert_eq!(read(&client, "t", 0, true).await.0, ["c1", "c2", "o1"]);
+}
