@@ -9,7 +9,12 @@
 //!   exactly once and in order, however often it is retried.
 //! - [`Consumer`]: long-polls assigned partitions, validates every batch's
 //!   CRC, and commits offsets before (at-most-once) or after (at-least-once)
-//!   the application processes the records.
+//!   the application processes the records. `read_committed` by default:
+//!   records of open or aborted transactions are never returned.
+//! - [`TransactionalProducer`]: writes to many partitions, plus consumer
+//!   offsets, that commit or abort together.
+//! - [`ExactlyOnce`]: the consume → process → produce → commit loop, in
+//!   transactions of N records or T milliseconds.
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -36,10 +41,12 @@
 
 mod client;
 mod consumer;
+mod eos;
 mod error;
 mod idempotence;
 pub mod partitioner;
 mod producer;
+mod transactional;
 
 pub use client::{
     CONNECT_TIMEOUT, Client, MAX_FRAME_BYTES, MAX_MESSAGE_BYTES, OffsetSpec, TopicDescription,
@@ -47,7 +54,12 @@ pub use client::{
 pub use consumer::{
     CommitMode, Consumer, ConsumerConfig, ConsumerRecord, IsolationLevel, StartFrom,
 };
+pub use eos::{ExactlyOnce, ExactlyOnceConfig, Output, Step, Totals};
 pub use error::ClientError;
-pub use ferry_proto::v1::{PartitionInfo, TopicSummary};
+pub use ferry_proto::v1::{PartitionInfo, TopicPartition, TopicSummary, TransactionInfo};
 pub use idempotence::MAX_IN_FLIGHT_IDEMPOTENT;
 pub use producer::{Acks, Delivery, Producer, ProducerConfig, RecordMetadata};
+pub use transactional::{
+    DEFAULT_TRANSACTION_TIMEOUT, TransactionalConfig, TransactionalProducer, abort_transaction,
+    is_fatal, list_transactions,
+};

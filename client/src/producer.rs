@@ -366,6 +366,9 @@ enum Command {
     Flush(oneshot::Sender<()>),
     /// Like `Flush`, then stop the task.
     Close(oneshot::Sender<()>),
+    /// Transactional producers only: a new epoch starts and every
+    /// partition is usable again (see [`Producer::restart_sequences`]).
+    Restart,
 }
 
 struct OpenBatch {
@@ -413,6 +416,9 @@ struct State {
     last_topic: usize,
     next_seq: u64,
     closed: bool,
+    /// Epoch of partitions first used from now on; changes only through
+    /// [`Producer::restart_sequences`].
+    epoch: i16,
 }
 
 /// State shared by the producer handles and the sender task.
@@ -421,6 +427,8 @@ struct Shared {
     /// Producer id and initial epoch from `InitProducerId`; `None` when not
     /// idempotent.
     producer: Option<(i64, i16)>,
+    /// Batches carry the transactional bit (see `crate::transactional`).
+    transactional: bool,
     state: Mutex<State>,
     unacked_bytes: AtomicUsize,
     space: Notify,
@@ -445,7 +453,11 @@ impl Shared {
             Some((producer_id, _)) => acc.seq.stamp(producer_id, records),
             None => ProducerStamp::NONE,
         };
-        let bytes = open.builder.producer(stamp).finish();
+        let bytes = open
+            .builder
+            .producer(stamp)
+            .transactional(self.transactional)
+            .finish();
         acc.next_capacity = bytes.len().clamp(
             MIN_BATCH_CAPACITY.min(self.config.batch_bytes),
             self.config.batch_bytes,
@@ -559,15 +571,26 @@ impl Producer {
     /// Starts the sender task for a checked config and, when idempotent,
     /// a producer id and epoch.
     fn start(client: Client, config: ProducerConfig, producer: Option<(i64, i16)>) -> Producer {
+        Self::launch(client, config, producer, false)
+    }
+
+    fn launch(
+        client: Client,
+        config: ProducerConfig,
+        producer: Option<(i64, i16)>,
+        transactional: bool,
+    ) -> Producer {
         let shared = Arc::new(Shared {
             config,
             producer,
+            transactional,
             state: Mutex::new(State {
                 topics: Vec::new(),
                 by_name: HashMap::new(),
                 last_topic: 0,
                 next_seq: 0,
                 closed: false,
+                epoch: producer.map_or(0, |(_, e)| e),
             }),
             unacked_bytes: AtomicUsize::new(0),
             space: Notify::new(),
@@ -768,8 +791,8 @@ impl Producer {
                 format!("topic {topic} has no partitions"),
             ));
         }
-        let epoch = self.inner.shared.producer.map_or(0, |(_, e)| e);
         let mut state = self.inner.shared.state.lock();
+        let epoch = state.epoch;
         if !state.by_name.contains_key(topic) {
             let name: Arc<str> = Arc::from(topic);
             let index = state.topics.len();
@@ -847,6 +870,63 @@ impl Producer {
     /// Record bytes sent but not yet acknowledged (or failed).
     pub fn unacked_bytes(&self) -> usize {
         self.inner.shared.unacked_bytes.load(Ordering::Acquire)
+    }
+}
+
+// Hooks for `crate::transactional`. The transactional producer drives an
+// ordinary `Producer` whose batches carry the transactional bit and whose
+// producer id and epoch come from the transaction coordinator.
+
+impl Producer {
+    /// Starts a producer whose batches are transactional, stamped with
+    /// `producer_id` and `epoch`.
+    pub(crate) fn start_transactional(
+        client: Client,
+        config: ProducerConfig,
+        producer_id: i64,
+        epoch: i16,
+    ) -> Result<Producer, ClientError> {
+        let config = config.normalized()?;
+        Ok(Self::launch(
+            client,
+            config,
+            Some((producer_id, epoch)),
+            true,
+        ))
+    }
+
+    /// Moves every partition to `epoch` at sequence 0 and clears the
+    /// partitions failed in the last transaction. Call only while no batch
+    /// is open or unresolved (after [`Producer::flush`]).
+    pub(crate) fn restart_sequences(&self, epoch: i16) {
+        let mut state = self.inner.shared.state.lock();
+        state.epoch = epoch;
+        for topic in &mut state.topics {
+            for acc in &mut topic.partitions {
+                debug_assert!(acc.open.is_none(), "restart with an open batch");
+                acc.seq = Sequencer::new(epoch);
+            }
+        }
+        // Under the lock, so it reaches the task before any later batch.
+        let _ = self.inner.tx.send(Command::Restart);
+    }
+}
+
+impl Delivery {
+    /// Whether both records are in the same batch (share one outcome).
+    pub(crate) fn same_batch(&self, other: &Delivery) -> bool {
+        Arc::ptr_eq(&self.completion, &other.completion)
+    }
+}
+
+impl Clone for Delivery {
+    fn clone(&self) -> Delivery {
+        Delivery {
+            completion: self.completion.clone(),
+            topic: self.topic.clone(),
+            partition: self.partition,
+            offset_delta: self.offset_delta,
+        }
     }
 }
 
@@ -1142,6 +1222,12 @@ impl SenderTask {
             // The loop ends once nothing is outstanding; nothing new can
             // arrive because the producer is marked closed.
             Command::Close(tx) => self.closers.push(tx),
+            Command::Restart => {
+                for q in self.partitions.values_mut() {
+                    q.fatal = None;
+                    q.retry_at = None;
+                }
+            }
         }
     }
 
@@ -1305,7 +1391,10 @@ impl SenderTask {
         let code = ErrorCode::from_u32(r.error_code);
         let error = ClientError::broker(code, r.error_message);
         let earlier = q.has_unresolved_before(batch.seq, &self.in_flight);
-        let action = decide(code, self.idempotent, earlier);
+        let mut action = decide(code, self.idempotent, earlier);
+        if self.shared.transactional {
+            action = crate::transactional::within_transaction(action);
+        }
         let now = Instant::now();
         let timeout = self.shared.config.delivery_timeout;
         match action {

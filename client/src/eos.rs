@@ -1,0 +1,456 @@
+//! [`ExactlyOnce`]: consume → process → produce → commit, where the
+//! output records and the input positions commit in one transaction.
+//!
+//! Each [`step`](ExactlyOnce::step) runs one transaction:
+//!
+//! 1. poll the `read_committed` consumer and pass each record to the
+//!    process closure, which appends the records to produce;
+//! 2. send those inside the transaction;
+//! 3. after `max_records` input records (checked after each poll, so a
+//!    transaction may hold a little more) or `max_interval` since its first
+//!    record, add the consumer's positions with
+//!    [`send_offsets`](crate::TransactionalProducer::send_offsets) and
+//!    commit.
+//!
+//! A crash anywhere leaves either the whole transaction (outputs and
+//! positions) or none of it, so a restarted loop resumes from the last
+//! committed positions and produces each output exactly once. On an
+//! abortable error the step aborts and rewinds the consumer to the
+//! positions of the last commit; on a fatal one (the producer was fenced)
+//! it stops with the error.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::time::Instant;
+
+use crate::consumer::{CommitMode, Consumer, ConsumerRecord, IsolationLevel};
+use crate::error::ClientError;
+use crate::transactional::TransactionalProducer;
+
+/// Abortable errors that are not retriable end [`ExactlyOnce::run`] after
+/// this many aborted transactions in a row.
+const MAX_ABORTS_IN_A_ROW: u32 = 3;
+/// Pause after an aborted transaction before the next one.
+const ABORT_PAUSE: Duration = Duration::from_millis(100);
+
+/// Settings of an [`ExactlyOnce`] loop.
+#[derive(Clone, Debug)]
+pub struct ExactlyOnceConfig {
+    /// Consumer group whose offsets commit inside each transaction.
+    pub group: String,
+    /// Commit once a transaction holds this many input records. Default
+    /// 1000.
+    pub max_records: u64,
+    /// Commit this long after a transaction's first input record at the
+    /// latest. Default 100 ms.
+    pub max_interval: Duration,
+}
+
+impl ExactlyOnceConfig {
+    /// Default settings for `group`.
+    pub fn new(group: impl Into<String>) -> ExactlyOnceConfig {
+        ExactlyOnceConfig {
+            group: group.into(),
+            max_records: 1000,
+            max_interval: Duration::from_millis(100),
+        }
+    }
+}
+
+/// One record for the process closure to produce.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Output {
+    /// Topic.
+    pub topic: String,
+    /// Partition, or `None` to partition by key (sticky when keyless).
+    pub partition: Option<u32>,
+    /// Key.
+    pub key: Option<Bytes>,
+    /// Value.
+    pub value: Option<Bytes>,
+}
+
+impl Output {
+    /// A record partitioned by its key.
+    pub fn new(topic: impl Into<String>, key: Option<Bytes>, value: Option<Bytes>) -> Output {
+        Output {
+            topic: topic.into(),
+            partition: None,
+            key,
+            value,
+        }
+    }
+
+    /// A record for an explicit partition.
+    pub fn to_partition(
+        topic: impl Into<String>,
+        partition: u32,
+        key: Option<Bytes>,
+        value: Option<Bytes>,
+    ) -> Output {
+        Output {
+            topic: topic.into(),
+            partition: Some(partition),
+            key,
+            value,
+        }
+    }
+}
+
+/// What one [`ExactlyOnce::step`] did.
+#[derive(Debug)]
+pub enum Step {
+    /// A transaction committed.
+    Committed {
+        /// Input records it consumed.
+        records: u64,
+        /// Output records it produced.
+        outputs: u64,
+    },
+    /// No input arrived within `max_interval`; no transaction was needed.
+    Idle,
+    /// The transaction failed with this abortable error. It was aborted
+    /// and the consumer rewound to the last committed positions; the next
+    /// step processes the same input again.
+    Aborted(ClientError),
+}
+
+/// Totals of an [`ExactlyOnce::run`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Totals {
+    /// Input records in committed transactions.
+    pub records: u64,
+    /// Output records in committed transactions.
+    pub outputs: u64,
+    /// Committed transactions.
+    pub transactions: u64,
+    /// Aborted transactions.
+    pub aborted: u64,
+}
+
+/// The exactly-once processing loop.
+///
+/// Create the [`TransactionalProducer`] first, then subscribe the consumer
+/// (with [`StartFrom::Committed`](crate::StartFrom::Committed)): starting
+/// the producer settles any transaction a previous instance left open, so
+/// the committed offsets the consumer reads are final.
+///
+/// ```no_run
+/// use ferry_client::{
+///     Client, CommitMode, Consumer, ConsumerConfig, ExactlyOnce, ExactlyOnceConfig, Output,
+///     TransactionalConfig, TransactionalProducer,
+/// };
+///
+/// # async fn demo() -> Result<(), ferry_client::ClientError> {
+/// let client = Client::connect("127.0.0.1:7400").await?;
+/// let producer =
+///     TransactionalProducer::new(client.clone(), TransactionalConfig::new("upper-1")).await?;
+/// let mut consumer = Consumer::new(
+///     client,
+///     ConsumerConfig {
+///         group: Some("upper".into()),
+///         commit_mode: CommitMode::None, // offsets commit in the transactions
+///         ..ConsumerConfig::default()   // read_committed, from the committed offsets
+///     },
+/// )
+/// .await?;
+/// consumer.subscribe("words").await?;
+/// let mut eos = ExactlyOnce::new(consumer, producer, ExactlyOnceConfig::new("upper"))?;
+/// let totals = eos
+///     .run(
+///         |record, out| {
+///             let upper = record.value.as_ref().map(|v| v.to_ascii_uppercase().into());
+///             out.push(Output::new("upper-words", record.key.clone(), upper));
+///         },
+///         None, // forever
+///     )
+///     .await?;
+/// println!("{} records in {} transactions", totals.records, totals.transactions);
+/// # Ok(())
+/// # }
+/// ```
+pub struct ExactlyOnce {
+    consumer: Consumer,
+    producer: TransactionalProducer,
+    config: ExactlyOnceConfig,
+    outputs: Vec<Output>,
+}
+
+impl std::fmt::Debug for ExactlyOnce {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExactlyOnce")
+            .field("consumer", &self.consumer)
+            .field("producer", &self.producer)
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl ExactlyOnce {
+    /// Joins a subscribed consumer and a transactional producer. The
+    /// consumer must read `read_committed` and commit nothing itself.
+    pub fn new(
+        consumer: Consumer,
+        producer: TransactionalProducer,
+        config: ExactlyOnceConfig,
+    ) -> Result<ExactlyOnce, ClientError> {
+        if consumer.config().isolation != IsolationLevel::ReadCommitted {
+            return Err(ClientError::InvalidArgument(
+                "exactly-once processing needs a read-committed consumer".into(),
+            ));
+        }
+        if consumer.config().commit_mode != CommitMode::None {
+            return Err(ClientError::InvalidArgument(
+                "the consumer must not commit offsets itself (commit mode none): \
+                 they commit inside each transaction"
+                    .into(),
+            ));
+        }
+        if config.group.is_empty() {
+            return Err(ClientError::InvalidArgument(
+                "the consumer group name is empty".into(),
+            ));
+        }
+        if config.max_records == 0 || config.max_interval.is_zero() {
+            return Err(ClientError::InvalidArgument(
+                "max_records and max_interval must be positive".into(),
+            ));
+        }
+        Ok(ExactlyOnce {
+            consumer,
+            producer,
+            config,
+            outputs: Vec::new(),
+        })
+    }
+
+    /// The consumer.
+    pub fn consumer(&self) -> &Consumer {
+        &self.consumer
+    }
+
+    /// The producer.
+    pub fn producer(&self) -> &TransactionalProducer {
+        &self.producer
+    }
+
+    /// Takes the loop apart.
+    pub fn into_parts(self) -> (Consumer, TransactionalProducer) {
+        (self.consumer, self.producer)
+    }
+
+    /// Runs one transaction; see the [module docs](self).
+    ///
+    /// Returns `Err` only when the loop cannot go on: the producer is
+    /// poisoned (fenced by a newer instance, or an unknown commit outcome),
+    /// an abort failed, or polling failed for good outside a transaction.
+    pub async fn step<F>(&mut self, mut process: F) -> Result<Step, ClientError>
+    where
+        F: FnMut(&ConsumerRecord, &mut Vec<Output>),
+    {
+        // Every record before these positions is accounted for: committed,
+        // or a marker or aborted record that produces nothing.
+        let rewind_to = self.consumer.positions();
+        let started = Instant::now();
+        let mut first_record_at = None;
+        let (mut records, mut outputs) = (0u64, 0u64);
+        loop {
+            let deadline = first_record_at.unwrap_or(started) + self.config.max_interval;
+            let now = Instant::now();
+            if now >= deadline || records >= self.config.max_records {
+                break;
+            }
+            let polled = match self.consumer.poll(deadline - now).await {
+                Ok(polled) => polled,
+                Err(e) if first_record_at.is_some() => {
+                    return self.abort_and_rewind(e, &rewind_to).await;
+                }
+                Err(e) if e.is_retriable() => {
+                    tracing::debug!(%e, "poll failed; retrying");
+                    tokio::time::sleep(ABORT_PAUSE.min(deadline - now)).await;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            for record in &polled {
+                if first_record_at.is_none() {
+                    if let Err(e) = self.producer.begin() {
+                        return self.abort_and_rewind(e, &rewind_to).await;
+                    }
+                    first_record_at = Some(Instant::now());
+                }
+                records += 1;
+                process(record, &mut self.outputs);
+                for out in std::mem::take(&mut self.outputs) {
+                    let sent = match out.partition {
+                        Some(p) => {
+                            self.producer
+                                .send_to(&out.topic, p, out.key.as_deref(), out.value.as_deref())
+                                .await
+                        }
+                        None => {
+                            self.producer
+                                .send(&out.topic, out.key.as_deref(), out.value.as_deref())
+                                .await
+                        }
+                    };
+                    if let Err(e) = sent {
+                        return self.abort_and_rewind(e, &rewind_to).await;
+                    }
+                    outputs += 1;
+                }
+            }
+        }
+        if first_record_at.is_none() {
+            return Ok(Step::Idle);
+        }
+        let positions = self.consumer.positions();
+        if let Err(e) = self
+            .producer
+            .send_offsets(&self.config.group, &positions)
+            .await
+        {
+            return self.abort_and_rewind(e, &rewind_to).await;
+        }
+        match self.producer.commit().await {
+            Ok(()) => Ok(Step::Committed { records, outputs }),
+            Err(e) => self.abort_and_rewind(e, &rewind_to).await,
+        }
+    }
+
+    async fn abort_and_rewind(
+        &mut self,
+        error: ClientError,
+        rewind_to: &[(String, u32, u64)],
+    ) -> Result<Step, ClientError> {
+        if self.producer.is_fatal() {
+            return Err(error);
+        }
+        tracing::warn!(%error, "aborting the transaction and rewinding the consumer");
+        self.producer.abort().await?;
+        for (topic, partition, offset) in rewind_to {
+            self.consumer.seek(topic, *partition, *offset);
+        }
+        Ok(Step::Aborted(error))
+    }
+
+    /// Runs steps until `idle_timeout` passes without input (forever with
+    /// `None`), or a step fails; also stops after
+    /// 3 aborted transactions in a row whose error is not retriable.
+    pub async fn run<F>(
+        &mut self,
+        mut process: F,
+        idle_timeout: Option<Duration>,
+    ) -> Result<Totals, ClientError>
+    where
+        F: FnMut(&ConsumerRecord, &mut Vec<Output>),
+    {
+        let mut totals = Totals::default();
+        let mut last_input = Instant::now();
+        let mut aborts_in_a_row = 0u32;
+        loop {
+            match self.step(&mut process).await? {
+                Step::Committed { records, outputs } => {
+                    totals.records += records;
+                    totals.outputs += outputs;
+                    totals.transactions += 1;
+                    aborts_in_a_row = 0;
+                    last_input = Instant::now();
+                }
+                Step::Idle => {
+                    if idle_timeout.is_some_and(|idle| last_input.elapsed() >= idle) {
+                        return Ok(totals);
+                    }
+                }
+                Step::Aborted(e) => {
+                    totals.aborted += 1;
+                    last_input = Instant::now();
+                    if !e.is_retriable() {
+                        aborts_in_a_row += 1;
+                        if aborts_in_a_row >= MAX_ABORTS_IN_A_ROW {
+                            return Err(e);
+                        }
+                    }
+                    tokio::time::sleep(ABORT_PAUSE).await;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::Client;
+    use crate::consumer::ConsumerConfig;
+    use crate::transactional::{TransactionalConfig, TransactionalProducer};
+
+    #[test]
+    fn outputs_name_their_partition_or_leave_it_to_the_key() {
+        let o = Output::new("t", Some(Bytes::from_static(b"k")), None);
+        assert_eq!(o.partition, None);
+        let o = Output::to_partition("t", 2, None, Some(Bytes::from_static(b"v")));
+        assert_eq!(o.partition, Some(2));
+        assert_eq!(ExactlyOnceConfig::new("g").max_records, 1000);
+    }
+
+    #[tokio::test]
+    async fn the_loop_needs_a_read_committed_consumer_that_commits_nothing() {
+        let client = Client::connect_lazy("127.0.0.1:1").unwrap();
+        let producer = || TransactionalProducer::offline_for_tests(client.clone());
+        let bad = [
+            ConsumerConfig {
+                isolation: IsolationLevel::ReadUncommitted,
+                ..ConsumerConfig::default()
+            },
+            ConsumerConfig {
+                group: Some("g".into()),
+                commit_mode: CommitMode::After,
+                ..ConsumerConfig::default()
+            },
+        ];
+        for config in bad {
+            let consumer = Consumer::new(client.clone(), config).await.unwrap();
+            let err =
+                ExactlyOnce::new(consumer, producer(), ExactlyOnceConfig::new("g")).unwrap_err();
+            assert!(matches!(err, ClientError::InvalidArgument(_)), "{err}");
+        }
+        let consumer = Consumer::new(client.clone(), ConsumerConfig::default())
+            .await
+            .unwrap();
+        assert!(ExactlyOnce::new(consumer, producer(), ExactlyOnceConfig::new("")).is_err());
+        let consumer = Consumer::new(client.clone(), ConsumerConfig::default())
+            .await
+            .unwrap();
+        assert!(ExactlyOnce::new(consumer, producer(), ExactlyOnceConfig::new("g")).is_ok());
+        let _ = TransactionalConfig::new("unused");
+    }
+
+    #[tokio::test]
+    async fn a_step_without_input_is_idle_and_opens_no_transaction() {
+        let client = Client::connect_lazy("127.0.0.1:1").unwrap();
+        // No assignment: poll just waits.
+        let consumer = Consumer::new(client.clone(), ConsumerConfig::default())
+            .await
+            .unwrap();
+        let config = ExactlyOnceConfig {
+            max_interval: Duration::from_millis(20),
+            ..ExactlyOnceConfig::new("g")
+        };
+        let mut eos = ExactlyOnce::new(
+            consumer,
+            TransactionalProducer::offline_for_tests(client),
+            config,
+        )
+        .unwrap();
+        let step = eos.step(|_, _| unreachable!("no input")).await.unwrap();
+        assert!(matches!(step, Step::Idle), "{step:?}");
+        assert!(!eos.producer().in_transaction());
+        let totals = eos
+            .run(|_, _| {}, Some(Duration::from_millis(50)))
+            .await
+            .unwrap();
+        assert_eq!(totals, Totals::default());
+    }
+}

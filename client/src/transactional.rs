@@ -1,0 +1,1051 @@
+//! [`TransactionalProducer`]: writes to many partitions, plus consumer
+//! offsets, that become visible together or not at all.
+//!
+//! # How a transaction runs
+//!
+//! 1. [`TransactionalProducer::new`] calls `InitProducerId` with the
+//!    transactional id. The coordinator bumps the id's epoch, which fences
+//!    any older producer of the same id (its calls fail with
+//!    `ProducerFenced`) and finishes or aborts the transaction it left open.
+//! 2. [`begin`](TransactionalProducer::begin) is local: nothing reaches the
+//!    broker until the first send.
+//! 3. Before the first record goes to a partition, the partition is
+//!    registered with `AddPartitionsToTxn`; the record is handed to the
+//!    batching [`Producer`](crate::Producer) only after that returns, so no
+//!    batch can reach an unregistered partition. Batches carry the
+//!    transactional bit, the producer id, the epoch, and per-partition
+//!    sequence numbers that start at 0 in every transaction.
+//! 4. [`send_offsets`](TransactionalProducer::send_offsets) registers the
+//!    consumer group (`AddOffsetsToTxn`) and sends the offsets
+//!    (`TxnOffsetCommit`); they become the group's committed offsets only if
+//!    the transaction commits.
+//! 5. [`commit`](TransactionalProducer::commit) flushes and awaits every
+//!    send of the transaction, then calls `EndTxn(commit)`, retrying
+//!    indefinite errors (`EndTxn` is idempotent per producer id and epoch).
+//!    The reply carries the epoch for the next transaction; the producer
+//!    adopts it and restarts every partition's sequence at 0.
+//!    [`abort`](TransactionalProducer::abort) does the same with
+//!    `EndTxn(abort)`.
+//!
+//! # Errors
+//!
+//! - **Fatal**: `ProducerFenced`, `InvalidProducerEpoch`,
+//!   `OutOfOrderSequence`, an `EndTxn` whose outcome stays unknown, or a
+//!   failed abort. The producer is poisoned: every later call fails with
+//!   the same error. Drop it; a new `TransactionalProducer` with the same
+//!   id fences it and settles the open transaction.
+//! - **Abortable**: any other failure inside a transaction (a failed send,
+//!   a refused registration, `TransactionTimedOut`, ...). Every call but
+//!   [`abort`](TransactionalProducer::abort) fails with that error until
+//!   the application aborts; then a new transaction may begin.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::time::Duration;
+
+use ferry_proto::ErrorCode;
+use ferry_proto::v1;
+use tokio::time::Instant;
+
+use crate::client::Client;
+use crate::error::{ClientError, check};
+use crate::idempotence::Action;
+use crate::partitioner::partition_for_key;
+use crate::producer::{Delivery, Producer, ProducerConfig};
+
+/// Default [`TransactionalConfig::transaction_timeout`].
+pub const DEFAULT_TRANSACTION_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest wait for one transaction RPC before it counts as timed out (and
+/// is retried, if the call allows).
+const RPC_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Settings of a [`TransactionalProducer`].
+#[derive(Clone, Debug)]
+pub struct TransactionalConfig {
+    /// Names the producer across restarts: a new producer with the same id
+    /// fences the old one and settles the transaction it left open.
+    pub transactional_id: String,
+    /// The coordinator aborts a transaction open longer than this. Default
+    /// 60 s.
+    pub transaction_timeout: Duration,
+    /// Batching and retry settings of the underlying producer. Idempotence
+    /// is always on and needs [`Acks::All`](crate::Acks::All).
+    /// `delivery_timeout` also bounds how long transaction RPCs are retried.
+    pub producer: ProducerConfig,
+}
+
+impl TransactionalConfig {
+    /// Default settings for `transactional_id`.
+    pub fn new(transactional_id: impl Into<String>) -> TransactionalConfig {
+        TransactionalConfig {
+            transactional_id: transactional_id.into(),
+            transaction_timeout: DEFAULT_TRANSACTION_TIMEOUT,
+            producer: ProducerConfig::default(),
+        }
+    }
+}
+
+/// Whether `code` poisons a transactional producer.
+pub fn is_fatal(code: ErrorCode) -> bool {
+    matches!(
+        code,
+        ErrorCode::ProducerFenced | ErrorCode::InvalidProducerEpoch | ErrorCode::OutOfOrderSequence
+    )
+}
+
+/// The sender's decision for a failed batch, adjusted for a transaction.
+///
+/// Outside transactions the producer repairs a sequence by moving a
+/// partition to the next epoch on its own. A transactional producer's epoch
+/// belongs to the coordinator, so instead the partition fails (the
+/// transaction must abort) and the next transaction starts it afresh.
+pub(crate) fn within_transaction(action: Action) -> Action {
+    match action {
+        Action::Renumber | Action::FailAndRenumber => Action::FailPartition,
+        other => other,
+    }
+}
+
+#[derive(Debug, Clone)]
+enum State {
+    /// No transaction is open.
+    Ready,
+    InTransaction,
+    /// Only `abort` may follow.
+    Abortable(ClientError),
+    /// Poisoned.
+    Fatal(ClientError),
+}
+
+/// Per-topic bookkeeping: the partition count, the keyless partition, and
+/// what this transaction did with each partition.
+#[derive(Debug)]
+struct TopicMeta {
+    partitions: u32,
+    /// Partition for records without a key; moves on after a batch's worth
+    /// of bytes.
+    sticky: u32,
+    sticky_bytes: usize,
+    /// Registered with `AddPartitionsToTxn` in this transaction.
+    registered: Vec<bool>,
+    /// Index in `Txn::batches` of the partition's last batch.
+    last_batch: Vec<Option<usize>>,
+}
+
+impl TopicMeta {
+    fn new(partitions: u32) -> TopicMeta {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        TopicMeta {
+            partitions,
+            sticky: nanos % partitions,
+            sticky_bytes: 0,
+            registered: vec![false; partitions as usize],
+            last_batch: vec![None; partitions as usize],
+        }
+    }
+
+    fn reset(&mut self) {
+        self.registered.fill(false);
+        self.last_batch.fill(None);
+    }
+}
+
+/// What the open transaction did.
+#[derive(Debug, Default)]
+struct Txn {
+    /// One delivery per batch, to await them all before committing.
+    batches: Vec<Delivery>,
+    /// Consumer groups registered with `AddOffsetsToTxn`.
+    groups: Vec<String>,
+    /// A registration succeeded: the coordinator knows the transaction.
+    registered: bool,
+    /// A registration failed with an unknown outcome: the coordinator may
+    /// know the transaction.
+    maybe_registered: bool,
+    records: u64,
+}
+
+/// A producer whose records, and consumer offsets, commit or abort as one.
+///
+/// Records sent inside a transaction are invisible to `read_committed`
+/// consumers until [`commit`](Self::commit) returns, and never become
+/// visible if the transaction aborts. `read_uncommitted` consumers see them
+/// at once.
+///
+/// ```no_run
+/// use ferry_client::{Client, TransactionalConfig, TransactionalProducer};
+///
+/// # async fn demo() -> Result<(), ferry_client::ClientError> {
+/// let client = Client::connect("127.0.0.1:7400").await?;
+/// let mut producer =
+///     TransactionalProducer::new(client, TransactionalConfig::new("order-mirror")).await?;
+///
+/// producer.begin()?;
+/// producer.send("orders", Some(b"o-17"), Some(b"created")).await?;
+/// producer.send("audit", None, Some(b"o-17 created")).await?;
+/// // The input position the output was computed from, committed atomically
+/// // with the output.
+/// producer
+///     .send_offsets("mirror", &[("orders-in".to_string(), 0, 42)])
+///     .await?;
+/// match producer.commit().await {
+///     Ok(()) => {}
+///     Err(e) if producer.is_fatal() => return Err(e), // fenced: stop
+///     Err(_) => producer.abort().await?,               // retry the work
+/// }
+/// # Ok(())
+/// # }
+/// ```
+pub struct TransactionalProducer {
+    client: Client,
+    config: TransactionalConfig,
+    producer: Producer,
+    producer_id: i64,
+    epoch: i16,
+    state: State,
+    topics: HashMap<String, TopicMeta>,
+    txn: Txn,
+}
+
+impl std::fmt::Debug for TransactionalProducer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TransactionalProducer")
+            .field("transactional_id", &self.config.transactional_id)
+            .field("producer_id", &self.producer_id)
+            .field("epoch", &self.epoch)
+            .field("state", &self.state)
+            .finish()
+    }
+}
+
+impl TransactionalProducer {
+    /// Initialises the transactional id with the coordinator
+    /// (`InitProducerId`), fencing older producers of the same id, and
+    /// starts the batching producer.
+    ///
+    /// Once this returns, the transaction a fenced producer left open is
+    /// settled, so consumer offsets read afterwards are stable.
+    pub async fn new(
+        client: Client,
+        config: TransactionalConfig,
+    ) -> Result<TransactionalProducer, ClientError> {
+        if config.transactional_id.is_empty() {
+            return Err(ClientError::InvalidArgument(
+                "the transactional id is empty".into(),
+            ));
+        }
+        let timeout_ms = u32::try_from(config.transaction_timeout.as_millis())
+            .ok()
+            .filter(|ms| *ms > 0)
+            .ok_or_else(|| {
+                ClientError::InvalidArgument(format!(
+                    "transaction_timeout {:?} is outside 1 ms ..= {} ms",
+                    config.transaction_timeout,
+                    u32::MAX
+                ))
+            })?;
+        let mut producer_config = config.producer.clone();
+        producer_config.idempotent = true;
+        let request = v1::InitProducerIdRequest {
+            transactional_id: config.transactional_id.clone(),
+            transaction_timeout_ms: timeout_ms,
+        };
+        let (producer_id, epoch) = retrying("InitProducerId", &producer_config, || {
+            let mut raw = client.raw();
+            let request = request.clone();
+            async move {
+                let r = raw.init_producer_id(request).await?.into_inner();
+                check(r.error_code, &r.error_message)?;
+                Ok((r.producer_id, to_epoch(r.producer_epoch)?))
+            }
+        })
+        .await?;
+        let producer =
+            Producer::start_transactional(client.clone(), producer_config, producer_id, epoch)?;
+        tracing::debug!(
+            transactional_id = %config.transactional_id,
+            producer_id,
+            epoch,
+            "transactional producer initialised"
+        );
+        Ok(TransactionalProducer {
+            client,
+            config,
+            producer,
+            producer_id,
+            epoch,
+            state: State::Ready,
+            topics: HashMap::new(),
+            txn: Txn::default(),
+        })
+    }
+
+    /// The transactional id.
+    pub fn transactional_id(&self) -> &str {
+        &self.config.transactional_id
+    }
+
+    /// The producer id and the epoch of the current (or next) transaction.
+    pub fn producer_id(&self) -> (i64, i16) {
+        (self.producer_id, self.epoch)
+    }
+
+    /// Whether a transaction is open (begun and not yet committed or
+    /// aborted), including one that can only abort.
+    pub fn in_transaction(&self) -> bool {
+        matches!(self.state, State::InTransaction | State::Abortable(_))
+    }
+
+    /// Whether the producer is poisoned; see [`Self::fatal_error`].
+    pub fn is_fatal(&self) -> bool {
+        matches!(self.state, State::Fatal(_))
+    }
+
+    /// The error that poisoned the producer, if one did. Every call fails
+    /// with it from then on.
+    pub fn fatal_error(&self) -> Option<&ClientError> {
+        match &self.state {
+            State::Fatal(e) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// Records sent in the open transaction.
+    pub fn records_in_transaction(&self) -> u64 {
+        self.txn.records
+    }
+
+    /// Opens a transaction. Local: the broker hears of it with the first
+    /// send or `send_offsets`.
+    pub fn begin(&mut self) -> Result<(), ClientError> {
+        match &self.state {
+            State::Ready => {
+                self.state = State::InTransaction;
+                Ok(())
+            }
+            State::InTransaction => Err(invalid_state("a transaction is already open")),
+            State::Abortable(e) | State::Fatal(e) => Err(e.clone()),
+        }
+    }
+
+    /// Sends a record inside the open transaction, to the partition its
+    /// key hashes to (as [`Producer::send`] does); records without a key
+    /// stay on one partition per batch's worth of bytes.
+    ///
+    /// Returns once the record is batched. Its [`Delivery`] resolves when
+    /// the batch is stored, which does not make it visible to
+    /// `read_committed` readers: only [`commit`](Self::commit) does. A
+    /// failed send makes the transaction abortable.
+    pub async fn send(
+        &mut self,
+        topic: &str,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+    ) -> Result<Delivery, ClientError> {
+        self.send_inner(topic, None, key, value).await
+    }
+
+    /// Like [`send`](Self::send), to an explicit partition.
+    pub async fn send_to(
+        &mut self,
+        topic: &str,
+        partition: u32,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+    ) -> Result<Delivery, ClientError> {
+        self.send_inner(topic, Some(partition), key, value).await
+    }
+
+    async fn send_inner(
+        &mut self,
+        topic: &str,
+        partition: Option<u32>,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+    ) -> Result<Delivery, ClientError> {
+        self.require_open()?;
+        let result = self.try_send(topic, partition, key, value).await;
+        if let Err(e) = &result {
+            self.fail(e.clone());
+        }
+        result
+    }
+
+    async fn try_send(
+        &mut self,
+        topic: &str,
+        partition: Option<u32>,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+    ) -> Result<Delivery, ClientError> {
+        let p = self.pick_partition(topic, partition, key, value).await?;
+        let registered = self.topics[topic].registered[p as usize];
+        if !registered {
+            self.add_partition(topic, p).await?;
+            if let Some(meta) = self.topics.get_mut(topic) {
+                meta.registered[p as usize] = true;
+            }
+        }
+        let delivery = self.producer.send_to(topic, p, key, value).await?;
+        self.txn.records += 1;
+        let batches = &mut self.txn.batches;
+        if let Some(meta) = self.topics.get_mut(topic) {
+            let last = &mut meta.last_batch[p as usize];
+            let known = last.is_some_and(|i| batches[i].same_batch(&delivery));
+            if !known {
+                *last = Some(batches.len());
+                batches.push(delivery.clone());
+            }
+        }
+        Ok(delivery)
+    }
+
+    async fn pick_partition(
+        &mut self,
+        topic: &str,
+        partition: Option<u32>,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+    ) -> Result<u32, ClientError> {
+        if !self.topics.contains_key(topic) {
+            let description = self.client.describe_topic(topic).await?;
+            let n = description.partitions.len() as u32;
+            if n == 0 {
+                return Err(ClientError::broker(
+                    ErrorCode::UnknownTopicOrPartition,
+                    format!("topic {topic} has no partitions"),
+                ));
+            }
+            self.topics.insert(topic.to_owned(), TopicMeta::new(n));
+        }
+        let batch_bytes = self.config.producer.batch_bytes;
+        let meta = self
+            .topics
+            .get_mut(topic)
+            .expect("the topic was just loaded");
+        let n = meta.partitions;
+        Ok(match (partition, key) {
+            (Some(p), _) if p >= n => {
+                return Err(ClientError::broker(
+                    ErrorCode::UnknownTopicOrPartition,
+                    format!("topic {topic} has no partition {p} (it has {n})"),
+                ));
+            }
+            (Some(p), _) => p,
+            (None, Some(k)) => partition_for_key(k, n),
+            (None, None) => {
+                let p = meta.sticky;
+                meta.sticky_bytes += value.map_or(0, <[u8]>::len) + 8;
+                if meta.sticky_bytes >= batch_bytes {
+                    meta.sticky = (p + 1) % n;
+                    meta.sticky_bytes = 0;
+                }
+                p
+            }
+        })
+    }
+
+    async fn add_partition(&mut self, topic: &str, partition: u32) -> Result<(), ClientError> {
+        let request = v1::AddPartitionsToTxnRequest {
+            transactional_id: self.config.transactional_id.clone(),
+            producer_id: self.producer_id,
+            producer_epoch: i32::from(self.epoch),
+            partitions: vec![v1::TopicPartition {
+                topic: topic.to_owned(),
+                partition,
+            }],
+        };
+        let client = &self.client;
+        let result = retrying("AddPartitionsToTxn", &self.config.producer, || {
+            let mut raw = client.raw();
+            let request = request.clone();
+            async move {
+                let r = raw.add_partitions_to_txn(request).await?.into_inner();
+                check(r.error_code, &r.error_message)
+            }
+        })
+        .await;
+        self.note_registration(&result);
+        result
+    }
+
+    fn note_registration<T>(&mut self, result: &Result<T, ClientError>) {
+        match result {
+            Ok(_) => self.txn.registered = true,
+            Err(e) if !e.code().is_definite() => self.txn.maybe_registered = true,
+            Err(_) => {}
+        }
+    }
+
+    /// Adds consumer offsets to the open transaction: `group`'s committed
+    /// offset of each `(topic, partition)` becomes `offset` (the next
+    /// offset to read) if, and when, the transaction commits.
+    pub async fn send_offsets(
+        &mut self,
+        group: &str,
+        offsets: &[(String, u32, u64)],
+    ) -> Result<(), ClientError> {
+        self.require_open()?;
+        if group.is_empty() {
+            let e = ClientError::InvalidArgument("the consumer group name is empty".into());
+            self.fail(e.clone());
+            return Err(e);
+        }
+        if offsets.is_empty() {
+            return Ok(());
+        }
+        let result = self.try_send_offsets(group, offsets).await;
+        if let Err(e) = &result {
+            self.fail(e.clone());
+        }
+        result
+    }
+
+    async fn try_send_offsets(
+        &mut self,
+        group: &str,
+        offsets: &[(String, u32, u64)],
+    ) -> Result<(), ClientError> {
+        let client = self.client.clone();
+        if !self.txn.groups.iter().any(|g| g == group) {
+            let request = v1::AddOffsetsToTxnRequest {
+                transactional_id: self.config.transactional_id.clone(),
+                producer_id: self.producer_id,
+                producer_epoch: i32::from(self.epoch),
+                group: group.to_owned(),
+            };
+            let result = retrying("AddOffsetsToTxn", &self.config.producer, || {
+                let mut raw = client.raw();
+                let request = request.clone();
+                async move {
+                    let r = raw.add_offsets_to_txn(request).await?.into_inner();
+                    check(r.error_code, &r.error_message)
+                }
+            })
+            .await;
+            self.note_registration(&result);
+            result?;
+            self.txn.groups.push(group.to_owned());
+        }
+        let request = v1::TxnOffsetCommitRequest {
+            transactional_id: self.config.transactional_id.clone(),
+            producer_id: self.producer_id,
+            producer_epoch: i32::from(self.epoch),
+            group: group.to_owned(),
+            offsets: offsets
+                .iter()
+                .map(|(topic, partition, offset)| v1::PartitionOffset {
+                    topic: topic.clone(),
+                    partition: *partition,
+                    offset: *offset,
+                })
+                .collect(),
+        };
+        retrying("TxnOffsetCommit", &self.config.producer, || {
+            let mut raw = client.raw();
+            let request = request.clone();
+            async move {
+                let r = raw.txn_offset_commit(request).await?.into_inner();
+                check(r.error_code, &r.error_message)
+            }
+        })
+        .await
+    }
+
+    /// Commits the open transaction: flushes and awaits every send, then
+    /// ends the transaction with `EndTxn(commit)`, retrying while the
+    /// outcome is unknown.
+    ///
+    /// On `Ok` every record and offset of the transaction is visible to
+    /// `read_committed` readers, and a new transaction may begin. If a send
+    /// failed, or the coordinator refused the commit, the transaction is
+    /// abortable: call [`abort`](Self::abort). If the outcome stays
+    /// unknown, the producer is poisoned ([`is_fatal`](Self::is_fatal)); a
+    /// new producer with the same id settles the transaction one way or
+    /// the other.
+    pub async fn commit(&mut self) -> Result<(), ClientError> {
+        match &self.state {
+            State::InTransaction => {}
+            State::Ready => return Err(invalid_state("no transaction is open")),
+            State::Abortable(e) | State::Fatal(e) => return Err(e.clone()),
+        }
+        if let Err(e) = self.await_sends().await {
+            self.fail(e.clone());
+            return Err(e);
+        }
+        self.end(true).await
+    }
+
+    /// Aborts the open transaction: waits for its sends to settle (their
+    /// outcome no longer matters), then ends it with `EndTxn(abort)`, so
+    /// none of its records or offsets ever become visible to
+    /// `read_committed` readers. Without an open transaction this does
+    /// nothing. A failed abort poisons the producer.
+    pub async fn abort(&mut self) -> Result<(), ClientError> {
+        match &self.state {
+            State::InTransaction | State::Abortable(_) => {}
+            State::Ready => return Ok(()),
+            State::Fatal(e) => return Err(e.clone()),
+        }
+        match self.await_sends().await {
+            Err(e) if is_fatal(e.code()) => {
+                self.state = State::Fatal(e.clone());
+                return Err(e);
+            }
+            Err(ClientError::Closed) => {
+                self.state = State::Fatal(ClientError::Closed);
+                return Err(ClientError::Closed);
+            }
+            _ => {}
+        }
+        self.end(false).await
+    }
+
+    /// Flushes the producer and returns the first failure of a send of
+    /// this transaction.
+    async fn await_sends(&mut self) -> Result<(), ClientError> {
+        self.producer.flush().await?;
+        let mut first_error = None;
+        for delivery in std::mem::take(&mut self.txn.batches) {
+            if let Err(e) = delivery.wait().await {
+                // A fatal error wins over an abortable one.
+                if first_error.is_none() || is_fatal(e.code()) {
+                    first_error = Some(e);
+                }
+            }
+        }
+        for meta in self.topics.values_mut() {
+            meta.last_batch.fill(None);
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    async fn end(&mut self, commit: bool) -> Result<(), ClientError> {
+        let what = if commit { "commit" } else { "abort" };
+        if !self.txn.registered && !self.txn.maybe_registered {
+            // The coordinator never heard of this transaction and nothing
+            // was written: there is nothing to end.
+            self.finish();
+            return Ok(());
+        }
+        let request = v1::EndTxnRequest {
+            transactional_id: self.config.transactional_id.clone(),
+            producer_id: self.producer_id,
+            producer_epoch: i32::from(self.epoch),
+            commit,
+        };
+        let client = self.client.clone();
+        let result = retrying("EndTxn", &self.config.producer, || {
+            let mut raw = client.raw();
+            let request = request.clone();
+            async move {
+                let r = raw.end_txn(request).await?.into_inner();
+                check(r.error_code, &r.error_message)?;
+                Ok((r.producer_id, to_epoch(r.producer_epoch)?))
+            }
+        })
+        .await;
+        match result {
+            Ok((producer_id, epoch)) => {
+                self.adopt(producer_id, epoch).await?;
+                tracing::debug!(
+                    transactional_id = %self.config.transactional_id,
+                    records = self.txn.records,
+                    next_epoch = epoch,
+                    "transaction {what} done"
+                );
+                self.finish();
+                Ok(())
+            }
+            Err(e) if !commit && !self.txn.registered && e.code() == ErrorCode::InvalidTxnState => {
+                // Only registrations with an unknown outcome were tried,
+                // and the coordinator has no transaction to abort.
+                self.finish();
+                Ok(())
+            }
+            Err(e) if commit && e.code().is_definite() && !is_fatal(e.code()) => {
+                // Refused, so surely not committed: the caller aborts.
+                self.state = State::Abortable(e.clone());
+                Err(e)
+            }
+            Err(e) => {
+                let e = if is_fatal(e.code()) {
+                    e
+                } else {
+                    ClientError::broker(
+                        e.code(),
+                        format!(
+                            "the {what} of the transaction of {} did not complete ({e}); \
+                             its outcome is unknown until a new producer with this id starts",
+                            self.config.transactional_id
+                        ),
+                    )
+                };
+                self.state = State::Fatal(e.clone());
+                Err(e)
+            }
+        }
+    }
+
+    /// Takes the producer id and epoch for the next transaction.
+    async fn adopt(&mut self, producer_id: i64, epoch: i16) -> Result<(), ClientError> {
+        if producer_id == self.producer_id {
+            self.producer.restart_sequences(epoch);
+        } else {
+            // The coordinator moved to a new producer id (the epoch ran
+            // out): start a producer stamped with it.
+            let mut config = self.config.producer.clone();
+            config.idempotent = true;
+            let fresh =
+                Producer::start_transactional(self.client.clone(), config, producer_id, epoch)?;
+            let old = std::mem::replace(&mut self.producer, fresh);
+            let _ = old.close().await;
+        }
+        self.producer_id = producer_id;
+        self.epoch = epoch;
+        Ok(())
+    }
+
+    fn finish(&mut self) {
+        self.txn = Txn::default();
+        for meta in self.topics.values_mut() {
+            meta.reset();
+        }
+        self.state = State::Ready;
+    }
+
+    /// Fails unless a transaction is open and healthy.
+    fn require_open(&self) -> Result<(), ClientError> {
+        match &self.state {
+            State::InTransaction => Ok(()),
+            State::Ready => Err(invalid_state("no transaction is open: call begin() first")),
+            State::Abortable(e) | State::Fatal(e) => Err(e.clone()),
+        }
+    }
+
+    /// Records a failure inside the open transaction.
+    fn fail(&mut self, e: ClientError) {
+        if is_fatal(e.code()) {
+            self.state = State::Fatal(e);
+        } else if matches!(self.state, State::InTransaction) {
+            self.state = State::Abortable(e);
+        }
+    }
+
+    /// Aborts an open transaction, then stops the producer. Closing twice
+    /// is harmless.
+    pub async fn close(mut self) -> Result<(), ClientError> {
+        let aborted = if self.in_transaction() {
+            self.abort().await
+        } else {
+            Ok(())
+        };
+        self.producer.close().await?;
+        aborted
+    }
+}
+
+#[cfg(test)]
+impl TransactionalProducer {
+    /// A producer that never talked to a broker: its id (5) and epoch (0)
+    /// are made up, and nothing is registered, so only local state changes.
+    pub(crate) fn offline_for_tests(client: Client) -> TransactionalProducer {
+        let config = TransactionalConfig::new("t");
+        let producer =
+            Producer::start_transactional(client.clone(), config.producer.clone(), 5, 0).unwrap();
+        TransactionalProducer {
+            client,
+            config,
+            producer,
+            producer_id: 5,
+            epoch: 0,
+            state: State::Ready,
+            topics: HashMap::new(),
+            txn: Txn::default(),
+        }
+    }
+}
+
+fn invalid_state(message: &str) -> ClientError {
+    ClientError::broker(ErrorCode::InvalidTxnState, message)
+}
+
+fn to_epoch(epoch: i32) -> Result<i16, ClientError> {
+    i16::try_from(epoch).map_err(|_| {
+        ClientError::broker(
+            ErrorCode::InvalidProducerEpoch,
+            format!("the broker returned epoch {epoch}"),
+        )
+    })
+}
+
+/// Runs `call` until it succeeds, fails with an error that is not
+/// retriable, or `config.delivery_timeout` has passed; each attempt gets
+/// [`RPC_TIMEOUT`], and attempts are spaced by the producer's backoff.
+async fn retrying<T, F, Fut>(
+    what: &'static str,
+    config: &ProducerConfig,
+    mut call: F,
+) -> Result<T, ClientError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, ClientError>>,
+{
+    let started = Instant::now();
+    let mut attempt = 0u32;
+    loop {
+        let result = match tokio::time::timeout(RPC_TIMEOUT, call()).await {
+            Ok(result) => result,
+            Err(_) => Err(ClientError::Timeout {
+                what,
+                after_ms: RPC_TIMEOUT.as_millis() as u64,
+            }),
+        };
+        match result {
+            Ok(v) => return Ok(v),
+            Err(e) if e.is_retriable() && started.elapsed() < config.delivery_timeout => {
+                let backoff = config
+                    .retry_backoff
+                    .saturating_mul(1 << attempt.min(16))
+                    .min(config.retry_backoff_max.max(config.retry_backoff));
+                tracing::debug!(%e, attempt, "{what} failed; retrying");
+                tokio::time::sleep(backoff).await;
+                attempt = attempt.saturating_add(1);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Every open or hanging transaction the coordinator knows
+/// (`ListTransactions`).
+pub async fn list_transactions(client: &Client) -> Result<Vec<v1::TransactionInfo>, ClientError> {
+    let r = client
+        .raw()
+        .list_transactions(v1::ListTransactionsRequest {})
+        .await?
+        .into_inner();
+    check(r.error_code, &r.error_message)?;
+    Ok(r.transactions)
+}
+
+/// Aborts the open transaction of `transactional_id` by hand
+/// (`AbortTransaction`), for a producer that is gone and left it hanging.
+pub async fn abort_transaction(client: &Client, transactional_id: &str) -> Result<(), ClientError> {
+    let r = client
+        .raw()
+        .abort_transaction(v1::AbortTransactionRequest {
+            transactional_id: transactional_id.to_owned(),
+        })
+        .await?
+        .into_inner();
+    check(r.error_code, &r.error_message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn offline() -> TransactionalProducer {
+        TransactionalProducer::offline_for_tests(Client::connect_lazy("127.0.0.1:1").unwrap())
+    }
+
+    #[test]
+    fn fenced_epoch_and_sequence_errors_are_fatal_others_are_not() {
+        for code in ErrorCode::ALL {
+            let fatal = matches!(
+                code,
+                ErrorCode::ProducerFenced
+                    | ErrorCode::InvalidProducerEpoch
+                    | ErrorCode::OutOfOrderSequence
+            );
+            assert_eq!(is_fatal(code), fatal, "{code}");
+        }
+    }
+
+    #[test]
+    fn inside_a_transaction_the_sender_never_moves_to_a_new_epoch_itself() {
+        assert_eq!(within_transaction(Action::Renumber), Action::FailPartition);
+        assert_eq!(
+            within_transaction(Action::FailAndRenumber),
+            Action::FailPartition
+        );
+        for kept in [
+            Action::Retry,
+            Action::AwaitPredecessor,
+            Action::Fail,
+            Action::FailPartition,
+        ] {
+            assert_eq!(within_transaction(kept), kept);
+        }
+    }
+
+    #[tokio::test]
+    async fn calls_outside_a_transaction_are_refused_without_changing_state() {
+        let mut p = offline();
+        let err = p.send("t", None, Some(b"x")).await.unwrap_err();
+        assert_eq!(err.code(), ErrorCode::InvalidTxnState);
+        let err = p.commit().await.unwrap_err();
+        assert_eq!(err.code(), ErrorCode::InvalidTxnState);
+        let err = p
+            .send_offsets("g", &[("t".into(), 0, 1)])
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), ErrorCode::InvalidTxnState);
+        assert!(!p.in_transaction() && !p.is_fatal());
+        // Aborting with nothing open does nothing.
+        p.abort().await.unwrap();
+        p.begin().unwrap();
+        assert!(p.in_transaction());
+        let err = p.begin().unwrap_err();
+        assert_eq!(err.code(), ErrorCode::InvalidTxnState);
+    }
+
+    #[tokio::test]
+    async fn an_empty_transaction_commits_and_aborts_without_the_broker() {
+        let mut p = offline();
+        p.begin().unwrap();
+        p.commit().await.unwrap();
+        assert!(!p.in_transaction());
+        p.begin().unwrap();
+        p.send_offsets("g", &[]).await.unwrap();
+        p.abort().await.unwrap();
+        assert_eq!(p.producer_id(), (5, 0), "no EndTxn, no new epoch");
+    }
+
+    #[tokio::test]
+    async fn a_failed_send_leaves_only_abort() {
+        let mut p = offline();
+        p.begin().unwrap();
+        // Nothing listens on port 1: describing the topic fails.
+        let err = p.send("t", None, Some(b"x")).await.unwrap_err();
+        assert!(!is_fatal(err.code()));
+        assert!(p.in_transaction() && !p.is_fatal());
+        let again = p.send("t", None, Some(b"y")).await.unwrap_err();
+        assert_eq!(again.to_string(), err.to_string(), "later sends repeat it");
+        let commit = p.commit().await.unwrap_err();
+        assert_eq!(commit.to_string(), err.to_string());
+        assert!(p.begin().is_err());
+        p.abort().await.unwrap();
+        assert!(!p.in_transaction());
+        p.begin().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_fatal_error_poisons_every_later_call() {
+        let mut p = offline();
+        p.begin().unwrap();
+        p.fail(ClientError::broker(
+            ErrorCode::ProducerFenced,
+            "newer epoch",
+        ));
+        assert!(p.is_fatal());
+        assert_eq!(
+            p.fatal_error().map(ClientError::code),
+            Some(ErrorCode::ProducerFenced)
+        );
+        for err in [
+            p.send("t", None, None).await.unwrap_err(),
+            p.send_offsets("g", &[("t".into(), 0, 1)])
+                .await
+                .unwrap_err(),
+            p.commit().await.unwrap_err(),
+            p.abort().await.unwrap_err(),
+            p.begin().unwrap_err(),
+        ] {
+            assert_eq!(err.code(), ErrorCode::ProducerFenced);
+        }
+        // A later abortable error does not unpoison it.
+        p.fail(ClientError::broker(ErrorCode::MessageTooLarge, "big"));
+        assert!(p.is_fatal());
+    }
+
+    #[tokio::test]
+    async fn keyed_records_follow_the_partitioner_and_keyless_ones_stick() {
+        let mut p = offline();
+        p.topics.insert("t".into(), TopicMeta::new(4));
+        for i in 0..40u32 {
+            let key = i.to_be_bytes();
+            let got = p
+                .pick_partition("t", None, Some(&key), Some(b"v"))
+                .await
+                .unwrap();
+            assert_eq!(got, partition_for_key(&key, 4));
+        }
+        let value = vec![0u8; 1000];
+        let mut picks = Vec::new();
+        for _ in 0..2000 {
+            picks.push(
+                p.pick_partition("t", None, None, Some(&value))
+                    .await
+                    .unwrap(),
+            );
+        }
+        let mut runs = picks.clone();
+        runs.dedup();
+        assert!(runs.len() >= 4, "the keyless partition moves on");
+        for pair in runs.windows(2) {
+            assert_eq!(pair[1], (pair[0] + 1) % 4);
+        }
+        let err = p
+            .pick_partition("t", Some(4), None, None)
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), ErrorCode::UnknownTopicOrPartition);
+    }
+
+    #[tokio::test]
+    async fn retrying_stops_at_a_definite_error_and_retries_indefinite_ones() {
+        let config = ProducerConfig {
+            retry_backoff: Duration::from_millis(1),
+            retry_backoff_max: Duration::from_millis(2),
+            delivery_timeout: Duration::from_secs(5),
+            ..ProducerConfig::default()
+        };
+        let mut calls = 0;
+        let r: Result<u32, _> = retrying("x", &config, || {
+            calls += 1;
+            let n = calls;
+            async move {
+                match n {
+                    1 => Err(ClientError::broker(
+                        ErrorCode::ConcurrentTransactions,
+                        "busy",
+                    )),
+                    2 => Err(ClientError::broker(ErrorCode::NetworkError, "lost")),
+                    _ => Ok(n),
+                }
+            }
+        })
+        .await;
+        assert_eq!(r.unwrap(), 3);
+        let mut calls = 0;
+        let r: Result<(), _> = retrying("x", &config, || {
+            calls += 1;
+            async { Err(ClientError::broker(ErrorCode::ProducerFenced, "old")) }
+        })
+        .await;
+        assert_eq!(r.unwrap_err().code(), ErrorCode::ProducerFenced);
+        assert_eq!(calls, 1);
+    }
+
+    #[tokio::test]
+    async fn retrying_gives_up_after_the_delivery_timeout() {
+        let config = ProducerConfig {
+            retry_backoff: Duration::from_millis(5),
+            retry_backoff_max: Duration::from_millis(5),
+            delivery_timeout: Duration::from_millis(50),
+            ..ProducerConfig::default()
+        };
+        let started = std::time::Instant::now();
+        let r: Result<(), _> = retrying("x", &config, || async {
+            Err(ClientError::broker(ErrorCode::RequestTimedOut, "slow"))
+        })
+        .await;
+        assert_eq!(r.unwrap_err().code(), ErrorCode::RequestTimedOut);
+        assert!(started.elapsed() >= Duration::from_millis(50));
+    }
+}
