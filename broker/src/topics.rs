@@ -93,7 +93,11 @@ impl Partition {
     pub fn append(&self, batch: ValidBatch<'_>) -> Result<AppendInfo, BrokerError> {
         let header = *batch.header();
         if header.producer_id < 0 {
-            return Ok(self.log.append(batch)?);
+            let info = self.log.append(batch)?;
+            if info.rolled {
+                self.snapshot_after_roll(&self.producers.lock());
+            }
+            return Ok(info);
         }
         if header.producer_epoch < 0 || header.base_sequence < 0 {
             return Err(BrokerError::InvalidRequest(format!(
@@ -118,6 +122,7 @@ impl Partition {
                     base_offset: meta.base_offset,
                     last_offset: meta.last_offset,
                     log_start_offset: self.log.log_start_offset(),
+                    rolled: false,
                 })
             }
             SeqCheck::Append => {
@@ -135,6 +140,9 @@ impl Partition {
                 table.record(&stored, now);
                 if header.is_transactional() {
                     table.note_transactional(header.producer_id, info.base_offset);
+                }
+                if info.rolled {
+                    self.snapshot_after_roll(&table);
                 }
                 Ok(info)
             }
@@ -159,6 +167,9 @@ impl Partition {
         let mut table = self.producers.lock();
         let info = self.log.append(batch)?;
         table.end_transaction(producer_id, info.base_offset, commit);
+        if info.rolled {
+            self.snapshot_after_roll(&table);
+        }
         Ok(info)
     }
 
@@ -203,18 +214,34 @@ impl Partition {
         self.producers.lock().len()
     }
 
-    /// Writes a producer-state snapshot at the current log end. The caller
-    /// makes sure everything below that end is durable first.
-    pub fn snapshot_producers(&self) -> Result<(), BrokerError> {
-        let table = self.producers.lock();
-        let offset = self.log.next_offset();
+    /// Writes a producer-state snapshot at the current log end.
+    ///
+    /// Consistent because every batch that changes the table is appended
+    /// and recorded under the table's lock, which the caller holds: all of
+    /// them below the log end are in `table`. If the log later recovers to
+    /// less than the snapshot's offset, the snapshot is ignored and the log
+    /// replayed, so the snapshot needs no durability barrier of its own.
+    fn write_snapshot(&self, table: &ProducerTable) -> Result<(), BrokerError> {
         table
-            .write_snapshot(&self.snapshot_path, offset)
+            .write_snapshot(&self.snapshot_path, self.log.next_offset())
             .map_err(|source| BrokerError::Io {
                 op: "write producer snapshot",
                 path: self.snapshot_path.display().to_string(),
                 source,
             })
+    }
+
+    /// Snapshots after a segment roll; a failure only costs a longer replay
+    /// at the next open.
+    fn snapshot_after_roll(&self, table: &ProducerTable) {
+        if let Err(e) = self.write_snapshot(table) {
+            tracing::warn!(topic = %self.topic, partition = self.id, error = %e, "producer snapshot at segment roll failed");
+        }
+    }
+
+    /// Writes a producer-state snapshot at the current log end.
+    pub fn snapshot_producers(&self) -> Result<(), BrokerError> {
+        self.write_snapshot(&self.producers.lock())
     }
 
     /// Flushes and closes the log, then snapshots the producer state so the

@@ -347,3 +347,52 @@ prop_state_machine! {
     #[ignore = "long soak of the idempotence model"]
     fn the_idempotence_model_holds_over_many_long_runs(sequential 1..150 => IdempotenceModel);
 }
+
+/// A segment roll writes a producer snapshot, so a crash long after it
+/// replays only the tail.
+#[test]
+fn a_segment_roll_snapshots_the_producer_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = BrokerConfig::ephemeral().with_data_dir(dir.path());
+    config.log.segment_bytes = 4096;
+    let state = BrokerState::open(config.clone()).unwrap();
+    state.topics.create("t", 1).unwrap();
+    let snapshot = dir.path().join("topics/t/0.producers");
+    let mut seq = 0;
+    for id in 0..200 {
+        let b = MBatch {
+            id,
+            epoch: 0,
+            first_seq: seq,
+            records: 3,
+            applied: None,
+            acked: false,
+        };
+        seq += 3;
+        state.append("t", 0, &batch_bytes(&b)).unwrap();
+    }
+    let p = state.topics.partition("t", 0).unwrap();
+    assert!(p.log.segments().len() > 2, "the log rolled");
+    let (offset, table) = ferry_broker::producer_state::ProducerTable::decode_snapshot(
+        &std::fs::read(&snapshot).unwrap(),
+    )
+    .expect("a snapshot was written at the roll");
+    assert!(offset > 0 && offset <= p.log.next_offset());
+    assert_eq!(table.get(PID).unwrap().batches.len(), 5, "the whole window");
+    drop(p);
+    drop(state); // a crash: no clean-shutdown snapshot
+    let state = BrokerState::open(config).unwrap();
+    let again = MBatch {
+        id: 199,
+        epoch: 0,
+        first_seq: seq - 3,
+        records: 3,
+        applied: None,
+        acked: false,
+    };
+    let (_, info, _) = state.append("t", 0, &batch_bytes(&again)).unwrap();
+    assert_eq!(
+        info.base_offset, 597,
+        "the retry after the crash is a duplicate at its original offset"
+    );
+}

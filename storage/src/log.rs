@@ -75,6 +75,10 @@ pub struct AppendInfo {
     pub last_offset: u64,
     /// First offset in the log at the time of the append.
     pub log_start_offset: u64,
+    /// The append opened a new segment. Rolling flushed the previous one,
+    /// so every offset below `base_offset` is durable: a good moment for
+    /// callers to snapshot state derived from the log.
+    pub rolled: bool,
 }
 
 /// The log's watermarks, published on [`Log::watch`].
@@ -253,7 +257,8 @@ impl Log {
             .ok_or_else(|| StorageError::InvalidConfig("offset space exhausted".into()))?;
         let pos = app.writer.read_map().published();
         let relative_too_far = base - app.active.base_offset > u64::from(u32::MAX);
-        if pos + len > app.writer.read_map().len() || relative_too_far {
+        let rolled = pos + len > app.writer.read_map().len() || relative_too_far;
+        if rolled {
             inner.roll(&mut app)?;
         }
         let pos = app.writer.read_map().published();
@@ -290,6 +295,7 @@ impl Log {
             base_offset: base,
             last_offset: next - 1,
             log_start_offset: inner.log_start.load(Ordering::Acquire),
+            rolled,
         })
     }
 
