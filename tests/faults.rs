@@ -16,10 +16,12 @@ use ferry::testkit::{
 };
 use ferry::{BrokerConfig, EmbeddedBroker};
 
-/// A producer that retries quickly, with small batches so a run has many.
+/// A plain (not idempotent) producer that retries quickly, with small
+/// batches so a run has many.
 fn retrying(acks: Acks) -> ProducerConfig {
     ProducerConfig {
         acks,
+        idempotent: false,
         linger: Duration::from_millis(1),
         batch_bytes: 256,
         delivery_timeout: Duration::from_secs(30),
@@ -36,7 +38,17 @@ async fn produce(
     n: usize,
     acks: Acks,
 ) -> RecordingProducer {
-    let producer = Producer::new(client.clone(), retrying(acks)).await.unwrap();
+    produce_with(client, history, topic, n, retrying(acks)).await
+}
+
+async fn produce_with(
+    client: &Client,
+    history: &History,
+    topic: &str,
+    n: usize,
+    config: ProducerConfig,
+) -> RecordingProducer {
+    let producer = Producer::new(client.clone(), config).await.unwrap();
     let producer = RecordingProducer::new(producer, history.clone());
     for i in 0..n {
         producer
@@ -48,17 +60,18 @@ async fn produce(
     producer
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn at_least_once_through_lost_acks_loses_nothing_and_the_checker_counts_duplicates() {
+/// Sends 1500 records through a proxy that loses produce acks after the
+/// broker applied them, drains the topic around the proxy, and returns the
+/// checker's report with the number of lost acks injected.
+async fn produce_through_lost_acks(config: ProducerConfig) -> (testkit::Report, u64) {
     let seed = testkit::seed();
     let broker = EmbeddedBroker::start(BrokerConfig::ephemeral())
         .await
         .unwrap();
     let direct = Client::connect(&broker.addr_string()).await.unwrap();
     direct.create_topic("t", 2).await.unwrap();
-    // Lost acks on the produce stream: the broker appends, the stream then
-    // breaks, and the producer sends everything in flight again. The 2nd
-    // request always loses its ack, so even an unlucky seed has one.
+    // The 2nd streamed request always loses its ack, so even an unlucky
+    // seed has one; then 15% at random.
     let plan = FaultPlan::new(seed)
         .at(RpcKind::ProduceStream, 2, Fault::DropResponse)
         .with_probability(Targets::PRODUCE, Fault::DropResponse, 0.15);
@@ -69,16 +82,16 @@ async fn at_least_once_through_lost_acks_loses_nothing_and_the_checker_counts_du
 
     let history = History::new();
     let n = 1500;
-    produce(&client, &history, "t", n, Acks::All)
+    produce_with(&client, &history, "t", n, config)
         .await
         .close()
         .await
         .unwrap();
     let stats = proxy.stats();
+    let lost_acks = stats.on(Targets::PRODUCE, FaultKind::DropResponse);
     testkit::drain(&direct, "t", &history, Duration::from_millis(500))
         .await
         .unwrap();
-
     let report = testkit::check(
         &history.ops(),
         &CheckOptions {
@@ -86,23 +99,41 @@ async fn at_least_once_through_lost_acks_loses_nothing_and_the_checker_counts_du
             ..CheckOptions::default()
         },
     );
-    let verdict = report.verdict(DeliveryMode::AtLeastOnce);
     eprintln!(
-        "seed {seed}: {} lost acks injected over {} produce requests; {:?}",
-        stats.on(Targets::PRODUCE, FaultKind::DropResponse),
+        "seed {seed}: {lost_acks} lost acks injected over {} produce requests; {:?}",
         stats.requests_of(Targets::PRODUCE),
         report.stats
     );
-    eprintln!("{verdict}");
+    assert!(lost_acks >= 1, "the faults fired");
     assert_eq!(report.stats.acked, n, "every send is acked in the end");
+    (report, lost_acks)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_least_once_through_lost_acks_loses_nothing_and_the_checker_counts_duplicates() {
+    let (report, _) = produce_through_lost_acks(retrying(Acks::All)).await;
+    let verdict = report.verdict(DeliveryMode::AtLeastOnce);
+    eprintln!("{verdict}");
     assert!(verdict.is_valid(), "{verdict}");
     assert_eq!(report.count(AnomalyKind::LostWrite), 0);
-    assert!(stats.on(Targets::PRODUCE, FaultKind::DropResponse) >= 1);
     assert!(
         report.count(AnomalyKind::Duplicate) > 0,
         "a lost ack makes the retry write the batch again: {verdict}"
     );
     assert!(!report.verdict(DeliveryMode::Idempotent).is_valid());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotent_producer_through_lost_acks_writes_each_record_once() {
+    let config = ProducerConfig {
+        idempotent: true,
+        ..retrying(Acks::All)
+    };
+    let (report, _) = produce_through_lost_acks(config).await;
+    let verdict = report.verdict(DeliveryMode::Idempotent);
+    eprintln!("{verdict}");
+    assert!(verdict.is_valid(), "{verdict}");
+    assert_eq!(report.count(AnomalyKind::Duplicate), 0);
 }
 
 fn one_record_batch(value: &[u8]) -> bytes::Bytes {
@@ -380,12 +411,23 @@ async fn a_torn_tail_is_cut_off_by_recovery_and_nothing_durable_is_lost() {
     // The log takes appends after the cut, and a drain sees every durable
     // record exactly once.
     let client = Client::connect(&broker.addr_string()).await.unwrap();
-    produce(&client, &history, "t", 50, Acks::All)
+    append_then_drain_exactly_once(&client, &history, seed, 350).await;
+}
+
+/// Appends 50 more records to "t" after a recovery, drains it, and requires
+/// `acked` acknowledged sends, each read exactly once.
+async fn append_then_drain_exactly_once(
+    client: &Client,
+    history: &History,
+    seed: u64,
+    acked: usize,
+) {
+    produce(client, history, "t", 50, Acks::All)
         .await
         .close()
         .await
         .unwrap();
-    testkit::drain(&client, "t", &history, Duration::from_millis(500))
+    testkit::drain(client, "t", history, Duration::from_millis(500))
         .await
         .unwrap();
     let report = testkit::check(
@@ -396,9 +438,9 @@ async fn a_torn_tail_is_cut_off_by_recovery_and_nothing_durable_is_lost() {
         },
     );
     let verdict = report.verdict(DeliveryMode::ExactlyOnce);
-    eprintln!("{verdict}");
+    eprintln!("seed {seed}: {verdict}");
     assert!(verdict.is_valid(), "{verdict}");
-    assert_eq!(report.stats.acked, 350);
+    assert_eq!(report.stats.acked, acked);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -427,24 +469,6 @@ async fn a_kill_9_with_garbage_past_the_tail_keeps_every_acked_record_once() {
     assert_eq!(report.records_cut(), 0);
 
     let client = Client::connect(broker.addr()).await.unwrap();
-    produce(&client, &history, "t", 50, Acks::All)
-        .await
-        .close()
-        .await
-        .unwrap();
-    testkit::drain(&client, "t", &history, Duration::from_millis(500))
-        .await
-        .unwrap();
-    let report = testkit::check(
-        &history.ops(),
-        &CheckOptions {
-            drained: true,
-            ..CheckOptions::default()
-        },
-    );
-    let verdict = report.verdict(DeliveryMode::ExactlyOnce);
-    eprintln!("seed {seed}: {verdict}");
-    assert!(verdict.is_valid(), "{verdict}");
-    assert_eq!(report.stats.acked, 350);
+    append_then_drain_exactly_once(&client, &history, seed, 350).await;
     assert!(broker.sigterm().unwrap().success());
 }

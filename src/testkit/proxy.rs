@@ -73,6 +73,18 @@ pub enum RpcKind {
     ListOffsets,
     /// `InitProducerId`.
     InitProducerId,
+    /// `AddPartitionsToTxn`.
+    AddPartitionsToTxn,
+    /// `AddOffsetsToTxn`.
+    AddOffsetsToTxn,
+    /// `TxnOffsetCommit`.
+    TxnOffsetCommit,
+    /// `EndTxn`.
+    EndTxn,
+    /// `ListTransactions`.
+    ListTransactions,
+    /// `AbortTransaction`.
+    AbortTransaction,
     /// `CommitOffsets`.
     CommitOffsets,
     /// `FetchOffsets`.
@@ -81,7 +93,7 @@ pub enum RpcKind {
 
 impl RpcKind {
     /// Every kind, in declaration order.
-    pub const ALL: [RpcKind; 11] = [
+    pub const ALL: [RpcKind; 17] = [
         RpcKind::CreateTopic,
         RpcKind::DeleteTopic,
         RpcKind::ListTopics,
@@ -91,6 +103,12 @@ impl RpcKind {
         RpcKind::Fetch,
         RpcKind::ListOffsets,
         RpcKind::InitProducerId,
+        RpcKind::AddPartitionsToTxn,
+        RpcKind::AddOffsetsToTxn,
+        RpcKind::TxnOffsetCommit,
+        RpcKind::EndTxn,
+        RpcKind::ListTransactions,
+        RpcKind::AbortTransaction,
         RpcKind::CommitOffsets,
         RpcKind::FetchOffsets,
     ];
@@ -671,6 +689,12 @@ forward_unary! {
     fetch(FetchRequest) -> FetchResponse as Fetch;
     list_offsets(ListOffsetsRequest) -> ListOffsetsResponse as ListOffsets;
     init_producer_id(InitProducerIdRequest) -> InitProducerIdResponse as InitProducerId;
+    add_partitions_to_txn(AddPartitionsToTxnRequest) -> AddPartitionsToTxnResponse as AddPartitionsToTxn;
+    add_offsets_to_txn(AddOffsetsToTxnRequest) -> AddOffsetsToTxnResponse as AddOffsetsToTxn;
+    txn_offset_commit(TxnOffsetCommitRequest) -> TxnOffsetCommitResponse as TxnOffsetCommit;
+    end_txn(EndTxnRequest) -> EndTxnResponse as EndTxn;
+    list_transactions(ListTransactionsRequest) -> ListTransactionsResponse as ListTransactions;
+    abort_transaction(AbortTransactionRequest) -> AbortTransactionResponse as AbortTransaction;
     commit_offsets(CommitOffsetsRequest) -> CommitOffsetsResponse as CommitOffsets;
     fetch_offsets(FetchOffsetsRequest) -> FetchOffsetsResponse as FetchOffsets;
 }
