@@ -3,8 +3,10 @@
 
 mod broker;
 mod consume;
+mod copy;
 mod produce;
 mod topic;
+mod txn;
 
 use std::process::ExitCode;
 
@@ -50,6 +52,15 @@ enum Command {
     Produce(produce::ProduceArgs),
     /// Print records as JSON lines.
     Consume(consume::ConsumeArgs),
+    /// Copy one topic to another exactly once.
+    Copy(copy::CopyArgs),
+    /// List open and hanging transactions, or abort one.
+    Txn {
+        #[command(subcommand)]
+        command: txn::TxnCommand,
+        #[command(flatten)]
+        broker: BrokerAddr,
+    },
 }
 
 /// Runs the parsed command.
@@ -61,6 +72,8 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         }
         Command::Produce(args) => client_runtime()?.block_on(produce::run(args)),
         Command::Consume(args) => client_runtime()?.block_on(consume::run(args)),
+        Command::Copy(args) => client_runtime()?.block_on(copy::run(args)),
+        Command::Txn { command, broker } => client_runtime()?.block_on(txn::run(command, broker)),
     }
 }
 

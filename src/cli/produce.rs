@@ -46,6 +46,14 @@ pub struct ProduceArgs {
     /// Batch size in bytes.
     #[arg(long, default_value_t = 256 * 1024)]
     batch_bytes: usize,
+    /// Produce in transactions under this transactional id: read-committed
+    /// consumers see a transaction's records only once it commits, and
+    /// "acked" counts records of committed transactions. Needs --acks all.
+    #[arg(long)]
+    transactional_id: Option<String>,
+    /// With --transactional-id: commit after every N lines, and at EOF.
+    #[arg(long, default_value_t = 1000, requires = "transactional_id")]
+    txn_records: u64,
     #[command(flatten)]
     broker: BrokerAddr,
 }
@@ -55,6 +63,26 @@ pub async fn run(args: ProduceArgs) -> Result<ExitCode, CliError> {
         return Err("--key-separator must not be empty".into());
     }
     let idempotent = idempotence(args.acks, args.idempotent, args.no_idempotent)?;
+    if let Some(transactional_id) = args.transactional_id {
+        if !idempotent {
+            return Err("--transactional-id needs --acks all and idempotence".into());
+        }
+        return super::txn::produce(super::txn::TxnProduce {
+            broker: args.broker.broker,
+            topic: args.topic,
+            partition: args.partition,
+            key_separator: args.key_separator,
+            transactional_id,
+            txn_records: args.txn_records,
+            producer: ProducerConfig {
+                linger: Duration::from_millis(args.linger_ms),
+                batch_bytes: args.batch_bytes,
+                delivery_timeout: Duration::from_secs(args.delivery_timeout),
+                ..ProducerConfig::default()
+            },
+        })
+        .await;
+    }
     let client = Client::connect(&args.broker.broker).await?;
     let config = ProducerConfig {
         acks: args.acks,

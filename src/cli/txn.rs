@@ -1,0 +1,226 @@
+//! `ferry txn list|abort`, and the transactional mode of `ferry produce`.
+
+use std::io::BufRead;
+use std::process::ExitCode;
+
+use clap::Subcommand;
+use ferry_client::{
+    Client, ProducerConfig, TransactionInfo, TransactionalConfig, TransactionalProducer,
+    abort_transaction, list_transactions,
+};
+use serde_json::json;
+
+use super::{BrokerAddr, CliError};
+
+/// Lines handed from the stdin thread to the producer at a time.
+const LINES_PER_CHUNK: usize = 1024;
+
+#[derive(Debug, Subcommand)]
+pub enum TxnCommand {
+    /// Print every transactional id the coordinator knows as a JSON line:
+    /// {"transactional_id","producer_id","producer_epoch","state",
+    /// "partitions","groups","started_ms","timeout_ms","hanging"}.
+    List,
+    /// Abort the open transaction of a transactional id. Its producer is
+    /// fenced and must start again.
+    Abort {
+        /// The transactional id.
+        id: String,
+    },
+}
+
+pub async fn run(command: TxnCommand, broker: BrokerAddr) -> Result<ExitCode, CliError> {
+    let client = Client::connect(&broker.broker).await?;
+    match command {
+        TxnCommand::List => {
+            for t in list_transactions(&client).await? {
+                println!("{}", to_json(&t));
+            }
+        }
+        TxnCommand::Abort { id } => {
+            abort_transaction(&client, &id).await?;
+            println!("aborted the open transaction of {id}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn to_json(t: &TransactionInfo) -> serde_json::Value {
+    let partitions: Vec<_> = t
+        .partitions
+        .iter()
+        .map(|p| json!({ "topic": p.topic, "partition": p.partition }))
+        .collect();
+    json!({
+        "transactional_id": t.transactional_id,
+        "producer_id": t.producer_id,
+        "producer_epoch": t.producer_epoch,
+        "state": t.state,
+        "partitions": partitions,
+        "groups": t.groups,
+        "started_ms": t.started_ms,
+        "timeout_ms": t.timeout_ms,
+        "hanging": t.hanging,
+    })
+}
+
+/// What `ferry produce --transactional-id` needs from its flags.
+pub struct TxnProduce {
+    pub broker: String,
+    pub topic: String,
+    pub partition: Option<u32>,
+    pub key_separator: Option<String>,
+    pub transactional_id: String,
+    /// Lines per transaction.
+    pub txn_records: u64,
+    pub producer: ProducerConfig,
+}
+
+/// Produces stdin lines in transactions of `txn_records` lines, committing
+/// each and the rest at EOF. Prints {"sent","acked","failed"}, where acked
+/// counts records of committed transactions; on a failed transaction it
+/// aborts it and stops, and the exit is non-zero.
+pub async fn produce(args: TxnProduce) -> Result<ExitCode, CliError> {
+    if args.txn_records == 0 {
+        return Err("--txn-records must be at least 1".into());
+    }
+    let client = Client::connect(&args.broker).await?;
+    let config = TransactionalConfig {
+        producer: args.producer,
+        ..TransactionalConfig::new(args.transactional_id)
+    };
+    let mut producer = TransactionalProducer::new(client, config).await?;
+
+    let (line_tx, mut line_rx) = tokio::sync::mpsc::channel::<Vec<Vec<u8>>>(16);
+    let reader = std::thread::spawn(move || -> std::io::Result<()> {
+        let stdin = std::io::stdin();
+        let mut input = stdin.lock();
+        let mut chunk = Vec::with_capacity(LINES_PER_CHUNK);
+        loop {
+            let mut line = Vec::new();
+            if input.read_until(b'\n', &mut line)? == 0 {
+                break;
+            }
+            if line.last() == Some(&b'\n') {
+                line.pop();
+                if line.last() == Some(&b'\r') {
+                    line.pop();
+                }
+            }
+            chunk.push(line);
+            if chunk.len() == LINES_PER_CHUNK
+                && line_tx.blocking_send(std::mem::take(&mut chunk)).is_err()
+            {
+                return Ok(());
+            }
+        }
+        if !chunk.is_empty() {
+            let _ = line_tx.blocking_send(chunk);
+        }
+        Ok(())
+    });
+
+    let sep = args.key_separator.as_deref().map(str::as_bytes);
+    let (mut sent, mut acked) = (0u64, 0u64);
+    let mut in_txn = 0u64;
+    let mut error: Option<String> = None;
+    'input: while let Some(chunk) = line_rx.recv().await {
+        for line in &chunk {
+            if in_txn == 0
+                && let Err(e) = producer.begin()
+            {
+                error = Some(e.to_string());
+                break 'input;
+            }
+            let (key, value) = split_line(line, sep);
+            let r = match args.partition {
+                Some(p) => producer.send_to(&args.topic, p, key, Some(value)).await,
+                None => producer.send(&args.topic, key, Some(value)).await,
+            };
+            if let Err(e) = r {
+                error = Some(e.to_string());
+                break 'input;
+            }
+            sent += 1;
+            in_txn += 1;
+            if in_txn == args.txn_records {
+                if let Err(e) = producer.commit().await {
+                    error = Some(e.to_string());
+                    break 'input;
+                }
+                acked += in_txn;
+                in_txn = 0;
+            }
+        }
+    }
+    if error.is_none() && in_txn > 0 {
+        match producer.commit().await {
+            Ok(()) => acked += in_txn,
+            Err(e) => error = Some(e.to_string()),
+        }
+    }
+    drop(line_rx);
+    // Aborts what is still open (a failed transaction), then stops.
+    if let Err(e) = producer.close().await {
+        error.get_or_insert_with(|| e.to_string());
+    }
+    let _ = reader.join();
+    println!(
+        "{}",
+        json!({ "sent": sent, "acked": acked, "failed": sent - acked })
+    );
+    match error {
+        Some(e) => {
+            eprintln!("error: {e}");
+            Ok(ExitCode::FAILURE)
+        }
+        None => Ok(ExitCode::SUCCESS),
+    }
+}
+
+fn split_line<'a>(line: &'a [u8], sep: Option<&[u8]>) -> (Option<&'a [u8]>, &'a [u8]) {
+    let Some(sep) = sep else {
+        return (None, line);
+    };
+    match line.windows(sep.len()).position(|w| w == sep) {
+        Some(i) => (Some(&line[..i]), &line[i + sep.len()..]),
+        None => (None, line),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_transaction_lists_as_one_json_object() {
+        let t = TransactionInfo {
+            transactional_id: "copier".into(),
+            producer_id: 7,
+            producer_epoch: 3,
+            state: "Ongoing".into(),
+            partitions: vec![ferry_client::TopicPartition {
+                topic: "out".into(),
+                partition: 2,
+            }],
+            groups: vec!["g".into()],
+            started_ms: 1000,
+            timeout_ms: 60_000,
+            hanging: false,
+        };
+        assert_eq!(
+            to_json(&t).to_string(),
+            r#"{"groups":["g"],"hanging":false,"partitions":[{"partition":2,"topic":"out"}],"producer_epoch":3,"producer_id":7,"started_ms":1000,"state":"Ongoing","timeout_ms":60000,"transactional_id":"copier"}"#
+        );
+    }
+
+    #[test]
+    fn lines_split_at_the_first_separator() {
+        assert_eq!(
+            split_line(b"k:v:w", Some(b":")),
+            (Some(&b"k"[..]), &b"v:w"[..])
+        );
+        assert_eq!(split_line(b"v", Some(b":")), (None, &b"v"[..]));
+        assert_eq!(split_line(b"k:v", None), (None, &b"k:v"[..]));
+    }
+}
