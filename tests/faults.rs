@@ -258,6 +258,21 @@ async fn every_scripted_fault_fires_and_is_counted() {
     assert_eq!(high_watermark(&direct, "t").await, 3);
 }
 
+/// A broker with topic "t" (2 partitions) holding `n` acknowledged
+/// records, recorded in a new history.
+async fn broker_with_records(config: BrokerConfig, n: usize) -> (EmbeddedBroker, Client, History) {
+    let broker = EmbeddedBroker::start(config).await.unwrap();
+    let client = Client::connect(&broker.addr_string()).await.unwrap();
+    client.create_topic("t", 2).await.unwrap();
+    let history = History::new();
+    produce(&client, &history, "t", n, Acks::All)
+        .await
+        .close()
+        .await
+        .unwrap();
+    (broker, client, history)
+}
+
 /// Runs a crashing consumer in `group` until the topic is consumed (three
 /// idle polls in a row).
 async fn consume_with_crashes(
@@ -298,17 +313,7 @@ async fn consume_with_crashes(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consumer_crash_before_commit_redelivers_after_and_loses_before() {
     let seed = testkit::seed();
-    let broker = EmbeddedBroker::start(BrokerConfig::ephemeral())
-        .await
-        .unwrap();
-    let client = Client::connect(&broker.addr_string()).await.unwrap();
-    client.create_topic("t", 2).await.unwrap();
-    let history = History::new();
-    produce(&client, &history, "t", 400, Acks::All)
-        .await
-        .close()
-        .await
-        .unwrap();
+    let (_broker, client, history) = broker_with_records(BrokerConfig::ephemeral(), 400).await;
 
     // Crash points are scripted (steps 2 and 4) plus seeded at random.
     let after = CrashSchedule::random(seed, 0.1, &[CrashPoint::BeforeCommit])
@@ -362,17 +367,11 @@ async fn a_torn_tail_is_cut_off_by_recovery_and_nothing_durable_is_lost() {
     let seed = testkit::seed();
     // Under `Never`, only a graceful stop (or a roll) makes data durable:
     // the first half of the records is durable, the second half is not.
-    let broker = EmbeddedBroker::start(BrokerConfig::ephemeral().with_flush(FlushPolicy::Never))
-        .await
-        .unwrap();
-    let client = Client::connect(&broker.addr_string()).await.unwrap();
-    client.create_topic("t", 2).await.unwrap();
-    let history = History::new();
-    produce(&client, &history, "t", 300, Acks::All)
-        .await
-        .close()
-        .await
-        .unwrap();
+    let (broker, client, history) = broker_with_records(
+        BrokerConfig::ephemeral().with_flush(FlushPolicy::Never),
+        300,
+    )
+    .await;
     let broker = broker.restart().await.unwrap();
 
     // Acknowledged by the leader only, never flushed: fair game for the
