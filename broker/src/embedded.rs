@@ -214,7 +214,12 @@ impl Drop for EmbeddedBroker {
             let _ = stop.send(Stop::Graceful);
         }
         if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+            let joined = thread.join();
+            // Surface a broker panic in the test that owns the broker,
+            // unless that test is already unwinding.
+            if joined.is_err() && !std::thread::panicking() {
+                panic!("the embedded broker thread panicked");
+            }
         }
     }
 }

@@ -118,17 +118,18 @@ impl Broker {
         // close the logs regardless.
         let mut server = Box::pin(server);
         let mut stop_rx = stop_rx;
-        let how = tokio::select! {
+        let (how, server_done) = tokio::select! {
             r = &mut server => {
                 r.map_err(|e| BrokerError::Config(format!("server: {e}")))?;
-                stop_rx.try_recv().unwrap_or(Stop::Graceful)
+                (stop_rx.try_recv().unwrap_or(Stop::Graceful), true)
             }
-            how = &mut stop_rx => how.unwrap_or(Stop::Graceful),
+            how = &mut stop_rx => (how.unwrap_or(Stop::Graceful), false),
         };
         if how == Stop::Graceful {
             let drained = tokio::time::timeout(SHUTDOWN_DRAIN, async {
+                // A finished server future must not be polled again.
                 tokio::select! {
-                    _ = &mut server => {}
+                    _ = &mut server, if !server_done => {}
                     _ = state.inflight.wait_idle() => {}
                 }
             })
