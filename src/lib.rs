@@ -4,7 +4,8 @@
 //! This crate is the `ferry` command and a facade over the workspace:
 //! [`broker`] (with [`EmbeddedBroker`]), [`client`], [`proto`] and
 //! [`storage`]. [`testkit`] is the fault-injection kit and history
-//! checker for stress tests.
+//! checker for stress tests. [`bench`] holds the workloads and baselines
+//! behind `ferry bench`.
 
 pub use ferry_broker as broker;
 pub use ferry_broker::{BrokerConfig, EmbeddedBroker};
@@ -12,4 +13,5 @@ pub use ferry_client as client;
 pub use ferry_proto as proto;
 pub use ferry_storage as storage;
 
+pub mod bench;
 pub mod testkit;

@@ -1,6 +1,7 @@
 //! Command-line parsing and dispatch. The commands, flags and JSON shapes
 //! here are a public contract: keep them stable.
 
+mod bench;
 mod broker;
 mod consume;
 mod copy;
@@ -61,6 +62,11 @@ enum Command {
         #[command(flatten)]
         broker: BrokerAddr,
     },
+    /// Measure throughput and latency against this machine's baselines.
+    Bench {
+        #[command(subcommand)]
+        command: bench::BenchCommand,
+    },
 }
 
 /// Runs the parsed command.
@@ -72,6 +78,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         }
         Command::Produce(args) => client_runtime()?.block_on(produce::run(args)),
         Command::Consume(args) => client_runtime()?.block_on(consume::run(args)),
+        Command::Bench { command } => bench::run(command),
         Command::Copy(args) => client_runtime()?.block_on(copy::run(args)),
         Command::Txn { command, broker } => client_runtime()?.block_on(txn::run(command, broker)),
     }

@@ -1,0 +1,397 @@
+//! `ferry bench`: produce, consume and end-to-end throughput and latency,
+//! reported against physical baselines measured in the same run.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::Subcommand;
+use ferry::bench::workload::{self, Stop};
+use ferry::bench::{Baseline, BaselineConfig, Kind, Matrix, MatrixConfig, Mode, Progress, Target};
+use ferry_storage::FlushPolicy;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use super::CliError;
+
+/// Default length of a run, and of each matrix cell.
+const DEFAULT_DURATION_SECS: f64 = 5.0;
+/// How often the progress bar is redrawn.
+const PROGRESS_TICK: Duration = Duration::from_millis(100);
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Producer throughput, and latency from send to acknowledgement.
+    Produce(RunArgs),
+    /// Consumer throughput over a topic filled first; latency per poll.
+    Consume(RunArgs),
+    /// Producers and a consumer together; latency from send to consume.
+    E2e(RunArgs),
+    /// This machine without Ferry: write(2), write+fdatasync, loopback TCP.
+    Baseline(BaselineArgs),
+    /// Every mode × 100 B and 1 KiB × fsync never and always, as ratios to
+    /// at-least-once; a markdown (or JSON) table and an SVG chart.
+    Matrix(MatrixArgs),
+}
+
+/// Flags every subcommand takes.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Common {
+    /// Print one JSON object instead of text, and no progress bar.
+    #[arg(long)]
+    json: bool,
+    /// Directory for the embedded broker's temporary data dirs and the disk
+    /// baselines. Default: the system's temporary directory.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Seconds each of the four baseline measurements takes.
+    #[arg(long, default_value_t = 0.5)]
+    baseline_secs: f64,
+}
+
+/// Where the baseline comes from, for the subcommands that report ratios.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BaselineSource {
+    /// Read the baseline from this file (the output of
+    /// `ferry bench baseline --json`) instead of measuring it.
+    #[arg(long, conflicts_with = "no_baseline")]
+    baseline: Option<PathBuf>,
+    /// Skip the baseline and the ratios.
+    #[arg(long)]
+    no_baseline: bool,
+}
+
+/// Settings of a produce, consume or e2e run.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Stop after this many records (in all, across producers).
+    #[arg(long, conflicts_with = "duration")]
+    records: Option<u64>,
+    /// Stop producing after this many seconds. Default 5 unless --records.
+    #[arg(long)]
+    duration: Option<f64>,
+    /// Value bytes per record.
+    #[arg(long, default_value_t = 100)]
+    record_size: usize,
+    /// Producer batch size in bytes.
+    #[arg(long, default_value_t = 256 * 1024)]
+    batch_bytes: usize,
+    /// How long a producer batch waits to fill.
+    #[arg(long, default_value_t = 5)]
+    linger_ms: u64,
+    /// Producers, each with its own connection.
+    #[arg(long, default_value_t = 1)]
+    producers: usize,
+    /// Partitions of the benchmark topic.
+    #[arg(long, default_value_t = 1)]
+    partitions: u32,
+    /// at-most-once (acks none), at-least-once (acks all), idempotent (acks
+    /// all + idempotence), or exactly-once (transactions of --txn-ms).
+    #[arg(long, value_enum, default_value = "at-least-once")]
+    mode: Mode,
+    /// Transaction length of --mode exactly-once, in milliseconds.
+    #[arg(long, default_value_t = 100)]
+    txn_ms: u64,
+    /// The embedded broker's fsync policy: always, interval=MS, or never.
+    #[arg(long, default_value = "always")]
+    fsync: FlushPolicy,
+    /// Run against this broker (HOST:PORT) instead of an embedded one; the
+    /// run creates a topic and deletes it after. --fsync does not apply.
+    #[arg(long)]
+    broker: Option<String>,
+    #[command(flatten)]
+    source: BaselineSource,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct BaselineArgs {
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct MatrixArgs {
+    /// Seconds each cell produces.
+    #[arg(long, default_value_t = DEFAULT_DURATION_SECS, conflicts_with = "records")]
+    duration: f64,
+    /// Records each cell produces, instead of --duration.
+    #[arg(long)]
+    records: Option<u64>,
+    /// Record sizes, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = ferry::bench::matrix::SIZES)]
+    record_sizes: Vec<usize>,
+    /// Transaction lengths of exactly-once, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = ferry::bench::matrix::TXN_MS)]
+    txn_ms: Vec<u64>,
+    /// fsync policies, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values = ["never", "always"])]
+    fsync: Vec<FlushPolicy>,
+    /// Modes, comma-separated.
+    #[arg(long, value_enum, value_delimiter = ',', default_values = ["at-most-once", "at-least-once", "idempotent", "exactly-once"])]
+    modes: Vec<Mode>,
+    /// Producer batch size in bytes.
+    #[arg(long, default_value_t = 256 * 1024)]
+    batch_bytes: usize,
+    /// How long a producer batch waits to fill.
+    #[arg(long, default_value_t = 5)]
+    linger_ms: u64,
+    /// Producers per cell.
+    #[arg(long, default_value_t = 1)]
+    producers: usize,
+    /// Partitions of each cell's topic.
+    #[arg(long, default_value_t = 1)]
+    partitions: u32,
+    /// Where to write the SVG chart.
+    #[arg(long, default_value = "ferry-bench-matrix.svg")]
+    chart: PathBuf,
+    /// Also write the JSON table to this file.
+    #[arg(long)]
+    json_out: Option<PathBuf>,
+    #[command(flatten)]
+    source: BaselineSource,
+    #[command(flatten)]
+    common: Common,
+}
+
+pub fn run(command: BenchCommand) -> Result<ExitCode, CliError> {
+    match command {
+        BenchCommand::Produce(args) => run_workload(Kind::Produce, args),
+        BenchCommand::Consume(args) => run_workload(Kind::Consume, args),
+        BenchCommand::E2e(args) => run_workload(Kind::E2e, args),
+        BenchCommand::Baseline(args) => run_baseline(args),
+        BenchCommand::Matrix(args) => run_matrix(args),
+    }
+}
+
+impl Common {
+    fn baseline_dir(&self) -> PathBuf {
+        self.data_dir.clone().unwrap_or_else(std::env::temp_dir)
+    }
+
+    fn measure_baseline(&self) -> Result<Baseline, CliError> {
+        if !(self.baseline_secs > 0.0 && self.baseline_secs.is_finite()) {
+            return Err("--baseline-secs must be positive".into());
+        }
+        let bar = spinner(self.json, "measuring the baseline");
+        let b = Baseline::measure(&BaselineConfig {
+            dir: self.baseline_dir(),
+            each: Duration::from_secs_f64(self.baseline_secs),
+        });
+        bar.finish_and_clear();
+        Ok(b.map_err(|e| format!("baseline in {}: {e}", self.baseline_dir().display()))?)
+    }
+}
+
+impl BaselineSource {
+    fn resolve(&self, common: &Common) -> Result<Option<Baseline>, CliError> {
+        if self.no_baseline {
+            return Ok(None);
+        }
+        if let Some(path) = &self.baseline {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("read {}: {e}", path.display()))?;
+            return Ok(Some(
+                Baseline::from_json(&text).map_err(|e| format!("parse {}: {e}", path.display()))?,
+            ));
+        }
+        common.measure_baseline().map(Some)
+    }
+}
+
+fn stop(records: Option<u64>, duration: Option<f64>) -> Result<Stop, CliError> {
+    match (records, duration) {
+        (Some(n), _) => Ok(Stop::Records(n)),
+        (None, d) => {
+            let secs = d.unwrap_or(DEFAULT_DURATION_SECS);
+            if !(secs > 0.0 && secs.is_finite()) {
+                return Err("--duration must be a positive number of seconds".into());
+            }
+            Ok(Stop::Duration(Duration::from_secs_f64(secs)))
+        }
+    }
+}
+
+fn run_workload(kind: Kind, args: RunArgs) -> Result<ExitCode, CliError> {
+    let config = workload::WorkloadConfig {
+        kind,
+        mode: args.mode,
+        record_size: args.record_size,
+        batch_bytes: args.batch_bytes,
+        linger_ms: args.linger_ms,
+        producers: args.producers,
+        partitions: args.partitions,
+        txn_ms: args.txn_ms,
+        stop: stop(args.records, args.duration)?,
+    };
+    config.validate()?;
+    let target = match &args.broker {
+        Some(addr) => Target::Remote { addr: addr.clone() },
+        None => Target::Embedded {
+            flush: args.fsync,
+            parent: args.common.data_dir.clone(),
+        },
+    };
+    let baseline = args.source.resolve(&args.common)?;
+
+    let progress = Progress::default();
+    let bar = run_bar(args.common.json, config.stop);
+    let report = with_progress(&bar, &progress, config.stop, || {
+        workload::run(&config, &target, &progress)
+    });
+    bar.finish_and_clear();
+    let report = report?.with_baseline(baseline.as_ref());
+
+    if args.common.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!("{}", report.human());
+    }
+    Ok(if report.failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn run_baseline(args: BaselineArgs) -> Result<ExitCode, CliError> {
+    let b = args.common.measure_baseline()?;
+    if args.common.json {
+        println!(
+            "{}",
+            serde_json::json!({ "bench": "baseline", "baseline": b })
+        );
+    } else {
+        println!("baseline in {}:\n{}", b.dir, b.human());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_matrix(args: MatrixArgs) -> Result<ExitCode, CliError> {
+    let config = MatrixConfig {
+        stop: stop(args.records, Some(args.duration))?,
+        sizes: args.record_sizes.clone(),
+        fsyncs: args.fsync.clone(),
+        txn_ms: args.txn_ms.clone(),
+        modes: args.modes.clone(),
+        batch_bytes: args.batch_bytes,
+        linger_ms: args.linger_ms,
+        producers: args.producers,
+        partitions: args.partitions,
+        parent: args.common.data_dir.clone(),
+    };
+    let cells = ferry::bench::matrix::cells(&config).len();
+    if cells == 0 {
+        return Err("the matrix is empty: give at least one size, fsync policy and mode".into());
+    }
+    let baseline = args.source.resolve(&args.common)?;
+
+    let bar = if hidden(args.common.json) {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::with_draw_target(Some(cells as u64), ProgressDrawTarget::stderr())
+    };
+    bar.set_style(
+        ProgressStyle::with_template("[{elapsed_precise}] {bar:30} {pos}/{len} cells: {msg}")
+            .expect("valid template"),
+    );
+    bar.enable_steady_tick(PROGRESS_TICK);
+    let progress = Progress::default();
+    let matrix = Matrix::run(&config, baseline, &progress, |i, spec| {
+        bar.set_position(i as u64);
+        bar.set_message(spec.label());
+    });
+    bar.finish_and_clear();
+    let matrix = matrix?;
+
+    matrix
+        .chart_svg(&args.chart)
+        .map_err(|e| format!("write chart {}: {e}", args.chart.display()))?;
+    let json = serde_json::to_string(&matrix)?;
+    if let Some(path) = &args.json_out {
+        std::fs::write(path, &json).map_err(|e| format!("write {}: {e}", path.display()))?;
+    }
+    if args.common.json {
+        println!("{json}");
+    } else {
+        if let Some(b) = &matrix.baseline {
+            println!("baseline in {}:\n{}\n", b.dir, b.human());
+        }
+        print!("{}", matrix.markdown());
+        println!(
+            "\n{} cells in {:.0} s; chart: {}",
+            matrix.cells.len(),
+            matrix.seconds,
+            args.chart.display()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// No progress bar for JSON output or when stderr is not a terminal.
+fn hidden(json: bool) -> bool {
+    json || !std::io::stderr().is_terminal()
+}
+
+fn spinner(json: bool, message: &'static str) -> ProgressBar {
+    if hidden(json) {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+    bar.set_message(message);
+    bar.enable_steady_tick(PROGRESS_TICK);
+    bar
+}
+
+/// A bar of records for `--records`, of seconds for `--duration`.
+fn run_bar(json: bool, stop: Stop) -> ProgressBar {
+    if hidden(json) {
+        return ProgressBar::hidden();
+    }
+    let (len, template) = match stop {
+        Stop::Records(n) => (n, "[{elapsed_precise}] {bar:30} {pos}/{len} records {msg}"),
+        Stop::Duration(d) => (d.as_millis() as u64, "[{elapsed_precise}] {bar:30} {msg}"),
+    };
+    let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
+    bar.set_style(ProgressStyle::with_template(template).expect("valid template"));
+    bar
+}
+
+/// Runs `f` while a thread moves `bar` along with `progress`.
+fn with_progress<T>(
+    bar: &ProgressBar,
+    progress: &Progress,
+    stop: Stop,
+    f: impl FnOnce() -> T,
+) -> T {
+    if bar.is_hidden() {
+        return f();
+    }
+    let done = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let started = Instant::now();
+            while !done.load(Ordering::Relaxed) {
+                let records = progress.records();
+                let phase = if progress.filling() { "filling" } else { "" };
+                match stop {
+                    Stop::Records(_) => {
+                        bar.set_position(records);
+                        bar.set_message(phase);
+                    }
+                    Stop::Duration(d) => {
+                        let elapsed = started.elapsed().min(d);
+                        bar.set_position(elapsed.as_millis() as u64);
+                        bar.set_message(format!("{records} records {phase}"));
+                    }
+                }
+                std::thread::sleep(PROGRESS_TICK);
+            }
+        });
+        let out = f();
+        done.store(true, Ordering::Relaxed);
+        out
+    })
+}
