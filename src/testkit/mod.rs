@@ -20,6 +20,9 @@
 //!   [`RecordingProducer`] records a producer's sends for you.
 //! - [`check`]: the history checker, after Jepsen's Kafka queue checker,
 //!   with a per-[`DeliveryMode`] [`Verdict`].
+//! - The guarantee matrix ([`matrix`]): a [`Run`] of [`WorkOp`]s per
+//!   delivery mode under chosen [`FaultClass`]es, ending in a [`MatrixRow`];
+//!   the root `tests/guarantees.rs` and `ferry torture` drive it.
 //!
 //! Every random choice comes from a seed; [`seed`] reads it from the
 //! `FERRY_SEED` environment variable (or picks one) and prints it, so a
@@ -32,6 +35,7 @@
 pub mod checker;
 pub mod crash;
 pub mod history;
+pub mod matrix;
 pub mod proxy;
 pub mod workload;
 
@@ -44,6 +48,9 @@ pub use crash::{
 };
 pub use history::{
     History, Invocation, Mop, Op, OpKind, OpType, ProcessId, Read, Tp, Value, ValueGen,
+};
+pub use matrix::{
+    Broker, CellReport, FaultClass, MatrixRow, Run, RunConfig, WorkOp, parse_mode, run_embedded,
 };
 pub use proxy::{
     Fault, FaultKind, FaultPlan, FaultProxy, FaultStats, InjectedFault, RpcKind, Targets,

@@ -299,6 +299,18 @@ impl CrashingConsumer {
         &self.crashes
     }
 
+    /// Steps that polled records so far (the step numbers a
+    /// [`CrashSchedule`] counts).
+    pub fn steps(&self) -> u64 {
+        self.steps
+    }
+
+    /// The crash schedule, to add crashes mid-run (for example
+    /// `schedule.at(consumer.steps() + 1, point)` for the next step).
+    pub fn schedule_mut(&mut self) -> &mut CrashSchedule {
+        &mut self.schedule
+    }
+
     /// One poll → process → sink write → commit round; `sink` is the
     /// effect (it receives the decoded values, in poll order, with the
     /// records). Errors of the poll or the commit are returned after being
