@@ -7,6 +7,7 @@ mod consume;
 mod copy;
 mod produce;
 mod topic;
+mod torture;
 mod txn;
 
 use std::process::ExitCode;
@@ -67,6 +68,9 @@ enum Command {
         #[command(subcommand)]
         command: bench::BenchCommand,
     },
+    /// Soak one delivery mode under faults against a broker it kills and
+    /// restarts, and check the guarantee.
+    Torture(torture::TortureArgs),
 }
 
 /// Runs the parsed command.
@@ -79,6 +83,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Produce(args) => client_runtime()?.block_on(produce::run(args)),
         Command::Consume(args) => client_runtime()?.block_on(consume::run(args)),
         Command::Bench { command } => bench::run(command),
+        Command::Torture(args) => torture::run(args),
         Command::Copy(args) => client_runtime()?.block_on(copy::run(args)),
         Command::Txn { command, broker } => client_runtime()?.block_on(txn::run(command, broker)),
     }

@@ -1184,7 +1184,11 @@ impl Run {
         let faults: Vec<&str> = self.config.faults.iter().map(|f| f.name()).collect();
         let row = MatrixRow {
             mode,
-            faults: faults.join("+"),
+            faults: if self.config.faults.len() == FaultClass::ALL.len() {
+                "all".to_string()
+            } else {
+                faults.join("+")
+            },
             records,
             lost: report.count(AnomalyKind::LostWrite),
             duplicated: report.count(AnomalyKind::Duplicate),
