@@ -147,7 +147,7 @@ async fn torture(
     let cell = run.finish().await?;
     bar.finish_and_clear();
     println!("{}", cell.verdict);
-    println!("{}", MatrixRow::table(&[cell.row.clone()]));
+    println!("{}", MatrixRow::table(std::slice::from_ref(&cell.row)));
     let mut by_class: Vec<(String, usize)> = Vec::new();
     for f in &cell.injected {
         let class = f.split(':').next().unwrap_or("").to_string();
