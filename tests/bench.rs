@@ -135,6 +135,47 @@ fn e2e_and_consume_read_every_record() {
 }
 
 #[test]
+fn exactly_once_commits_transactions_and_reads_them_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = bench_json(
+        dir.path(),
+        &[
+            "e2e",
+            "--records",
+            "3000",
+            "--mode",
+            "exactly-once",
+            "--txn-ms",
+            "10",
+            "--fsync",
+            "never",
+            "--no-baseline",
+        ],
+    );
+    assert_eq!(v["mode"], "exactly-once");
+    assert_eq!(v["txn_ms"], 10);
+    assert_eq!(v["records"], 3000, "{v}");
+    assert_eq!(v["failed"], 0, "{v}");
+    let p = bench_json(
+        dir.path(),
+        &[
+            "produce",
+            "--records",
+            "2000",
+            "--mode",
+            "exactly-once",
+            "--txn-ms",
+            "10",
+            "--fsync",
+            "never",
+            "--no-baseline",
+        ],
+    );
+    assert_eq!(p["records"], 2000, "{p}");
+    assert_eq!(p["latency"]["what"], "send_to_commit");
+}
+
+#[test]
 fn matrix_writes_a_table_and_a_chart() {
     let dir = tempfile::tempdir().unwrap();
     let chart = dir.path().join("chart.svg");

@@ -9,7 +9,8 @@
 //!
 //! - **produce**: from the first `send` to the last acknowledgement.
 //!   Latency is per record, from the `send` call to the moment its
-//!   delivery resolved (for `at-most-once`, handed to the connection).
+//!   delivery resolved (for `at-most-once`, handed to the connection; for
+//!   `exactly-once`, its transaction committed).
 //!   Deliveries are awaited in send order on a separate task, so a record
 //!   acknowledged before an earlier one of another partition is counted
 //!   when the earlier one is.
@@ -29,7 +30,7 @@ use std::time::{Duration, Instant};
 use ferry_broker::{BrokerConfig, EmbeddedBroker, FlushPolicy};
 use ferry_client::{
     Acks, Client, ClientError, CommitMode, Consumer, ConsumerConfig, Delivery, Producer,
-    ProducerConfig, StartFrom,
+    ProducerConfig, StartFrom, TransactionalConfig, TransactionalProducer,
 };
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
@@ -219,11 +220,8 @@ impl WorkloadConfig {
             )
             .into());
         }
-        if self.mode == Mode::ExactlyOnce {
-            return Err(
-                "--mode exactly-once needs the transactional producer, which this build does not have yet"
-                    .into(),
-            );
+        if self.mode == Mode::ExactlyOnce && self.txn_ms == 0 {
+            return Err("--txn-ms must be at least 1".into());
         }
         match self.stop {
             Stop::Records(0) => Err("--records must be at least 1".into()),
@@ -302,13 +300,13 @@ impl Report {
     /// A few lines for people.
     pub fn human(&self) -> String {
         let mut s = format!(
-            "{} {} ({} B records, {} producer(s), {} partition(s), broker {}{}{}): \
+            "{} {} ({} records, {} producer(s), {} partition(s), broker {}{}{}): \
              {} records in {:.2} s\n\
              {:.0} records/s, {:.1} MB/s\n\
              latency ({}): {}",
             self.bench.name(),
             self.mode.name(),
-            self.record_size,
+            human_size(self.record_size),
             self.producers,
             self.partitions,
             self.broker,
@@ -501,7 +499,7 @@ fn producer_config(config: &WorkloadConfig, mode: Mode) -> ProducerConfig {
     }
 }
 
-/// What the producers of a run did.
+/// What the producers of a run did: per producer, then summed.
 struct Produced {
     acked: u64,
     failed: u64,
@@ -511,10 +509,42 @@ struct Produced {
     latency: Histogram<u64>,
 }
 
+impl Produced {
+    fn new(now: Instant) -> Produced {
+        Produced {
+            acked: 0,
+            failed: 0,
+            first_error: None,
+            last_ack: now,
+            latency: latency_histogram(),
+        }
+    }
+
+    fn merge(&mut self, other: Produced) -> Result<(), BenchError> {
+        self.acked += other.acked;
+        self.failed += other.failed;
+        if self.first_error.is_none() {
+            self.first_error = other.first_error;
+        }
+        self.last_ack = self.last_ack.max(other.last_ack);
+        self.latency.add(&other.latency)?;
+        Ok(())
+    }
+
+    fn error(&mut self, e: impl ToString) {
+        self.first_error.get_or_insert_with(|| e.to_string());
+    }
+}
+
+/// The producers of one mode.
+enum Producers {
+    Plain(Vec<Producer>),
+    Transactional(Vec<TransactionalProducer>),
+}
+
 /// Runs `config.producers` producers in `mode` until `config.stop`, each
-/// with its own connection and a task awaiting its deliveries. `clock` is
-/// the zero of the send times stamped into values; sending starts at
-/// `start`.
+/// with its own connection. `clock` is the zero of the send times stamped
+/// into values. Returns when sending started, and what the producers did.
 async fn run_producers(
     config: &WorkloadConfig,
     mode: Mode,
@@ -522,81 +552,213 @@ async fn run_producers(
     progress: &Progress,
     clock: Instant,
 ) -> Result<(Instant, Produced), BenchError> {
-    let mut producers = Vec::with_capacity(config.producers);
-    for _ in 0..config.producers {
-        let client = Client::connect(&session.addr).await?;
-        producers.push(Producer::new(client, producer_config(config, mode)).await?);
-    }
+    let producer_config = producer_config(config, mode);
+    let producers = if mode == Mode::ExactlyOnce {
+        let mut v = Vec::with_capacity(config.producers);
+        for i in 0..config.producers {
+            let client = Client::connect(&session.addr).await?;
+            let mut txn = TransactionalConfig::new(format!("{}-txn-{i}", session.topic));
+            txn.producer = producer_config.clone();
+            v.push(TransactionalProducer::new(client, txn).await?);
+        }
+        Producers::Transactional(v)
+    } else {
+        let mut v = Vec::with_capacity(config.producers);
+        for _ in 0..config.producers {
+            let client = Client::connect(&session.addr).await?;
+            v.push(Producer::new(client, producer_config.clone()).await?);
+        }
+        Producers::Plain(v)
+    };
+
     let start = Instant::now();
     let quotas = split(config.stop, config.producers, start);
-    let mut sends = Vec::with_capacity(producers.len());
-    let mut waiters = Vec::with_capacity(producers.len());
-    let shared_progress = Arc::new(AtomicU64::new(0));
-    for (producer, quota) in producers.into_iter().zip(quotas) {
-        let (tx, rx) = mpsc::channel(MAX_QUEUED_CHUNKS);
-        waiters.push(tokio::spawn(await_deliveries(rx, shared_progress.clone())));
-        let topic = session.topic.clone();
-        let record_size = config.record_size;
-        sends.push(tokio::spawn(async move {
-            let r = send_records(&producer, &topic, record_size, quota, clock, tx).await;
-            let closed = producer.close().await;
-            r.and(closed)
-        }));
-    }
-    // Mirror the shared counter into `progress` until the waiters finish.
-    let mut produced = Produced {
-        acked: 0,
-        failed: 0,
-        first_error: None,
-        last_ack: start,
-        latency: latency_histogram(),
+    // Spawned tasks count into a shared counter; this task mirrors it into
+    // `progress` while it waits.
+    let counter = Arc::new(AtomicU64::new(0));
+    let sender = Sender {
+        topic: session.topic.clone(),
+        record_size: config.record_size,
+        clock,
+        counter: counter.clone(),
     };
-    let mut send_error = None;
-    let mut sends = futures::future::join_all(sends);
-    let mut waiters_done = futures::future::join_all(waiters);
+    let tasks: Vec<_> = match producers {
+        Producers::Plain(v) => v
+            .into_iter()
+            .zip(quotas)
+            .map(|(p, quota)| tokio::spawn(sender.clone().plain(p, quota)))
+            .collect(),
+        Producers::Transactional(v) => {
+            let txn = Duration::from_millis(config.txn_ms);
+            v.into_iter()
+                .zip(quotas)
+                .map(|(p, quota)| tokio::spawn(sender.clone().transactional(p, quota, txn)))
+                .collect()
+        }
+    };
+    let mut all = futures::future::join_all(tasks);
     let mut ticker = tokio::time::interval(Duration::from_millis(50));
-    let mut sends_finished = false;
     let results = loop {
         tokio::select! {
-            r = &mut sends, if !sends_finished => {
-                sends_finished = true;
-                for r in r {
-                    if let Err(e) = r? {
-                        send_error.get_or_insert(e);
-                    }
-                }
-            }
-            r = &mut waiters_done => break r,
-            _ = ticker.tick() => {
-                progress.records.store(shared_progress.load(Ordering::Relaxed), Ordering::Relaxed);
-            }
+            r = &mut all => break r,
+            _ = ticker.tick() => progress.records.store(counter.load(Ordering::Relaxed), Ordering::Relaxed),
         }
     };
-    if !sends_finished {
-        for r in sends.await {
-            if let Err(e) = r? {
-                send_error.get_or_insert(e);
-            }
-        }
-    }
+    let mut produced = Produced::new(start);
     for r in results {
-        let w = r?;
-        produced.acked += w.acked;
-        produced.failed += w.failed;
-        if produced.first_error.is_none() {
-            produced.first_error = w.first_error;
-        }
-        produced.last_ack = produced.last_ack.max(w.last_ack);
-        produced.latency.add(&w.latency)?;
+        produced.merge(r?)?;
     }
     progress.records.store(produced.acked, Ordering::Relaxed);
-    if let Some(e) = send_error {
-        if produced.acked == 0 {
-            return Err(e.into());
-        }
-        produced.first_error.get_or_insert(e.to_string());
+    if produced.acked == 0
+        && let Some(e) = &produced.first_error
+    {
+        return Err(format!("no record was acknowledged: {e}").into());
     }
     Ok((start, produced))
+}
+
+/// What every producer task of a run shares.
+#[derive(Clone)]
+struct Sender {
+    topic: String,
+    record_size: usize,
+    /// Zero of the send times stamped into values.
+    clock: Instant,
+    /// Records acknowledged so far, by all producers.
+    counter: Arc<AtomicU64>,
+}
+
+impl Sender {
+    /// A plain producer: sends until the quota is used up while a second
+    /// task awaits the deliveries in send order, then closes the producer.
+    async fn plain(self, producer: Producer, quota: Quota) -> Produced {
+        let (tx, rx) = mpsc::channel(MAX_QUEUED_CHUNKS);
+        let waiter = tokio::spawn(await_deliveries(rx, self.counter.clone()));
+        let sent = self.send_records(&producer, quota, tx).await;
+        let closed = producer.close().await;
+        let mut produced = match waiter.await {
+            Ok(p) => p,
+            Err(e) => {
+                let mut p = Produced::new(Instant::now());
+                p.error(format!("delivery task: {e}"));
+                p
+            }
+        };
+        if let Err(e) = sent.and(closed) {
+            produced.error(e);
+        }
+        produced
+    }
+
+    /// Sends records until the quota is used up, handing each delivery
+    /// with its send time to the waiter behind `tx`.
+    async fn send_records(
+        &self,
+        producer: &Producer,
+        quota: Quota,
+        tx: mpsc::Sender<Vec<(Instant, Delivery)>>,
+    ) -> Result<(), ClientError> {
+        let mut value = vec![b'x'; self.record_size];
+        let mut chunk = Vec::with_capacity(DELIVERY_CHUNK);
+        let mut sent = 0u64;
+        loop {
+            let now = Instant::now();
+            if quota.done(sent, now) {
+                break;
+            }
+            stamp(&mut value, now.saturating_duration_since(self.clock));
+            let delivery = producer.send(&self.topic, None, Some(&value)).await?;
+            sent += 1;
+            chunk.push((now, delivery));
+            if chunk.len() == DELIVERY_CHUNK || now.duration_since(chunk[0].0) >= DELIVERY_CHUNK_AGE
+            {
+                let full = std::mem::replace(&mut chunk, Vec::with_capacity(DELIVERY_CHUNK));
+                if tx.send(full).await.is_err() {
+                    break;
+                }
+            }
+        }
+        if !chunk.is_empty() {
+            let _ = tx.send(chunk).await;
+        }
+        producer.flush().await
+    }
+
+    /// A transactional producer: sends until the quota is used up,
+    /// committing whenever the open transaction is `txn` old (and at the
+    /// end). A record's latency runs from its send to its transaction's
+    /// commit, when it becomes visible to `read_committed` readers. A
+    /// failed transaction is aborted and its records count as failed.
+    async fn transactional(
+        self,
+        mut producer: TransactionalProducer,
+        quota: Quota,
+        txn: Duration,
+    ) -> Produced {
+        let mut out = Produced::new(Instant::now());
+        let mut value = vec![b'x'; self.record_size];
+        let mut sent = 0u64;
+        // Send times of the open transaction's records.
+        let mut open: Vec<Instant> = Vec::new();
+        let mut txn_start = Instant::now();
+        loop {
+            let now = Instant::now();
+            let done = quota.done(sent, now);
+            if (done || now.duration_since(txn_start) >= txn) && !open.is_empty() {
+                let committed = producer.commit().await;
+                let end = Instant::now();
+                match committed {
+                    Ok(()) => {
+                        for t in &open {
+                            record_us(
+                                &mut out.latency,
+                                end.saturating_duration_since(*t).as_micros() as u64,
+                            );
+                        }
+                        out.acked += open.len() as u64;
+                        out.last_ack = end;
+                        self.counter.fetch_add(open.len() as u64, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        out.failed += open.len() as u64;
+                        out.error(&e);
+                        if producer.abort().await.is_err() || producer.is_fatal() {
+                            break;
+                        }
+                    }
+                }
+                open.clear();
+            }
+            if done {
+                break;
+            }
+            if !producer.in_transaction() {
+                if let Err(e) = producer.begin() {
+                    out.error(e);
+                    break;
+                }
+                txn_start = now;
+            }
+            stamp(&mut value, now.saturating_duration_since(self.clock));
+            if let Err(e) = producer.send(&self.topic, None, Some(&value)).await {
+                // The transaction can only abort now; its records are lost.
+                out.failed += 1 + open.len() as u64;
+                out.error(e);
+                open.clear();
+                sent += 1;
+                if producer.abort().await.is_err() || producer.is_fatal() {
+                    break;
+                }
+                continue;
+            }
+            sent += 1;
+            open.push(now);
+        }
+        if let Err(e) = producer.close().await {
+            out.error(e);
+        }
+        out
+    }
 }
 
 /// Each producer's share of `stop`.
@@ -618,43 +780,13 @@ enum Quota {
     Until(Instant),
 }
 
-/// Sends records until the quota is used up, handing each delivery with
-/// its send time to the waiter behind `tx`.
-async fn send_records(
-    producer: &Producer,
-    topic: &str,
-    record_size: usize,
-    quota: Quota,
-    clock: Instant,
-    tx: mpsc::Sender<Vec<(Instant, Delivery)>>,
-) -> Result<(), ClientError> {
-    let mut value = vec![b'x'; record_size];
-    let mut chunk = Vec::with_capacity(DELIVERY_CHUNK);
-    let mut sent = 0u64;
-    loop {
-        let now = Instant::now();
-        let done = match quota {
+impl Quota {
+    fn done(self, sent: u64, now: Instant) -> bool {
+        match self {
             Quota::Records(n) => sent >= n,
             Quota::Until(t) => now >= t,
-        };
-        if done {
-            break;
-        }
-        stamp(&mut value, now.saturating_duration_since(clock));
-        let delivery = producer.send(topic, None, Some(&value)).await?;
-        sent += 1;
-        chunk.push((now, delivery));
-        if chunk.len() == DELIVERY_CHUNK || now.duration_since(chunk[0].0) >= DELIVERY_CHUNK_AGE {
-            let full = std::mem::replace(&mut chunk, Vec::with_capacity(DELIVERY_CHUNK));
-            if tx.send(full).await.is_err() {
-                break;
-            }
         }
     }
-    if !chunk.is_empty() {
-        let _ = tx.send(chunk).await;
-    }
-    producer.flush().await
 }
 
 /// Writes the send time since `clock`, in nanoseconds, into the value's
@@ -671,27 +803,12 @@ fn stamped(value: &[u8]) -> Option<Duration> {
     Some(Duration::from_nanos(u64::from_le_bytes(head)))
 }
 
-/// What one waiter saw.
-struct Awaited {
-    acked: u64,
-    failed: u64,
-    first_error: Option<String>,
-    last_ack: Instant,
-    latency: Histogram<u64>,
-}
-
 /// Awaits deliveries in send order and records each one's latency.
 async fn await_deliveries(
     mut rx: mpsc::Receiver<Vec<(Instant, Delivery)>>,
     progress: Arc<AtomicU64>,
-) -> Awaited {
-    let mut out = Awaited {
-        acked: 0,
-        failed: 0,
-        first_error: None,
-        last_ack: Instant::now(),
-        latency: latency_histogram(),
-    };
+) -> Produced {
+    let mut out = Produced::new(Instant::now());
     let mut now = Instant::now();
     let mut since_clock = 0u32;
     while let Some(chunk) = rx.recv().await {
@@ -747,7 +864,11 @@ async fn produce(
         first_error: p.first_error,
         elapsed: p.last_ack.saturating_duration_since(start),
         latency: p.latency,
-        latency_what: "send_to_ack",
+        latency_what: if config.mode == Mode::ExactlyOnce {
+            "send_to_commit"
+        } else {
+            "send_to_ack"
+        },
     })
 }
 
