@@ -15,6 +15,9 @@
 //!   offsets, that commit or abort together.
 //! - [`ExactlyOnce`]: the consume → process → produce → commit loop, in
 //!   transactions of N records or T milliseconds.
+//! - [`sink`]: idempotent sinks that make at-least-once delivery apply each
+//!   event once ([`DedupCache`], and with the `sqlite` feature `UniqueSink`
+//!   and `UpsertSink`), and [`TransactionalSink`] for exactly-once output.
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -46,6 +49,7 @@ mod error;
 mod idempotence;
 pub mod partitioner;
 mod producer;
+pub mod sink;
 mod transactional;
 
 pub use client::{
@@ -59,6 +63,9 @@ pub use error::ClientError;
 pub use ferry_proto::v1::{PartitionInfo, TopicPartition, TopicSummary, TransactionInfo};
 pub use idempotence::MAX_IN_FLIGHT_IDEMPOTENT;
 pub use producer::{Acks, Delivery, Producer, ProducerConfig, RecordMetadata};
+pub use sink::{DedupCache, Sink, SinkError, TransactionalSink, Written};
+#[cfg(feature = "sqlite")]
+pub use sink::{UniqueSink, UpsertSink};
 pub use transactional::{
     DEFAULT_TRANSACTION_TIMEOUT, TransactionalConfig, TransactionalProducer, abort_transaction,
     is_fatal, list_transactions,
