@@ -783,7 +783,22 @@ impl Producer {
     }
 
     async fn load_topic(&self, topic: &str) -> Result<(), ClientError> {
-        let description = self.inner.client.describe_topic(topic).await?;
+        // Metadata is fetched on the first send to a topic, which may fall
+        // while the broker restarts: retry what is retriable, within the
+        // delivery timeout, like any send.
+        let config = &self.inner.shared.config;
+        let started = tokio::time::Instant::now();
+        let mut attempt = 0;
+        let description = loop {
+            match self.inner.client.describe_topic(topic).await {
+                Ok(d) => break d,
+                Err(e) if e.is_retriable() && started.elapsed() < config.delivery_timeout => {
+                    tokio::time::sleep(config.backoff(attempt)).await;
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        };
         let n = description.partitions.len() as u32;
         if n == 0 {
             return Err(ClientError::broker(
