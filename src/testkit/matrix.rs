@@ -66,7 +66,7 @@ pub const PARTITIONS: u32 = 2;
 const CATCH_UP: Duration = Duration::from_secs(30);
 /// Probability of a lost response per produce (and transaction) request
 /// while [`FaultClass::LostResponse`] is on.
-const LOST_RESPONSE_PROBABILITY: f64 = 0.1;
+const LOST_RESPONSE_PROBABILITY: f64 = 0.2;
 
 /// The fault classes of the matrix.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
