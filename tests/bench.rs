@@ -7,11 +7,13 @@ use serde_json::Value;
 
 const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
 
-/// Runs `ferry bench ARGS --json --data-dir DIR` and parses its stdout.
-fn bench_json(dir: &std::path::Path, args: &[&str]) -> Value {
+/// Runs `ferry bench ARGS --json --data-dir DIR` (ARGS split at
+/// whitespace) and parses its stdout.
+fn bench_json(dir: &std::path::Path, args: &str) -> Value {
+    let args: Vec<&str> = args.split_whitespace().collect();
     let out = Command::new(FERRY)
         .arg("bench")
-        .args(args)
+        .args(&args)
         .args(["--json", "--data-dir"])
         .arg(dir)
         .output()
@@ -41,15 +43,7 @@ fn produce_prints_throughput_latency_and_ratios_as_json() {
     let dir = tempfile::tempdir().unwrap();
     let v = bench_json(
         dir.path(),
-        &[
-            "produce",
-            "--records",
-            "2000",
-            "--fsync",
-            "never",
-            "--baseline-secs",
-            "0.05",
-        ],
+        "produce --records 2000 --fsync never --baseline-secs 0.05",
     );
     assert_eq!(v["bench"], "produce");
     assert_eq!(v["mode"], "at-least-once");
@@ -75,7 +69,7 @@ fn produce_prints_throughput_latency_and_ratios_as_json() {
 #[test]
 fn baseline_measures_disk_and_loopback_tcp() {
     let dir = tempfile::tempdir().unwrap();
-    let v = bench_json(dir.path(), &["baseline", "--baseline-secs", "0.05"]);
+    let v = bench_json(dir.path(), "baseline --baseline-secs 0.05");
     assert_eq!(v["bench"], "baseline");
     positive(&v, "/baseline/write/mb_per_sec");
     positive(&v, "/baseline/fdatasync_4k/ops_per_sec");
@@ -88,17 +82,10 @@ fn baseline_measures_disk_and_loopback_tcp() {
     std::fs::write(&saved, v.to_string()).unwrap();
     let run = bench_json(
         dir.path(),
-        &[
-            "produce",
-            "--records",
-            "500",
-            "--fsync",
-            "never",
-            "--mode",
-            "at-most-once",
-            "--baseline",
-            saved.to_str().unwrap(),
-        ],
+        &format!(
+            "produce --records 500 --fsync never --mode at-most-once --baseline {}",
+            saved.display()
+        ),
     );
     assert_eq!(run["baseline"], v["baseline"]);
     assert_eq!(run["records"], 500);
@@ -110,20 +97,9 @@ fn e2e_and_consume_read_every_record() {
     for (kind, what) in [("e2e", "send_to_consume"), ("consume", "poll")] {
         let v = bench_json(
             dir.path(),
-            &[
-                kind,
-                "--records",
-                "3000",
-                "--partitions",
-                "2",
-                "--producers",
-                "2",
-                "--fsync",
-                "never",
-                "--mode",
-                "idempotent",
-                "--no-baseline",
-            ],
+            &format!(
+                "{kind} --records 3000 --partitions 2 --producers 2 --fsync never --mode idempotent --no-baseline"
+            ),
         );
         assert_eq!(v["bench"], kind);
         assert_eq!(v["records"], 3000, "{v}");
@@ -139,18 +115,7 @@ fn exactly_once_commits_transactions_and_reads_them_committed() {
     let dir = tempfile::tempdir().unwrap();
     let v = bench_json(
         dir.path(),
-        &[
-            "e2e",
-            "--records",
-            "3000",
-            "--mode",
-            "exactly-once",
-            "--txn-ms",
-            "10",
-            "--fsync",
-            "never",
-            "--no-baseline",
-        ],
+        "e2e --records 3000 --mode exactly-once --txn-ms 10 --fsync never --no-baseline",
     );
     assert_eq!(v["mode"], "exactly-once");
     assert_eq!(v["txn_ms"], 10);
@@ -158,18 +123,7 @@ fn exactly_once_commits_transactions_and_reads_them_committed() {
     assert_eq!(v["failed"], 0, "{v}");
     let p = bench_json(
         dir.path(),
-        &[
-            "produce",
-            "--records",
-            "2000",
-            "--mode",
-            "exactly-once",
-            "--txn-ms",
-            "10",
-            "--fsync",
-            "never",
-            "--no-baseline",
-        ],
+        "produce --records 2000 --mode exactly-once --txn-ms 10 --fsync never --no-baseline",
     );
     assert_eq!(p["records"], 2000, "{p}");
     assert_eq!(p["latency"]["what"], "send_to_commit");
@@ -181,20 +135,10 @@ fn matrix_writes_a_table_and_a_chart() {
     let chart = dir.path().join("chart.svg");
     let v = bench_json(
         dir.path(),
-        &[
-            "matrix",
-            "--records",
-            "1000",
-            "--record-sizes",
-            "100",
-            "--fsync",
-            "never",
-            "--modes",
-            "at-least-once,idempotent",
-            "--no-baseline",
-            "--chart",
-            chart.to_str().unwrap(),
-        ],
+        &format!(
+            "matrix --records 1000 --record-sizes 100 --fsync never --modes at-least-once,idempotent --no-baseline --chart {}",
+            chart.display()
+        ),
     );
     let cells = v["cells"].as_array().unwrap();
     assert_eq!(cells.len(), 2, "{v}");

@@ -86,13 +86,13 @@ impl Kind {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Mode {
-    /// `acks=none`, no retries; the consumer commits before processing.
+    /// acks=none, no retries; the consumer commits before processing.
     AtMostOnce,
-    /// `acks=all`, retries, no idempotence; the consumer commits after.
+    /// acks=all, retries, no idempotence; the consumer commits after.
     AtLeastOnce,
-    /// `acks=all` with the idempotent producer.
+    /// acks=all with the idempotent producer.
     Idempotent,
-    /// A transactional producer committing every `txn_ms`.
+    /// A transactional producer committing every --txn-ms.
     ExactlyOnce,
 }
 

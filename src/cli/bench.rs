@@ -62,18 +62,9 @@ pub struct BaselineSource {
     no_baseline: bool,
 }
 
-/// Settings of a produce, consume or e2e run.
-#[derive(Debug, clap::Args)]
-pub struct RunArgs {
-    /// Stop after this many records (in all, across producers).
-    #[arg(long, conflicts_with = "duration")]
-    records: Option<u64>,
-    /// Stop producing after this many seconds. Default 5 unless --records.
-    #[arg(long)]
-    duration: Option<f64>,
-    /// Value bytes per record.
-    #[arg(long, default_value_t = 100)]
-    record_size: usize,
+/// How the producers batch, and how many there are.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ProducerFlags {
     /// Producer batch size in bytes.
     #[arg(long, default_value_t = 256 * 1024)]
     batch_bytes: usize,
@@ -86,6 +77,22 @@ pub struct RunArgs {
     /// Partitions of the benchmark topic.
     #[arg(long, default_value_t = 1)]
     partitions: u32,
+}
+
+/// Settings of a produce, consume or e2e run.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Stop after this many records (in all, across producers).
+    #[arg(long, conflicts_with = "duration")]
+    records: Option<u64>,
+    /// Stop producing after this many seconds. Default 5 unless --records.
+    #[arg(long)]
+    duration: Option<f64>,
+    /// Value bytes per record.
+    #[arg(long, default_value_t = 100)]
+    record_size: usize,
+    #[command(flatten)]
+    producer: ProducerFlags,
     /// at-most-once (acks none), at-least-once (acks all), idempotent (acks
     /// all + idempotence), or exactly-once (transactions of --txn-ms).
     #[arg(long, value_enum, default_value = "at-least-once")]
@@ -132,18 +139,8 @@ pub struct MatrixArgs {
     /// Modes, comma-separated.
     #[arg(long, value_enum, value_delimiter = ',', default_values = ["at-most-once", "at-least-once", "idempotent", "exactly-once"])]
     modes: Vec<Mode>,
-    /// Producer batch size in bytes.
-    #[arg(long, default_value_t = 256 * 1024)]
-    batch_bytes: usize,
-    /// How long a producer batch waits to fill.
-    #[arg(long, default_value_t = 5)]
-    linger_ms: u64,
-    /// Producers per cell.
-    #[arg(long, default_value_t = 1)]
-    producers: usize,
-    /// Partitions of each cell's topic.
-    #[arg(long, default_value_t = 1)]
-    partitions: u32,
+    #[command(flatten)]
+    producer: ProducerFlags,
     /// Where to write the SVG chart.
     #[arg(long, default_value = "ferry-bench-matrix.svg")]
     chart: PathBuf,
@@ -219,10 +216,10 @@ fn run_workload(kind: Kind, args: RunArgs) -> Result<ExitCode, CliError> {
         kind,
         mode: args.mode,
         record_size: args.record_size,
-        batch_bytes: args.batch_bytes,
-        linger_ms: args.linger_ms,
-        producers: args.producers,
-        partitions: args.partitions,
+        batch_bytes: args.producer.batch_bytes,
+        linger_ms: args.producer.linger_ms,
+        producers: args.producer.producers,
+        partitions: args.producer.partitions,
         txn_ms: args.txn_ms,
         stop: stop(args.records, args.duration)?,
     };
@@ -276,10 +273,10 @@ fn run_matrix(args: MatrixArgs) -> Result<ExitCode, CliError> {
         fsyncs: args.fsync.clone(),
         txn_ms: args.txn_ms.clone(),
         modes: args.modes.clone(),
-        batch_bytes: args.batch_bytes,
-        linger_ms: args.linger_ms,
-        producers: args.producers,
-        partitions: args.partitions,
+        batch_bytes: args.producer.batch_bytes,
+        linger_ms: args.producer.linger_ms,
+        producers: args.producer.producers,
+        partitions: args.producer.partitions,
         parent: args.common.data_dir.clone(),
     };
     let cells = ferry::bench::matrix::cells(&config).len();
