@@ -78,8 +78,9 @@ pub struct TxnProduce {
 
 /// Produces stdin lines in transactions of `txn_records` lines, committing
 /// each and the rest at EOF. Prints {"sent","acked","failed"}, where acked
-/// counts records of committed transactions; on a failed transaction it
-/// aborts it and stops, and the exit is non-zero.
+/// counts records of committed transactions. On a failed transaction it
+/// aborts it and sends nothing more: the aborted records and every later
+/// line count as failed, and the exit is non-zero.
 pub async fn produce(args: TxnProduce) -> Result<ExitCode, CliError> {
     if args.txn_records == 0 {
         return Err("--txn-records must be at least 1".into());
@@ -121,16 +122,21 @@ pub async fn produce(args: TxnProduce) -> Result<ExitCode, CliError> {
     });
 
     let sep = args.key_separator.as_deref().map(str::as_bytes);
-    let (mut sent, mut acked) = (0u64, 0u64);
+    let (mut sent, mut acked, mut unsent) = (0u64, 0u64, 0u64);
     let mut in_txn = 0u64;
     let mut error: Option<String> = None;
-    'input: while let Some(chunk) = line_rx.recv().await {
+    while let Some(chunk) = line_rx.recv().await {
         for line in &chunk {
+            if error.is_some() {
+                unsent += 1;
+                continue;
+            }
             if in_txn == 0
                 && let Err(e) = producer.begin()
             {
                 error = Some(e.to_string());
-                break 'input;
+                unsent += 1;
+                continue;
             }
             let (key, value) = split_line(line, sep);
             let r = match args.partition {
@@ -139,14 +145,15 @@ pub async fn produce(args: TxnProduce) -> Result<ExitCode, CliError> {
             };
             if let Err(e) = r {
                 error = Some(e.to_string());
-                break 'input;
+                unsent += 1;
+                continue;
             }
             sent += 1;
             in_txn += 1;
             if in_txn == args.txn_records {
                 if let Err(e) = producer.commit().await {
                     error = Some(e.to_string());
-                    break 'input;
+                    continue;
                 }
                 acked += in_txn;
                 in_txn = 0;
@@ -167,7 +174,7 @@ pub async fn produce(args: TxnProduce) -> Result<ExitCode, CliError> {
     let _ = reader.join();
     println!(
         "{}",
-        json!({ "sent": sent, "acked": acked, "failed": sent - acked })
+        json!({ "sent": sent, "acked": acked, "failed": sent - acked + unsent })
     );
     match error {
         Some(e) => {
