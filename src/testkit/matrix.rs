@@ -460,6 +460,8 @@ struct Copier {
     process: ProcessId,
     /// The process its outputs are recorded under.
     out_process: ProcessId,
+    /// Whether the last poll succeeded.
+    last_poll_ok: bool,
 }
 
 /// One copier transaction in flight: what it read and wrote.
@@ -889,7 +891,8 @@ impl Run {
                 Some(c) => c
                     .step(Duration::from_millis(100), |_, _| async {})
                     .await
-                    .unwrap_or(Step::Idle),
+                    // A failed poll is not idleness: the caller keeps going.
+                    .unwrap_or(Step::Delivered(0)),
                 None => Step::Idle,
             },
             Side::Exactly {
@@ -1242,6 +1245,7 @@ impl Copier {
             producer,
             process: history.process(),
             out_process: out.process(),
+            last_poll_ok: true,
         })
     }
 }
@@ -1251,11 +1255,9 @@ impl Copier {
 /// start (the consumer is then rewound).
 async fn copier_begin(copier: &mut Copier, history: &History, out: &History) -> Option<CopierTxn> {
     let rewind = copier.consumer.positions();
-    let records = copier
-        .consumer
-        .poll(Duration::from_millis(100))
-        .await
-        .ok()?;
+    let polled = copier.consumer.poll(Duration::from_millis(100)).await;
+    copier.last_poll_ok = polled.is_ok();
+    let records = polled.ok()?;
     if records.is_empty() {
         return None;
     }
@@ -1320,11 +1322,19 @@ async fn copier_step(
     let Some(c) = copier.as_mut() else {
         return Step::Idle;
     };
+    let before = c.consumer.positions();
     let Some(mut txn) = copier_begin(c, history, out).await else {
         if c.producer.is_fatal() {
             *copier = None;
+            return Step::Delivered(0);
         }
-        return Step::Idle;
+        // Idle only if the poll worked and moved nowhere: a poll that
+        // returned only aborted batches or markers still made progress.
+        return if c.consumer.positions() == before && c.last_poll_ok {
+            Step::Idle
+        } else {
+            Step::Delivered(0)
+        };
     };
     let n = txn.reads.len();
     let crashed = |txn: CopierTxn, point: CrashPoint| {
