@@ -48,9 +48,9 @@ const DELIVERY_CHUNK: usize = 64;
 const DELIVERY_CHUNK_AGE: Duration = Duration::from_micros(200);
 /// Chunks queued per waiter before the producer task waits.
 const MAX_QUEUED_CHUNKS: usize = 1024;
-/// While awaiting resolved deliveries, the clock is read again after this
-/// many records (a resolved batch's records all share one outcome).
-const CLOCK_EVERY: u32 = 64;
+/// Records sent, or acknowledgements seen, between two readings of the
+/// clock when nothing waits (see [`Clock`]).
+const CLOCK_EVERY: u32 = 16;
 /// How long one consumer `poll` waits for data.
 const POLL_TIMEOUT: Duration = Duration::from_millis(200);
 /// An e2e or consume run ends this long after the last new record once
@@ -661,19 +661,22 @@ impl Sender {
         let mut value = vec![b'x'; self.record_size];
         let mut chunk = Vec::with_capacity(DELIVERY_CHUNK);
         let mut sent = 0u64;
+        let mut clock = Clock::new();
         loop {
-            let now = Instant::now();
+            let now = clock.tick();
             if quota.done(sent, now) {
                 break;
             }
             stamp(&mut value, now.saturating_duration_since(self.clock));
-            let delivery = producer.send(&self.topic, None, Some(&value)).await?;
+            let delivery = clock
+                .timed(producer.send(&self.topic, None, Some(&value)))
+                .await?;
             sent += 1;
             chunk.push((now, delivery));
             if chunk.len() == DELIVERY_CHUNK || now.duration_since(chunk[0].0) >= DELIVERY_CHUNK_AGE
             {
                 let full = std::mem::replace(&mut chunk, Vec::with_capacity(DELIVERY_CHUNK));
-                if tx.send(full).await.is_err() {
+                if clock.timed(tx.send(full)).await.is_err() {
                     break;
                 }
             }
@@ -701,12 +704,13 @@ impl Sender {
         // Send times of the open transaction's records.
         let mut open: Vec<Instant> = Vec::new();
         let mut txn_start = Instant::now();
+        let mut clock = Clock::new();
         loop {
-            let now = Instant::now();
+            let now = clock.tick();
             let done = quota.done(sent, now);
             if (done || now.duration_since(txn_start) >= txn) && !open.is_empty() {
                 let committed = producer.commit().await;
-                let end = Instant::now();
+                let end = clock.refresh();
                 match committed {
                     Ok(()) => {
                         for t in &open {
@@ -740,7 +744,10 @@ impl Sender {
                 txn_start = now;
             }
             stamp(&mut value, now.saturating_duration_since(self.clock));
-            if let Err(e) = producer.send(&self.topic, None, Some(&value)).await {
+            if let Err(e) = clock
+                .timed(producer.send(&self.topic, None, Some(&value)))
+                .await
+            {
                 // The transaction can only abort now; its records are lost.
                 out.failed += 1 + open.len() as u64;
                 out.error(e);
@@ -758,6 +765,52 @@ impl Sender {
             out.error(e);
         }
         out
+    }
+}
+
+/// A clock read once per [`CLOCK_EVERY`] ticks, and again after anything
+/// that had to wait: at a million records a second, reading it per record
+/// costs more than the error it avoids (a few microseconds on
+/// millisecond latencies).
+struct Clock {
+    now: Instant,
+    ticks: u32,
+}
+
+impl Clock {
+    fn new() -> Clock {
+        Clock {
+            now: Instant::now(),
+            ticks: 0,
+        }
+    }
+
+    /// The time, read afresh every [`CLOCK_EVERY`] calls.
+    fn tick(&mut self) -> Instant {
+        self.ticks += 1;
+        if self.ticks >= CLOCK_EVERY {
+            self.refresh();
+        }
+        self.now
+    }
+
+    fn refresh(&mut self) -> Instant {
+        self.now = Instant::now();
+        self.ticks = 0;
+        self.now
+    }
+
+    /// Awaits `f`, reading the clock again if `f` did not finish at once.
+    async fn timed<F: std::future::Future>(&mut self, f: F) -> F::Output {
+        let mut f = std::pin::pin!(f);
+        match futures::poll!(f.as_mut()) {
+            Poll::Ready(out) => out,
+            Poll::Pending => {
+                let out = f.await;
+                self.refresh();
+                out
+            }
+        }
     }
 }
 
@@ -809,28 +862,13 @@ async fn await_deliveries(
     progress: Arc<AtomicU64>,
 ) -> Produced {
     let mut out = Produced::new(Instant::now());
-    let mut now = Instant::now();
-    let mut since_clock = 0u32;
+    let mut clock = Clock::new();
     while let Some(chunk) = rx.recv().await {
+        clock.refresh();
         let n = chunk.len() as u64;
         for (sent, delivery) in chunk {
-            let mut wait = std::pin::pin!(delivery.wait());
-            let result = match futures::poll!(wait.as_mut()) {
-                Poll::Ready(r) => {
-                    since_clock += 1;
-                    if since_clock >= CLOCK_EVERY {
-                        now = Instant::now();
-                        since_clock = 0;
-                    }
-                    r
-                }
-                Poll::Pending => {
-                    let r = wait.await;
-                    now = Instant::now();
-                    since_clock = 0;
-                    r
-                }
-            };
+            let result = clock.timed(delivery.wait()).await;
+            let now = clock.tick();
             match result {
                 Ok(_) => {
                     out.acked += 1;
