@@ -12,7 +12,10 @@
 //! 3. Before the first record goes to a partition, the partition is
 //!    registered with `AddPartitionsToTxn`; the record is handed to the
 //!    batching [`Producer`](crate::Producer) only after that returns, so no
-//!    batch can reach an unregistered partition. Batches carry the
+//!    batch can reach an unregistered partition. The same request also
+//!    registers the partitions the previous transaction wrote to, so a
+//!    steady workload pays one registration round trip per transaction,
+//!    not one per partition. Batches carry the
 //!    transactional bit, the producer id, the epoch, and per-partition
 //!    sequence numbers that start at 0 in every transaction.
 //! 4. [`send_offsets`](TransactionalProducer::send_offsets) registers the
@@ -128,6 +131,9 @@ struct TopicMeta {
     sticky_bytes: usize,
     /// Registered with `AddPartitionsToTxn` in this transaction.
     registered: Vec<bool>,
+    /// Registered in the previous transaction: registered along with the
+    /// first partition this transaction needs.
+    used_before: Vec<bool>,
     /// Index in `Txn::batches` of the partition's last batch.
     last_batch: Vec<Option<usize>>,
 }
@@ -143,11 +149,13 @@ impl TopicMeta {
             sticky: nanos % partitions,
             sticky_bytes: 0,
             registered: vec![false; partitions as usize],
+            used_before: vec![false; partitions as usize],
             last_batch: vec![None; partitions as usize],
         }
     }
 
     fn reset(&mut self) {
+        std::mem::swap(&mut self.used_before, &mut self.registered);
         self.registered.fill(false);
         self.last_batch.fill(None);
     }
@@ -382,12 +390,8 @@ impl TransactionalProducer {
         value: Option<&[u8]>,
     ) -> Result<Delivery, ClientError> {
         let p = self.pick_partition(topic, partition, key, value).await?;
-        let registered = self.topics[topic].registered[p as usize];
-        if !registered {
-            self.add_partition(topic, p).await?;
-            if let Some(meta) = self.topics.get_mut(topic) {
-                meta.registered[p as usize] = true;
-            }
+        if !self.topics[topic].registered[p as usize] {
+            self.add_partitions(topic, p).await?;
         }
         let delivery = self.producer.send_to(topic, p, key, value).await?;
         self.txn.records += 1;
@@ -448,15 +452,29 @@ impl TransactionalProducer {
         })
     }
 
-    async fn add_partition(&mut self, topic: &str, partition: u32) -> Result<(), ClientError> {
+    /// Registers `topic`/`partition`, and every partition the previous
+    /// transaction used that this one has not registered yet.
+    async fn add_partitions(&mut self, topic: &str, partition: u32) -> Result<(), ClientError> {
+        let mut partitions = vec![v1::TopicPartition {
+            topic: topic.to_owned(),
+            partition,
+        }];
+        for (name, meta) in &self.topics {
+            for (p, used) in meta.used_before.iter().enumerate() {
+                let p = p as u32;
+                if *used && !meta.registered[p as usize] && (name != topic || p != partition) {
+                    partitions.push(v1::TopicPartition {
+                        topic: name.clone(),
+                        partition: p,
+                    });
+                }
+            }
+        }
         let request = v1::AddPartitionsToTxnRequest {
             transactional_id: self.config.transactional_id.clone(),
             producer_id: self.producer_id,
             producer_epoch: i32::from(self.epoch),
-            partitions: vec![v1::TopicPartition {
-                topic: topic.to_owned(),
-                partition,
-            }],
+            partitions,
         };
         let client = &self.client;
         let result = retrying("AddPartitionsToTxn", &self.config.producer, || {
@@ -469,6 +487,13 @@ impl TransactionalProducer {
         })
         .await;
         self.note_registration(&result);
+        if result.is_ok() {
+            for tp in &request.partitions {
+                if let Some(meta) = self.topics.get_mut(&tp.topic) {
+                    meta.registered[tp.partition as usize] = true;
+                }
+            }
+        }
         result
     }
 
@@ -995,6 +1020,20 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(err.code(), ErrorCode::UnknownTopicOrPartition);
+    }
+
+    #[test]
+    fn a_transaction_remembers_the_partitions_of_the_one_before() {
+        let mut meta = TopicMeta::new(3);
+        meta.registered[1] = true;
+        meta.last_batch[1] = Some(0);
+        meta.reset();
+        assert_eq!(meta.used_before, vec![false, true, false]);
+        assert_eq!(meta.registered, vec![false; 3]);
+        assert_eq!(meta.last_batch, vec![None; 3]);
+        meta.registered[2] = true;
+        meta.reset();
+        assert_eq!(meta.used_before, vec![false, false, true]);
     }
 
     #[tokio::test]
