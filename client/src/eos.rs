@@ -129,7 +129,13 @@ pub struct Totals {
     pub aborted: u64,
 }
 
-/// The exactly-once processing loop.
+/// The exactly-once processing loop: each [`step`](Self::step) polls a
+/// `read_committed` consumer, passes the records to a process closure that
+/// appends the records to produce, sends those inside a transaction, and
+/// commits them together with the consumer's positions. A crash anywhere
+/// leaves all of a transaction or none of it; an abortable error aborts
+/// and rewinds the consumer to the last committed positions; a fatal one
+/// (fenced by a newer instance) ends the loop.
 ///
 /// Create the [`TransactionalProducer`] first, then subscribe the consumer
 /// (with [`StartFrom::Committed`](crate::StartFrom::Committed)): starting
@@ -240,7 +246,11 @@ impl ExactlyOnce {
         (self.consumer, self.producer)
     }
 
-    /// Runs one transaction; see the [module docs](self).
+    /// Runs one transaction: poll and process until `max_records` input
+    /// records (checked after each poll, so a transaction may hold a little
+    /// more) or `max_interval` after the first one, then commit the outputs
+    /// with the consumer's positions. Without input within `max_interval`
+    /// it returns [`Step::Idle`] and opens no transaction.
     ///
     /// Returns `Err` only when the loop cannot go on: the producer is
     /// poisoned (fenced by a newer instance, or an unknown commit outcome),
