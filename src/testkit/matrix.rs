@@ -332,7 +332,7 @@ impl RunConfig {
     /// non-durable tail to cut, so they get an interval flush.
     pub fn flush_policy(&self) -> FlushPolicy {
         if self.faults.contains(&FaultClass::TornTail) {
-            FlushPolicy::Interval(Duration::from_millis(50))
+            FlushPolicy::Interval(Duration::from_millis(100))
         } else {
             FlushPolicy::Always
         }
@@ -937,8 +937,18 @@ impl Run {
                 "broker killed and restarted".to_string()
             }
             FaultClass::TornTail => {
+                // Every other time, right after the producers' records are
+                // acknowledged: anything acknowledged before its flush is
+                // then still in the tail that gets torn.
+                let after_acks = choice.is_multiple_of(2);
+                if after_acks {
+                    self.await_acks().await;
+                }
                 let cut = self.broker.tear_and_restart(seed).await?;
-                format!("torn tail: {cut} records cut")
+                format!(
+                    "torn tail{}: {cut} records cut",
+                    if after_acks { " right after acks" } else { "" }
+                )
             }
             FaultClass::ConsumerCrash => self.consumer_crash(choice).await,
             FaultClass::ZombieProducer => self.zombie().await?,
@@ -946,6 +956,19 @@ impl Run {
         tracing::debug!(%class, %what, "fault");
         self.injected.push(format!("{class}: {what}"));
         Ok(())
+    }
+
+    /// Waits for every send so far to be acknowledged (or to fail); for
+    /// exactly-once, settles the open source transaction.
+    async fn await_acks(&mut self) {
+        match &self.side {
+            Side::Plain { producers, .. } => {
+                for p in producers {
+                    let _ = p.producer.flush().await;
+                }
+            }
+            Side::Exactly { .. } => self.settle_source().await,
+        }
     }
 
     async fn consumer_crash(&mut self, choice: u8) -> String {
