@@ -5,7 +5,8 @@
 //! [`broker`] (with [`EmbeddedBroker`]), [`client`], [`proto`] and
 //! [`storage`]. [`testkit`] is the fault-injection kit and history
 //! checker for stress tests. [`bench`] holds the workloads and baselines
-//! behind `ferry bench`.
+//! behind `ferry bench`. [`lab`] runs the delivery-semantics lab behind
+//! `ferry lab`.
 
 pub use ferry_broker as broker;
 pub use ferry_broker::{BrokerConfig, EmbeddedBroker};
@@ -14,4 +15,5 @@ pub use ferry_proto as proto;
 pub use ferry_storage as storage;
 
 pub mod bench;
+pub mod lab;
 pub mod testkit;

@@ -5,6 +5,7 @@ mod bench;
 mod broker;
 mod consume;
 mod copy;
+mod lab;
 mod produce;
 mod topic;
 mod torture;
@@ -71,6 +72,9 @@ enum Command {
     /// Soak one delivery mode under faults against a broker it kills and
     /// restarts, and check the guarantee.
     Torture(torture::TortureArgs),
+    /// Run the delivery-semantics lab: each mode side by side under faults,
+    /// measured and checked.
+    Lab(lab::LabArgs),
 }
 
 /// Runs the parsed command.
@@ -84,6 +88,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Consume(args) => client_runtime()?.block_on(consume::run(args)),
         Command::Bench { command } => bench::run(command),
         Command::Torture(args) => torture::run(args),
+        Command::Lab(args) => lab::run(args),
         Command::Copy(args) => client_runtime()?.block_on(copy::run(args)),
         Command::Txn { command, broker } => client_runtime()?.block_on(txn::run(command, broker)),
     }
