@@ -38,6 +38,9 @@ const KEY_VERSION: u8 = 0;
 const REPLAY_CHUNK_BYTES: usize = 4 * 1024 * 1024;
 
 type Key = (String, String, u32);
+/// An offset of an open transaction: key, offset, and the log offset of
+/// its record.
+type Pending = (Key, u64, u64);
 
 /// The committed offsets of every group.
 #[derive(Debug)]
@@ -47,7 +50,7 @@ pub struct OffsetStore {
     /// commit that became durable later than a newer one cannot win.
     committed: Mutex<HashMap<Key, (u64, u64)>>,
     /// Offsets of open transactions, by producer id: (key, offset, log offset).
-    pending: Mutex<HashMap<i64, Vec<(Key, u64, u64)>>>,
+    pending: Mutex<HashMap<i64, Vec<Pending>>>,
     flush: FlushPolicy,
 }
 
@@ -92,7 +95,7 @@ impl OffsetStore {
         let flush = log_config.flush;
         let log = Log::open(dir, log_config)?;
         let mut committed = HashMap::new();
-        let mut pending: HashMap<i64, Vec<(Key, u64, u64)>> = HashMap::new();
+        let mut pending: HashMap<i64, Vec<Pending>> = HashMap::new();
         let mut offset = log.log_start_offset();
         let end = log.next_offset();
         while offset < end {

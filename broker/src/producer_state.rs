@@ -242,14 +242,14 @@ impl ProducerTable {
     /// A marker with no open transaction (a marker written twice) changes
     /// nothing.
     pub fn end_transaction(&mut self, producer_id: i64, offset: u64, commit: bool) {
-        if let Some(first) = self.ongoing.remove(&producer_id) {
-            if !commit {
-                self.aborted.push(AbortedTxn {
-                    producer_id,
-                    first_offset: first,
-                    last_offset: offset,
-                });
-            }
+        if let Some(first) = self.ongoing.remove(&producer_id)
+            && !commit
+        {
+            self.aborted.push(AbortedTxn {
+                producer_id,
+                first_offset: first,
+                last_offset: offset,
+            });
         }
     }
 
@@ -485,19 +485,22 @@ mod tests {
         }
     }
 
+    /// Name, entry, epoch, first seq, last seq, expected decision.
+    type Case<'a> = (
+        &'a str,
+        Option<&'a ProducerEntry>,
+        i16,
+        i32,
+        i32,
+        Result<SeqCheck, SeqError>,
+    );
+
     #[test]
     fn every_branch_of_the_sequence_check_decides_as_the_table_says() {
         let window = entry(3, &[meta(0, 9, 100), meta(10, 19, 110), meta(20, 29, 120)]);
         let wrapped = entry(1, &[meta(i32::MAX - 1, i32::MAX, 7)]);
         use SeqCheck::*;
-        let cases: Vec<(
-            &str,
-            Option<&ProducerEntry>,
-            i16,
-            i32,
-            i32,
-            Result<SeqCheck, SeqError>,
-        )> = vec![
+        let cases: Vec<Case<'_>> = vec![
             (
                 "unknown producer starting at 0 is new",
                 None,

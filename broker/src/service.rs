@@ -211,10 +211,10 @@ impl Ferry for FerryService {
                         }
                     }
                     Some(resp) = pending.next(), if !pending.is_empty() => {
-                        if let Some(resp) = resp {
-                            if tx.send(Ok(resp)).await.is_err() {
-                                return;
-                            }
+                        if let Some(resp) = resp
+                            && tx.send(Ok(resp)).await.is_err()
+                        {
+                            return;
                         }
                     }
                     _ = crate::state::shutdown_begun(&mut shutdown), if open => open = false,
