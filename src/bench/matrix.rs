@@ -13,7 +13,7 @@ use plotters::style::text_anchor::{HPos, Pos, VPos};
 use serde::{Deserialize, Serialize};
 
 use super::workload::{self, BenchError, Kind, Mode, Progress, Report, Stop, Target, human_size};
-use super::{Baseline, fmt_ratio, ratio};
+use super::{Baseline, baseline, fmt_ratio, ratio};
 
 /// Record sizes of the standard matrix.
 pub const SIZES: [usize; 2] = [100, 1024];
@@ -36,6 +36,11 @@ pub struct MatrixConfig {
     pub partitions: u32,
     /// Parent of the cells' temporary data dirs.
     pub parent: Option<PathBuf>,
+    /// Measure loopback TCP (and, for cells that fsync, `write`+`fdatasync`)
+    /// for this long right before each cell, so its ratios use a baseline
+    /// taken under the same background load. `None`: use the run's one
+    /// baseline only.
+    pub cell_baseline: Option<Duration>,
 }
 
 impl Default for MatrixConfig {
@@ -52,6 +57,7 @@ impl Default for MatrixConfig {
             producers: w.producers,
             partitions: w.partitions,
             parent: None,
+            cell_baseline: None,
         }
     }
 }
@@ -89,7 +95,12 @@ pub struct Cell {
     pub p99_us: Option<u64>,
     /// Records/s ÷ at-least-once's with the same size and fsync.
     pub vs_at_least_once: Option<f64>,
-    /// MB/s ÷ raw loopback TCP.
+    /// Loopback TCP measured right before the cell.
+    pub loopback_tcp_mb_per_sec: Option<f64>,
+    /// `write`+`fdatasync` bandwidth measured right before the cell.
+    pub write_fdatasync_mb_per_sec: Option<f64>,
+    /// MB/s ÷ raw loopback TCP (the cell's own measurement if it has one,
+    /// else the run's baseline).
     pub vs_loopback_tcp: Option<f64>,
     /// MB/s ÷ `write`+`fdatasync` bandwidth.
     pub vs_write_fdatasync: Option<f64>,
@@ -162,6 +173,21 @@ impl Matrix {
                 flush,
                 parent: config.parent.clone(),
             };
+            let (tcp, sync) = match config.cell_baseline {
+                Some(each) => {
+                    let dir = config.parent.clone().unwrap_or_else(std::env::temp_dir);
+                    let tcp = baseline::loopback_tcp(each)?.mb_per_sec;
+                    let sync = match flush {
+                        FlushPolicy::Never => None,
+                        _ => Some(
+                            baseline::write_fdatasync(&dir, baseline::BULK_SYNC_CHUNK_BYTES, each)?
+                                .mb_per_sec,
+                        ),
+                    };
+                    (Some(tcp), sync)
+                }
+                None => (None, None),
+            };
             let outcome = workload::run(&w, &target, progress);
             results.push(match outcome {
                 Ok(report) => Cell {
@@ -170,6 +196,8 @@ impl Matrix {
                     mb_per_sec: Some(report.mb_per_sec),
                     p50_us: Some(report.latency.p50_us),
                     p99_us: Some(report.latency.p99_us),
+                    loopback_tcp_mb_per_sec: tcp,
+                    write_fdatasync_mb_per_sec: sync,
                     vs_at_least_once: None,
                     vs_loopback_tcp: None,
                     vs_write_fdatasync: None,
@@ -182,6 +210,8 @@ impl Matrix {
                     mb_per_sec: None,
                     p50_us: None,
                     p99_us: None,
+                    loopback_tcp_mb_per_sec: tcp,
+                    write_fdatasync_mb_per_sec: sync,
                     vs_at_least_once: None,
                     vs_loopback_tcp: None,
                     vs_write_fdatasync: None,
@@ -221,10 +251,17 @@ impl Matrix {
                 .records_per_sec
                 .zip(reference)
                 .and_then(|(x, r)| ratio(x, r));
-            if let (Some(b), Some(mb)) = (&self.baseline, cell.mb_per_sec) {
-                cell.vs_loopback_tcp = ratio(mb, b.loopback_tcp.mb_per_sec);
-                cell.vs_write_fdatasync = ratio(mb, b.fdatasync_bulk.mb_per_sec);
-            }
+            let Some(mb) = cell.mb_per_sec else {
+                continue;
+            };
+            let tcp = cell
+                .loopback_tcp_mb_per_sec
+                .or(self.baseline.as_ref().map(|b| b.loopback_tcp.mb_per_sec));
+            let sync = cell
+                .write_fdatasync_mb_per_sec
+                .or(self.baseline.as_ref().map(|b| b.fdatasync_bulk.mb_per_sec));
+            cell.vs_loopback_tcp = tcp.and_then(|t| ratio(mb, t));
+            cell.vs_write_fdatasync = sync.and_then(|s| ratio(mb, s));
         }
     }
 
@@ -265,6 +302,15 @@ impl Matrix {
                     fmt_ratio(c.vs_write_fdatasync)
                 },
             ));
+        }
+        if self
+            .cells
+            .iter()
+            .any(|c| c.loopback_tcp_mb_per_sec.is_some())
+        {
+            s.push_str(
+                "\n÷ loopback TCP and ÷ write+fdatasync are against baselines measured right before each cell.\n",
+            );
         }
         let errors: Vec<String> = self
             .cells
@@ -405,6 +451,8 @@ mod tests {
             mb_per_sec: rps.map(|r| r * size as f64 / 1e6),
             p50_us: Some(1500),
             p99_us: Some(9000),
+            loopback_tcp_mb_per_sec: None,
+            write_fdatasync_mb_per_sec: None,
             vs_at_least_once: None,
             vs_loopback_tcp: None,
             vs_write_fdatasync: None,
@@ -476,5 +524,10 @@ mod tests {
         m.chart_svg(&svg).unwrap();
         let text = std::fs::read_to_string(&svg).unwrap();
         assert!(text.starts_with("<svg") && text.contains("0.97×"), "{text}");
+
+        // A cell's own baseline wins over the run's.
+        m.cells[1].loopback_tcp_mb_per_sec = Some(194.0);
+        m.compute_ratios();
+        assert_eq!(m.cells[1].vs_loopback_tcp, Some(0.5));
     }
 }

@@ -278,6 +278,8 @@ fn run_matrix(args: MatrixArgs) -> Result<ExitCode, CliError> {
         producers: args.producer.producers,
         partitions: args.producer.partitions,
         parent: args.common.data_dir.clone(),
+        cell_baseline: (!args.source.no_baseline && args.source.baseline.is_none())
+            .then(|| Duration::from_secs_f64(args.common.baseline_secs)),
     };
     let cells = ferry::bench::matrix::cells(&config).len();
     if cells == 0 {
