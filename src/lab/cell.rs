@@ -753,6 +753,7 @@ fn next_offsets(topic: &str, reads: &[Read]) -> Vec<(String, u32, u64)> {
         .collect()
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn consume_exactly_once(
     client: &Client,
     names: &Names,

@@ -1,7 +1,6 @@
 //! [`DedupCache`]: drops repeats of recently seen event ids in memory.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::future::Future;
 use std::time::{Duration, Instant};
 
 use super::{EventId, Sink, SinkError, Written, count_absorbed};
@@ -172,33 +171,28 @@ where
 
     /// Passes the items whose id is new (also within the batch) to the
     /// inner sink, then remembers them; drops the rest.
-    fn write(
-        &mut self,
-        items: &[S::Item],
-    ) -> impl Future<Output = Result<Written, SinkError>> + Send {
-        async move {
-            let now = Instant::now();
-            self.expire(now);
-            let mut fresh: Vec<S::Item> = Vec::with_capacity(items.len());
-            let mut absorbed = 0u64;
-            let mut in_batch = HashSet::with_capacity(items.len());
-            for item in items {
-                let id = item.event_id();
-                if self.contains(id, now) || !in_batch.insert(id) {
-                    absorbed += 1;
-                } else {
-                    fresh.push(item.clone());
-                }
+    async fn write(&mut self, items: &[S::Item]) -> Result<Written, SinkError> {
+        let now = Instant::now();
+        self.expire(now);
+        let mut fresh: Vec<S::Item> = Vec::with_capacity(items.len());
+        let mut absorbed = 0u64;
+        let mut in_batch = HashSet::with_capacity(items.len());
+        for item in items {
+            let id = item.event_id();
+            if self.contains(id, now) || !in_batch.insert(id) {
+                absorbed += 1;
+            } else {
+                fresh.push(item.clone());
             }
-            let mut written = self.inner.write(&fresh).await?;
-            for item in &fresh {
-                self.remember(item.event_id(), now);
-            }
-            self.stats.absorbed += absorbed;
-            count_absorbed("dedup", absorbed);
-            written.absorbed += absorbed;
-            Ok(written)
         }
+        let mut written = self.inner.write(&fresh).await?;
+        for item in &fresh {
+            self.remember(item.event_id(), now);
+        }
+        self.stats.absorbed += absorbed;
+        count_absorbed("dedup", absorbed);
+        written.absorbed += absorbed;
+        Ok(written)
     }
 }
 
@@ -206,6 +200,7 @@ where
 mod tests {
     use super::*;
     use crate::sink::Event;
+    use std::future::Future;
 
     const TTL: Duration = Duration::from_secs(10);
 
