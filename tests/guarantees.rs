@@ -173,7 +173,7 @@ fn matrix(cases: u32, max_ops: usize, max_records: u8) {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(cases);
-    let only = std::env::var("FERRY_CELL").ok();
+    let only = std::env::var("FERRY_CELL").ok().filter(|c| !c.is_empty());
     let cells: Vec<(DeliveryMode, FaultClass)> = DeliveryMode::ALL
         .into_iter()
         .flat_map(|m| FaultClass::ALL.into_iter().map(move |f| (m, f)))

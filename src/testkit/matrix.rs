@@ -901,8 +901,12 @@ impl Run {
                 crash_next,
                 ..
             } => {
-                let crash = crash_next.take();
-                copier_step(&self.client, &self.history, out, copier, crash).await
+                // A scheduled crash waits for a step with input.
+                let step = copier_step(&self.client, &self.history, out, copier, *crash_next).await;
+                if matches!(step, Step::Crashed(_)) {
+                    *crash_next = None;
+                }
+                step
             }
         }
     }
@@ -1125,10 +1129,8 @@ impl Run {
                     *c.schedule_mut() = CrashSchedule::never();
                 }
             }
-            Side::Exactly {
-                source, crash_next, ..
-            } => {
-                *crash_next = None;
+            Side::Exactly { source, .. } => {
+                // A copier crash still pending happens during the catch-up.
                 if source.is_none() {
                     let client = self.client.clone();
                     *source = patiently(|| {
