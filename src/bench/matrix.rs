@@ -41,6 +41,8 @@ pub struct MatrixConfig {
     /// taken under the same background load. `None`: use the run's one
     /// baseline only.
     pub cell_baseline: Option<Duration>,
+    /// Run the whole matrix this many times and show each cell's median.
+    pub rounds: usize,
 }
 
 impl Default for MatrixConfig {
@@ -58,6 +60,7 @@ impl Default for MatrixConfig {
             partitions: w.partitions,
             parent: None,
             cell_baseline: None,
+            rounds: 1,
         }
     }
 }
@@ -104,6 +107,8 @@ pub struct Cell {
     pub vs_loopback_tcp: Option<f64>,
     /// MB/s ÷ `write`+`fdatasync` bandwidth.
     pub vs_write_fdatasync: Option<f64>,
+    /// Records/s of every round, in run order; the cell shows the median.
+    pub runs_records_per_sec: Vec<f64>,
     /// Why the cell has no numbers, or what failed in it.
     pub error: Option<String>,
     pub report: Option<Report>,
@@ -114,6 +119,8 @@ pub struct Cell {
 pub struct Matrix {
     pub baseline: Option<Baseline>,
     pub cells: Vec<Cell>,
+    /// Times each cell ran; each shows its median run.
+    pub rounds: usize,
     pub seconds: f64,
 }
 
@@ -154,75 +161,21 @@ impl Matrix {
     ) -> Result<Matrix, BenchError> {
         let started = std::time::Instant::now();
         let specs = cells(config);
-        let mut results = Vec::with_capacity(specs.len());
-        for (i, spec) in specs.into_iter().enumerate() {
-            before_cell(i, &spec);
-            let flush: FlushPolicy = spec.fsync.parse()?;
-            let w = workload::WorkloadConfig {
-                kind: Kind::Produce,
-                mode: spec.mode,
-                record_size: spec.record_size,
-                batch_bytes: config.batch_bytes,
-                linger_ms: config.linger_ms,
-                producers: config.producers,
-                partitions: config.partitions,
-                txn_ms: spec.txn_ms.unwrap_or(100),
-                stop: config.stop,
-            };
-            let target = Target::Embedded {
-                flush,
-                parent: config.parent.clone(),
-            };
-            let (tcp, sync) = match config.cell_baseline {
-                Some(each) => {
-                    let dir = config.parent.clone().unwrap_or_else(std::env::temp_dir);
-                    let tcp = baseline::loopback_tcp(each)?.mb_per_sec;
-                    let sync = match flush {
-                        FlushPolicy::Never => None,
-                        _ => Some(
-                            baseline::write_fdatasync(&dir, baseline::BULK_SYNC_CHUNK_BYTES, each)?
-                                .mb_per_sec,
-                        ),
-                    };
-                    (Some(tcp), sync)
-                }
-                None => (None, None),
-            };
-            let outcome = workload::run(&w, &target, progress);
-            results.push(match outcome {
-                Ok(report) => Cell {
-                    spec,
-                    records_per_sec: Some(report.records_per_sec),
-                    mb_per_sec: Some(report.mb_per_sec),
-                    p50_us: Some(report.latency.p50_us),
-                    p99_us: Some(report.latency.p99_us),
-                    loopback_tcp_mb_per_sec: tcp,
-                    write_fdatasync_mb_per_sec: sync,
-                    vs_at_least_once: None,
-                    vs_loopback_tcp: None,
-                    vs_write_fdatasync: None,
-                    error: report.first_error.clone(),
-                    report: Some(report),
-                },
-                Err(e) => Cell {
-                    spec,
-                    records_per_sec: None,
-                    mb_per_sec: None,
-                    p50_us: None,
-                    p99_us: None,
-                    loopback_tcp_mb_per_sec: tcp,
-                    write_fdatasync_mb_per_sec: sync,
-                    vs_at_least_once: None,
-                    vs_loopback_tcp: None,
-                    vs_write_fdatasync: None,
-                    error: Some(e.to_string()),
-                    report: None,
-                },
-            });
+        let rounds = config.rounds.max(1);
+        let mut runs: Vec<Vec<Cell>> = vec![Vec::with_capacity(rounds); specs.len()];
+        // Whole rounds one after another, so each cell's runs spread over
+        // the run's changing background load.
+        for round in 0..rounds {
+            for (i, spec) in specs.iter().enumerate() {
+                before_cell(round * specs.len() + i, spec);
+                runs[i].push(run_cell(config, spec, progress)?);
+            }
         }
+        let cells = runs.into_iter().map(median_cell).collect();
         let mut matrix = Matrix {
             baseline,
-            cells: results,
+            cells,
+            rounds,
             seconds: started.elapsed().as_secs_f64(),
         };
         matrix.compute_ratios();
@@ -421,6 +374,88 @@ impl Matrix {
     }
 }
 
+/// Runs one cell on a fresh embedded broker, after its own baselines when
+/// `config.cell_baseline` asks for them. A failed run is a cell with an
+/// error, not an error.
+fn run_cell(
+    config: &MatrixConfig,
+    spec: &CellSpec,
+    progress: &Progress,
+) -> Result<Cell, BenchError> {
+    let flush: FlushPolicy = spec.fsync.parse()?;
+    let w = workload::WorkloadConfig {
+        kind: Kind::Produce,
+        mode: spec.mode,
+        record_size: spec.record_size,
+        batch_bytes: config.batch_bytes,
+        linger_ms: config.linger_ms,
+        producers: config.producers,
+        partitions: config.partitions,
+        txn_ms: spec.txn_ms.unwrap_or(100),
+        stop: config.stop,
+    };
+    let target = Target::Embedded {
+        flush,
+        parent: config.parent.clone(),
+    };
+    let (tcp, sync) = match config.cell_baseline {
+        Some(each) => {
+            let dir = config.parent.clone().unwrap_or_else(std::env::temp_dir);
+            let tcp = baseline::loopback_tcp(each)?.mb_per_sec;
+            let sync = match flush {
+                FlushPolicy::Never => None,
+                _ => Some(
+                    baseline::write_fdatasync(&dir, baseline::BULK_SYNC_CHUNK_BYTES, each)?
+                        .mb_per_sec,
+                ),
+            };
+            (Some(tcp), sync)
+        }
+        None => (None, None),
+    };
+    let mut cell = Cell {
+        spec: spec.clone(),
+        records_per_sec: None,
+        mb_per_sec: None,
+        p50_us: None,
+        p99_us: None,
+        loopback_tcp_mb_per_sec: tcp,
+        write_fdatasync_mb_per_sec: sync,
+        vs_at_least_once: None,
+        vs_loopback_tcp: None,
+        vs_write_fdatasync: None,
+        runs_records_per_sec: Vec::new(),
+        error: None,
+        report: None,
+    };
+    match workload::run(&w, &target, progress) {
+        Ok(report) => {
+            cell.records_per_sec = Some(report.records_per_sec);
+            cell.mb_per_sec = Some(report.mb_per_sec);
+            cell.p50_us = Some(report.latency.p50_us);
+            cell.p99_us = Some(report.latency.p99_us);
+            cell.runs_records_per_sec = vec![report.records_per_sec];
+            cell.error = report.first_error.clone();
+            cell.report = Some(report);
+        }
+        Err(e) => cell.error = Some(e.to_string()),
+    }
+    Ok(cell)
+}
+
+/// The run with the median throughput (failed runs count as slowest),
+/// carrying every run's throughput.
+fn median_cell(mut runs: Vec<Cell>) -> Cell {
+    let all: Vec<f64> = runs.iter().filter_map(|c| c.records_per_sec).collect();
+    runs.sort_by(|a, b| {
+        let key = |c: &Cell| c.records_per_sec.unwrap_or(f64::NEG_INFINITY);
+        key(a).total_cmp(&key(b))
+    });
+    let mut median = runs.swap_remove(runs.len() / 2);
+    median.runs_records_per_sec = all;
+    median
+}
+
 /// `ALO`, `EOS 100ms`, ...
 fn short_label(spec: &CellSpec) -> String {
     let mode = match spec.mode {
@@ -456,9 +491,24 @@ mod tests {
             vs_at_least_once: None,
             vs_loopback_tcp: None,
             vs_write_fdatasync: None,
+            runs_records_per_sec: Vec::new(),
             error: None,
             report: None,
         }
+    }
+
+    #[test]
+    fn a_repeated_cell_shows_its_median_run() {
+        let runs = vec![
+            cell(Mode::Idempotent, 100, "never", Some(3.0)),
+            cell(Mode::Idempotent, 100, "never", None),
+            cell(Mode::Idempotent, 100, "never", Some(1.0)),
+            cell(Mode::Idempotent, 100, "never", Some(2.0)),
+            cell(Mode::Idempotent, 100, "never", Some(5.0)),
+        ];
+        let m = median_cell(runs);
+        assert_eq!(m.records_per_sec, Some(2.0));
+        assert_eq!(m.runs_records_per_sec, vec![3.0, 1.0, 2.0, 5.0]);
     }
 
     #[test]
@@ -497,6 +547,7 @@ mod tests {
                 cell(Mode::Idempotent, 1024, "always", Some(50_000.0)),
                 cell(Mode::ExactlyOnce, 100, "never", None),
             ],
+            rounds: 1,
             seconds: 1.0,
         };
         m.compute_ratios();

@@ -141,6 +141,9 @@ pub struct MatrixArgs {
     modes: Vec<Mode>,
     #[command(flatten)]
     producer: ProducerFlags,
+    /// Run the whole matrix this many times; each cell shows its median.
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
     /// Where to write the SVG chart.
     #[arg(long, default_value = "ferry-bench-matrix.svg")]
     chart: PathBuf,
@@ -280,8 +283,9 @@ fn run_matrix(args: MatrixArgs) -> Result<ExitCode, CliError> {
         parent: args.common.data_dir.clone(),
         cell_baseline: (!args.source.no_baseline && args.source.baseline.is_none())
             .then(|| Duration::from_secs_f64(args.common.baseline_secs)),
+        rounds: args.rounds,
     };
-    let cells = ferry::bench::matrix::cells(&config).len();
+    let cells = ferry::bench::matrix::cells(&config).len() * args.rounds.max(1);
     if cells == 0 {
         return Err("the matrix is empty: give at least one size, fsync policy and mode".into());
     }
@@ -320,8 +324,9 @@ fn run_matrix(args: MatrixArgs) -> Result<ExitCode, CliError> {
         }
         print!("{}", matrix.markdown());
         println!(
-            "\n{} cells in {:.0} s; chart: {}",
+            "\n{} cells × {} round(s) in {:.0} s; chart: {}",
             matrix.cells.len(),
+            matrix.rounds,
             matrix.seconds,
             args.chart.display()
         );
