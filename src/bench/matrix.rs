@@ -265,6 +265,12 @@ impl Matrix {
                 "\n÷ loopback TCP and ÷ write+fdatasync are against baselines measured right before each cell.\n",
             );
         }
+        if self.rounds > 1 {
+            s.push_str(&format!(
+                "Each cell is the median of {} runs.\n",
+                self.rounds
+            ));
+        }
         let errors: Vec<String> = self
             .cells
             .iter()
