@@ -23,7 +23,7 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestError, TestRng, TestRunner};
 
 /// One case: the run's fault seed, and the ops with one fault in the
-/// middle (`before`, the fault, `after`).
+/// middle (`before`, the fault and 4 more records, `after`).
 type Case = (u64, Vec<WorkOp>, u8, Vec<WorkOp>);
 
 fn op(max_records: u8) -> impl Strategy<Value = WorkOp> {
@@ -49,6 +49,12 @@ fn ops_of((_, before, choice, after): &Case) -> Vec<WorkOp> {
     ops.push(WorkOp::Fault {
         class: 0,
         choice: *choice,
+    });
+    // Traffic after the fault, so that armed faults (lost responses, a
+    // consumer crash waiting for input) fire.
+    ops.push(WorkOp::Produce {
+        records: 4,
+        abort: false,
     });
     ops.extend(after.iter().copied());
     ops
@@ -241,7 +247,7 @@ fn matrix(cases: u32, max_ops: usize, max_records: u8) {
 
 #[test]
 fn every_mode_keeps_its_guarantee_under_every_fault_class() {
-    matrix(3, 5, 12);
+    matrix(6, 4, 10);
 }
 
 #[test]
