@@ -287,9 +287,31 @@ struct Progress {
     absorbed: u64,
     crashes: u64,
     caught_up: bool,
+    /// Empty polls in a row since everything was produced.
+    idle: u32,
+    /// When catching up gives up.
+    deadline: Option<Instant>,
 }
 
 impl Progress {
+    /// Whether the cell may stop: everything produced and `IDLE_POLLS`
+    /// empty polls since; or out of time (`caught_up` stays false).
+    fn finished(&mut self, step_idle: bool, produced: &AtomicBool, config: &LabConfig) -> bool {
+        if !produced.load(Ordering::Acquire) {
+            self.idle = 0;
+            return false;
+        }
+        let deadline = *self
+            .deadline
+            .get_or_insert_with(|| Instant::now() + config.catch_up);
+        self.idle = if step_idle { self.idle + 1 } else { 0 };
+        if self.idle >= IDLE_POLLS {
+            self.caught_up = true;
+            return true;
+        }
+        Instant::now() >= deadline
+    }
+
     /// Notes the effect of `values` now, timing each first one from its
     /// send.
     fn effect(&mut self, values: &[Value], sent_at: &Mutex<HashMap<Value, Instant>>) {
@@ -309,7 +331,8 @@ impl Progress {
 
 /// Runs one cell; see the [module docs](super).
 pub async fn run_cell(config: &LabConfig, scenario: Scenario, mode: Mode) -> Result<Row, LabError> {
-    let seed = splitmix64(config.seed ^ splitmix64((scenario as u64) << 8 | mode as u64));
+    // One fault schedule per scenario: its modes face the same one.
+    let seed = splitmix64(config.seed ^ splitmix64(scenario as u64));
     let names = Names::new(scenario, mode, config.seed);
     let mut broker = LabBroker::start(config).await?;
     let direct = Client::connect(&broker.addr()).await?;
@@ -380,18 +403,21 @@ pub async fn run_cell(config: &LabConfig, scenario: Scenario, mode: Mode) -> Res
             CrashSchedule::random(seed, config.crash_probability, &[CrashPoint::BeforeCommit])
                 .at(1, CrashPoint::BeforeCommit)
                 .at(3, CrashPoint::BeforeCommit);
+        let shared = Shared {
+            client: &client,
+            names: &names,
+            history: &history,
+            schedule,
+            produced: &produced,
+            applied: &applied,
+            sent_at: &sent_at,
+            config,
+        };
         if mode == Mode::ExactlyOnce {
-            consume_exactly_once(
-                &client, &names, &history, schedule, &produced, &applied, &sent_at, config,
-            )
-            .await
+            consume_exactly_once(shared).await
         } else {
             let sink = AloSink::open(scenario, mode, &db)?;
-            consume_at_least_once(
-                &client, &names, scenario, mode, &history, schedule, &produced, &applied, &sent_at,
-                config, sink,
-            )
-            .await
+            consume_at_least_once(shared, scenario, mode, sink).await
         }
     };
     let (restarted, progress) = tokio::join!(producing, consuming);
@@ -578,44 +604,16 @@ impl SinkState {
     }
 }
 
-/// Whether the cell may stop: everything produced and `IDLE_POLLS` empty
-/// polls since; or out of time (`caught_up` stays false).
-fn finished(
-    idle: &mut u32,
-    step_idle: bool,
-    produced: &AtomicBool,
-    deadline: &mut Option<Instant>,
-    config: &LabConfig,
-    progress: &mut Progress,
-) -> bool {
-    if !produced.load(Ordering::Acquire) {
-        *idle = 0;
-        return false;
-    }
-    let deadline = *deadline.get_or_insert_with(|| Instant::now() + config.catch_up);
-    *idle = if step_idle { *idle + 1 } else { 0 };
-    if *idle >= IDLE_POLLS {
-        progress.caught_up = true;
-        return true;
-    }
-    Instant::now() >= deadline
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn consume_at_least_once(
+/// Subscribes a crashing consumer to the cell's input, waiting out a
+/// broker restart.
+async fn subscribe(
     client: &Client,
     names: &Names,
-    scenario: Scenario,
     mode: Mode,
     history: &History,
-    schedule: CrashSchedule,
-    produced: &AtomicBool,
-    applied: &AtomicU64,
-    sent_at: &Mutex<HashMap<Value, Instant>>,
-    config: &LabConfig,
-    mut sink: AloSink,
-) -> Result<(Progress, Option<AloSink>), LabError> {
-    let mut consumer = patiently(|| {
+    schedule: &CrashSchedule,
+) -> Result<CrashingConsumer, ClientError> {
+    patiently(|| {
         CrashingConsumer::new(
             client.clone(),
             consumer_config(&names.group, mode),
@@ -624,7 +622,47 @@ async fn consume_at_least_once(
             schedule.clone(),
         )
     })
-    .await?;
+    .await
+}
+
+/// A failed consumer step (the broker may be restarting): pause, go on.
+async fn step_failed(e: ClientError) {
+    tracing::debug!(%e, "consumer step failed");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+}
+
+/// What the producing and consuming sides of a cell share.
+struct Shared<'a> {
+    client: &'a Client,
+    names: &'a Names,
+    history: &'a History,
+    schedule: CrashSchedule,
+    /// Set once the whole input is produced.
+    produced: &'a AtomicBool,
+    /// Events whose effect happened, for the restart's timing.
+    applied: &'a AtomicU64,
+    /// When each value was handed to the producer.
+    sent_at: &'a Mutex<HashMap<Value, Instant>>,
+    config: &'a LabConfig,
+}
+
+async fn consume_at_least_once(
+    shared: Shared<'_>,
+    scenario: Scenario,
+    mode: Mode,
+    mut sink: AloSink,
+) -> Result<(Progress, Option<AloSink>), LabError> {
+    let Shared {
+        client,
+        names,
+        history,
+        schedule,
+        produced,
+        applied,
+        sent_at,
+        config,
+    } = shared;
+    let mut consumer = subscribe(client, names, mode, history, &schedule).await?;
     // Orders also write a fulfilment event per delivery, acknowledged
     // before the offsets commit.
     let fulfilments = match scenario {
@@ -634,7 +672,6 @@ async fn consume_at_least_once(
         _ => None,
     };
     let mut progress = Progress::default();
-    let (mut idle, mut deadline) = (0, None);
     loop {
         let (sink_ref, progress_ref, out) = (&mut sink, &mut progress, &fulfilments);
         let step = consumer
@@ -669,19 +706,11 @@ async fn consume_at_least_once(
             }
             Ok(Step::Delivered(_)) => false,
             Err(e) => {
-                tracing::debug!(%e, "consumer step failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                step_failed(e).await;
                 false
             }
         };
-        if finished(
-            &mut idle,
-            step_idle,
-            produced,
-            &mut deadline,
-            config,
-            &mut progress,
-        ) {
+        if progress.finished(step_idle, produced, config) {
             break;
         }
     }
@@ -753,32 +782,21 @@ fn next_offsets(topic: &str, reads: &[Read]) -> Vec<(String, u32, u64)> {
         .collect()
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn consume_exactly_once(
-    client: &Client,
-    names: &Names,
-    history: &History,
-    schedule: CrashSchedule,
-    produced: &AtomicBool,
-    applied: &AtomicU64,
-    sent_at: &Mutex<HashMap<Value, Instant>>,
-    config: &LabConfig,
-) -> Result<(Progress, Option<AloSink>), LabError> {
-    let consumer_config = consumer_config(&names.group, Mode::ExactlyOnce);
+async fn consume_exactly_once(shared: Shared<'_>) -> Result<(Progress, Option<AloSink>), LabError> {
+    let Shared {
+        client,
+        names,
+        history,
+        schedule,
+        produced,
+        applied,
+        sent_at,
+        config,
+    } = shared;
     // The producer first: it settles what an earlier instance left open.
     let mut sink = transactional_sink(client, names).await?;
-    let mut consumer = patiently(|| {
-        CrashingConsumer::new(
-            client.clone(),
-            consumer_config.clone(),
-            &names.input,
-            history.clone(),
-            schedule.clone(),
-        )
-    })
-    .await?;
+    let mut consumer = subscribe(client, names, Mode::ExactlyOnce, history, &schedule).await?;
     let mut progress = Progress::default();
-    let (mut idle, mut deadline) = (0, None);
     loop {
         let mut written: Option<Result<Written, SinkError>> = None;
         let mut batch: Vec<Read> = Vec::new();
@@ -834,10 +852,7 @@ async fn consume_exactly_once(
                     transactional_sink(client, names).await?,
                 ));
             }
-            Err(e) => {
-                tracing::debug!(%e, "consumer step failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+            Err(e) => step_failed(e).await,
         }
         if sink.producer().is_fatal() {
             drop(std::mem::replace(
@@ -849,25 +864,9 @@ async fn consume_exactly_once(
         if rewind {
             // Back to the group's committed offsets, as a restart would.
             let schedule = std::mem::take(consumer.schedule_mut());
-            consumer = patiently(|| {
-                CrashingConsumer::new(
-                    client.clone(),
-                    consumer_config.clone(),
-                    &names.input,
-                    history.clone(),
-                    schedule.clone(),
-                )
-            })
-            .await?;
+            consumer = subscribe(client, names, Mode::ExactlyOnce, history, &schedule).await?;
         }
-        if finished(
-            &mut idle,
-            step_idle,
-            produced,
-            &mut deadline,
-            config,
-            &mut progress,
-        ) {
+        if progress.finished(step_idle, produced, config) {
             break;
         }
     }
