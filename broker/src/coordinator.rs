@@ -46,7 +46,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use ferry_proto::batch::{BatchBuilder, BatchIter, ValidBatch};
+use ferry_proto::batch::{BatchBuilder, ValidBatch};
 use ferry_storage::{FlushPolicy, Log, LogConfig};
 use parking_lot::Mutex;
 
@@ -62,7 +62,6 @@ pub const MAX_PARTITIONS_PER_TXN: usize = 10_000;
 /// Most transactional ids one broker coordinates.
 pub const MAX_TRANSACTIONAL_IDS: usize = 100_000;
 const META_VERSION: u8 = 0;
-const REPLAY_CHUNK_BYTES: usize = 4 * 1024 * 1024;
 
 /// A transaction's state. The legal transitions are drawn in the module
 /// docs and in docs/protocol.md.
@@ -284,36 +283,27 @@ impl Coordinator {
         let flush = log_config.flush;
         let log = Log::open(dir, log_config)?;
         let mut metas: HashMap<String, TxnMeta> = HashMap::new();
-        let end = log.next_offset();
-        let mut offset = log.log_start_offset();
-        while offset < end {
-            let chunk = log.read(offset, REPLAY_CHUNK_BYTES, end)?;
-            if chunk.is_empty() {
-                break;
-            }
-            for batch in BatchIter::new(&chunk) {
-                let batch = batch?;
-                offset = batch.header().next_offset();
-                for record in batch.records() {
-                    let record = record?;
-                    let (Some(key), Some(value)) = (record.key, record.value) else {
-                        continue;
-                    };
-                    let Ok(tid) = std::str::from_utf8(key) else {
-                        continue;
-                    };
-                    match TxnMeta::decode(tid, value) {
-                        Some(meta) => {
-                            metas.insert(tid.to_string(), meta);
-                        }
-                        None => tracing::warn!(
-                            transactional_id = tid,
-                            "skipping unreadable transaction record"
-                        ),
+        crate::replay::replay(&log, 0, |batch| {
+            for record in batch.records() {
+                let record = record?;
+                let (Some(key), Some(value)) = (record.key, record.value) else {
+                    continue;
+                };
+                let Ok(tid) = std::str::from_utf8(key) else {
+                    continue;
+                };
+                match TxnMeta::decode(tid, value) {
+                    Some(meta) => {
+                        metas.insert(tid.to_string(), meta);
                     }
+                    None => tracing::warn!(
+                        transactional_id = tid,
+                        "skipping unreadable transaction record"
+                    ),
                 }
             }
-        }
+            Ok(())
+        })?;
         let mut entries = HashMap::new();
         let mut by_pid = HashMap::new();
         for (tid, meta) in metas {

@@ -9,6 +9,7 @@ mod error;
 mod offsets;
 mod producer_ids;
 pub mod producer_state;
+mod replay;
 mod server;
 mod service;
 mod state;

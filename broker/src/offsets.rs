@@ -25,7 +25,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use bytes::Bytes;
-use ferry_proto::batch::{BatchBuilder, BatchIter, NO_SEQUENCE, ProducerStamp, ValidBatch};
+use ferry_proto::batch::{BatchBuilder, NO_SEQUENCE, ProducerStamp, ValidBatch};
 use ferry_proto::control::{ControlType, marker_batch, marker_type};
 use ferry_storage::{FlushPolicy, Log, LogConfig};
 use parking_lot::Mutex;
@@ -35,7 +35,6 @@ use crate::error::{BrokerError, check_name};
 /// Most partitions one commit may carry.
 pub const MAX_OFFSETS_PER_COMMIT: usize = 10_000;
 const KEY_VERSION: u8 = 0;
-const REPLAY_CHUNK_BYTES: usize = 4 * 1024 * 1024;
 
 type Key = (String, String, u32);
 /// An offset of an open transaction: key, offset, and the log offset of
@@ -96,51 +95,41 @@ impl OffsetStore {
         let log = Log::open(dir, log_config)?;
         let mut committed = HashMap::new();
         let mut pending: HashMap<i64, Vec<Pending>> = HashMap::new();
-        let mut offset = log.log_start_offset();
-        let end = log.next_offset();
-        while offset < end {
-            let chunk = log.read(offset, REPLAY_CHUNK_BYTES, end)?;
-            if chunk.is_empty() {
-                break;
-            }
-            for batch in BatchIter::new(&chunk) {
-                let batch = batch?;
-                let h = *batch.header();
-                let base = h.base_offset;
-                offset = h.next_offset();
-                if let Some(kind) = marker_type(&batch) {
-                    let records = pending.remove(&h.producer_id).unwrap_or_default();
-                    if kind == ControlType::Commit {
-                        for (key, value, at) in records {
-                            apply(&mut committed, key, value, at);
-                        }
-                    }
-                    continue;
-                }
-                for record in batch.records() {
-                    let record = record?;
-                    let at = base + u64::from(record.offset_delta);
-                    let (Some(key), Some(value)) = (record.key.and_then(decode_key), record.value)
-                    else {
-                        tracing::warn!(offset = at, "skipping unreadable offsets record");
-                        continue;
-                    };
-                    let Ok(value) = <[u8; 8]>::try_from(value) else {
-                        tracing::warn!(offset = at, "skipping offsets record with a bad value");
-                        continue;
-                    };
-                    let value = u64::from_le_bytes(value);
-                    if h.is_transactional() {
-                        pending
-                            .entry(h.producer_id)
-                            .or_default()
-                            .push((key, value, at));
-                    } else {
+        crate::replay::replay(&log, 0, |batch| {
+            let h = *batch.header();
+            if let Some(kind) = marker_type(batch) {
+                let records = pending.remove(&h.producer_id).unwrap_or_default();
+                if kind == ControlType::Commit {
+                    for (key, value, at) in records {
                         apply(&mut committed, key, value, at);
                     }
                 }
+                return Ok(());
             }
-        }
+            for record in batch.records() {
+                let record = record?;
+                let at = h.base_offset + u64::from(record.offset_delta);
+                let (Some(key), Some(value)) = (record.key.and_then(decode_key), record.value)
+                else {
+                    tracing::warn!(offset = at, "skipping unreadable offsets record");
+                    continue;
+                };
+                let Ok(value) = <[u8; 8]>::try_from(value) else {
+                    tracing::warn!(offset = at, "skipping offsets record with a bad value");
+                    continue;
+                };
+                let value = u64::from_le_bytes(value);
+                if h.is_transactional() {
+                    pending
+                        .entry(h.producer_id)
+                        .or_default()
+                        .push((key, value, at));
+                } else {
+                    apply(&mut committed, key, value, at);
+                }
+            }
+            Ok(())
+        })?;
         tracing::info!(
             groups_partitions = committed.len(),
             "replayed consumer offsets"

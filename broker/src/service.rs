@@ -36,6 +36,40 @@ fn err_fields(e: &BrokerError) -> (u32, String) {
     (e.code().as_u32(), e.to_string())
 }
 
+/// Responses that carry `error_code` and `error_message`.
+trait ErrorFields: Default {
+    fn set_error(&mut self, e: &BrokerError);
+}
+
+macro_rules! error_fields {
+    ($($t:ty),* $(,)?) => {
+        $(impl ErrorFields for $t {
+            fn set_error(&mut self, e: &BrokerError) {
+                (self.error_code, self.error_message) = err_fields(e);
+            }
+        })*
+    };
+}
+
+error_fields!(
+    v1::CreateTopicResponse,
+    v1::DeleteTopicResponse,
+    v1::CommitOffsetsResponse,
+    v1::AddPartitionsToTxnResponse,
+    v1::AddOffsetsToTxnResponse,
+    v1::TxnOffsetCommitResponse,
+    v1::AbortTransactionResponse,
+);
+
+/// A response that only reports success or its error.
+fn respond<T: ErrorFields>(r: Result<(), BrokerError>) -> Response<T> {
+    let mut resp = T::default();
+    if let Err(e) = r {
+        resp.set_error(&e);
+    }
+    Response::new(resp)
+}
+
 fn epoch_of(raw: i32) -> Result<i16, BrokerError> {
     i16::try_from(raw)
         .map_err(|_| BrokerError::InvalidRequest(format!("producer epoch {raw} out of range")))
@@ -92,11 +126,7 @@ impl Ferry for FerryService {
         let r = tokio::task::spawn_blocking(move || state.topics.create(&req.name, req.partitions))
             .await
             .map_err(|e| Status::internal(e.to_string()))?;
-        let mut resp = v1::CreateTopicResponse::default();
-        if let Err(e) = r {
-            (resp.error_code, resp.error_message) = err_fields(&e);
-        }
-        Ok(Response::new(resp))
+        Ok(respond(r))
     }
 
     async fn delete_topic(
@@ -108,11 +138,7 @@ impl Ferry for FerryService {
         let r = tokio::task::spawn_blocking(move || state.topics.delete(&req.name))
             .await
             .map_err(|e| Status::internal(e.to_string()))?;
-        let mut resp = v1::DeleteTopicResponse::default();
-        if let Err(e) = r {
-            (resp.error_code, resp.error_message) = err_fields(&e);
-        }
-        Ok(Response::new(resp))
+        Ok(respond(r))
     }
 
     async fn list_topics(
@@ -395,11 +421,7 @@ impl Ferry for FerryService {
             }
             Err(e) => Err(e),
         };
-        let mut resp = v1::AddPartitionsToTxnResponse::default();
-        if let Err(e) = r {
-            (resp.error_code, resp.error_message) = err_fields(&e);
-        }
-        Ok(Response::new(resp))
+        Ok(respond(r))
     }
 
     async fn add_offsets_to_txn(
@@ -424,11 +446,7 @@ impl Ferry for FerryService {
             }
             Err(e) => Err(e),
         };
-        let mut resp = v1::AddOffsetsToTxnResponse::default();
-        if let Err(e) = r {
-            (resp.error_code, resp.error_message) = err_fields(&e);
-        }
-        Ok(Response::new(resp))
+        Ok(respond(r))
     }
 
     async fn txn_offset_commit(
@@ -458,11 +476,7 @@ impl Ferry for FerryService {
             }
             Err(e) => Err(e),
         };
-        let mut resp = v1::TxnOffsetCommitResponse::default();
-        if let Err(e) = r {
-            (resp.error_code, resp.error_message) = err_fields(&e);
-        }
-        Ok(Response::new(resp))
+        Ok(respond(r))
     }
 
     async fn end_txn(
@@ -535,16 +549,12 @@ impl Ferry for FerryService {
     ) -> Result<Response<v1::AbortTransactionResponse>, Status> {
         let _busy = self.state.inflight.enter();
         let req = request.into_inner();
-        let mut resp = v1::AbortTransactionResponse::default();
-        if let Err(e) = self
+        let r = self
             .state
             .coordinator
             .abort(&self.state, &req.transactional_id)
-            .await
-        {
-            (resp.error_code, resp.error_message) = err_fields(&e);
-        }
-        Ok(Response::new(resp))
+            .await;
+        Ok(respond(r))
     }
 
     async fn commit_offsets(
@@ -565,11 +575,7 @@ impl Ferry for FerryService {
             self.state.offsets.commit(&req.group, &offsets).await
         }
         .await;
-        let mut resp = v1::CommitOffsetsResponse::default();
-        if let Err(e) = r {
-            (resp.error_code, resp.error_message) = err_fields(&e);
-        }
-        Ok(Response::new(resp))
+        Ok(respond(r))
     }
 
     async fn fetch_offsets(

@@ -18,7 +18,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use ferry_proto::batch::{BatchIter, ValidBatch};
+use ferry_proto::batch::ValidBatch;
 use ferry_proto::control::{ControlType, marker_batch, marker_type};
 use ferry_storage::{AppendInfo, FlushPolicy, Log, LogConfig};
 use parking_lot::{Mutex, RwLock};
@@ -27,9 +27,6 @@ use serde::{Deserialize, Serialize};
 use crate::config::{MAX_PARTITIONS_PER_TOPIC, MAX_TOPICS};
 use crate::error::{BrokerError, check_name};
 use crate::producer_state::{AbortedTxn, ProducerTable, SeqCheck, check_sequence};
-
-/// Bytes read at a time while replaying a log into the producer table.
-const REPLAY_CHUNK_BYTES: usize = 4 * 1024 * 1024;
 
 /// Settings for idempotent-producer state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -498,7 +495,7 @@ impl Topics {
 /// the log, plus a replay of every batch after it.
 fn load_producers(log: &Log, snapshot_path: &Path) -> Result<ProducerTable, BrokerError> {
     let end = log.next_offset();
-    let (mut from, mut table) = match fs::read(snapshot_path) {
+    let (from, mut table) = match fs::read(snapshot_path) {
         Ok(buf) => match ProducerTable::decode_snapshot(&buf) {
             Some((offset, table)) if offset <= end => (offset, table),
             Some((offset, _)) => {
@@ -512,21 +509,10 @@ fn load_producers(log: &Log, snapshot_path: &Path) -> Result<ProducerTable, Brok
         },
         Err(_) => (0, ProducerTable::default()),
     };
-    from = from.max(log.log_start_offset());
-    while from < end {
-        let chunk = log.read(from, REPLAY_CHUNK_BYTES, end)?;
-        if chunk.is_empty() {
-            break;
-        }
-        for batch in BatchIter::new(&chunk) {
-            let batch = batch?;
-            let h = *batch.header();
-            if h.last_offset() >= from {
-                let marker = marker_type(&batch).map(|k| k == ControlType::Commit);
-                table.replay(&h, marker);
-            }
-            from = from.max(h.next_offset());
-        }
-    }
+    crate::replay::replay(log, from, |batch| {
+        let marker = marker_type(batch).map(|k| k == ControlType::Commit);
+        table.replay(batch.header(), marker);
+        Ok(())
+    })?;
     Ok(table)
 }
