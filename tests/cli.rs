@@ -1,6 +1,9 @@
 //! The real `ferry` binary, end to end: broker, topic admin, produce and
 //! consume, and a `kill -9` of the broker with a restart in between.
 
+mod common;
+
+use common::{FERRY, ferry, json_lines};
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -8,36 +11,9 @@ use std::process::{Command, Stdio};
 use ferry::testkit::BrokerProcess;
 use std::time::Duration;
 
-const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
-
 /// The real broker binary as a subprocess that can be `kill -9`ed.
 fn start_broker(data_dir: &Path, listen: &str) -> BrokerProcess {
     BrokerProcess::start(FERRY, data_dir, listen).expect("start ferry broker")
-}
-
-fn ferry(addr: &str, args: &[&str], stdin: Option<&str>) -> std::process::Output {
-    let mut child = Command::new(FERRY)
-        .args(args)
-        .args(["--broker", addr])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut input = child.stdin.take().unwrap();
-    if let Some(s) = stdin {
-        input.write_all(s.as_bytes()).unwrap();
-    }
-    drop(input);
-    child.wait_with_output().unwrap()
-}
-
-fn json_lines(out: &[u8]) -> Vec<serde_json::Value> {
-    String::from_utf8_lossy(out)
-        .lines()
-        .filter(|l| l.starts_with('{'))
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
 }
 
 #[test]

@@ -3,53 +3,18 @@
 //! broker), `ferry produce --transactional-id`, `ferry consume --isolation`
 //! and `ferry txn list`.
 
+mod common;
+
+use common::{FERRY, ferry, json_lines, ok};
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ferry::testkit::BrokerProcess;
 
-const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
-
 fn start_broker(data_dir: &Path) -> BrokerProcess {
     BrokerProcess::start(FERRY, data_dir, "127.0.0.1:0").expect("start ferry broker")
-}
-
-fn ferry(addr: &str, args: &[&str], stdin: Option<&str>) -> std::process::Output {
-    let mut child = Command::new(FERRY)
-        .args(args)
-        .args(["--broker", addr])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut input = child.stdin.take().unwrap();
-    if let Some(s) = stdin {
-        input.write_all(s.as_bytes()).unwrap();
-    }
-    drop(input);
-    child.wait_with_output().unwrap()
-}
-
-fn ok(out: &std::process::Output) -> &std::process::Output {
-    assert!(
-        out.status.success(),
-        "exit {:?}: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn json_lines(out: &[u8]) -> Vec<serde_json::Value> {
-    String::from_utf8_lossy(out)
-        .lines()
-        .filter(|l| l.starts_with('{'))
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
 }
 
 /// Every record of `topic` under `isolation`, as JSON objects.

@@ -11,6 +11,9 @@
 //!
 //! Each test prints its seed; `FERRY_SEED=<seed>` repeats it.
 
+mod common;
+
+use common::{FERRY, ferry, json_lines};
 use std::collections::HashMap;
 use std::io::Write as _;
 use std::process::{Command, Stdio};
@@ -24,8 +27,6 @@ use ferry::testkit::{self, BrokerProcess, Fault, FaultKind, FaultPlan, FaultProx
 use ferry::{BrokerConfig, EmbeddedBroker};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-
-const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
 
 /// Reads `topic` from the start until nothing new arrives for 1.5 s.
 async fn read_all(client: &Client, topic: &str) -> Vec<ConsumerRecord> {
@@ -188,23 +189,6 @@ async fn the_same_lost_acks_without_idempotence_store_duplicates() {
     );
 }
 
-fn ferry(addr: &str, args: &[&str]) -> std::process::Output {
-    Command::new(FERRY)
-        .args(args)
-        .args(["--broker", addr])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
-}
-
-fn json_lines(out: &[u8]) -> Vec<serde_json::Value> {
-    String::from_utf8_lossy(out)
-        .lines()
-        .filter(|l| l.starts_with('{'))
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
 /// Runs `ferry produce --idempotent` over `n` lines fed at a steady pace
 /// for about `feed` while the broker is `kill -9`ed and restarted `kills`
 /// times at random moments, then checks the topic holds every line once,
@@ -216,7 +200,7 @@ fn kill9_during_produce(n: usize, kills: usize, feed: Duration) {
     let data = dir.path().join("data");
     let mut broker = BrokerProcess::start(FERRY, &data, "127.0.0.1:0").unwrap();
     let addr = broker.addr().to_string();
-    let created = ferry(&addr, &["topic", "create", "t", "--partitions", "3"]);
+    let created = ferry(&addr, &["topic", "create", "t", "--partitions", "3"], None);
     assert!(
         created.status.success(),
         "{}",
@@ -291,6 +275,7 @@ fn kill9_during_produce(n: usize, kills: usize, feed: Duration) {
             "--idle-timeout",
             "1500",
         ],
+        None,
     );
     assert!(
         consumed.status.success(),

@@ -1,0 +1,46 @@
+//! Running the real `ferry` binary from the root tests.
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+/// The `ferry` binary under test.
+pub const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
+
+/// Runs `ferry ARGS --broker ADDR`, feeding `stdin` if given.
+pub fn ferry(addr: &str, args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = Command::new(FERRY)
+        .args(args)
+        .args(["--broker", addr])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn ferry");
+    let mut input = child.stdin.take().expect("piped stdin");
+    if let Some(s) = stdin {
+        input.write_all(s.as_bytes()).expect("write stdin");
+    }
+    drop(input);
+    child.wait_with_output().expect("wait for ferry")
+}
+
+/// Asserts the command succeeded, showing its stderr if not.
+pub fn ok(out: &Output) -> &Output {
+    assert!(
+        out.status.success(),
+        "exit {:?}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// The JSON objects among the output's lines.
+pub fn json_lines(out: &[u8]) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(out)
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect()
+}
