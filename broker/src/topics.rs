@@ -250,14 +250,15 @@ impl Partition {
 
     /// The offset below which consumers may read.
     ///
-    /// Under `always`, consumers never see a record that is not durable, so
-    /// a crash cannot take back a record someone has already read. Under the
-    /// other policies durability is not promised, and the limit is the log
-    /// end.
+    /// Under `always` and `interval=MS`, consumers never see a record that
+    /// is not durable, so a crash cannot take back a record someone has
+    /// already read (under `interval` they wait at most one interval for
+    /// it). Under `never` durability is not promised at all, and the limit
+    /// is the log end.
     pub fn visible_offset(&self) -> u64 {
         match self.flush {
-            FlushPolicy::Always => self.log.durable_offset(),
-            _ => self.log.next_offset(),
+            FlushPolicy::Always | FlushPolicy::Interval(_) => self.log.durable_offset(),
+            FlushPolicy::Never => self.log.next_offset(),
         }
     }
 
