@@ -94,36 +94,7 @@ pub async fn run(args: ProduceArgs) -> Result<ExitCode, CliError> {
     };
     let producer = Producer::new(client, config).await?;
 
-    // stdin is read on a plain thread; lines cross over in chunks.
-    let (line_tx, mut line_rx) = tokio::sync::mpsc::channel::<Vec<Vec<u8>>>(16);
-    let reader = std::thread::spawn(move || -> std::io::Result<()> {
-        let stdin = std::io::stdin();
-        let mut input = stdin.lock();
-        let mut chunk = Vec::with_capacity(LINES_PER_CHUNK);
-        loop {
-            let mut line = Vec::new();
-            if input.read_until(b'\n', &mut line)? == 0 {
-                break;
-            }
-            if line.last() == Some(&b'\n') {
-                line.pop();
-                if line.last() == Some(&b'\r') {
-                    line.pop();
-                }
-            }
-            chunk.push(line);
-            if chunk.len() == LINES_PER_CHUNK {
-                if line_tx.blocking_send(std::mem::take(&mut chunk)).is_err() {
-                    return Ok(());
-                }
-                chunk.reserve(LINES_PER_CHUNK);
-            }
-        }
-        if !chunk.is_empty() {
-            let _ = line_tx.blocking_send(chunk);
-        }
-        Ok(())
-    });
+    let (mut line_rx, reader) = spawn_stdin_reader();
 
     // Deliveries are awaited in order on a separate task, so sending never
     // waits for acknowledgements except through the producer's own
@@ -209,7 +180,46 @@ fn idempotence(acks: Acks, idempotent: bool, no_idempotent: bool) -> Result<bool
     Ok(!no_idempotent && acks == Acks::All)
 }
 
-fn split_line<'a>(line: &'a [u8], sep: Option<&[u8]>) -> (Option<&'a [u8]>, &'a [u8]) {
+/// Reads stdin on a plain thread and hands its lines (without the line
+/// ending) to the async side in chunks of `LINES_PER_CHUNK`.
+pub(super) fn spawn_stdin_reader() -> (
+    tokio::sync::mpsc::Receiver<Vec<Vec<u8>>>,
+    std::thread::JoinHandle<std::io::Result<()>>,
+) {
+    let (line_tx, line_rx) = tokio::sync::mpsc::channel::<Vec<Vec<u8>>>(16);
+    let reader = std::thread::spawn(move || -> std::io::Result<()> {
+        let stdin = std::io::stdin();
+        let mut input = stdin.lock();
+        let mut chunk = Vec::with_capacity(LINES_PER_CHUNK);
+        loop {
+            let mut line = Vec::new();
+            if input.read_until(b'\n', &mut line)? == 0 {
+                break;
+            }
+            if line.last() == Some(&b'\n') {
+                line.pop();
+                if line.last() == Some(&b'\r') {
+                    line.pop();
+                }
+            }
+            chunk.push(line);
+            if chunk.len() == LINES_PER_CHUNK
+                && line_tx.blocking_send(std::mem::take(&mut chunk)).is_err()
+            {
+                return Ok(());
+            }
+        }
+        if !chunk.is_empty() {
+            let _ = line_tx.blocking_send(chunk);
+        }
+        Ok(())
+    });
+    (line_rx, reader)
+}
+
+/// Splits a line at the first `sep` into key and value; no `sep`, or no
+/// separator configured, means a null key.
+pub(super) fn split_line<'a>(line: &'a [u8], sep: Option<&[u8]>) -> (Option<&'a [u8]>, &'a [u8]) {
     let Some(sep) = sep else {
         return (None, line);
     };

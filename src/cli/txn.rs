@@ -1,6 +1,5 @@
 //! `ferry txn list|abort`, and the transactional mode of `ferry produce`.
 
-use std::io::BufRead;
 use std::process::ExitCode;
 
 use clap::Subcommand;
@@ -11,9 +10,6 @@ use ferry_client::{
 use serde_json::json;
 
 use super::{BrokerAddr, CliError};
-
-/// Lines handed from the stdin thread to the producer at a time.
-const LINES_PER_CHUNK: usize = 1024;
 
 #[derive(Debug, Subcommand)]
 pub enum TxnCommand {
@@ -92,34 +88,7 @@ pub async fn produce(args: TxnProduce) -> Result<ExitCode, CliError> {
     };
     let mut producer = TransactionalProducer::new(client, config).await?;
 
-    let (line_tx, mut line_rx) = tokio::sync::mpsc::channel::<Vec<Vec<u8>>>(16);
-    let reader = std::thread::spawn(move || -> std::io::Result<()> {
-        let stdin = std::io::stdin();
-        let mut input = stdin.lock();
-        let mut chunk = Vec::with_capacity(LINES_PER_CHUNK);
-        loop {
-            let mut line = Vec::new();
-            if input.read_until(b'\n', &mut line)? == 0 {
-                break;
-            }
-            if line.last() == Some(&b'\n') {
-                line.pop();
-                if line.last() == Some(&b'\r') {
-                    line.pop();
-                }
-            }
-            chunk.push(line);
-            if chunk.len() == LINES_PER_CHUNK
-                && line_tx.blocking_send(std::mem::take(&mut chunk)).is_err()
-            {
-                return Ok(());
-            }
-        }
-        if !chunk.is_empty() {
-            let _ = line_tx.blocking_send(chunk);
-        }
-        Ok(())
-    });
+    let (mut line_rx, reader) = super::produce::spawn_stdin_reader();
 
     let sep = args.key_separator.as_deref().map(str::as_bytes);
     let (mut sent, mut acked, mut unsent) = (0u64, 0u64, 0u64);
@@ -138,7 +107,7 @@ pub async fn produce(args: TxnProduce) -> Result<ExitCode, CliError> {
                 unsent += 1;
                 continue;
             }
-            let (key, value) = split_line(line, sep);
+            let (key, value) = super::produce::split_line(line, sep);
             let r = match args.partition {
                 Some(p) => producer.send_to(&args.topic, p, key, Some(value)).await,
                 None => producer.send(&args.topic, key, Some(value)).await,
@@ -185,16 +154,6 @@ pub async fn produce(args: TxnProduce) -> Result<ExitCode, CliError> {
     }
 }
 
-fn split_line<'a>(line: &'a [u8], sep: Option<&[u8]>) -> (Option<&'a [u8]>, &'a [u8]) {
-    let Some(sep) = sep else {
-        return (None, line);
-    };
-    match line.windows(sep.len()).position(|w| w == sep) {
-        Some(i) => (Some(&line[..i]), &line[i + sep.len()..]),
-        None => (None, line),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -219,15 +178,5 @@ mod tests {
             to_json(&t).to_string(),
             r#"{"groups":["g"],"hanging":false,"partitions":[{"partition":2,"topic":"out"}],"producer_epoch":3,"producer_id":7,"started_ms":1000,"state":"Ongoing","timeout_ms":60000,"transactional_id":"copier"}"#
         );
-    }
-
-    #[test]
-    fn lines_split_at_the_first_separator() {
-        assert_eq!(
-            split_line(b"k:v:w", Some(b":")),
-            (Some(&b"k"[..]), &b"v:w"[..])
-        );
-        assert_eq!(split_line(b"v", Some(b":")), (None, &b"v"[..]));
-        assert_eq!(split_line(b"k:v", None), (None, &b"k:v"[..]));
     }
 }
