@@ -169,35 +169,9 @@ async fn offsets_sent_in_a_transaction_commit_with_it_and_vanish_with_an_abort()
     let (_broker, client) = setup().await;
     let mut t = init(&client, "tx", 0).await;
     for (commit, offset) in [(false, 5u64), (true, 9u64)] {
-        let r = client
-            .raw()
-            .add_offsets_to_txn(v1::AddOffsetsToTxnRequest {
-                transactional_id: t.tid.clone(),
-                producer_id: t.pid,
-                producer_epoch: t.epoch,
-                group: "g".into(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        assert_eq!(r.error_code, 0, "{}", r.error_message);
-        let r = client
-            .raw()
-            .txn_offset_commit(v1::TxnOffsetCommitRequest {
-                transactional_id: t.tid.clone(),
-                producer_id: t.pid,
-                producer_epoch: t.epoch,
-                group: "g".into(),
-                offsets: vec![v1::PartitionOffset {
-                    topic: "t".into(),
-                    partition: 0,
-                    offset,
-                }],
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        assert_eq!(r.error_code, 0, "{}", r.error_message);
+        for (code, message) in send_offsets(&client, &t, offset).await {
+            assert_eq!(code, 0, "{message}");
+        }
         assert!(
             client.fetch_offsets("g", "t").await.is_empty(),
             "pending until the marker"

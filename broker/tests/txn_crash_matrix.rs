@@ -12,7 +12,7 @@ mod support;
 use ferry_broker::{BrokerConfig, EmbeddedBroker};
 use ferry_proto::ErrorCode;
 use ferry_proto::v1;
-use support::{Client, add, end, init, read, send};
+use support::{Client, add, end, init, read, send, send_offsets};
 
 const POINTS: [&str; 5] = [
     "txn::before_prepare",
@@ -60,35 +60,9 @@ async fn run_point(point: &str, commit: bool) {
             0
         );
     }
-    let r = client
-        .raw()
-        .add_offsets_to_txn(v1::AddOffsetsToTxnRequest {
-            transactional_id: t.tid.clone(),
-            producer_id: t.pid,
-            producer_epoch: t.epoch,
-            group: "g".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(r.error_code, 0);
-    let r = client
-        .raw()
-        .txn_offset_commit(v1::TxnOffsetCommitRequest {
-            transactional_id: t.tid.clone(),
-            producer_id: t.pid,
-            producer_epoch: t.epoch,
-            group: "g".into(),
-            offsets: vec![v1::PartitionOffset {
-                topic: "t".into(),
-                partition: 0,
-                offset: 7,
-            }],
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(r.error_code, 0, "{}", r.error_message);
+    for (code, message) in send_offsets(&client, &t, 7).await {
+        assert_eq!(code, 0, "{message}");
+    }
 
     fail::cfg(point, "return").unwrap();
     let r = end(&client, &t, commit).await;

@@ -213,3 +213,37 @@ pub async fn read(
     }
     (out, p.last_stable_offset)
 }
+
+/// `AddOffsetsToTxn` then `TxnOffsetCommit` of `offset` for `t`/0 in group
+/// "g"; returns the two responses' (code, message).
+pub async fn send_offsets(client: &Client, t: &Txn, offset: u64) -> [(u32, String); 2] {
+    let r = client
+        .raw()
+        .add_offsets_to_txn(v1::AddOffsetsToTxnRequest {
+            transactional_id: t.tid.clone(),
+            producer_id: t.pid,
+            producer_epoch: t.epoch,
+            group: "g".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let added = (r.error_code, r.error_message);
+    let r = client
+        .raw()
+        .txn_offset_commit(v1::TxnOffsetCommitRequest {
+            transactional_id: t.tid.clone(),
+            producer_id: t.pid,
+            producer_epoch: t.epoch,
+            group: "g".into(),
+            offsets: vec![v1::PartitionOffset {
+                topic: "t".into(),
+                partition: 0,
+                offset,
+            }],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    [added, (r.error_code, r.error_message)]
+}
