@@ -19,9 +19,12 @@
 //! # Durability and the recovery checkpoint
 //!
 //! `durable_offset` only advances after an msync covering every byte below
-//! it has succeeded. Earlier segments are flushed in full when a segment is
-//! sealed (roll), before the next segment receives any append, so a flush
-//! of the active segment alone vouches for the whole log below it.
+//! it has succeeded. A roll does not wait for the disk: it creates the next
+//! segment and queues the old one for sealing. The flusher thread seals
+//! queued segments in order (msync all of it, then write its final index)
+//! before it flushes the active segment, so a flush of the active segment
+//! still vouches for the whole log below it. Recovery treats a segment
+//! whose seal did not finish like an active segment (see `recover`).
 //!
 //! A failed flush is never retried: the page cache may have dropped the
 //! dirty pages and marked them clean ("fsyncgate"), so a retry could
@@ -46,6 +49,7 @@
 //! as the files are concerned, it is a crash (the page cache still holds
 //! the bytes, which tests then damage on purpose to model lost writes).
 
+use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -75,9 +79,10 @@ pub struct AppendInfo {
     pub last_offset: u64,
     /// First offset in the log at the time of the append.
     pub log_start_offset: u64,
-    /// The append opened a new segment. Rolling flushed the previous one,
-    /// so every offset below `base_offset` is durable: a good moment for
-    /// callers to snapshot state derived from the log.
+    /// The append opened a new segment: a good moment for callers to
+    /// snapshot state derived from the log. The previous segment is sealed
+    /// (flushed, then indexed) in the background; `durable_offset` says
+    /// when that is done.
     pub rolled: bool,
 }
 
@@ -130,6 +135,16 @@ pub struct RecoveryStats {
     pub zeroed_bytes: u64,
     /// Segments whose index was rebuilt by a full scan.
     pub rebuilt_indexes: usize,
+    /// Segments removed because they followed a segment whose seal had not
+    /// finished and whose tail was lost.
+    pub dropped_segments: usize,
+}
+
+/// A rolled segment waiting for its final flush and index.
+struct Sealing {
+    seg: Arc<Segment>,
+    handle: mmap::FlushHandle,
+    target: DurablePoint,
 }
 
 struct Appender {
@@ -161,6 +176,8 @@ struct Inner {
     durable_lock: Mutex<()>,
     durable_cv: Condvar,
     flush_lock: Mutex<()>,
+    /// Rolled segments not sealed yet, oldest first.
+    sealing: Mutex<VecDeque<Sealing>>,
     flusher_state: Mutex<FlusherState>,
     flusher_cv: Condvar,
     recovery: RecoveryStats,
@@ -184,7 +201,8 @@ impl std::fmt::Debug for Log {
 
 impl Log {
     /// Opens (creating if needed) the log in `dir`, runs recovery and starts
-    /// the flusher thread for the `Always` and `Interval` policies.
+    /// the flusher thread, which seals rolled segments and, for the `Always`
+    /// and `Interval` policies, flushes the active one.
     pub fn open(dir: impl AsRef<Path>, config: LogConfig) -> Result<Log, StorageError> {
         config.validate()?;
         let dir = dir.as_ref().to_path_buf();
@@ -210,24 +228,21 @@ impl Log {
             durable_lock: Mutex::new(()),
             durable_cv: Condvar::new(),
             flush_lock: Mutex::new(()),
+            sealing: Mutex::new(VecDeque::new()),
             flusher_state: Mutex::new(FlusherState::default()),
             flusher_cv: Condvar::new(),
             recovery: recovered.stats,
         });
-        let flusher = match config.flush {
-            FlushPolicy::Never => None,
-            _ => {
-                let inner = inner.clone();
-                let handle = std::thread::Builder::new()
-                    .name("ferry-flusher".into())
-                    .spawn(move || inner.flusher_main())
-                    .map_err(|e| StorageError::io("spawn flusher", PathBuf::new(), e))?;
-                Some(handle)
-            }
+        let flusher = {
+            let inner = inner.clone();
+            std::thread::Builder::new()
+                .name("ferry-flusher".into())
+                .spawn(move || inner.flusher_main())
+                .map_err(|e| StorageError::io("spawn flusher", PathBuf::new(), e))?
         };
         Ok(Log {
             inner,
-            flusher: Mutex::new(flusher),
+            flusher: Mutex::new(Some(flusher)),
         })
     }
 
@@ -283,6 +298,7 @@ impl Log {
             .fetch_max(header.max_timestamp, Ordering::Relaxed);
         seg.next_offset.store(next, Ordering::Release);
         app.writer.publish(pos + len);
+        app.writer.prefault_ahead(pos + len);
         inner.next_offset.store(next, Ordering::Release);
         inner.watch.send_modify(|w| w.next_offset = next);
         drop(app);
@@ -429,18 +445,21 @@ impl Log {
     /// Deletes whole sealed segments, oldest first, while the log is larger
     /// than `retention_bytes` (keeping at least that much) or while the
     /// oldest segment's newest record is older than `retention_ms`. The
-    /// active segment is never deleted.
+    /// active segment, and segments whose seal is still queued, are never
+    /// deleted.
     pub fn apply_retention(&self, now_ms: i64) -> Result<RetentionOutcome, StorageError> {
         let inner = &*self.inner;
         let config = &inner.config;
         // The appender lock keeps a roll from changing the active segment.
         let _app = inner.appender.lock();
+        // Segments still queued for sealing are kept too.
+        let unsealed = inner.sealing.lock().len();
         let mut doomed = Vec::new();
         {
             let mut segs = inner.segments.write();
             let mut total: u64 = segs.iter().map(|s| s.data_len()).sum();
             let mut count = 0;
-            while count + 1 < segs.len() {
+            while count + 1 + unsealed < segs.len() {
                 let seg = &segs[count];
                 let size = seg.data_len();
                 let by_size = config
@@ -650,18 +669,62 @@ impl Inner {
                 }
                 st.pending = false;
             }
-            if self.flush_once(false).is_err() && self.failed.load(Ordering::Acquire) {
+            let result = if self.config.flush == FlushPolicy::Never {
+                let _flush = self.flush_lock.lock();
+                self.seal_queued()
+            } else {
+                self.flush_once(false)
+            };
+            if result.is_err() && self.failed.load(Ordering::Acquire) {
                 return;
             }
         }
     }
 
-    /// One group commit: msync everything the active segment published
-    /// since the last flush, then advance the watermark. With `force`, the
-    /// checkpoint is written even if the interval has not passed.
+    /// Seals the queued segments, oldest first: msync each in full, write
+    /// its final index, advance the watermark to its end. The caller holds
+    /// `flush_lock`, so one thread at a time seals.
+    fn seal_queued(&self) -> Result<(), StorageError> {
+        loop {
+            self.check_failed()?;
+            let Some((seg, handle, target)) = self
+                .sealing
+                .lock()
+                .front()
+                .map(|s| (s.seg.clone(), s.handle.clone(), s.target))
+            else {
+                return Ok(());
+            };
+            let from = seg.durable.lock().len;
+            if let Err(e) = flush_range(&handle, &seg.log_path, from, target.len) {
+                return Err(self.fail(&e));
+            }
+            {
+                let mut durable = seg.durable.lock();
+                if target.len > durable.len {
+                    *durable = target;
+                }
+            }
+            if let Err(e) = seg.write_index(target) {
+                // The data is durable; recovery rebuilds the index from the
+                // segment's last checkpoint, so this is not fatal.
+                tracing::warn!(path = %seg.index_path.display(), error = %e, "index write at seal failed");
+            }
+            self.sealing.lock().pop_front();
+            self.advance_durable(target.next_offset);
+        }
+    }
+
+    /// One group commit: seal the rolled segments, msync everything the
+    /// active segment published since the last flush, then advance the
+    /// watermark. With `force`, the checkpoint is written even if the
+    /// interval has not passed.
     fn flush_once(&self, force_checkpoint: bool) -> Result<(), StorageError> {
         let _flush = self.flush_lock.lock();
         self.check_failed()?;
+        // Snapshot the active segment first: every segment rolled before
+        // the snapshot is in the queue by then, and is sealed below before
+        // the watermark moves past it.
         let (seg, handle, target) = {
             let app = self.appender.lock();
             let target = DurablePoint {
@@ -671,6 +734,7 @@ impl Inner {
             };
             (app.active.clone(), app.writer.flush_handle(), target)
         };
+        self.seal_queued()?;
         let from = seg.durable.lock().len;
         if target.len > from {
             if let Err(e) = flush_range(&handle, &seg.log_path, from, target.len) {
@@ -698,40 +762,41 @@ impl Inner {
         Ok(())
     }
 
-    /// Seals the active segment and starts a new one at `next_offset`.
+    /// Starts a new active segment at `next_offset` and queues the old one
+    /// for sealing by the flusher thread, so appends never wait for the
+    /// disk here. If creating the new file fails (disk full), the old
+    /// segment simply stays active.
     ///
-    /// The old segment is flushed and its index written *before* the new
-    /// file is created, so a `.log` file after a segment always means that
-    /// segment's index covers all of it. If creating the new file fails
-    /// (disk full), the old segment simply stays active.
+    /// Until its seal finishes, the old segment's `.index` is at most a
+    /// checkpoint of a flushed prefix; recovery scans such a segment past
+    /// its checkpoint, and if its tail was lost, the log ends there.
     fn roll(&self, app: &mut Appender) -> Result<(), StorageError> {
-        let old = app.active.clone();
         let target = DurablePoint {
             len: app.writer.read_map().published(),
             next_offset: app.next_offset,
             max_timestamp: app.max_timestamp,
         };
-        let from = old.durable.lock().len;
-        if let Err(e) = flush_range(&app.writer.flush_handle(), &old.log_path, from, target.len) {
-            return Err(self.fail(&e));
-        }
-        {
-            let mut durable = old.durable.lock();
-            if target.len > durable.len {
-                *durable = target;
-            }
-        }
-        self.advance_durable(target.next_offset);
-        old.write_index(target)?;
         let (new_seg, new_writer) = create_segment(&self.dir, app.next_offset, &self.config)?;
         if let Err(e) = index::sync_dir(&self.dir) {
             let _ = std::fs::remove_file(&new_seg.log_path);
             return Err(StorageError::io("fsync dir", &self.dir, e));
         }
-        // The old write map is dropped here: the segment is sealed.
-        app.writer = new_writer;
-        app.active = new_seg.clone();
+        let old_writer = std::mem::replace(&mut app.writer, new_writer);
+        let old = std::mem::replace(&mut app.active, new_seg.clone());
+        // The old write map lives on only as the seal's flush handle.
+        // (Unmapping it here and syncing the file instead spares msync's
+        // write-protect IPIs, but the munmap on the append path cost more.)
+        self.sealing.lock().push_back(Sealing {
+            seg: old,
+            handle: old_writer.flush_handle(),
+            target,
+        });
+        drop(old_writer);
+
         self.segments.write().push(new_seg);
+        let mut st = self.flusher_state.lock();
+        st.pending = true;
+        self.flusher_cv.notify_one();
         Ok(())
     }
 }
@@ -1018,44 +1083,92 @@ fn recover(dir: &Path, config: &LogConfig) -> Result<Recovered, StorageError> {
         bases.push(0);
     }
     let mut segments: Vec<Arc<Segment>> = Vec::with_capacity(bases.len());
-    for &base in &bases[..bases.len() - 1] {
-        let seg = open_sealed(dir, base, config, &mut stats)?;
+    // Seals finish in roll order, so the segments whose seal did not finish
+    // before a crash are the ones after the last finished seal. Before
+    // that point a bad segment is damage, and an error.
+    let sealed = bases.len() - 1;
+    let finished: Vec<bool> = (0..sealed)
+        .map(|i| seal_finished(dir, bases[i], bases[i + 1]))
+        .collect();
+    let unfinished_from = finished.iter().rposition(|&f| f).map_or(0, |i| i + 1);
+    let mut cut = None;
+    for (i, &base) in bases[..sealed].iter().enumerate() {
+        if i < unfinished_from {
+            let seg = open_sealed(dir, base, config, &mut stats)?;
+            if let Some(prev) = segments.last() {
+                check_continuity(prev, base)?;
+            }
+            segments.push(Arc::new(seg));
+            continue;
+        }
+        // Its index is at most a checkpoint: recover it like the active
+        // segment (scan past the checkpoint, zero a torn tail).
+        let (seg, writer) = open_active(dir, base, config, &mut stats)?;
         if let Some(prev) = segments.last() {
             check_continuity(prev, base)?;
         }
-        segments.push(Arc::new(seg));
+        if seg.next_offset.load(Ordering::Acquire) == bases[i + 1] {
+            segments.push(seg);
+            continue;
+        }
+        // Its tail was lost (the machine crashed before the seal's flush),
+        // so nothing after it can follow on: the log ends here, as it does
+        // at a torn tail of the active segment. Nothing lost was durable.
+        let dropped = &bases[i + 1..];
+        tracing::warn!(
+            path = %seg.log_path.display(),
+            position = seg.data_len(),
+            dropped_segments = dropped.len(),
+            "segment lost its tail before it was sealed; the log ends here"
+        );
+        for &b in dropped {
+            for path in [dir.join(log_file_name(b)), dir.join(index_file_name(b))] {
+                match std::fs::remove_file(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(StorageError::io("delete segment", &path, e)),
+                }
+            }
+        }
+        stats.dropped_segments = dropped.len();
+        cut = Some((seg, writer));
+        break;
     }
     let mut last = bases[bases.len() - 1];
-    let (active, writer) = loop {
-        let (active, writer) = open_active(dir, last, config, &mut stats)?;
-        let Some(prev) = segments.last() else {
-            break (active, writer);
-        };
-        let expected = prev.next_offset.load(Ordering::Acquire);
-        if last == expected {
-            break (active, writer);
+    let (active, writer) = if let Some(cut) = cut {
+        cut
+    } else {
+        loop {
+            let (active, writer) = open_active(dir, last, config, &mut stats)?;
+            let Some(prev) = segments.last() else {
+                break (active, writer);
+            };
+            let expected = prev.next_offset.load(Ordering::Acquire);
+            if last == expected {
+                break (active, writer);
+            }
+            if active.data_len() > 0 {
+                return Err(StorageError::Corrupt {
+                    path: prev.log_path.clone(),
+                    position: prev.data_len(),
+                    reason: format!(
+                        "segment ends at offset {expected} but the next segment starts at {last}"
+                    ),
+                });
+            }
+            // An empty segment file with a wrong name (e.g. left by an external
+            // copy): it holds nothing, so drop it and append to the one before.
+            tracing::warn!(path = %active.log_path.display(), "removing an empty segment that does not continue the log");
+            let (log_path, index_path) = (active.log_path.clone(), active.index_path.clone());
+            drop(writer);
+            drop(active);
+            for p in [log_path, index_path] {
+                let _ = std::fs::remove_file(p);
+            }
+            let prev = segments.pop().expect("checked above");
+            last = prev.base_offset;
+            drop(prev);
         }
-        if active.data_len() > 0 {
-            return Err(StorageError::Corrupt {
-                path: prev.log_path.clone(),
-                position: prev.data_len(),
-                reason: format!(
-                    "segment ends at offset {expected} but the next segment starts at {last}"
-                ),
-            });
-        }
-        // An empty segment file with a wrong name (e.g. left by an external
-        // copy): it holds nothing, so drop it and append to the one before.
-        tracing::warn!(path = %active.log_path.display(), "removing an empty segment that does not continue the log");
-        let (log_path, index_path) = (active.log_path.clone(), active.index_path.clone());
-        drop(writer);
-        drop(active);
-        for p in [log_path, index_path] {
-            let _ = std::fs::remove_file(p);
-        }
-        let prev = segments.pop().expect("checked above");
-        last = prev.base_offset;
-        drop(prev);
     };
     index::sync_dir(dir).map_err(|e| StorageError::io("fsync dir", dir, e))?;
     segments.push(active.clone());
@@ -1074,6 +1187,15 @@ fn recover(dir: &Path, config: &LogConfig) -> Result<Recovered, StorageError> {
         },
         stats,
     })
+}
+
+/// The segment at `base` has a final index: one that ends where the next
+/// segment begins.
+fn seal_finished(dir: &Path, base: u64, next_base: u64) -> bool {
+    matches!(
+        index::read_header(&dir.join(index_file_name(base))),
+        DiskRead::Present(h) if h.base_offset == base && h.next_offset == next_base
+    )
 }
 
 fn check_continuity(prev: &Segment, base: u64) -> Result<(), StorageError> {

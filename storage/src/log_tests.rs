@@ -94,11 +94,13 @@ fn a_batch_that_does_not_fit_rolls_and_reads_continue_across_the_boundary() {
     for _ in 0..10 {
         append(&log, &b);
     }
+    // Rolled segments are sealed in the background; a flush waits for that.
+    log.flush().unwrap();
     let segs = log.segments();
     assert!(segs.len() >= 3, "{segs:?}");
     for pair in segs.windows(2) {
         assert_eq!(pair[0].next_offset, pair[1].base_offset);
-        // Sealed segments are flushed in full at roll.
+        // Sealed segments are flushed in full.
         assert_eq!(pair[0].durable_len, pair[0].data_len);
     }
     // Reading at the end of a segment continues into the next one, and one
@@ -263,6 +265,7 @@ fn retention_deletes_only_whole_sealed_segments() {
     for _ in 0..10 {
         append(&log, &b);
     }
+    log.flush().unwrap();
     let before = log.segments();
     let held = log.read(0, usize::MAX, u64::MAX).unwrap();
     let out = log.apply_retention(0).unwrap();
@@ -294,6 +297,7 @@ fn retention_by_age_uses_each_segments_newest_timestamp() {
         append(&log, &batch(ts, 1, 1500));
     }
     // Two batches per segment: segments end at ts 200, 5000, 5200.
+    log.flush().unwrap();
     let out = log.apply_retention(5500).unwrap();
     assert_eq!(out.segments_deleted, 1);
     assert_eq!(log.log_start_offset(), 2);
@@ -378,4 +382,150 @@ fn invalid_configs_are_rejected_at_open() {
         Log::open(dir.path(), config(100, FlushPolicy::Never)),
         Err(StorageError::InvalidConfig(_))
     ));
+}
+
+/// Closes a log of `batches` 1000-byte batches in 4 KiB segments (three
+/// batches each) and returns its segments.
+fn sealed_log(dir: &Path, batches: usize) -> (Bytes, Vec<SegmentInfo>) {
+    let b = batch(1, 1, 1000);
+    let log = Log::open(dir, config(4096, FlushPolicy::Never)).unwrap();
+    for _ in 0..batches {
+        append(&log, &b);
+    }
+    log.close().unwrap();
+    (b, log.segments())
+}
+
+/// Replaces a segment's final index with a checkpoint of its first batch,
+/// which is what the file holds while the segment waits for its seal.
+fn unseal(seg: &SegmentInfo, batch_len: usize) {
+    let header = index::IndexHeader {
+        base_offset: seg.base_offset,
+        valid_len: batch_len as u64,
+        next_offset: seg.base_offset + 1,
+        max_timestamp: 1,
+        entry_count: 0,
+        entries_crc: 0,
+    };
+    index::write(&seg.index_path, &header, &[]).unwrap();
+}
+
+#[test]
+fn a_crash_with_seals_queued_loses_nothing_the_page_cache_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = batch(1, 1, 1000);
+    {
+        let log = Log::open(dir.path(), config(4096, FlushPolicy::Never)).unwrap();
+        for _ in 0..30 {
+            append(&log, &b);
+        }
+        // Dropped without close: a process crash, seals done or not.
+    }
+    let log = Log::open(dir.path(), config(4096, FlushPolicy::Never)).unwrap();
+    assert_eq!(read_all(&log).len(), 30);
+    assert_eq!(log.recovery_stats().dropped_segments, 0);
+    assert_eq!(
+        log.index_entries().unwrap(),
+        log.rebuilt_index_entries().unwrap()
+    );
+}
+
+#[test]
+fn a_segment_whose_seal_did_not_finish_is_scanned_past_its_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let (b, segs) = sealed_log(dir.path(), 10);
+    assert_eq!(segs.len(), 4);
+    unseal(&segs[2], b.len());
+    let log = Log::open(dir.path(), config(4096, FlushPolicy::Never)).unwrap();
+    assert_eq!(read_all(&log).len(), 10);
+    let stats = log.recovery_stats();
+    assert_eq!(stats.dropped_segments, 0);
+    assert_eq!(stats.scanned_bytes, 2 * b.len() as u64);
+    assert_eq!(
+        log.index_entries().unwrap(),
+        log.rebuilt_index_entries().unwrap()
+    );
+    drop(log);
+    // Its index is final now: the next open scans nothing.
+    let log = Log::open(dir.path(), config(4096, FlushPolicy::Never)).unwrap();
+    assert_eq!(log.recovery_stats().scanned_bytes, 0);
+}
+
+#[test]
+fn a_segment_that_lost_its_tail_before_its_seal_ends_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let (b, segs) = sealed_log(dir.path(), 10);
+    unseal(&segs[2], b.len());
+    // The machine crashed before the seal's msync: the third batch of the
+    // segment never reached the disk, though later pages did.
+    let mut data = std::fs::read(&segs[2].log_path).unwrap();
+    let third = 2 * b.len();
+    data[third..third + 512].fill(0);
+    std::fs::write(&segs[2].log_path, &data).unwrap();
+    let log = Log::open(dir.path(), config(4096, FlushPolicy::Never)).unwrap();
+    let stats = log.recovery_stats();
+    assert_eq!(stats.dropped_segments, 1);
+    assert_eq!(log.next_offset(), segs[2].base_offset + 2);
+    assert_eq!(read_all(&log).len(), 8);
+    assert!(!segs[3].log_path.exists());
+    assert!(!segs[3].index_path.exists());
+    // The log goes on from where it now ends.
+    assert_eq!(append(&log, &b).base_offset, segs[2].base_offset + 2);
+    log.close().unwrap();
+    let log = Log::open(dir.path(), config(4096, FlushPolicy::Never)).unwrap();
+    assert_eq!(read_all(&log).len(), 9);
+}
+
+#[test]
+fn an_unfinished_seal_before_a_finished_one_is_damage_not_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let (b, segs) = sealed_log(dir.path(), 10);
+    // Seals finish in order, so a stale index behind a final one cannot be
+    // left by a crash: refuse to open rather than drop what follows.
+    unseal(&segs[1], b.len());
+    match Log::open(dir.path(), config(4096, FlushPolicy::Never)).unwrap_err() {
+        StorageError::Corrupt { path, .. } => assert_eq!(path, segs[1].log_path),
+        other => panic!("{other}"),
+    }
+    assert!(segs[3].log_path.exists());
+}
+
+#[test]
+fn durable_offset_passes_a_rolled_segment_only_once_it_is_sealed() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), config(4096, FlushPolicy::Always)).unwrap();
+    let b = batch(1, 1, 1000);
+    let mut last = None;
+    for _ in 0..10 {
+        last = Some(append(&log, &b));
+    }
+    log.wait_durable_blocking(last.unwrap().last_offset)
+        .unwrap();
+    assert!(log.inner.sealing.lock().is_empty());
+    for seg in &log.segments()[..3] {
+        assert_eq!(seg.durable_len, seg.data_len);
+        assert!(seal_finished(dir.path(), seg.base_offset, seg.next_offset));
+    }
+}
+
+#[test]
+fn retention_keeps_segments_whose_seal_is_queued() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(4096, FlushPolicy::Never);
+    cfg.retention_bytes = Some(0);
+    let log = Log::open(dir.path(), cfg).unwrap();
+    let b = batch(1, 1, 1000);
+    for _ in 0..10 {
+        append(&log, &b);
+    }
+    // Hold the flusher off the queue while retention runs.
+    let flush_guard = log.inner.flush_lock.lock();
+    let queued = log.inner.sealing.lock().len();
+    let before = log.segments().len();
+    let out = log.apply_retention(0).unwrap();
+    assert_eq!(out.segments_deleted, before - 1 - queued);
+    drop(flush_guard);
+    log.flush().unwrap();
+    assert_eq!(log.apply_retention(0).unwrap().segments_deleted, queued);
+    assert_eq!(log.segments().len(), 1);
 }

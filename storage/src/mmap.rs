@@ -36,12 +36,23 @@
 //!
 //! What this module cannot defend against is another process writing or
 //! truncating the file; the log directory is owned by one broker.
+//!
+//! # Prefaulting
+//!
+//! The first write to each page of a fresh segment faults: the kernel finds
+//! (and zero-fills) a page-cache page and maps it writable. On the
+//! appender's thread that costs about as much as the copy itself, so
+//! [`Writer::prefault_ahead`] asks one process-wide thread to fault the
+//! next few MiB in ahead of the writer (`MADV_POPULATE_WRITE`, which maps
+//! pages without changing their contents). It is only a hint: if the
+//! writer gets there first, it takes the faults itself.
 #![allow(unsafe_code)]
 
 use std::fs::File;
 use std::io;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Sender, channel};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use memmap2::{Mmap, MmapOptions, MmapRaw};
 
@@ -59,6 +70,42 @@ pub(crate) struct ReadMap {
 pub(crate) struct Writer {
     raw: Arc<MmapRaw>,
     read: Arc<ReadMap>,
+    /// Everything below this was handed to the prefault thread.
+    prefaulted: u64,
+}
+
+/// How far ahead of the write position pages are faulted in.
+const PREFAULT_AHEAD: u64 = 8 << 20;
+/// The unit of one prefault request.
+const PREFAULT_CHUNK: u64 = 2 << 20;
+
+type PrefaultRequest = (Arc<MmapRaw>, u64, u64);
+
+/// The process-wide prefault thread, started on first use. `None` if it
+/// could not be started: prefaulting is only an optimisation.
+fn prefaulter() -> Option<&'static Mutex<Sender<PrefaultRequest>>> {
+    static PREFAULTER: OnceLock<Option<Mutex<Sender<PrefaultRequest>>>> = OnceLock::new();
+    PREFAULTER
+        .get_or_init(|| {
+            let (tx, rx) = channel::<PrefaultRequest>();
+            std::thread::Builder::new()
+                .name("ferry-prefault".into())
+                .spawn(move || {
+                    for (raw, start, end) in rx {
+                        // Advice only; an error (an old kernel without
+                        // MADV_POPULATE_WRITE, memory pressure) just leaves
+                        // the faults to the writer.
+                        let _ = raw.advise_range(
+                            memmap2::Advice::PopulateWrite,
+                            start as usize,
+                            (end - start) as usize,
+                        );
+                    }
+                })
+                .ok()
+                .map(|_| Mutex::new(tx))
+        })
+        .as_ref()
 }
 
 /// A clonable handle that can msync ranges of the writable map, used by the
@@ -83,6 +130,7 @@ pub(crate) fn map_writable(
         Writer {
             raw: Arc::new(raw),
             read,
+            prefaulted: published.min(len),
         },
     ))
 }
@@ -229,6 +277,27 @@ impl Writer {
                 (end - start) as usize,
             )
         })
+    }
+
+    /// Asks the prefault thread to fault in the pages up to
+    /// [`PREFAULT_AHEAD`] bytes past `pos`, the next write position.
+    pub(crate) fn prefault_ahead(&mut self, pos: u64) {
+        let want = pos.saturating_add(PREFAULT_AHEAD).min(self.read.len);
+        self.prefaulted = self.prefaulted.max(pos);
+        if want < self.prefaulted + PREFAULT_CHUNK && want < self.read.len {
+            return;
+        }
+        if want <= self.prefaulted {
+            return;
+        }
+        let Some(prefaulter) = prefaulter() else {
+            return;
+        };
+        let request = (self.raw.clone(), self.prefaulted, want);
+        if let Ok(tx) = prefaulter.lock() {
+            let _ = tx.send(request);
+        }
+        self.prefaulted = want;
     }
 
     /// Publishes every byte below `end` to readers. `end` never decreases.

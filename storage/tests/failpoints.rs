@@ -75,7 +75,7 @@ fn a_failed_flush_makes_the_log_refuse_writes_and_never_ack() {
 }
 
 #[test]
-fn a_failed_flush_at_segment_roll_fails_the_log() {
+fn a_failed_flush_while_sealing_a_rolled_segment_fails_the_log() {
     let _serial = SERIAL.lock();
     let scenario = fail::FailScenario::setup();
     let dir = tempfile::tempdir().unwrap();
@@ -84,16 +84,25 @@ fn a_failed_flush_at_segment_roll_fails_the_log() {
     append(&log, &b);
     append(&log, &b);
     fail::cfg("storage::flush", "return").unwrap();
-    assert!(matches!(
-        log.append(ValidBatch::exact(&b).unwrap()),
-        Err(StorageError::LogFailed { .. })
-    ));
+    // The roll itself does not wait for the disk; the seal fails behind it.
+    let rolled = log.append(ValidBatch::exact(&b).unwrap()).unwrap();
+    assert!(rolled.rolled);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while log.failure().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the seal never failed"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
     fail::remove("storage::flush");
     assert!(matches!(
         log.append(ValidBatch::exact(&b).unwrap()),
         Err(StorageError::LogFailed { .. })
     ));
-    assert_eq!(log.segments().len(), 1);
+    assert!(matches!(log.flush(), Err(StorageError::LogFailed { .. })));
+    // Nothing in the segment that failed to seal was ever called durable.
+    assert_eq!(log.durable_offset(), 0);
     scenario.teardown();
 }
 
@@ -111,20 +120,23 @@ fn a_failed_checkpoint_is_not_fatal_and_recovery_scans_instead() {
         append(&log, &b);
         log.flush().unwrap();
         assert_eq!(log.durable_offset(), 4);
-        // At roll the sealed segment's index cannot be written: the append
-        // fails, but the log stays usable.
+        // The rolled segment's final index cannot be written when it is
+        // sealed: its older checkpoint stays, and the log stays usable.
         let big = make_batch(2, 1, 7900);
-        assert!(matches!(
-            log.append(ValidBatch::exact(&big).unwrap()),
-            Err(StorageError::Io { .. })
-        ));
+        let info = append(&log, &big);
+        assert!(info.rolled);
+        assert_eq!(info.base_offset, 4);
+        log.flush().unwrap();
         assert!(log.failure().is_none());
-        fail::remove("storage::checkpoint");
-        assert_eq!(append(&log, &big).base_offset, 4);
+        assert_eq!(log.durable_offset(), 5);
         assert_eq!(log.segments().len(), 2);
+        fail::remove("storage::checkpoint");
     }
     scenario.teardown();
     let log = Log::open(dir.path(), config(FlushPolicy::Never)).unwrap();
     assert_eq!(log.next_offset(), 5);
     assert_eq!(read_batches(&log).len(), 3);
+    // Both segments were scanned past their last checkpoint.
+    assert_eq!(log.recovery_stats().dropped_segments, 0);
+    assert!(log.recovery_stats().scanned_bytes >= b.len() as u64 + 7900);
 }

@@ -76,14 +76,30 @@ struct Model {
 }
 
 impl Model {
+    /// A lower bound of the log's durable offset: the end of the durable
+    /// prefix. A rolled segment is sealed in the background, so it counts
+    /// as durable only from the next flush on.
     fn durable_offset(&self) -> u64 {
-        let last = self.segments.last().unwrap();
-        last.batches
-            .iter()
-            .filter(|b| b.position + b.len <= last.durable_len)
-            .map(MBatch::next_offset)
-            .next_back()
-            .unwrap_or(last.base)
+        let mut durable = self.segments[0].base;
+        for seg in &self.segments {
+            for b in &seg.batches {
+                if b.position + b.len > seg.durable_len {
+                    return durable;
+                }
+                durable = b.next_offset();
+            }
+            if seg.durable_len < seg.len {
+                return durable;
+            }
+            durable = durable.max(seg.batches.last().map_or(seg.base, MBatch::next_offset));
+        }
+        durable
+    }
+
+    fn all_durable(&mut self) {
+        for seg in &mut self.segments {
+            seg.durable_len = seg.len;
+        }
     }
 
     fn all_batches(&self) -> impl Iterator<Item = &MBatch> {
@@ -188,7 +204,6 @@ impl ReferenceStateMachine for LogModel {
                 let len = make_batch(state.next_id, records, value_len).len() as u64;
                 let last = state.segments.last_mut().unwrap();
                 if last.len + len > SEGMENT_BYTES {
-                    last.durable_len = last.len;
                     state.segments.push(MSeg {
                         base: state.next_offset,
                         batches: Vec::new(),
@@ -209,10 +224,7 @@ impl ReferenceStateMachine for LogModel {
                 state.next_offset += records as u64;
                 state.next_id += 1;
             }
-            Transition::Flush | Transition::Reopen => {
-                let last = state.segments.last_mut().unwrap();
-                last.durable_len = last.len;
-            }
+            Transition::Flush | Transition::Reopen => state.all_durable(),
             Transition::Crash {
                 cut_fraction,
                 garbage,
@@ -241,8 +253,9 @@ impl ReferenceStateMachine for LogModel {
                     .count();
                 last.batches.truncate(survivors);
                 last.len = last.batches.last().map_or(0, |b| b.position + b.len);
-                last.durable_len = last.len;
                 state.next_offset = last.batches.last().map_or(last.base, MBatch::next_offset);
+                // Recovery flushes everything it keeps.
+                state.all_durable();
             }
             Transition::Read { .. } => {}
         }
