@@ -275,6 +275,11 @@ impl BatchCompletion {
     }
 
     async fn wait(&self) -> &Result<Option<u64>, ClientError> {
+        // Fast path: every record of a batch waits on the same completion,
+        // and all but the first usually find it done.
+        if let Some(result) = self.result.get() {
+            return result;
+        }
         loop {
             let notified = self.notify.notified();
             tokio::pin!(notified);
