@@ -143,7 +143,8 @@ pub struct RecoveryStats {
 /// A rolled segment waiting for its final flush and index.
 struct Sealing {
     seg: Arc<Segment>,
-    handle: mmap::FlushHandle,
+    /// Taken by the seal, which unmaps it and syncs the file.
+    sealer: Option<mmap::Sealer>,
     target: DurablePoint,
 }
 
@@ -681,22 +682,27 @@ impl Inner {
         }
     }
 
-    /// Seals the queued segments, oldest first: msync each in full, write
-    /// its final index, advance the watermark to its end. The caller holds
+    /// Seals the queued segments, oldest first: unmap the write map,
+    /// fdatasync the file, write its final index, advance the watermark to
+    /// its end. The caller holds
     /// `flush_lock`, so one thread at a time seals.
     fn seal_queued(&self) -> Result<(), StorageError> {
         loop {
             self.check_failed()?;
-            let Some((seg, handle, target)) = self
+            let Some((seg, sealer, target)) = self
                 .sealing
                 .lock()
-                .front()
-                .map(|s| (s.seg.clone(), s.handle.clone(), s.target))
+                .front_mut()
+                .map(|s| (s.seg.clone(), s.sealer.take(), s.target))
             else {
                 return Ok(());
             };
-            let from = seg.durable.lock().len;
-            if let Err(e) = flush_range(&handle, &seg.log_path, from, target.len) {
+            // `None` only if an earlier attempt failed, which failed the log.
+            let Some(sealer) = sealer else {
+                return self.check_failed();
+            };
+            let file = sealer.unmap();
+            if let Err(e) = segment::sync_file(&file, &seg.log_path) {
                 return Err(self.fail(&e));
             }
             {
@@ -783,15 +789,13 @@ impl Inner {
         }
         let old_writer = std::mem::replace(&mut app.writer, new_writer);
         let old = std::mem::replace(&mut app.active, new_seg.clone());
-        // The old write map lives on only as the seal's flush handle.
-        // (Unmapping it here and syncing the file instead spares msync's
-        // write-protect IPIs, but the munmap on the append path cost more.)
+        // The seal unmaps the write map, off this thread: a munmap here
+        // measurably slowed appends.
         self.sealing.lock().push_back(Sealing {
             seg: old,
-            handle: old_writer.flush_handle(),
+            sealer: Some(old_writer.into_sealer()),
             target,
         });
-        drop(old_writer);
 
         self.segments.write().push(new_seg);
         let mut st = self.flusher_state.lock();

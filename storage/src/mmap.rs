@@ -70,6 +70,8 @@ pub(crate) struct ReadMap {
 pub(crate) struct Writer {
     raw: Arc<MmapRaw>,
     read: Arc<ReadMap>,
+    /// The mapped file, for syncing it once the write map is gone.
+    file: Arc<File>,
     /// Everything below this was handed to the prefault thread.
     prefaulted: u64,
 }
@@ -115,6 +117,25 @@ pub(crate) struct FlushHandle {
     raw: Arc<MmapRaw>,
 }
 
+/// A segment that will not be written again: its write map, still mapped,
+/// and its file.
+#[derive(Debug)]
+pub(crate) struct Sealer {
+    raw: Arc<MmapRaw>,
+    file: Arc<File>,
+}
+
+impl Sealer {
+    /// Unmaps the write map and returns the file. Syncing the file after
+    /// that (fdatasync) writes its dirty pages back without write-protecting
+    /// a writable mapping page by page, which costs an msync through a
+    /// live write map one TLB-shootdown IPI after another.
+    pub(crate) fn unmap(self) -> Arc<File> {
+        drop(self.raw);
+        self.file
+    }
+}
+
 /// Maps `file` (opened read-write, `len` bytes long) twice.
 ///
 /// `published` is the initial end: bytes below it are immutable from now on.
@@ -130,6 +151,7 @@ pub(crate) fn map_writable(
         Writer {
             raw: Arc::new(raw),
             read,
+            file: Arc::new(file.try_clone()?),
             prefaulted: published.min(len),
         },
     ))
@@ -214,6 +236,15 @@ impl Writer {
     /// The read map this writer publishes to.
     pub(crate) fn read_map(&self) -> &Arc<ReadMap> {
         &self.read
+    }
+
+    /// Gives up writing: what is left is the file and the write map, to be
+    /// dropped by [`Sealer::unmap`] on the thread that syncs the file.
+    pub(crate) fn into_sealer(self) -> Sealer {
+        Sealer {
+            raw: self.raw,
+            file: self.file,
+        }
     }
 
     /// A handle for msync.

@@ -528,6 +528,17 @@ pub fn flush_range(
         .map_err(|e| StorageError::io("msync", path, e))
 }
 
+/// fdatasync of a whole segment file (a seal). Shares the flush failpoint.
+pub fn sync_file(file: &std::fs::File, path: &Path) -> Result<(), StorageError> {
+    fail::fail_point!("storage::flush", |_| Err(StorageError::io(
+        "fdatasync",
+        path,
+        std::io::Error::other("injected flush failure")
+    )));
+    file.sync_data()
+        .map_err(|e| StorageError::io("fdatasync", path, e))
+}
+
 const _: () = assert!(MAX_BATCH_BYTES as u64 >= ZERO_CHECK_CHUNK_BYTES);
 
 #[cfg(test)]
