@@ -124,6 +124,7 @@ enum State {
 /// what this transaction did with each partition.
 #[derive(Debug)]
 struct TopicMeta {
+    name: String,
     partitions: u32,
     /// Partition for records without a key; moves on after a batch's worth
     /// of bytes.
@@ -139,12 +140,13 @@ struct TopicMeta {
 }
 
 impl TopicMeta {
-    fn new(partitions: u32) -> TopicMeta {
+    fn new(name: &str, partitions: u32) -> TopicMeta {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_nanos())
             .unwrap_or(0);
         TopicMeta {
+            name: name.to_owned(),
             partitions,
             sticky: nanos % partitions,
             sticky_bytes: 0,
@@ -214,7 +216,12 @@ pub struct TransactionalProducer {
     producer_id: i64,
     epoch: i16,
     state: State,
-    topics: HashMap<String, TopicMeta>,
+    /// Topics in the order first sent to; `topic_index` finds them by name.
+    topics: Vec<TopicMeta>,
+    topic_index: HashMap<String, usize>,
+    /// Index of the topic of the last send: the next send nearly always
+    /// goes to the same one, and a string compare is cheaper than a hash.
+    last_topic: usize,
     txn: Txn,
 }
 
@@ -286,7 +293,9 @@ impl TransactionalProducer {
             producer_id,
             epoch,
             state: State::Ready,
-            topics: HashMap::new(),
+            topics: Vec::new(),
+            topic_index: HashMap::new(),
+            last_topic: 0,
             txn: Txn::default(),
         })
     }
@@ -389,22 +398,34 @@ impl TransactionalProducer {
         key: Option<&[u8]>,
         value: Option<&[u8]>,
     ) -> Result<Delivery, ClientError> {
-        let p = self.pick_partition(topic, partition, key, value).await?;
-        if !self.topics[topic].registered[p as usize] {
+        let (t, p) = self.pick_partition(topic, partition, key, value).await?;
+        if !self.topics[t].registered[p as usize] {
             self.add_partitions(topic, p).await?;
         }
         let delivery = self.producer.send_to(topic, p, key, value).await?;
         self.txn.records += 1;
         let batches = &mut self.txn.batches;
-        if let Some(meta) = self.topics.get_mut(topic) {
-            let last = &mut meta.last_batch[p as usize];
-            let known = last.is_some_and(|i| batches[i].same_batch(&delivery));
-            if !known {
-                *last = Some(batches.len());
-                batches.push(delivery.clone());
-            }
+        let last = &mut self.topics[t].last_batch[p as usize];
+        let known = last.is_some_and(|i| batches[i].same_batch(&delivery));
+        if !known {
+            *last = Some(batches.len());
+            batches.push(delivery.clone());
         }
         Ok(delivery)
+    }
+
+    /// Index of `topic` in `topics`, if it was sent to before.
+    fn find_topic(&mut self, topic: &str) -> Option<usize> {
+        if self
+            .topics
+            .get(self.last_topic)
+            .is_some_and(|m| m.name == topic)
+        {
+            return Some(self.last_topic);
+        }
+        let t = *self.topic_index.get(topic)?;
+        self.last_topic = t;
+        Some(t)
     }
 
     async fn pick_partition(
@@ -413,25 +434,29 @@ impl TransactionalProducer {
         partition: Option<u32>,
         key: Option<&[u8]>,
         value: Option<&[u8]>,
-    ) -> Result<u32, ClientError> {
-        if !self.topics.contains_key(topic) {
-            let description = self.client.describe_topic(topic).await?;
-            let n = description.partitions.len() as u32;
-            if n == 0 {
-                return Err(ClientError::broker(
-                    ErrorCode::UnknownTopicOrPartition,
-                    format!("topic {topic} has no partitions"),
-                ));
+    ) -> Result<(usize, u32), ClientError> {
+        let t = match self.find_topic(topic) {
+            Some(t) => t,
+            None => {
+                let description = self.client.describe_topic(topic).await?;
+                let n = description.partitions.len() as u32;
+                if n == 0 {
+                    return Err(ClientError::broker(
+                        ErrorCode::UnknownTopicOrPartition,
+                        format!("topic {topic} has no partitions"),
+                    ));
+                }
+                self.topics.push(TopicMeta::new(topic, n));
+                let t = self.topics.len() - 1;
+                self.topic_index.insert(topic.to_owned(), t);
+                self.last_topic = t;
+                t
             }
-            self.topics.insert(topic.to_owned(), TopicMeta::new(n));
-        }
+        };
         let batch_bytes = self.config.producer.batch_bytes;
-        let meta = self
-            .topics
-            .get_mut(topic)
-            .expect("the topic was just loaded");
+        let meta = &mut self.topics[t];
         let n = meta.partitions;
-        Ok(match (partition, key) {
+        let p = match (partition, key) {
             (Some(p), _) if p >= n => {
                 return Err(ClientError::broker(
                     ErrorCode::UnknownTopicOrPartition,
@@ -449,7 +474,8 @@ impl TransactionalProducer {
                 }
                 p
             }
-        })
+        };
+        Ok((t, p))
     }
 
     /// Registers `topic`/`partition`, and every partition the previous
@@ -459,7 +485,8 @@ impl TransactionalProducer {
             topic: topic.to_owned(),
             partition,
         }];
-        for (name, meta) in &self.topics {
+        for meta in &self.topics {
+            let name = &meta.name;
             for (p, used) in meta.used_before.iter().enumerate() {
                 let p = p as u32;
                 if *used && !meta.registered[p as usize] && (name != topic || p != partition) {
@@ -489,8 +516,8 @@ impl TransactionalProducer {
         self.note_registration(&result);
         if result.is_ok() {
             for tp in &request.partitions {
-                if let Some(meta) = self.topics.get_mut(&tp.topic) {
-                    meta.registered[tp.partition as usize] = true;
+                if let Some(t) = self.find_topic(&tp.topic) {
+                    self.topics[t].registered[tp.partition as usize] = true;
                 }
             }
         }
@@ -642,7 +669,7 @@ impl TransactionalProducer {
                 }
             }
         }
-        for meta in self.topics.values_mut() {
+        for meta in &mut self.topics {
             meta.last_batch.fill(None);
         }
         first_error.map_or(Ok(()), Err)
@@ -736,7 +763,7 @@ impl TransactionalProducer {
 
     fn finish(&mut self) {
         self.txn = Txn::default();
-        for meta in self.topics.values_mut() {
+        for meta in &mut self.topics {
             meta.reset();
         }
         self.state = State::Ready;
@@ -788,7 +815,9 @@ impl TransactionalProducer {
             producer_id: 5,
             epoch: 0,
             state: State::Ready,
-            topics: HashMap::new(),
+            topics: Vec::new(),
+            topic_index: HashMap::new(),
+            last_topic: 0,
             txn: Txn::default(),
         }
     }
@@ -991,14 +1020,15 @@ mod tests {
     #[tokio::test]
     async fn keyed_records_follow_the_partitioner_and_keyless_ones_stick() {
         let mut p = offline();
-        p.topics.insert("t".into(), TopicMeta::new(4));
+        p.topics.push(TopicMeta::new("t", 4));
+        p.topic_index.insert("t".into(), 0);
         for i in 0..40u32 {
             let key = i.to_be_bytes();
             let got = p
                 .pick_partition("t", None, Some(&key), Some(b"v"))
                 .await
                 .unwrap();
-            assert_eq!(got, partition_for_key(&key, 4));
+            assert_eq!(got, (0, partition_for_key(&key, 4)));
         }
         let value = vec![0u8; 1000];
         let mut picks = Vec::new();
@@ -1006,7 +1036,8 @@ mod tests {
             picks.push(
                 p.pick_partition("t", None, None, Some(&value))
                     .await
-                    .unwrap(),
+                    .unwrap()
+                    .1,
             );
         }
         let mut runs = picks.clone();
@@ -1022,9 +1053,25 @@ mod tests {
         assert_eq!(err.code(), ErrorCode::UnknownTopicOrPartition);
     }
 
+    #[tokio::test]
+    async fn topics_are_found_by_name_whichever_was_used_last() {
+        let mut p = offline();
+        for (i, name) in ["a", "b", "c"].into_iter().enumerate() {
+            p.topics.push(TopicMeta::new(name, 1 + i as u32));
+            p.topic_index.insert(name.into(), i);
+        }
+        for name in ["a", "a", "c", "b", "c", "a", "b", "b"] {
+            let t = p.find_topic(name).unwrap();
+            assert_eq!(p.topics[t].name, name);
+            assert_eq!(p.last_topic, t);
+        }
+        assert_eq!(p.find_topic("d"), None);
+        assert_eq!(p.topics[p.last_topic].name, "b");
+    }
+
     #[test]
     fn a_transaction_remembers_the_partitions_of_the_one_before() {
-        let mut meta = TopicMeta::new(3);
+        let mut meta = TopicMeta::new("t", 3);
         meta.registered[1] = true;
         meta.last_batch[1] = Some(0);
         meta.reset();
