@@ -26,6 +26,14 @@ fn config(segment_bytes: u64, flush: FlushPolicy) -> LogConfig {
     }
 }
 
+/// The index built while appending equals one rebuilt by a full scan.
+fn assert_index_matches_a_rebuild(log: &Log) {
+    assert_eq!(
+        log.index_entries().unwrap(),
+        log.rebuilt_index_entries().unwrap()
+    );
+}
+
 /// Every batch's (base offset, record values) read back one offset at a time.
 fn read_all(log: &Log) -> Vec<(u64, u32)> {
     let mut out = Vec::new();
@@ -151,10 +159,7 @@ fn a_closed_log_reopens_without_scanning_and_continues_at_the_next_offset() {
     assert_eq!(log.durable_offset(), 40);
     assert_eq!(append(&log, &b).base_offset, 40);
     assert_eq!(read_all(&log).len(), 21);
-    assert_eq!(
-        log.index_entries().unwrap(),
-        log.rebuilt_index_entries().unwrap()
-    );
+    assert_index_matches_a_rebuild(&log);
 }
 
 #[test]
@@ -176,10 +181,7 @@ fn a_dropped_log_recovers_its_unflushed_tail_by_scanning() {
     assert!(log.recovery_stats().scanned_bytes > 0);
     assert_eq!(log.next_offset(), 20);
     assert_eq!(log.durable_offset(), 20);
-    assert_eq!(
-        log.index_entries().unwrap(),
-        log.rebuilt_index_entries().unwrap()
-    );
+    assert_index_matches_a_rebuild(&log);
 }
 
 #[test]
@@ -255,16 +257,22 @@ fn never_policy_flushes_only_on_demand_and_close_fails_pending_waiters() {
     assert!(matches!(waiter.join().unwrap(), Err(StorageError::Closed)));
 }
 
+/// A log with `retention_bytes = 0` holding ten 1000-byte batches in 4 KiB
+/// segments.
+fn ten_segments_all_past_retention(dir: &Path) -> Log {
+    let mut cfg = config(4096, FlushPolicy::Never);
+    cfg.retention_bytes = Some(0);
+    let log = Log::open(dir, cfg).unwrap();
+    for _ in 0..10 {
+        append(&log, &batch(1, 1, 1000));
+    }
+    log
+}
+
 #[test]
 fn retention_deletes_only_whole_sealed_segments() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = config(4096, FlushPolicy::Never);
-    cfg.retention_bytes = Some(0);
-    let log = Log::open(dir.path(), cfg).unwrap();
-    let b = batch(1, 1, 1000);
-    for _ in 0..10 {
-        append(&log, &b);
-    }
+    let log = ten_segments_all_past_retention(dir.path());
     log.flush().unwrap();
     let before = log.segments();
     let held = log.read(0, usize::MAX, u64::MAX).unwrap();
@@ -335,10 +343,7 @@ fn a_missing_sealed_index_is_rebuilt_and_a_corrupt_sealed_segment_is_an_error() 
         let log = Log::open(dir.path(), config(4096, FlushPolicy::Never)).unwrap();
         assert_eq!(log.recovery_stats().rebuilt_indexes, 2);
         assert_eq!(read_all(&log).len(), 10);
-        assert_eq!(
-            log.index_entries().unwrap(),
-            log.rebuilt_index_entries().unwrap()
-        );
+        assert_index_matches_a_rebuild(&log);
     }
     // Damage inside a sealed segment whose index is also gone: data after
     // the damage must not be silently dropped.
@@ -424,10 +429,7 @@ fn a_crash_with_seals_queued_loses_nothing_the_page_cache_holds() {
     let log = Log::open(dir.path(), config(4096, FlushPolicy::Never)).unwrap();
     assert_eq!(read_all(&log).len(), 30);
     assert_eq!(log.recovery_stats().dropped_segments, 0);
-    assert_eq!(
-        log.index_entries().unwrap(),
-        log.rebuilt_index_entries().unwrap()
-    );
+    assert_index_matches_a_rebuild(&log);
 }
 
 #[test]
@@ -441,10 +443,7 @@ fn a_segment_whose_seal_did_not_finish_is_scanned_past_its_checkpoint() {
     let stats = log.recovery_stats();
     assert_eq!(stats.dropped_segments, 0);
     assert_eq!(stats.scanned_bytes, 2 * b.len() as u64);
-    assert_eq!(
-        log.index_entries().unwrap(),
-        log.rebuilt_index_entries().unwrap()
-    );
+    assert_index_matches_a_rebuild(&log);
     drop(log);
     // Its index is final now: the next open scans nothing.
     let log = Log::open(dir.path(), config(4096, FlushPolicy::Never)).unwrap();
@@ -511,13 +510,7 @@ fn durable_offset_passes_a_rolled_segment_only_once_it_is_sealed() {
 #[test]
 fn retention_keeps_segments_whose_seal_is_queued() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = config(4096, FlushPolicy::Never);
-    cfg.retention_bytes = Some(0);
-    let log = Log::open(dir.path(), cfg).unwrap();
-    let b = batch(1, 1, 1000);
-    for _ in 0..10 {
-        append(&log, &b);
-    }
+    let log = ten_segments_all_past_retention(dir.path());
     // Hold the flusher off the queue while retention runs.
     let flush_guard = log.inner.flush_lock.lock();
     let queued = log.inner.sealing.lock().len();
