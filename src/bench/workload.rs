@@ -170,6 +170,9 @@ pub enum Stop {
     Duration(Duration),
 }
 
+/// The producers' default buffer in the bench (see `--buffer-bytes`).
+pub const BENCH_BUFFER_BYTES: usize = 4 * 1024 * 1024;
+
 /// One run's settings.
 #[derive(Clone, Debug)]
 pub struct WorkloadConfig {
@@ -177,6 +180,8 @@ pub struct WorkloadConfig {
     pub mode: Mode,
     pub record_size: usize,
     pub batch_bytes: usize,
+    /// Each producer's `buffer_bytes`.
+    pub buffer_bytes: usize,
     pub linger_ms: u64,
     pub producers: usize,
     pub partitions: u32,
@@ -193,6 +198,7 @@ impl Default for WorkloadConfig {
             mode: Mode::AtLeastOnce,
             record_size: 100,
             batch_bytes: producer.batch_bytes,
+            buffer_bytes: BENCH_BUFFER_BYTES,
             linger_ms: producer.linger.as_millis() as u64,
             producers: 1,
             partitions: 1,
@@ -213,6 +219,9 @@ impl WorkloadConfig {
         }
         if self.record_size == 0 {
             return Err("--record-size must be at least 1".into());
+        }
+        if self.buffer_bytes == 0 {
+            return Err("--buffer-bytes must be at least 1".into());
         }
         if self.kind == Kind::E2e && self.record_size < STAMP_BYTES {
             return Err(format!(
@@ -271,6 +280,7 @@ pub struct Report {
     pub fsync: Option<String>,
     pub record_size: usize,
     pub batch_bytes: usize,
+    pub buffer_bytes: usize,
     pub linger_ms: u64,
     pub producers: usize,
     pub partitions: u32,
@@ -393,6 +403,7 @@ async fn run_async(
         fsync: target.fsync(),
         record_size: config.record_size,
         batch_bytes: config.batch_bytes,
+        buffer_bytes: config.buffer_bytes,
         linger_ms: config.linger_ms,
         producers: config.producers,
         partitions: config.partitions,
@@ -495,6 +506,7 @@ fn producer_config(config: &WorkloadConfig, mode: Mode) -> ProducerConfig {
         idempotent,
         linger: Duration::from_millis(config.linger_ms),
         batch_bytes: config.batch_bytes,
+        buffer_bytes: config.buffer_bytes,
         ..ProducerConfig::default()
     }
 }
