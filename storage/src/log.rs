@@ -489,13 +489,7 @@ impl Log {
             // contiguous log, and an orphaned .index is removed at open.
             // Readers that still map a deleted file keep reading it; Linux
             // frees the blocks when the last map goes.
-            for path in [&seg.log_path, &seg.index_path] {
-                match std::fs::remove_file(path) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(StorageError::io("delete segment", path, e)),
-                }
-            }
+            segment::remove_files(&seg.log_path, &seg.index_path)?;
         }
         if !doomed.is_empty() {
             index::sync_dir(&inner.dir)
@@ -684,11 +678,12 @@ impl Inner {
 
     /// Seals the queued segments, oldest first: unmap the write map,
     /// fdatasync the file, write its final index, advance the watermark to
-    /// its end. The caller holds
-    /// `flush_lock`, so one thread at a time seals.
+    /// its end. The caller holds `flush_lock`, so one thread at a time
+    /// seals.
     fn seal_queued(&self) -> Result<(), StorageError> {
         loop {
             self.check_failed()?;
+            fail::fail_point!("storage::seal");
             let Some((seg, sealer, target)) = self
                 .sealing
                 .lock()
@@ -705,12 +700,7 @@ impl Inner {
             if let Err(e) = segment::sync_file(&file, &seg.log_path) {
                 return Err(self.fail(&e));
             }
-            {
-                let mut durable = seg.durable.lock();
-                if target.len > durable.len {
-                    *durable = target;
-                }
-            }
+            seg.mark_durable(target);
             if let Err(e) = seg.write_index(target) {
                 // The data is durable; recovery rebuilds the index from the
                 // segment's last checkpoint, so this is not fatal.
@@ -746,10 +736,7 @@ impl Inner {
             if let Err(e) = flush_range(&handle, &seg.log_path, from, target.len) {
                 return Err(self.fail(&e));
             }
-            let mut durable = seg.durable.lock();
-            if target.len > durable.len {
-                *durable = target;
-            }
+            seg.mark_durable(target);
         }
         self.advance_durable(target.next_offset);
         let durable = *seg.durable.lock();
@@ -796,7 +783,6 @@ impl Inner {
             sealer: Some(old_writer.into_sealer()),
             target,
         });
-
         self.segments.write().push(new_seg);
         let mut st = self.flusher_state.lock();
         st.pending = true;
@@ -1126,13 +1112,7 @@ fn recover(dir: &Path, config: &LogConfig) -> Result<Recovered, StorageError> {
             "segment lost its tail before it was sealed; the log ends here"
         );
         for &b in dropped {
-            for path in [dir.join(log_file_name(b)), dir.join(index_file_name(b))] {
-                match std::fs::remove_file(&path) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(StorageError::io("delete segment", &path, e)),
-                }
-            }
+            segment::remove_files(&dir.join(log_file_name(b)), &dir.join(index_file_name(b)))?;
         }
         stats.dropped_segments = dropped.len();
         cut = Some((seg, writer));

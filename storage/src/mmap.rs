@@ -52,7 +52,7 @@ use std::fs::File;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Sender, channel};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 
 use memmap2::{Mmap, MmapOptions, MmapRaw};
 
@@ -85,8 +85,8 @@ type PrefaultRequest = (Arc<MmapRaw>, u64, u64);
 
 /// The process-wide prefault thread, started on first use. `None` if it
 /// could not be started: prefaulting is only an optimisation.
-fn prefaulter() -> Option<&'static Mutex<Sender<PrefaultRequest>>> {
-    static PREFAULTER: OnceLock<Option<Mutex<Sender<PrefaultRequest>>>> = OnceLock::new();
+fn prefaulter() -> Option<&'static Sender<PrefaultRequest>> {
+    static PREFAULTER: OnceLock<Option<Sender<PrefaultRequest>>> = OnceLock::new();
     PREFAULTER
         .get_or_init(|| {
             let (tx, rx) = channel::<PrefaultRequest>();
@@ -105,7 +105,7 @@ fn prefaulter() -> Option<&'static Mutex<Sender<PrefaultRequest>>> {
                     }
                 })
                 .ok()
-                .map(|_| Mutex::new(tx))
+                .map(|_| tx)
         })
         .as_ref()
 }
@@ -312,21 +312,17 @@ impl Writer {
 
     /// Asks the prefault thread to fault in the pages up to
     /// [`PREFAULT_AHEAD`] bytes past `pos`, the next write position.
+    /// Requests go out a [`PREFAULT_CHUNK`] at a time, or whatever is left
+    /// before the end of the map.
     pub(crate) fn prefault_ahead(&mut self, pos: u64) {
+        // The writer may have overtaken the prefault thread.
+        let start = self.prefaulted.max(pos);
         let want = pos.saturating_add(PREFAULT_AHEAD).min(self.read.len);
-        self.prefaulted = self.prefaulted.max(pos);
-        if want < self.prefaulted + PREFAULT_CHUNK && want < self.read.len {
+        if want <= start || (want - start < PREFAULT_CHUNK && want < self.read.len) {
             return;
         }
-        if want <= self.prefaulted {
-            return;
-        }
-        let Some(prefaulter) = prefaulter() else {
-            return;
-        };
-        let request = (self.raw.clone(), self.prefaulted, want);
-        if let Ok(tx) = prefaulter.lock() {
-            let _ = tx.send(request);
+        if let Some(tx) = prefaulter() {
+            let _ = tx.send((self.raw.clone(), start, want));
         }
         self.prefaulted = want;
     }
@@ -373,5 +369,36 @@ mod tests {
         let owned = MapSlice::new(read.clone(), 1, 5).unwrap();
         drop(writer);
         assert_eq!(owned.as_ref(), b"ello");
+    }
+
+    #[test]
+    fn prefault_requests_run_a_chunk_at_a_time_and_stop_at_the_end_of_the_map() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(dir.path().join("f"))
+            .unwrap();
+        let len = PREFAULT_AHEAD * 2;
+        file.set_len(len).unwrap();
+        let (_read, mut writer) = map_writable(&file, len, 0).unwrap();
+        writer.prefault_ahead(0);
+        assert_eq!(writer.prefaulted, PREFAULT_AHEAD);
+        // Less than a chunk of new ground: no request.
+        writer.prefault_ahead(PREFAULT_CHUNK - 1);
+        assert_eq!(writer.prefaulted, PREFAULT_AHEAD);
+        writer.prefault_ahead(PREFAULT_CHUNK);
+        assert_eq!(writer.prefaulted, PREFAULT_AHEAD + PREFAULT_CHUNK);
+        // Near the end, the rest of the map goes out even if it is short.
+        writer.prefault_ahead(len - 1);
+        assert_eq!(writer.prefaulted, len);
+        writer.prefault_ahead(len);
+        assert_eq!(writer.prefaulted, len);
+        // Pages faulted in keep their contents.
+        writer.write(0, b"abc").unwrap();
+        writer.prefault_ahead(3);
+        assert_eq!(writer.unpublished(0, 3).unwrap(), b"abc");
     }
 }

@@ -320,6 +320,14 @@ pub enum SegmentRead {
 }
 
 impl Segment {
+    /// Records that `point` is flushed, unless a later point already is.
+    pub fn mark_durable(&self, point: DurablePoint) {
+        let mut durable = self.durable.lock();
+        if point.len > durable.len {
+            *durable = point;
+        }
+    }
+
     /// Bytes published to readers.
     pub fn data_len(&self) -> u64 {
         self.map.published()
@@ -526,6 +534,19 @@ pub fn flush_range(
     handle
         .flush_range(start, end)
         .map_err(|e| StorageError::io("msync", path, e))
+}
+
+/// Deletes a segment's `.log` then its `.index`; a file already gone is
+/// fine.
+pub fn remove_files(log_path: &Path, index_path: &Path) -> Result<(), StorageError> {
+    for path in [log_path, index_path] {
+        match std::fs::remove_file(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(StorageError::io("delete segment", path, e)),
+        }
+    }
+    Ok(())
 }
 
 /// fdatasync of a whole segment file (a seal). Shares the flush failpoint.

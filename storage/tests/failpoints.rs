@@ -107,6 +107,38 @@ fn a_failed_flush_while_sealing_a_rolled_segment_fails_the_log() {
 }
 
 #[test]
+fn durable_offset_never_passes_a_rolled_segment_before_its_seal() {
+    let _serial = SERIAL.lock();
+    let scenario = fail::FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), config(FlushPolicy::Always)).unwrap();
+    let b = make_batch(1, 1, 3000);
+    let first = append(&log, &b);
+    log.wait_durable_blocking(first.last_offset).unwrap();
+    append(&log, &b);
+    fail::cfg("storage::seal", "pause").unwrap();
+    let rolled = append(&log, &b);
+    assert!(rolled.rolled);
+    let last = append(&log, &make_batch(2, 1, 100));
+    // The flusher is held before the seal; the new segment's appends must
+    // not become durable ahead of the segment before them.
+    std::thread::sleep(Duration::from_millis(100));
+    let durable = log.durable_offset();
+    // Release the flusher before asserting, so a failure cannot hang.
+    fail::remove("storage::seal");
+    assert!(
+        durable <= rolled.base_offset,
+        "{durable} > {}",
+        rolled.base_offset
+    );
+    log.wait_durable_blocking(last.last_offset).unwrap();
+    assert_eq!(log.durable_offset(), log.next_offset());
+    let segs = log.segments();
+    assert_eq!(segs[0].durable_len, segs[0].data_len);
+    scenario.teardown();
+}
+
+#[test]
 fn a_failed_checkpoint_is_not_fatal_and_recovery_scans_instead() {
     let _serial = SERIAL.lock();
     let scenario = fail::FailScenario::setup();
