@@ -50,6 +50,7 @@ mod idempotence;
 pub mod partitioner;
 mod producer;
 pub mod sink;
+mod topic_table;
 mod transactional;
 
 pub use client::{

@@ -85,6 +85,7 @@ use crate::client::Client;
 use crate::error::{ClientError, check};
 use crate::idempotence::{Action, MAX_IN_FLIGHT_IDEMPOTENT, Sequencer, decide};
 use crate::partitioner::partition_for_key;
+use crate::topic_table::{Named, TopicTable};
 
 /// How many produce requests may wait in the stream's send queue. Only a
 /// buffer in front of HTTP/2 flow control; the in-flight limit is per
@@ -412,13 +413,14 @@ struct TopicState {
     sticky: u32,
 }
 
+impl Named for TopicState {
+    fn name(&self) -> &str {
+        &self.name
+    }
+}
+
 struct State {
-    /// Topics in the order first used; never removed.
-    topics: Vec<TopicState>,
-    by_name: HashMap<Arc<str>, usize>,
-    /// Index of the topic of the last send: most sends repeat it, and a
-    /// string compare is cheaper than hashing.
-    last_topic: usize,
+    topics: TopicTable<TopicState>,
     next_seq: u64,
     closed: bool,
     /// Epoch of partitions first used from now on; changes only through
@@ -485,7 +487,7 @@ impl Shared {
     }
 
     fn seal_all(&self, state: &mut State, sink: &mut impl FnMut(Command)) {
-        for topic in &mut state.topics {
+        for topic in state.topics.iter_mut() {
             for p in 0..topic.partitions.len() as u32 {
                 self.seal(topic, p, sink);
             }
@@ -590,9 +592,7 @@ impl Producer {
             producer,
             transactional,
             state: Mutex::new(State {
-                topics: Vec::new(),
-                by_name: HashMap::new(),
-                last_topic: 0,
+                topics: TopicTable::default(),
                 next_seq: 0,
                 closed: false,
                 epoch: producer.map_or(0, |(_, e)| e),
@@ -665,14 +665,9 @@ impl Producer {
                     return Err(ClientError::Closed);
                 }
                 let state = &mut *state;
-                let index = match state.topics.get(state.last_topic) {
-                    Some(t) if &*t.name == topic => Some(state.last_topic),
-                    _ => state.by_name.get(topic).copied(),
-                };
-                match index {
+                match state.topics.find(topic) {
                     None => None,
                     Some(i) => {
-                        state.last_topic = i;
                         let ts = &mut state.topics[i];
                         Some(self.append(ts, &mut state.next_seq, partition, key, value)?)
                     }
@@ -813,15 +808,12 @@ impl Producer {
         }
         let mut state = self.inner.shared.state.lock();
         let epoch = state.epoch;
-        if !state.by_name.contains_key(topic) {
-            let name: Arc<str> = Arc::from(topic);
-            let index = state.topics.len();
-            state.topics.push(TopicState {
-                name: name.clone(),
+        if state.topics.position(topic).is_none() {
+            state.topics.insert(TopicState {
+                name: Arc::from(topic),
                 partitions: (0..n).map(|_| Accumulator::new(epoch)).collect(),
                 sticky: start_partition(n),
             });
-            state.by_name.insert(name, index);
         }
         Ok(())
     }
@@ -921,7 +913,7 @@ impl Producer {
     pub(crate) fn restart_sequences(&self, epoch: i16) {
         let mut state = self.inner.shared.state.lock();
         state.epoch = epoch;
-        for topic in &mut state.topics {
+        for topic in state.topics.iter_mut() {
             for acc in &mut topic.partitions {
                 debug_assert!(acc.open.is_none(), "restart with an open batch");
                 acc.seq = Sequencer::new(epoch);
@@ -1272,7 +1264,7 @@ impl SenderTask {
                 let Some((_, topic, partition, seq)) = self.lingers.pop_front() else {
                     break;
                 };
-                if let Some(&i) = state.by_name.get(&*topic) {
+                if let Some(i) = state.topics.position(&topic) {
                     let ts = &mut state.topics[i];
                     let still_open = ts.partitions[partition as usize]
                         .open
@@ -1530,9 +1522,8 @@ impl SenderTask {
             }
         }
         let acc = state
-            .by_name
-            .get(&*key.0)
-            .copied()
+            .topics
+            .position(&key.0)
             .and_then(|i| state.topics[i].partitions.get_mut(key.1 as usize))
             .expect("a partition with batches has an accumulator");
         acc.seq.bump()?;
@@ -1632,13 +1623,11 @@ mod tests {
         let id = config.idempotent.then_some((77, 0));
         let producer = Producer::start(client, config, id);
         let mut state = producer.inner.shared.state.lock();
-        let name: Arc<str> = Arc::from(topic);
-        state.topics.push(TopicState {
-            name: name.clone(),
+        state.topics.insert(TopicState {
+            name: Arc::from(topic),
             partitions: (0..partitions).map(|_| Accumulator::new(0)).collect(),
             sticky: 0,
         });
-        state.by_name.insert(name, 0);
         drop(state);
         producer
     }

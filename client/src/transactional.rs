@@ -42,7 +42,6 @@
 //!   [`abort`](TransactionalProducer::abort) fails with that error until
 //!   the application aborts; then a new transaction may begin.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::time::Duration;
 
@@ -55,6 +54,7 @@ use crate::error::{ClientError, check};
 use crate::idempotence::Action;
 use crate::partitioner::partition_for_key;
 use crate::producer::{Delivery, Producer, ProducerConfig};
+use crate::topic_table::{Named, TopicTable};
 
 /// Default [`TransactionalConfig::transaction_timeout`].
 pub const DEFAULT_TRANSACTION_TIMEOUT: Duration = Duration::from_secs(60);
@@ -139,6 +139,12 @@ struct TopicMeta {
     last_batch: Vec<Option<usize>>,
 }
 
+impl Named for TopicMeta {
+    fn name(&self) -> &str {
+        &self.name
+    }
+}
+
 impl TopicMeta {
     fn new(name: &str, partitions: u32) -> TopicMeta {
         let nanos = std::time::SystemTime::now()
@@ -216,12 +222,7 @@ pub struct TransactionalProducer {
     producer_id: i64,
     epoch: i16,
     state: State,
-    /// Topics in the order first sent to; `topic_index` finds them by name.
-    topics: Vec<TopicMeta>,
-    topic_index: HashMap<String, usize>,
-    /// Index of the topic of the last send: the next send nearly always
-    /// goes to the same one, and a string compare is cheaper than a hash.
-    last_topic: usize,
+    topics: TopicTable<TopicMeta>,
     txn: Txn,
 }
 
@@ -293,9 +294,7 @@ impl TransactionalProducer {
             producer_id,
             epoch,
             state: State::Ready,
-            topics: Vec::new(),
-            topic_index: HashMap::new(),
-            last_topic: 0,
+            topics: TopicTable::default(),
             txn: Txn::default(),
         })
     }
@@ -414,20 +413,6 @@ impl TransactionalProducer {
         Ok(delivery)
     }
 
-    /// Index of `topic` in `topics`, if it was sent to before.
-    fn find_topic(&mut self, topic: &str) -> Option<usize> {
-        if self
-            .topics
-            .get(self.last_topic)
-            .is_some_and(|m| m.name == topic)
-        {
-            return Some(self.last_topic);
-        }
-        let t = *self.topic_index.get(topic)?;
-        self.last_topic = t;
-        Some(t)
-    }
-
     async fn pick_partition(
         &mut self,
         topic: &str,
@@ -435,7 +420,7 @@ impl TransactionalProducer {
         key: Option<&[u8]>,
         value: Option<&[u8]>,
     ) -> Result<(usize, u32), ClientError> {
-        let t = match self.find_topic(topic) {
+        let t = match self.topics.find(topic) {
             Some(t) => t,
             None => {
                 let description = self.client.describe_topic(topic).await?;
@@ -446,11 +431,7 @@ impl TransactionalProducer {
                         format!("topic {topic} has no partitions"),
                     ));
                 }
-                self.topics.push(TopicMeta::new(topic, n));
-                let t = self.topics.len() - 1;
-                self.topic_index.insert(topic.to_owned(), t);
-                self.last_topic = t;
-                t
+                self.topics.insert(TopicMeta::new(topic, n))
             }
         };
         let batch_bytes = self.config.producer.batch_bytes;
@@ -485,7 +466,7 @@ impl TransactionalProducer {
             topic: topic.to_owned(),
             partition,
         }];
-        for meta in &self.topics {
+        for meta in self.topics.iter() {
             let name = &meta.name;
             for (p, used) in meta.used_before.iter().enumerate() {
                 let p = p as u32;
@@ -516,7 +497,7 @@ impl TransactionalProducer {
         self.note_registration(&result);
         if result.is_ok() {
             for tp in &request.partitions {
-                if let Some(t) = self.find_topic(&tp.topic) {
+                if let Some(t) = self.topics.position(&tp.topic) {
                     self.topics[t].registered[tp.partition as usize] = true;
                 }
             }
@@ -669,7 +650,7 @@ impl TransactionalProducer {
                 }
             }
         }
-        for meta in &mut self.topics {
+        for meta in self.topics.iter_mut() {
             meta.last_batch.fill(None);
         }
         first_error.map_or(Ok(()), Err)
@@ -763,7 +744,7 @@ impl TransactionalProducer {
 
     fn finish(&mut self) {
         self.txn = Txn::default();
-        for meta in &mut self.topics {
+        for meta in self.topics.iter_mut() {
             meta.reset();
         }
         self.state = State::Ready;
@@ -815,9 +796,7 @@ impl TransactionalProducer {
             producer_id: 5,
             epoch: 0,
             state: State::Ready,
-            topics: Vec::new(),
-            topic_index: HashMap::new(),
-            last_topic: 0,
+            topics: TopicTable::default(),
             txn: Txn::default(),
         }
     }
@@ -1020,8 +999,7 @@ mod tests {
     #[tokio::test]
     async fn keyed_records_follow_the_partitioner_and_keyless_ones_stick() {
         let mut p = offline();
-        p.topics.push(TopicMeta::new("t", 4));
-        p.topic_index.insert("t".into(), 0);
+        p.topics.insert(TopicMeta::new("t", 4));
         for i in 0..40u32 {
             let key = i.to_be_bytes();
             let got = p
@@ -1051,22 +1029,6 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(err.code(), ErrorCode::UnknownTopicOrPartition);
-    }
-
-    #[tokio::test]
-    async fn topics_are_found_by_name_whichever_was_used_last() {
-        let mut p = offline();
-        for (i, name) in ["a", "b", "c"].into_iter().enumerate() {
-            p.topics.push(TopicMeta::new(name, 1 + i as u32));
-            p.topic_index.insert(name.into(), i);
-        }
-        for name in ["a", "a", "c", "b", "c", "a", "b", "b"] {
-            let t = p.find_topic(name).unwrap();
-            assert_eq!(p.topics[t].name, name);
-            assert_eq!(p.last_topic, t);
-        }
-        assert_eq!(p.find_topic("d"), None);
-        assert_eq!(p.topics[p.last_topic].name, "b");
     }
 
     #[test]
