@@ -348,17 +348,23 @@ impl FlushHandle {
 mod tests {
     use super::*;
 
-    #[test]
-    fn readers_see_only_published_bytes_and_writes_below_the_end_are_refused() {
-        let dir = tempfile::tempdir().unwrap();
+    /// A read-write file of `len` zero bytes in `dir`.
+    fn sized_file(dir: &std::path::Path, len: u64) -> File {
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(true)
-            .open(dir.path().join("f"))
+            .open(dir.join("f"))
             .unwrap();
-        file.set_len(4096).unwrap();
+        file.set_len(len).unwrap();
+        file
+    }
+
+    #[test]
+    fn readers_see_only_published_bytes_and_writes_below_the_end_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = sized_file(dir.path(), 4096);
         let (read, mut writer) = map_writable(&file, 4096, 0).unwrap();
         writer.write(0, b"hello").unwrap();
         assert!(read.slice(0, 5).is_none());
@@ -374,15 +380,8 @@ mod tests {
     #[test]
     fn prefault_requests_run_a_chunk_at_a_time_and_stop_at_the_end_of_the_map() {
         let dir = tempfile::tempdir().unwrap();
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(dir.path().join("f"))
-            .unwrap();
         let len = PREFAULT_AHEAD * 2;
-        file.set_len(len).unwrap();
+        let file = sized_file(dir.path(), len);
         let (_read, mut writer) = map_writable(&file, len, 0).unwrap();
         writer.prefault_ahead(0);
         assert_eq!(writer.prefaulted, PREFAULT_AHEAD);
