@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Subcommand;
-use ferry::bench::workload::{self, Stop};
-use ferry::bench::{Baseline, BaselineConfig, Kind, Matrix, MatrixConfig, Mode, Progress, Target};
+use ferry_bench::workload::{self, Stop};
+use ferry_bench::{Baseline, BaselineConfig, Kind, Matrix, MatrixConfig, Mode, Progress, Target};
 use ferry_storage::FlushPolicy;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -134,10 +134,10 @@ pub struct MatrixArgs {
     #[arg(long)]
     records: Option<u64>,
     /// Record sizes, comma-separated.
-    #[arg(long, value_delimiter = ',', default_values_t = ferry::bench::matrix::SIZES)]
+    #[arg(long, value_delimiter = ',', default_values_t = ferry_bench::matrix::SIZES)]
     record_sizes: Vec<usize>,
     /// Transaction lengths of exactly-once, comma-separated.
-    #[arg(long, value_delimiter = ',', default_values_t = ferry::bench::matrix::TXN_MS)]
+    #[arg(long, value_delimiter = ',', default_values_t = ferry_bench::matrix::TXN_MS)]
     txn_ms: Vec<u64>,
     /// fsync policies, comma-separated.
     #[arg(long, value_delimiter = ',', default_values = ["never", "always"])]
@@ -293,7 +293,7 @@ fn run_matrix(args: MatrixArgs) -> Result<ExitCode, CliError> {
             .then(|| Duration::from_secs_f64(args.common.baseline_secs)),
         rounds: args.rounds,
     };
-    let cells = ferry::bench::matrix::cells(&config).len() * args.rounds.max(1);
+    let cells = ferry_bench::matrix::cells(&config).len() * args.rounds.max(1);
     if cells == 0 {
         return Err("the matrix is empty: give at least one size, fsync policy and mode".into());
     }

@@ -2,8 +2,8 @@
 //! append vs `write(2)`, group commit vs `write`+`fdatasync` per append,
 //! and recovery of a large vs a small log with the same un-flushed tail.
 //!
-//! `cargo bench -p ferry-storage` (a few minutes). For the three ratios
-//! directly: `cargo run --release -p ferry-storage --example ratios`.
+//! `cargo bench -p ferry-bench --bench storage` (a few minutes). For the three ratios
+//! directly: `cargo run --release -p ferry-bench --example ratios`.
 
 mod workloads;
 

@@ -3,7 +3,7 @@
 //! - [`baseline`]: what the hardware does without Ferry, measured in the
 //!   same run: sequential `write(2)`, `write`+`fdatasync`, and loopback TCP.
 //! - [`workload`]: produce, consume and end-to-end runs against an
-//!   in-process [`EmbeddedBroker`](crate::EmbeddedBroker) or a remote
+//!   in-process [`EmbeddedBroker`](ferry_broker::EmbeddedBroker) or a remote
 //!   broker, with hdrhistogram latencies.
 //! - [`matrix`]: the standard matrix of modes × record sizes × fsync
 //!   policies, as a markdown table, JSON, and an SVG chart.

@@ -3,7 +3,7 @@
 //! consumer), record decode (consumer), the idempotent sequence check
 //! (broker), and a fetch served from the log's memory map (broker).
 //!
-//! `cargo bench -j2 -p ferry --bench hot_paths` (about a minute). Each
+//! `cargo bench -j2 -p ferry-bench --bench hot_paths` (about a minute). Each
 //! group reports bytes or elements per second, so the numbers compare
 //! directly with `ferry bench baseline`.
 

@@ -1,17 +1,17 @@
 //! The delivery-semantics lab, small: every scenario and mode end to end
 //! under the fault schedule, each mode checked against its guarantee.
 
-use ferry::lab::{self, LabConfig, Mode, Scenario};
+use ferry_lab::{LabConfig, Mode, Scenario};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_mode_keeps_its_guarantee_and_plain_at_least_once_double_charges() {
-    let seed = ferry::testkit::seed();
+    let seed = ferry_testkit::seed();
     // Each cell's consumer crashes before its first commit, at least.
     let config = LabConfig {
         records: 300,
         ..LabConfig::fast(seed)
     };
-    let report = lab::run(&config).await;
+    let report = ferry_lab::run(&config).await;
     let table = report.table();
     eprintln!("{table}");
     assert!(report.all_held(), "{table}");

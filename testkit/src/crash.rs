@@ -42,7 +42,7 @@ pub const MAX_GARBAGE_BYTES: usize = 512;
 ///
 /// ```no_run
 /// # fn demo() -> std::io::Result<()> {
-/// use ferry::testkit::BrokerProcess;
+/// use ferry_testkit::BrokerProcess;
 /// let dir = std::path::Path::new("/tmp/ferry-data");
 /// let broker = BrokerProcess::start("target/debug/ferry", dir, "127.0.0.1:0")?;
 /// println!("broker at {}", broker.addr());

@@ -8,7 +8,7 @@
 //!   delays, duplicates and disconnects, from a seeded [`FaultPlan`].
 //! - Broker crash control: [`BrokerProcess`] runs the real `ferry broker`
 //!   binary and `kill -9`s it; [`crash_and_tear`] crashes an
-//!   [`EmbeddedBroker`](crate::EmbeddedBroker) in-process and damages the
+//!   [`EmbeddedBroker`](ferry_broker::EmbeddedBroker) in-process and damages the
 //!   tail of every partition log past its durable data before the restart;
 //!   [`tear_tails`] does the damage alone, for any stopped broker's data
 //!   directory.

@@ -8,7 +8,7 @@ use plotters::style::text_anchor::{HPos, Pos, VPos};
 use serde::Serialize;
 
 use super::{LabConfig, Mode, Scenario};
-use crate::bench::{fmt_ratio, ratio};
+use ferry_bench::{fmt_ratio, ratio};
 
 /// One cell's measurements.
 #[derive(Clone, Debug, Serialize)]

@@ -2,8 +2,6 @@
 //! storage workload has a baseline doing the same I/O with plain syscalls.
 #![allow(dead_code)]
 
-use std::fs::{File, OpenOptions};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -47,16 +45,7 @@ pub fn append_log(dir: &Path, batch: &Bytes, count: usize) -> Duration {
 
 /// The baseline: the same bytes with a `write(2)` per batch to a new file.
 pub fn write_file(dir: &Path, batch: &Bytes, count: usize) -> Duration {
-    let path = dir.join("plain.bin");
-    let mut file = File::create(&path).unwrap();
-    let start = Instant::now();
-    for _ in 0..count {
-        file.write_all(batch).unwrap();
-    }
-    let elapsed = start.elapsed();
-    drop(file);
-    clear(dir);
-    elapsed
+    ferry_bench::baseline::write_count(dir, batch, count).unwrap()
 }
 
 fn clear(dir: &Path) {
@@ -103,21 +92,7 @@ pub fn group_commit(dir: &Path, threads: usize, per_thread: usize, batch: &Bytes
 
 /// The baseline: `write` + `fdatasync` per batch, one thread.
 pub fn fsync_per_append(dir: &Path, appends: usize, batch: &Bytes) -> Duration {
-    let path = dir.join("plain.bin");
-    let mut file = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)
-        .unwrap();
-    let start = Instant::now();
-    for _ in 0..appends {
-        file.write_all(batch).unwrap();
-        file.sync_data().unwrap();
-    }
-    let elapsed = start.elapsed();
-    drop(file);
-    clear(dir);
-    elapsed
+    ferry_bench::baseline::write_fdatasync_count(dir, batch, appends).unwrap()
 }
 
 /// A log with `flushed_bytes` checkpointed and `tail_bytes` appended after

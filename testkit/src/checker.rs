@@ -719,7 +719,7 @@ fn collect_sends(ops: &[Op]) -> BTreeMap<Value, SendRecord> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testkit::history::History;
+    use crate::history::History;
 
     fn tp(p: u32) -> Tp {
         Tp::new("t", p)

@@ -208,6 +208,29 @@ pub fn write_fdatasync(
     })
 }
 
+/// `count` sequential `write(2)`s of `chunk` to a new file, without
+/// syncing: the storage benches' baseline for appending the same bytes.
+pub fn write_count(dir: &Path, chunk: &[u8], count: usize) -> std::io::Result<Duration> {
+    let (_scratch, mut file) = ScratchFile::create(dir, "write-count")?;
+    let start = Instant::now();
+    for _ in 0..count {
+        file.write_all(chunk)?;
+    }
+    Ok(start.elapsed())
+}
+
+/// `count` appends of `chunk`, each followed by `fdatasync`, on one
+/// thread: the storage benches' baseline for group commit.
+pub fn write_fdatasync_count(dir: &Path, chunk: &[u8], count: usize) -> std::io::Result<Duration> {
+    let (_scratch, mut file) = ScratchFile::create(dir, "fdatasync-count")?;
+    let start = Instant::now();
+    for _ in 0..count {
+        file.write_all(chunk)?;
+        file.sync_data()?;
+    }
+    Ok(start.elapsed())
+}
+
 /// One tokio task streams [`TCP_CHUNK_BYTES`] writes to another over
 /// 127.0.0.1 for about `duration`; the throughput is what the reader saw,
 /// from its first byte to end of stream.

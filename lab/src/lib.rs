@@ -10,14 +10,14 @@
 //!
 //! Each cell (scenario × mode) gets a fresh in-process broker (or the
 //! `--broker` given, without the restart), behind a
-//! [`FaultProxy`](crate::testkit::FaultProxy) that loses produce
+//! [`FaultProxy`](ferry_testkit::FaultProxy) that loses produce
 //! acknowledgements at random, and suffers three faults:
 //!
 //! - **lost produce acks**: the second produce request's response, and a
 //!   seeded share of the others, is dropped after the broker stored the
 //!   batch, so the producer retries it;
 //! - **consumer crash before the offset commit**: the consumer (a
-//!   [`CrashingConsumer`](crate::testkit::CrashingConsumer)) dies after its
+//!   [`CrashingConsumer`](ferry_testkit::CrashingConsumer)) dies after its
 //!   sink write and before its commit, at its first and third steps with
 //!   records and then at seeded steps, and a new one resumes from the group's
 //!   committed offsets;
@@ -29,7 +29,7 @@
 //! twice; the exactly-once mode uses the idempotent producer for its input
 //! and a [`TransactionalSink`](ferry_client::TransactionalSink) for its
 //! output. Every input event is a unique value of the testkit's
-//! [`History`](crate::testkit::History), and every detail of the event
+//! [`History`](ferry_testkit::History), and every detail of the event
 //! (order id, SKU, trip, timestamp) derives from it.
 
 mod cell;

@@ -1,7 +1,7 @@
 //! Producer throughput against an in-process broker.
 //!
 //! ```sh
-//! cargo run --release -p ferry-client --example produce_throughput -- \
+//! cargo run --release -p ferry-bench --example produce_throughput -- \
 //!     [records] [value_bytes] [partitions] [acks|compare] [always|never] [rounds]
 //! ```
 //!

@@ -212,7 +212,7 @@ struct Rule {
 ///
 /// ```
 /// use std::time::Duration;
-/// use ferry::testkit::{Fault, FaultPlan, RpcKind, Targets};
+/// use ferry_testkit::{Fault, FaultPlan, RpcKind, Targets};
 ///
 /// // 5% of produce responses lost, the 3rd fetch delayed by 200 ms, and
 /// // the 2nd commit's request dropped.
@@ -293,7 +293,7 @@ impl FaultPlan {
 }
 
 /// SplitMix64: a fast, well-mixed hash of one u64, for stateless draws.
-pub(crate) fn splitmix64(x: u64) -> u64 {
+pub fn splitmix64(x: u64) -> u64 {
     let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
@@ -407,11 +407,11 @@ fn unavailable(what: &str) -> Status {
 ///
 /// ```no_run
 /// # async fn demo() -> std::io::Result<()> {
-/// use ferry::testkit::{Fault, FaultKind, FaultPlan, FaultProxy, Targets};
+/// use ferry_testkit::{Fault, FaultKind, FaultPlan, FaultProxy, Targets};
 /// let plan = FaultPlan::new(7).with_probability(Targets::PRODUCE, Fault::DropResponse, 0.1);
 /// let proxy = FaultProxy::start("127.0.0.1:7400", plan).await?;
 /// // Point the client at proxy.addr_string() instead of the broker.
-/// let client = ferry::client::Client::connect(&proxy.addr_string()).await.unwrap();
+/// let client = ferry_client::Client::connect(&proxy.addr_string()).await.unwrap();
 /// // ... run a workload ...
 /// println!("lost acks: {}", proxy.stats().total(FaultKind::DropResponse));
 /// # Ok(()) }

@@ -7,7 +7,7 @@
 //! * recovery time of 1 GiB + 1 MiB tail ÷ 10 MiB + 1 MiB tail
 //!   (target ≤ 1.5).
 //!
-//! Run with `cargo run --release -p ferry-storage --example ratios`.
+//! Run with `cargo run --release -p ferry-bench --example ratios`.
 
 #[path = "../benches/workloads/mod.rs"]
 mod workloads;

@@ -3,10 +3,10 @@
 
 use std::time::Duration;
 
-use ferry::client::{
+use ferry_broker::{BrokerConfig, EmbeddedBroker};
+use ferry_client::{
     Acks, Client, CommitMode, Consumer, ConsumerConfig, Producer, ProducerConfig, StartFrom,
 };
-use ferry::{BrokerConfig, EmbeddedBroker};
 
 async fn produce(client: &Client, topic: &str, n: usize) {
     let producer = Producer::new(

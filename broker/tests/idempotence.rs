@@ -3,15 +3,17 @@
 //! refused, and the window survives graceful restarts, crashes and corrupt
 //! snapshots.
 
+mod support;
+
 use bytes::Bytes;
-use ferry::client::Client;
-use ferry::proto::ErrorCode;
-use ferry::proto::batch::{BatchBuilder, ProducerStamp};
-use ferry::proto::v1;
-use ferry::{BrokerConfig, EmbeddedBroker};
+use ferry_broker::{BrokerConfig, EmbeddedBroker};
+use ferry_proto::ErrorCode;
+use ferry_proto::batch::{BatchBuilder, ProducerStamp};
+use ferry_proto::v1;
+use support::Client;
 
 fn batch(pid: i64, epoch: i16, seq: i32, n: usize) -> Bytes {
-    let now = ferry::proto::now_ms();
+    let now = ferry_proto::now_ms();
     let mut b = BatchBuilder::new(now).producer(ProducerStamp {
         producer_id: pid,
         producer_epoch: epoch,
@@ -56,7 +58,7 @@ async fn init(client: &Client) -> i64 {
 }
 
 async fn hw(client: &Client) -> u64 {
-    client.describe_topic("t").await.unwrap().partitions[0].high_watermark
+    client.high_watermark("t", 0).await
 }
 
 fn code(r: &v1::ProduceResponse) -> ErrorCode {
@@ -66,7 +68,7 @@ fn code(r: &v1::ProduceResponse) -> ErrorCode {
 async fn setup(config: BrokerConfig) -> (EmbeddedBroker, Client) {
     let broker = EmbeddedBroker::start(config).await.unwrap();
     let client = Client::connect(&broker.addr_string()).await.unwrap();
-    client.create_topic("t", 1).await.unwrap();
+    client.create_topic("t", 1).await;
     (broker, client)
 }
 

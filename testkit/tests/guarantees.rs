@@ -18,7 +18,7 @@
 
 use std::sync::Mutex;
 
-use ferry::testkit::{self, DeliveryMode, FaultClass, MatrixRow, RunConfig, WorkOp};
+use ferry_testkit::{DeliveryMode, FaultClass, MatrixRow, RunConfig, WorkOp};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestError, TestRng, TestRunner};
 
@@ -125,7 +125,7 @@ fn run_cell(
             seed: case.0,
         };
         let cell = runtime
-            .block_on(testkit::run_embedded(config, &ops))
+            .block_on(ferry_testkit::run_embedded(config, &ops))
             .map_err(|e| TestCaseError::fail(format!("the run failed: {e}")))?;
         if !cell.verdict.is_valid() {
             return Err(TestCaseError::fail(format!(
@@ -174,7 +174,7 @@ fn run_cell(
 /// Runs every selected cell on two threads, prints the matrix, and fails
 /// with every invalid cell's minimal case.
 fn matrix(cases: u32, max_ops: usize, max_records: u8) {
-    let seed = testkit::seed();
+    let seed = ferry_testkit::seed();
     let cases = std::env::var("FERRY_CASES")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -268,8 +268,8 @@ fn fault_class_lists_parse() {
     );
     assert!(FaultClass::parse_list("meteor").is_err());
     assert_eq!(
-        testkit::parse_mode("exactly-once").unwrap(),
+        ferry_testkit::parse_mode("exactly-once").unwrap(),
         DeliveryMode::ExactlyOnce
     );
-    assert!(testkit::parse_mode("twice").is_err());
+    assert!(ferry_testkit::parse_mode("twice").is_err());
 }

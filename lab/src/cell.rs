@@ -18,9 +18,9 @@ use parking_lot::Mutex;
 
 use super::report::Row;
 use super::{LabConfig, LabError, Mode, Scenario};
-use crate::bench::{Latency, latency_histogram, record_us};
-use crate::testkit::proxy::splitmix64;
-use crate::testkit::{
+use ferry_bench::{Latency, latency_histogram, record_us};
+use ferry_testkit::proxy::splitmix64;
+use ferry_testkit::{
     Anomaly, AnomalyKind, CheckOptions, CrashPoint, CrashSchedule, CrashingConsumer, DeliveryMode,
     Fault, FaultKind, FaultPlan, FaultProxy, History, Mop, OpKind, OpType, Read, RecordingProducer,
     Step, Targets, Value, ValueGen, check, drain, matrix::Broker,
