@@ -11,9 +11,9 @@ use ferry_client::{
 use ferry_proto::v1;
 use ferry_storage::FlushPolicy;
 use ferry_testkit::{
-    AnomalyKind, BrokerProcess, CheckOptions, CrashPoint, CrashSchedule, CrashingConsumer,
-    DeliveryMode, DurableFloors, Fault, FaultKind, FaultPlan, FaultProxy, History,
-    RecordingProducer, RpcKind, Step, TailDamage, Targets, ValueGen,
+    AnomalyKind, BrokerProcess, CheckOptions, ConsumerStep, CrashPoint, CrashSchedule,
+    CrashingConsumer, DeliveryMode, DurableFloors, Fault, FaultKind, FaultPlan, FaultProxy,
+    History, RecordingProducer, RpcKind, TailDamage, Targets, ValueGen,
 };
 
 /// A plain (not idempotent) producer that retries quickly, with small
@@ -303,8 +303,8 @@ async fn consume_with_crashes(
             .await
             .unwrap()
         {
-            Step::Idle => idle += 1,
-            Step::Delivered(_) | Step::Crashed(_) => idle = 0,
+            ConsumerStep::Idle => idle += 1,
+            ConsumerStep::Delivered(_) | ConsumerStep::Crashed(_) => idle = 0,
         }
     }
     consumer.crashes().to_vec()

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 pub use baseline::{Baseline, BaselineConfig};
 pub use matrix::{Matrix, MatrixConfig};
-pub use workload::{Kind, Mode, Progress, Report, Target, WorkloadConfig};
+pub use workload::{BenchReport, Kind, Mode, Progress, Target, WorkloadConfig};
 
 /// Largest latency a histogram records, in microseconds (one hour); longer
 /// ones count as this.

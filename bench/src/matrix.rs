@@ -12,7 +12,9 @@ use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 use serde::{Deserialize, Serialize};
 
-use super::workload::{self, BenchError, Kind, Mode, Progress, Report, Stop, Target, human_size};
+use super::workload::{
+    self, BenchError, BenchReport, Kind, Mode, Progress, RunLength, Target, human_size,
+};
 use super::{Baseline, baseline, fmt_ratio, ratio};
 
 /// Record sizes of the standard matrix.
@@ -24,7 +26,7 @@ pub const TXN_MS: [u64; 3] = [10, 100, 1000];
 #[derive(Clone, Debug)]
 pub struct MatrixConfig {
     /// How long each cell produces.
-    pub stop: Stop,
+    pub stop: RunLength,
     pub sizes: Vec<usize>,
     pub fsyncs: Vec<FlushPolicy>,
     /// Exactly-once runs once per transaction length.
@@ -50,7 +52,7 @@ impl Default for MatrixConfig {
     fn default() -> MatrixConfig {
         let w = workload::WorkloadConfig::default();
         MatrixConfig {
-            stop: Stop::Duration(Duration::from_secs(5)),
+            stop: RunLength::Duration(Duration::from_secs(5)),
             sizes: SIZES.to_vec(),
             fsyncs: vec![FlushPolicy::Never, FlushPolicy::Always],
             txn_ms: TXN_MS.to_vec(),
@@ -113,7 +115,7 @@ pub struct Cell {
     pub runs_records_per_sec: Vec<f64>,
     /// Why the cell has no numbers, or what failed in it.
     pub error: Option<String>,
-    pub report: Option<Report>,
+    pub report: Option<BenchReport>,
 }
 
 /// The matrix's results.

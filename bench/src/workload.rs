@@ -163,7 +163,7 @@ impl Target {
 
 /// When producers stop.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Stop {
+pub enum RunLength {
     /// After this many records in all.
     Records(u64),
     /// After this long.
@@ -187,7 +187,7 @@ pub struct WorkloadConfig {
     pub partitions: u32,
     /// Transaction length of `exactly-once`.
     pub txn_ms: u64,
-    pub stop: Stop,
+    pub stop: RunLength,
 }
 
 impl Default for WorkloadConfig {
@@ -203,7 +203,7 @@ impl Default for WorkloadConfig {
             producers: 1,
             partitions: 1,
             txn_ms: 100,
-            stop: Stop::Duration(Duration::from_secs(5)),
+            stop: RunLength::Duration(Duration::from_secs(5)),
         }
     }
 }
@@ -233,8 +233,8 @@ impl WorkloadConfig {
             return Err("--txn-ms must be at least 1".into());
         }
         match self.stop {
-            Stop::Records(0) => Err("--records must be at least 1".into()),
-            Stop::Duration(d) if d.is_zero() => Err("--duration must be positive".into()),
+            RunLength::Records(0) => Err("--records must be at least 1".into()),
+            RunLength::Duration(d) if d.is_zero() => Err("--duration must be positive".into()),
             _ => Ok(()),
         }
     }
@@ -271,7 +271,7 @@ impl Progress {
 
 /// The result of one run.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Report {
+pub struct BenchReport {
     pub bench: Kind,
     pub mode: Mode,
     /// `embedded` or the broker's address.
@@ -299,9 +299,9 @@ pub struct Report {
     pub ratios: Option<Ratios>,
 }
 
-impl Report {
+impl BenchReport {
     /// Adds the baseline and the ratios to it.
-    pub fn with_baseline(mut self, baseline: Option<&Baseline>) -> Report {
+    pub fn with_baseline(mut self, baseline: Option<&Baseline>) -> BenchReport {
         self.ratios = baseline.map(|b| Ratios::of(self.mb_per_sec, b));
         self.baseline = baseline.cloned();
         self
@@ -374,7 +374,7 @@ pub fn run(
     config: &WorkloadConfig,
     target: &Target,
     progress: &Progress,
-) -> Result<Report, BenchError> {
+) -> Result<BenchReport, BenchError> {
     config.validate()?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -386,7 +386,7 @@ async fn run_async(
     config: &WorkloadConfig,
     target: &Target,
     progress: &Progress,
-) -> Result<Report, BenchError> {
+) -> Result<BenchReport, BenchError> {
     let session = Session::open(target, config.partitions).await?;
     let outcome = match config.kind {
         Kind::Produce => produce(config, &session, progress).await,
@@ -396,7 +396,7 @@ async fn run_async(
     session.close().await;
     let o = outcome?;
     let seconds = o.elapsed.as_secs_f64().max(1e-9);
-    Ok(Report {
+    Ok(BenchReport {
         bench: config.kind,
         mode: config.mode,
         broker: target.name(),
@@ -827,15 +827,15 @@ impl Clock {
 }
 
 /// Each producer's share of `stop`.
-fn split(stop: Stop, producers: usize, start: Instant) -> Vec<Quota> {
+fn split(stop: RunLength, producers: usize, start: Instant) -> Vec<Quota> {
     match stop {
-        Stop::Records(n) => {
+        RunLength::Records(n) => {
             let p = producers as u64;
             (0..p)
                 .map(|i| Quota::Records(n / p + u64::from(i < n % p)))
                 .collect()
         }
-        Stop::Duration(d) => vec![Quota::Until(start + d); producers],
+        RunLength::Duration(d) => vec![Quota::Until(start + d); producers],
     }
 }
 
@@ -1081,12 +1081,12 @@ mod tests {
     #[test]
     fn record_quotas_add_up_and_durations_are_shared() {
         let start = Instant::now();
-        let q = split(Stop::Records(10), 3, start);
+        let q = split(RunLength::Records(10), 3, start);
         assert_eq!(
             q,
             vec![Quota::Records(4), Quota::Records(3), Quota::Records(3)]
         );
-        let d = split(Stop::Duration(Duration::from_secs(1)), 2, start);
+        let d = split(RunLength::Duration(Duration::from_secs(1)), 2, start);
         assert_eq!(d, vec![Quota::Until(start + Duration::from_secs(1)); 2]);
     }
 
@@ -1125,7 +1125,7 @@ mod tests {
                 ..ok.clone()
             },
             WorkloadConfig {
-                stop: Stop::Records(0),
+                stop: RunLength::Records(0),
                 ..ok.clone()
             },
         ] {

@@ -17,13 +17,13 @@ use hdrhistogram::Histogram;
 use parking_lot::Mutex;
 
 use super::report::Row;
-use super::{LabConfig, LabError, Mode, Scenario};
+use super::{LabConfig, LabError, LabMode, Scenario};
 use ferry_bench::{Latency, latency_histogram, record_us};
 use ferry_testkit::proxy::splitmix64;
 use ferry_testkit::{
-    Anomaly, AnomalyKind, CheckOptions, CrashPoint, CrashSchedule, CrashingConsumer, DeliveryMode,
-    Fault, FaultKind, FaultPlan, FaultProxy, History, Mop, OpKind, OpType, Read, RecordingProducer,
-    Step, Targets, Value, ValueGen, check, drain, matrix::Broker,
+    Anomaly, AnomalyKind, CheckOptions, ConsumerStep, CrashPoint, CrashSchedule, CrashingConsumer,
+    DeliveryMode, Fault, FaultKind, FaultPlan, FaultProxy, History, Mop, OpKind, OpType, Read,
+    RecordingProducer, Targets, Value, ValueGen, check, drain, matrix::BrokerUnderTest,
 };
 
 /// Partitions of every lab topic.
@@ -49,7 +49,7 @@ fn trip(v: Value, records: u64) -> u64 {
 
 /// The broker of a cell: a fresh in-process one, or the one given.
 enum LabBroker {
-    Managed(Broker),
+    Managed(BrokerUnderTest),
     Remote(String),
 }
 
@@ -57,7 +57,7 @@ impl LabBroker {
     async fn start(config: &LabConfig) -> Result<LabBroker, LabError> {
         Ok(match &config.broker {
             Some(addr) => LabBroker::Remote(addr.clone()),
-            None => LabBroker::Managed(Broker::embedded(FlushPolicy::Always).await?),
+            None => LabBroker::Managed(BrokerUnderTest::embedded(FlushPolicy::Always).await?),
         })
     }
 
@@ -98,10 +98,10 @@ fn producer_config(idempotent: bool) -> ProducerConfig {
     }
 }
 
-fn consumer_config(group: &str, mode: Mode) -> ConsumerConfig {
+fn consumer_config(group: &str, mode: LabMode) -> ConsumerConfig {
     ConsumerConfig {
         group: Some(group.to_owned()),
-        commit_mode: if mode == Mode::ExactlyOnce {
+        commit_mode: if mode == LabMode::ExactlyOnce {
             CommitMode::None
         } else {
             CommitMode::After
@@ -143,14 +143,14 @@ struct Names {
 }
 
 impl Names {
-    fn new(scenario: Scenario, mode: Mode, seed: u64) -> Names {
+    fn new(scenario: Scenario, mode: LabMode, seed: u64) -> Names {
         let nonce = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_micros());
         let mode = match mode {
-            Mode::ExactlyOnce => "eos",
-            Mode::AtLeastOnceSink => "alo-sink",
-            Mode::AtLeastOnce => "alo",
+            LabMode::ExactlyOnce => "eos",
+            LabMode::AtLeastOnceSink => "alo-sink",
+            LabMode::AtLeastOnce => "alo",
         };
         let base = format!("lab-{}-{mode}-{seed}-{nonce}", scenario.name());
         Names {
@@ -205,9 +205,13 @@ fn order_event(v: Value) -> Event {
 }
 
 impl AloSink {
-    fn open(scenario: Scenario, mode: Mode, path: &std::path::Path) -> Result<AloSink, SinkError> {
+    fn open(
+        scenario: Scenario,
+        mode: LabMode,
+        path: &std::path::Path,
+    ) -> Result<AloSink, SinkError> {
         Ok(match (scenario, mode) {
-            (Scenario::Orders, Mode::AtLeastOnce) => {
+            (Scenario::Orders, LabMode::AtLeastOnce) => {
                 AloSink::OrdersPlain(plain_reservations(orders_db(path)?)?)
             }
             (Scenario::Orders, _) => AloSink::Orders(
@@ -330,7 +334,11 @@ impl Progress {
 }
 
 /// Runs one cell; see the [module docs](super).
-pub async fn run_cell(config: &LabConfig, scenario: Scenario, mode: Mode) -> Result<Row, LabError> {
+pub async fn run_cell(
+    config: &LabConfig,
+    scenario: Scenario,
+    mode: LabMode,
+) -> Result<Row, LabError> {
     // One fault schedule per scenario: its modes face the same one.
     let seed = splitmix64(config.seed ^ splitmix64(scenario as u64));
     let names = Names::new(scenario, mode, config.seed);
@@ -361,7 +369,7 @@ pub async fn run_cell(config: &LabConfig, scenario: Scenario, mode: Mode) -> Res
     let records = config.records;
 
     let producing = async {
-        let config_p = producer_config(mode == Mode::ExactlyOnce);
+        let config_p = producer_config(mode == LabMode::ExactlyOnce);
         let producer = RecordingProducer::new(
             patiently(|| Producer::new(client.clone(), config_p.clone())).await?,
             history.clone(),
@@ -413,7 +421,7 @@ pub async fn run_cell(config: &LabConfig, scenario: Scenario, mode: Mode) -> Res
             sent_at: &sent_at,
             config,
         };
-        if mode == Mode::ExactlyOnce {
+        if mode == LabMode::ExactlyOnce {
             consume_exactly_once(shared).await
         } else {
             let sink = AloSink::open(scenario, mode, &db)?;
@@ -479,7 +487,7 @@ pub async fn run_cell(config: &LabConfig, scenario: Scenario, mode: Mode) -> Res
     if lost > 0 {
         problems.push(format!("{lost} acknowledged events lost"));
     }
-    if mode != Mode::AtLeastOnce && state.duplicates > 0 {
+    if mode != LabMode::AtLeastOnce && state.duplicates > 0 {
         problems.push(format!(
             "{} duplicate effects in the sink",
             state.duplicates
@@ -609,7 +617,7 @@ impl SinkState {
 async fn subscribe(
     client: &Client,
     names: &Names,
-    mode: Mode,
+    mode: LabMode,
     history: &History,
     schedule: &CrashSchedule,
 ) -> Result<CrashingConsumer, ClientError> {
@@ -649,7 +657,7 @@ struct Shared<'a> {
 async fn consume_at_least_once(
     shared: Shared<'_>,
     scenario: Scenario,
-    mode: Mode,
+    mode: LabMode,
     mut sink: AloSink,
 ) -> Result<(Progress, Option<AloSink>), LabError> {
     let Shared {
@@ -699,12 +707,12 @@ async fn consume_at_least_once(
             })
             .await;
         let step_idle = match step {
-            Ok(Step::Idle) => true,
-            Ok(Step::Crashed(_)) => {
+            Ok(ConsumerStep::Idle) => true,
+            Ok(ConsumerStep::Crashed(_)) => {
                 progress.crashes += 1;
                 false
             }
-            Ok(Step::Delivered(_)) => false,
+            Ok(ConsumerStep::Delivered(_)) => false,
             Err(e) => {
                 step_failed(e).await;
                 false
@@ -795,7 +803,7 @@ async fn consume_exactly_once(shared: Shared<'_>) -> Result<(Progress, Option<Al
     } = shared;
     // The producer first: it settles what an earlier instance left open.
     let mut sink = transactional_sink(client, names).await?;
-    let mut consumer = subscribe(client, names, Mode::ExactlyOnce, history, &schedule).await?;
+    let mut consumer = subscribe(client, names, LabMode::ExactlyOnce, history, &schedule).await?;
     let mut progress = Progress::default();
     loop {
         let mut written: Option<Result<Written, SinkError>> = None;
@@ -821,8 +829,8 @@ async fn consume_exactly_once(shared: Shared<'_>) -> Result<(Progress, Option<Al
         let mut step_idle = false;
         let mut rewind = false;
         match step {
-            Ok(Step::Idle) => step_idle = true,
-            Ok(Step::Delivered(_)) => {
+            Ok(ConsumerStep::Idle) => step_idle = true,
+            Ok(ConsumerStep::Delivered(_)) => {
                 let committed = match written {
                     Some(Ok(_)) => sink.commit(&next_offsets(&names.input, &batch)).await,
                     Some(Err(e)) => Err(e),
@@ -842,7 +850,7 @@ async fn consume_exactly_once(shared: Shared<'_>) -> Result<(Progress, Option<Al
                     }
                 }
             }
-            Ok(Step::Crashed(_)) => {
+            Ok(ConsumerStep::Crashed(_)) => {
                 // The process died with its transaction open: a new
                 // producer instance fences it and aborts the transaction.
                 progress.crashes += 1;
@@ -864,7 +872,7 @@ async fn consume_exactly_once(shared: Shared<'_>) -> Result<(Progress, Option<Al
         if rewind {
             // Back to the group's committed offsets, as a restart would.
             let schedule = std::mem::take(consumer.schedule_mut());
-            consumer = subscribe(client, names, Mode::ExactlyOnce, history, &schedule).await?;
+            consumer = subscribe(client, names, LabMode::ExactlyOnce, history, &schedule).await?;
         }
         if progress.finished(step_idle, produced, config) {
             break;

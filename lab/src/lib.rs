@@ -69,10 +69,14 @@ impl Scenario {
     }
 
     /// The modes it runs in, side by side.
-    pub fn modes(self) -> &'static [Mode] {
+    pub fn modes(self) -> &'static [LabMode] {
         match self {
-            Scenario::Orders => &[Mode::ExactlyOnce, Mode::AtLeastOnceSink, Mode::AtLeastOnce],
-            Scenario::Views | Scenario::Trips => &[Mode::AtLeastOnceSink],
+            Scenario::Orders => &[
+                LabMode::ExactlyOnce,
+                LabMode::AtLeastOnceSink,
+                LabMode::AtLeastOnce,
+            ],
+            Scenario::Views | Scenario::Trips => &[LabMode::AtLeastOnceSink],
         }
     }
 
@@ -88,7 +92,7 @@ impl Scenario {
 /// A delivery mode of the lab.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum Mode {
+pub enum LabMode {
     /// Transactions: outputs and offsets commit together.
     ExactlyOnce,
     /// Commit after the sink write, into an idempotent sink.
@@ -98,22 +102,22 @@ pub enum Mode {
     AtLeastOnce,
 }
 
-impl Mode {
+impl LabMode {
     /// Its label in tables.
     pub fn label(self, scenario: Scenario) -> String {
         match self {
-            Mode::ExactlyOnce => "exactly-once".into(),
-            Mode::AtLeastOnceSink => format!("at-least-once + {} sink", scenario.sink_name()),
-            Mode::AtLeastOnce => "at-least-once, no sink".into(),
+            LabMode::ExactlyOnce => "exactly-once".into(),
+            LabMode::AtLeastOnceSink => format!("at-least-once + {} sink", scenario.sink_name()),
+            LabMode::AtLeastOnce => "at-least-once, no sink".into(),
         }
     }
 
     /// What the mode promises, as the lab checks it.
     pub fn guarantee(self) -> &'static str {
         match self {
-            Mode::ExactlyOnce => "no loss, no duplicate in the sink",
-            Mode::AtLeastOnceSink => "no loss, no duplicate row",
-            Mode::AtLeastOnce => "no loss (duplicates allowed, reported)",
+            LabMode::ExactlyOnce => "no loss, no duplicate in the sink",
+            LabMode::AtLeastOnceSink => "no loss, no duplicate row",
+            LabMode::AtLeastOnce => "no loss (duplicates allowed, reported)",
         }
     }
 }

@@ -7,7 +7,7 @@ use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 use serde::Serialize;
 
-use super::{LabConfig, Mode, Scenario};
+use super::{LabConfig, LabMode, Scenario};
 use ferry_bench::{fmt_ratio, ratio};
 
 /// One cell's measurements.
@@ -16,7 +16,7 @@ pub struct Row {
     /// The pipeline.
     pub scenario: Scenario,
     /// The delivery mode.
-    pub mode: Mode,
+    pub mode: LabMode,
     /// The mode as the table shows it.
     pub label: String,
     /// Input records acknowledged by the broker.
@@ -56,7 +56,7 @@ pub struct Row {
 
 impl Row {
     /// The row of a cell that could not run.
-    pub fn failed(_config: &LabConfig, scenario: Scenario, mode: Mode, error: String) -> Row {
+    pub fn failed(_config: &LabConfig, scenario: Scenario, mode: LabMode, error: String) -> Row {
         Row {
             scenario,
             mode,
@@ -80,7 +80,7 @@ impl Row {
 
 /// Throughput ratios between the orders modes, measured in one run.
 #[derive(Clone, Debug, Default, Serialize)]
-pub struct Ratios {
+pub struct ModeRatios {
     /// Exactly-once ÷ at-least-once + unique sink.
     pub exactly_once_vs_at_least_once_sink: Option<f64>,
     /// Exactly-once ÷ at-least-once without a sink.
@@ -99,26 +99,26 @@ pub struct LabReport {
     /// One row per cell.
     pub rows: Vec<Row>,
     /// Orders throughput ratios.
-    pub ratios: Ratios,
+    pub ratios: ModeRatios,
 }
 
 impl LabReport {
     /// Collects the rows and computes the ratios.
     pub fn new(config: &LabConfig, rows: Vec<Row>) -> LabReport {
-        let rps = |mode: Mode| {
+        let rps = |mode: LabMode| {
             rows.iter()
                 .find(|r| r.scenario == Scenario::Orders && r.mode == mode && r.problems.is_empty())
                 .map_or(f64::NAN, |r| r.records_per_sec)
         };
         let (eos, sink, plain) = (
-            rps(Mode::ExactlyOnce),
-            rps(Mode::AtLeastOnceSink),
-            rps(Mode::AtLeastOnce),
+            rps(LabMode::ExactlyOnce),
+            rps(LabMode::AtLeastOnceSink),
+            rps(LabMode::AtLeastOnce),
         );
         LabReport {
             seed: config.seed,
             records_per_cell: config.records,
-            ratios: Ratios {
+            ratios: ModeRatios {
                 exactly_once_vs_at_least_once_sink: ratio(eos, sink),
                 exactly_once_vs_at_least_once_no_sink: ratio(eos, plain),
                 at_least_once_no_sink_vs_sink: ratio(plain, sink),
@@ -250,11 +250,11 @@ impl LabReport {
 /// Chart errors.
 pub type LabChartError = Box<dyn std::error::Error + Send + Sync>;
 
-fn short(mode: Mode) -> &'static str {
+fn short(mode: LabMode) -> &'static str {
     match mode {
-        Mode::ExactlyOnce => "EOS",
-        Mode::AtLeastOnceSink => "ALO+sink",
-        Mode::AtLeastOnce => "ALO",
+        LabMode::ExactlyOnce => "EOS",
+        LabMode::AtLeastOnceSink => "ALO+sink",
+        LabMode::AtLeastOnce => "ALO",
     }
 }
 

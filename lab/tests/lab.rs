@@ -1,7 +1,7 @@
 //! The delivery-semantics lab, small: every scenario and mode end to end
 //! under the fault schedule, each mode checked against its guarantee.
 
-use ferry_lab::{LabConfig, Mode, Scenario};
+use ferry_lab::{LabConfig, LabMode, Scenario};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_mode_keeps_its_guarantee_and_plain_at_least_once_double_charges() {
@@ -33,7 +33,7 @@ async fn every_mode_keeps_its_guarantee_and_plain_at_least_once_double_charges()
             .unwrap()
     };
     // Without an idempotent sink, every redelivered order is charged again.
-    let plain = row(Scenario::Orders, Mode::AtLeastOnce);
+    let plain = row(Scenario::Orders, LabMode::AtLeastOnce);
     assert!(plain.duplicates_delivered > 0, "{table}");
     assert_eq!(
         plain.duplicates_in_sink, plain.duplicates_delivered,
@@ -43,7 +43,7 @@ async fn every_mode_keeps_its_guarantee_and_plain_at_least_once_double_charges()
     // The idempotent sinks absorb every repeat: one row per event (trips:
     // per trip).
     for scenario in Scenario::ALL {
-        let r = row(scenario, Mode::AtLeastOnceSink);
+        let r = row(scenario, LabMode::AtLeastOnceSink);
         assert!(r.duplicates_delivered > 0, "{table}");
         assert_eq!(r.duplicates_absorbed, r.duplicates_delivered, "{table}");
         assert_eq!(r.duplicates_in_sink, 0, "{table}");
@@ -51,7 +51,7 @@ async fn every_mode_keeps_its_guarantee_and_plain_at_least_once_double_charges()
         assert_eq!(r.sink_rows, rows, "{table}");
     }
     // Exactly-once: what crashes repeat, the aborted transactions absorb.
-    let eos = row(Scenario::Orders, Mode::ExactlyOnce);
+    let eos = row(Scenario::Orders, LabMode::ExactlyOnce);
     assert_eq!((eos.sink_rows, eos.duplicates_in_sink), (300, 0), "{table}");
     assert!(eos.duplicates_absorbed > 0, "{table}");
 

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use ferry_testkit::{Broker, DeliveryMode, FaultClass, MatrixRow, Run, RunConfig, WorkOp};
+use ferry_testkit::{BrokerUnderTest, DeliveryMode, FaultClass, MatrixRow, Run, RunConfig, WorkOp};
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -103,7 +103,7 @@ async fn torture(
     let fsync = config.fsync_flag();
     let broker = tokio::task::spawn_blocking({
         let dir = dir.clone();
-        move || Broker::process(&bin, &dir, &fsync)
+        move || BrokerUnderTest::process(&bin, &dir, &fsync)
     })
     .await?
     .map_err(|e| format!("starting the broker: {e}"))?;

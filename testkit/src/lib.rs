@@ -50,13 +50,15 @@ pub use history::{
     History, Invocation, Mop, Op, OpKind, OpType, ProcessId, Read, Tp, Value, ValueGen,
 };
 pub use matrix::{
-    Broker, CellReport, FaultClass, MatrixRow, Run, RunConfig, WorkOp, parse_mode, run_embedded,
+    BrokerUnderTest, CellReport, FaultClass, MatrixRow, Run, RunConfig, WorkOp, parse_mode,
+    run_embedded,
 };
 pub use proxy::{
     Fault, FaultKind, FaultPlan, FaultProxy, FaultStats, InjectedFault, RpcKind, Targets,
 };
 pub use workload::{
-    CrashPoint, CrashSchedule, CrashingConsumer, RecordingProducer, Step, decode_reads, drain,
+    ConsumerStep, CrashPoint, CrashSchedule, CrashingConsumer, RecordingProducer, decode_reads,
+    drain,
 };
 
 /// Environment variable holding the seed of a run.

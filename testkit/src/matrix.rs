@@ -2,7 +2,7 @@
 //! more fault classes, judged by the [checker](super::checker).
 //!
 //! A run is a sequence of [`WorkOp`]s applied by a [`Run`] against a
-//! [`Broker`] (in-process or a `ferry broker` subprocess) behind a
+//! [`BrokerUnderTest`] (in-process or a `ferry broker` subprocess) behind a
 //! [`FaultProxy`]:
 //!
 //! - [`WorkOp::Produce`] hands records to the mode's producer (for
@@ -45,7 +45,8 @@ use super::crash::{BrokerProcess, DurableFloors, TailDamage, crash_and_tear};
 use super::history::{History, Invocation, Mop, OpKind, ProcessId, Read, Tp, ValueGen};
 use super::proxy::{Fault, FaultPlan, FaultProxy, RpcKind, Targets, splitmix64};
 use super::workload::{
-    CrashPoint, CrashSchedule, CrashingConsumer, RecordingProducer, Step, decode_reads, drain,
+    ConsumerStep, CrashPoint, CrashSchedule, CrashingConsumer, RecordingProducer, decode_reads,
+    drain,
 };
 
 /// The topic the non-transactional modes write and read.
@@ -216,15 +217,15 @@ enum Inner {
 
 /// A broker the matrix can crash: in-process, or a `ferry broker`
 /// subprocess killed with `kill -9`.
-pub struct Broker {
+pub struct BrokerUnderTest {
     inner: Option<Inner>,
     addr: String,
     restarts: u64,
 }
 
-impl std::fmt::Debug for Broker {
+impl std::fmt::Debug for BrokerUnderTest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Broker")
+        f.debug_struct("BrokerUnderTest")
             .field("addr", &self.addr)
             .field("restarts", &self.restarts)
             .finish()
@@ -234,11 +235,11 @@ impl std::fmt::Debug for Broker {
 /// Errors of a run.
 pub type RunError = Box<dyn std::error::Error + Send + Sync>;
 
-impl Broker {
+impl BrokerUnderTest {
     /// An in-process broker on a temporary directory.
-    pub async fn embedded(flush: FlushPolicy) -> Result<Broker, BrokerError> {
+    pub async fn embedded(flush: FlushPolicy) -> Result<BrokerUnderTest, BrokerError> {
         let broker = EmbeddedBroker::start(BrokerConfig::ephemeral().with_flush(flush)).await?;
-        Ok(Broker {
+        Ok(BrokerUnderTest {
             addr: broker.addr_string(),
             inner: Some(Inner::Embedded(Box::new(broker))),
             restarts: 0,
@@ -246,9 +247,9 @@ impl Broker {
     }
 
     /// `bin broker --data-dir DIR --listen 127.0.0.1:0 --fsync FLUSH`.
-    pub fn process(bin: &Path, dir: &Path, fsync: &str) -> std::io::Result<Broker> {
+    pub fn process(bin: &Path, dir: &Path, fsync: &str) -> std::io::Result<BrokerUnderTest> {
         let broker = BrokerProcess::start_with_args(bin, dir, "127.0.0.1:0", ["--fsync", fsync])?;
-        Ok(Broker {
+        Ok(BrokerUnderTest {
             addr: broker.addr().to_string(),
             inner: Some(Inner::Process(broker)),
             restarts: 0,
@@ -498,7 +499,7 @@ enum Side {
 /// A workload in progress; see the [module docs](self).
 pub struct Run {
     config: RunConfig,
-    broker: Broker,
+    broker: BrokerUnderTest,
     proxy: FaultProxy,
     client: Client,
     history: History,
@@ -614,7 +615,7 @@ fn is_fenced(e: &ClientError) -> bool {
 impl Run {
     /// Creates the topics, the proxy, and the mode's producers and
     /// consumers against `broker`.
-    pub async fn start(broker: Broker, config: RunConfig) -> Result<Run, RunError> {
+    pub async fn start(broker: BrokerUnderTest, config: RunConfig) -> Result<Run, RunError> {
         let direct = Client::connect(broker.addr()).await?;
         let topics: &[&str] = if config.mode == DeliveryMode::ExactlyOnce {
             &[SOURCE, OUTPUT]
@@ -679,7 +680,7 @@ impl Run {
     }
 
     /// The broker.
-    pub fn broker(&self) -> &Broker {
+    pub fn broker(&self) -> &BrokerUnderTest {
         &self.broker
     }
 
@@ -886,15 +887,15 @@ impl Run {
     }
 
     /// One consumer (or copier) step; errors are recorded and skipped.
-    async fn consume_step(&mut self) -> Step {
+    async fn consume_step(&mut self) -> ConsumerStep {
         match &mut self.side {
             Side::Plain { consumer, .. } => match consumer.as_mut() {
                 Some(c) => c
                     .step(Duration::from_millis(100), |_, _| async {})
                     .await
                     // A failed poll is not idleness: the caller keeps going.
-                    .unwrap_or(Step::Delivered(0)),
-                None => Step::Idle,
+                    .unwrap_or(ConsumerStep::Delivered(0)),
+                None => ConsumerStep::Idle,
             },
             Side::Exactly {
                 copier,
@@ -904,7 +905,7 @@ impl Run {
             } => {
                 // A scheduled crash waits for a step with input.
                 let step = copier_step(&self.client, &self.history, out, copier, *crash_next).await;
-                if matches!(step, Step::Crashed(_)) {
+                if matches!(step, ConsumerStep::Crashed(_)) {
                     *crash_next = None;
                 }
                 step
@@ -1151,9 +1152,9 @@ impl Run {
                 return Err("the consumers made no progress for 30 s".into());
             }
             match self.consume_step().await {
-                Step::Idle => idle += 1,
-                Step::Delivered(0) => idle = 0,
-                Step::Delivered(_) | Step::Crashed(_) => {
+                ConsumerStep::Idle => idle += 1,
+                ConsumerStep::Delivered(0) => idle = 0,
+                ConsumerStep::Delivered(_) | ConsumerStep::Crashed(_) => {
                     idle = 0;
                     progress = Instant::now();
                 }
@@ -1346,25 +1347,25 @@ async fn copier_step(
     out: &History,
     copier: &mut Option<Copier>,
     crash: Option<CrashPoint>,
-) -> Step {
+) -> ConsumerStep {
     if copier.is_none() {
         *copier = Copier::start(client, history, out).await.ok();
     }
     let Some(c) = copier.as_mut() else {
-        return Step::Idle;
+        return ConsumerStep::Idle;
     };
     let before = c.consumer.positions();
     let Some(mut txn) = copier_begin(c, history, out).await else {
         if c.producer.is_fatal() {
             *copier = None;
-            return Step::Delivered(0);
+            return ConsumerStep::Delivered(0);
         }
         // Idle only if the poll worked and moved nowhere: a poll that
         // returned only aborted batches or markers still made progress.
         return if c.consumer.positions() == before && c.last_poll_ok {
-            Step::Idle
+            ConsumerStep::Idle
         } else {
-            Step::Delivered(0)
+            ConsumerStep::Delivered(0)
         };
     };
     let n = txn.reads.len();
@@ -1377,7 +1378,7 @@ async fn copier_step(
     if crash == Some(CrashPoint::AfterSinkWrite) {
         crashed(txn, CrashPoint::AfterSinkWrite);
         *copier = None;
-        return Step::Crashed(CrashPoint::AfterSinkWrite);
+        return ConsumerStep::Crashed(CrashPoint::AfterSinkWrite);
     }
     let positions = c.consumer.positions();
     let mut result = c.producer.send_offsets(GROUP, &positions).await;
@@ -1385,7 +1386,7 @@ async fn copier_step(
         if crash == Some(CrashPoint::BeforeCommit) {
             crashed(txn, CrashPoint::BeforeCommit);
             *copier = None;
-            return Step::Crashed(CrashPoint::BeforeCommit);
+            return ConsumerStep::Crashed(CrashPoint::BeforeCommit);
         }
         result = c.producer.commit().await;
     }
@@ -1395,13 +1396,13 @@ async fn copier_step(
                 reads: std::mem::take(&mut txn.reads),
             }]);
             txn.send.ok(txn.outputs);
-            Step::Delivered(n)
+            ConsumerStep::Delivered(n)
         }
         Err(e) if c.producer.is_fatal() => {
             txn.poll.info(vec![Mop::Poll { reads: Vec::new() }], &e);
             txn.send.info(txn.outputs, &e);
             *copier = None;
-            Step::Delivered(0)
+            ConsumerStep::Delivered(0)
         }
         Err(e) => match c.producer.abort().await {
             Ok(()) => {
@@ -1410,13 +1411,13 @@ async fn copier_step(
                 for (topic, partition, offset) in &txn.rewind {
                     c.consumer.seek(topic, *partition, *offset);
                 }
-                Step::Delivered(0)
+                ConsumerStep::Delivered(0)
             }
             Err(e) => {
                 txn.poll.info(vec![Mop::Poll { reads: Vec::new() }], &e);
                 txn.send.info(txn.outputs, &e);
                 *copier = None;
-                Step::Delivered(0)
+                ConsumerStep::Delivered(0)
             }
         },
     }
@@ -1424,7 +1425,7 @@ async fn copier_step(
 
 /// Runs `ops` as one cell against a fresh in-process broker.
 pub async fn run_embedded(config: RunConfig, ops: &[WorkOp]) -> Result<CellReport, RunError> {
-    let broker = Broker::embedded(config.flush_policy()).await?;
+    let broker = BrokerUnderTest::embedded(config.flush_policy()).await?;
     let mut run = Run::start(broker, config).await?;
     for op in ops {
         run.apply(*op).await?;

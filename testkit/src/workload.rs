@@ -223,7 +223,7 @@ impl CrashSchedule {
 
 /// What one [`CrashingConsumer::step`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Step {
+pub enum ConsumerStep {
     /// Delivered this many records to the sink (and committed, under
     /// `CommitMode::After`).
     Delivered(usize),
@@ -315,7 +315,11 @@ impl CrashingConsumer {
     /// effect (it receives the decoded values, in poll order, with the
     /// records). Errors of the poll or the commit are returned after being
     /// recorded; the consumer stays usable.
-    pub async fn step<F, Fut>(&mut self, timeout: Duration, sink: F) -> Result<Step, ClientError>
+    pub async fn step<F, Fut>(
+        &mut self,
+        timeout: Duration,
+        sink: F,
+    ) -> Result<ConsumerStep, ClientError>
     where
         F: FnOnce(Vec<Read>, Vec<ConsumerRecord>) -> Fut,
         Fut: Future<Output = ()>,
@@ -336,7 +340,7 @@ impl CrashingConsumer {
         };
         if records.is_empty() {
             invocation.ok(vec![Mop::Poll { reads: Vec::new() }]);
-            return Ok(Step::Idle);
+            return Ok(ConsumerStep::Idle);
         }
         self.steps += 1;
         let step = self.steps;
@@ -387,19 +391,19 @@ impl CrashingConsumer {
                 }
             }
         }
-        Ok(Step::Delivered(n))
+        Ok(ConsumerStep::Delivered(n))
     }
 
     /// Drops the consumer without committing and subscribes a new one as a
     /// new process.
-    async fn crash(&mut self, point: CrashPoint) -> Result<Step, ClientError> {
+    async fn crash(&mut self, point: CrashPoint) -> Result<ConsumerStep, ClientError> {
         self.history.crashed(self.process, point);
         self.crashes.push((self.process, self.steps, point));
         tracing::debug!(process = self.process, %point, "consumer crashes");
         let consumer = subscribe(&self.client, &self.config, &self.topic).await?;
         self.consumer = consumer;
         self.process = self.history.process();
-        Ok(Step::Crashed(point))
+        Ok(ConsumerStep::Crashed(point))
     }
 }
 
