@@ -11,7 +11,7 @@
 //! `acks=all` in the same process, alternating which goes first, for
 //! `rounds` rounds (default 5), each on a fresh broker, and prints the ratio
 //! idempotent ÷ plain per round, their median, and the ratio of the best
-//! run of each (DESIGN §8: overhead is a ratio measured in the same run).
+//! run of each (overhead is a ratio measured in the same run).
 //!
 //! The client runs on a current-thread runtime, the broker on its own
 //! thread and runtime (as `EmbeddedBroker` does).

@@ -24,7 +24,7 @@
 //! - **broker restart**: halfway through the input, the broker crashes
 //!   (no flush) and restarts.
 //!
-//! The at-least-once modes produce as DESIGN §2 defines at-least-once
+//! The at-least-once modes produce as the guarantees table defines at-least-once
 //! (`acks=all`, retries, not idempotent), so a lost ack can store an event
 //! twice; the exactly-once mode uses the idempotent producer for its input
 //! and a [`TransactionalSink`](ferry_client::TransactionalSink) for its

@@ -18,7 +18,7 @@
 //! | [`AnomalyKind::Unseen`] | acknowledged, but not read by the end of the history (no read went past it) |
 //!
 //! [`Report::verdict`] then judges the anomalies against a
-//! [`DeliveryMode`], following the table in DESIGN §2: which kinds the
+//! [`DeliveryMode`], following the README's delivery-guarantees table: which kinds the
 //! mode forbids, and counts of the kinds it allows.
 //!
 //! # What counts as a read
@@ -306,7 +306,7 @@ impl Report {
 /// How many forbidden anomalies a [`Verdict`] keeps as examples.
 pub const MAX_EXAMPLES: usize = 10;
 
-/// The delivery modes of DESIGN §2.
+/// The delivery modes of the README's delivery-guarantees table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum DeliveryMode {
     /// `acks=none`, no retries, commit before processing: may lose, never
@@ -341,7 +341,7 @@ impl DeliveryMode {
         }
     }
 
-    /// Whether the mode forbids `kind` (DESIGN §2). Inconsistent offsets,
+    /// Whether the mode forbids `kind` (the guarantees table). Inconsistent offsets,
     /// aborted reads, backwards polls and poll skips are bugs in every
     /// mode. Unseen values are never a violation by themselves: they mean
     /// the history stopped reading early (check with

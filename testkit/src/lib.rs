@@ -22,7 +22,7 @@
 //!   with a per-[`DeliveryMode`] [`Verdict`].
 //! - The guarantee matrix ([`matrix`]): a [`Run`] of [`WorkOp`]s per
 //!   delivery mode under chosen [`FaultClass`]es, ending in a [`MatrixRow`];
-//!   the root `tests/guarantees.rs` and `ferry torture` drive it.
+//!   the root `testkit/tests/guarantees.rs` and `ferry torture` drive it.
 //!
 //! Every random choice comes from a seed; [`seed`] reads it from the
 //! `FERRY_SEED` environment variable (or picks one) and prints it, so a

@@ -42,7 +42,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 /// Largest gRPC message the proxy passes, either way.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
-/// HTTP/2 frame size on both legs (see DESIGN §8: the 16 KiB default is
+/// HTTP/2 frame size on both legs (measured on these machines: the 16 KiB default is
 /// the throughput limit).
 pub const MAX_FRAME_BYTES: u32 = (1 << 20) - 1;
 /// Buffer of the in-memory pipe between a client connection and the

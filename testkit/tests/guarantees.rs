@@ -1,4 +1,4 @@
-//! The guarantee matrix (DESIGN §2): every delivery mode under every fault
+//! The guarantee matrix: every delivery mode under every fault
 //! class, as proptest cases over the workload ops and the fault schedule,
 //! each judged by the history checker's verdict for its mode.
 //!
@@ -14,7 +14,7 @@
 //! a run exactly (same cases, same faults); a failure shrinks to a minimal
 //! op and fault sequence, printed with the cell. `FERRY_CELL=mode/fault`
 //! runs one cell; `FERRY_CASES=<n>` sets the cases per cell. The longer run
-//! is `#[ignore]`d: `cargo test -j2 -p ferry --test guarantees -- --ignored`.
+//! is `#[ignore]`d: `cargo test -j2 -p ferry-testkit --test guarantees -- --ignored`.
 
 use std::sync::Mutex;
 
