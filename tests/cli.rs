@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{FERRY, ferry, json_lines};
+use common::{FERRY, consume_from_earliest, ferry, json_lines};
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -49,24 +49,7 @@ fn every_acked_record_survives_a_kill_9_of_the_broker() {
 
     broker.kill9().unwrap();
     let broker = start_broker(&data, "127.0.0.1:0");
-    let out = ferry(
-        broker.addr(),
-        &[
-            "consume",
-            "t",
-            "--from",
-            "earliest",
-            "--idle-timeout",
-            "1500",
-        ],
-        None,
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let rows = json_lines(&out.stdout);
+    let rows = consume_from_earliest(broker.addr(), "t", &[]);
     let mut values: Vec<String> = rows
         .iter()
         .map(|r| r["value"].as_str().unwrap().to_string())
@@ -155,19 +138,7 @@ fn a_producer_rides_through_a_broker_kill_9_and_restart_without_losing_acked_rec
     );
     assert_eq!(json_lines(&out.stdout).pop().unwrap()["acked"], n);
 
-    let out = ferry(
-        broker.addr(),
-        &[
-            "consume",
-            "t",
-            "--from",
-            "earliest",
-            "--idle-timeout",
-            "1500",
-        ],
-        None,
-    );
-    let mut seen: Vec<u64> = json_lines(&out.stdout)
+    let mut seen: Vec<u64> = consume_from_earliest(broker.addr(), "t", &[])
         .iter()
         .map(|r| r["value"].as_str().unwrap()[1..].parse().unwrap())
         .collect();

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{FERRY, ferry, json_lines, ok};
+use common::{FERRY, consume_from_earliest, create_topic, ferry, json_lines, ok};
 use std::collections::HashMap;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -19,21 +19,7 @@ fn start_broker(data_dir: &Path) -> BrokerProcess {
 
 /// Every record of `topic` under `isolation`, as JSON objects.
 fn consume(addr: &str, topic: &str, isolation: &str) -> Vec<serde_json::Value> {
-    let out = ferry(
-        addr,
-        &[
-            "consume",
-            topic,
-            "--from",
-            "earliest",
-            "--isolation",
-            isolation,
-            "--idle-timeout",
-            "1500",
-        ],
-        None,
-    );
-    json_lines(&ok(&out).stdout)
+    consume_from_earliest(addr, topic, &["--isolation", isolation])
 }
 
 /// Writes `from..to` to both partitions of `src`: values `p{P}-{i:05}`,
@@ -163,16 +149,8 @@ fn the_copier_copies_exactly_once_across_a_kill_9_of_itself() {
     let dir = tempfile::tempdir().unwrap();
     let broker = start_broker(&dir.path().join("data"));
     let addr = broker.addr().to_string();
-    ok(&ferry(
-        &addr,
-        &["topic", "create", "src", "--partitions", "2"],
-        None,
-    ));
-    ok(&ferry(
-        &addr,
-        &["topic", "create", "dst", "--partitions", "3"],
-        None,
-    ));
+    create_topic(&addr, "src", 2);
+    create_topic(&addr, "dst", 3);
 
     let mut input = produce_source(&addr, "src", 0, 1000);
     let mut copier = spawn_copier(&addr, &[]);
@@ -212,16 +190,8 @@ fn the_copier_copies_exactly_once_across_a_kill_9_of_the_broker() {
     let dir = tempfile::tempdir().unwrap();
     let broker = start_broker(&dir.path().join("data"));
     let addr = broker.addr().to_string();
-    ok(&ferry(
-        &addr,
-        &["topic", "create", "src", "--partitions", "2"],
-        None,
-    ));
-    ok(&ferry(
-        &addr,
-        &["topic", "create", "dst", "--partitions", "3"],
-        None,
-    ));
+    create_topic(&addr, "src", 2);
+    create_topic(&addr, "dst", 3);
     let mut input = produce_source(&addr, "src", 0, 1500);
 
     let copier = spawn_copier(&addr, &["--idle-timeout", "3000"]);

@@ -92,13 +92,7 @@ async fn produce_through_lost_acks(config: ProducerConfig) -> (ferry_testkit::Re
     ferry_testkit::drain(&direct, "t", &history, Duration::from_millis(500))
         .await
         .unwrap();
-    let report = ferry_testkit::check(
-        &history.ops(),
-        &CheckOptions {
-            drained: true,
-            ..CheckOptions::default()
-        },
-    );
+    let report = ferry_testkit::check(&history.ops(), &CheckOptions::drained());
     eprintln!(
         "seed {seed}: {lost_acks} lost acks injected over {} produce requests; {:?}",
         stats.requests_of(Targets::PRODUCE),
@@ -430,13 +424,7 @@ async fn append_then_drain_exactly_once(
     ferry_testkit::drain(client, "t", history, Duration::from_millis(500))
         .await
         .unwrap();
-    let report = ferry_testkit::check(
-        &history.ops(),
-        &CheckOptions {
-            drained: true,
-            ..CheckOptions::default()
-        },
-    );
+    let report = ferry_testkit::check(&history.ops(), &CheckOptions::drained());
     let verdict = report.verdict(DeliveryMode::ExactlyOnce);
     eprintln!("seed {seed}: {verdict}");
     assert!(verdict.is_valid(), "{verdict}");

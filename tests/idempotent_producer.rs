@@ -13,7 +13,7 @@
 
 mod common;
 
-use common::{FERRY, ferry, json_lines};
+use common::{FERRY, consume_from_earliest, ferry, json_lines};
 use std::collections::HashMap;
 use std::io::Write as _;
 use std::process::{Command, Stdio};
@@ -265,24 +265,7 @@ fn kill9_during_produce(n: usize, kills: usize, feed: Duration) {
     );
     assert!(out.status.success(), "seed {seed}; stderr: {stderr}");
 
-    let consumed = ferry(
-        &addr,
-        &[
-            "consume",
-            "t",
-            "--from",
-            "earliest",
-            "--idle-timeout",
-            "1500",
-        ],
-        None,
-    );
-    assert!(
-        consumed.status.success(),
-        "{}",
-        String::from_utf8_lossy(&consumed.stderr)
-    );
-    let rows = json_lines(&consumed.stdout);
+    let rows = consume_from_earliest(&addr, "t", &[]);
     let mut seen = vec![0u32; n];
     let mut by_partition: HashMap<u64, Vec<(u64, usize)>> = HashMap::new();
     for r in &rows {

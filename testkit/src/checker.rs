@@ -46,6 +46,17 @@ pub struct CheckOptions {
     pub group: Option<String>,
 }
 
+impl CheckOptions {
+    /// The history ends with a drain (see [`CheckOptions::drained`]), and
+    /// every group's reads count.
+    pub fn drained() -> CheckOptions {
+        CheckOptions {
+            drained: true,
+            group: None,
+        }
+    }
+}
+
 /// The kind of an [`Anomaly`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum AnomalyKind {
@@ -455,88 +466,179 @@ struct PollRead<'a> {
 /// Checks a list of history entries (see [`History::ops`](super::History::ops)).
 pub fn check(ops: &[Op], options: &CheckOptions) -> Report {
     let sends = collect_sends(ops);
-    let polls: Vec<PollRead<'_>> = ops
-        .iter()
-        .filter(|op| op.typ == OpType::Ok && op.kind == OpKind::Poll)
-        .flat_map(|op| {
-            op.mops.iter().flat_map(move |m| match m {
-                Mop::Poll { reads } => reads.iter().map(|read| PollRead { read, op }).collect(),
-                _ => Vec::new(),
-            })
-        })
-        .collect();
+    let facts = Facts::gather(&sends, ops, options);
+    let mut anomalies = lost_writes(&facts, options.drained);
+    anomalies.extend(duplicates(&facts));
+    anomalies.extend(duplicate_deliveries(&facts));
+    anomalies.extend(inconsistent_offsets(&facts));
+    anomalies.extend(aborted_reads(&facts));
+    let (backwards, skips) = poll_order(&facts);
+    anomalies.extend(backwards);
+    anomalies.extend(send_order(&facts));
+    anomalies.extend(skips);
+    anomalies.extend(unseen(&facts, options.drained));
+    // Stable: within a kind, anomalies keep the order they were found in.
+    anomalies.sort_by_key(Anomaly::kind);
 
-    // Every (partition, offset) -> values, from acks and reads.
-    let mut by_offset: BTreeMap<&Tp, BTreeMap<u64, BTreeSet<Value>>> = BTreeMap::new();
-    for (v, s) in &sends {
-        if let (SendOutcome::Acked, Some(o)) = (s.outcome, s.offset) {
-            by_offset
-                .entry(&s.tp)
-                .or_default()
-                .entry(o)
-                .or_default()
-                .insert(*v);
-        }
-    }
-    for p in &polls {
-        by_offset
-            .entry(&p.read.tp)
-            .or_default()
-            .entry(p.read.offset)
-            .or_default()
-            .insert(p.read.value);
-    }
-
-    let mut anomalies = Vec::new();
-    // Lost writes and unseen values.
-    let counted = |op: &Op| match &options.group {
-        None => true,
-        Some(g) => op.group.as_deref() == Some(g.as_str()),
+    let all_read: BTreeSet<Value> = facts.polls.iter().map(|p| p.read.value).collect();
+    let stats = Stats {
+        sends: sends.len(),
+        acked: count_outcome(&sends, SendOutcome::Acked),
+        failed: count_outcome(&sends, SendOutcome::Failed),
+        indeterminate: count_outcome(&sends, SendOutcome::Indeterminate),
+        reads: facts.polls.len(),
+        distinct_read: all_read.len(),
     };
-    let mut read_values: BTreeSet<Value> = BTreeSet::new();
-    let mut max_read: HashMap<&Tp, u64> = HashMap::new();
-    for p in polls.iter().filter(|p| counted(p.op)) {
-        read_values.insert(p.read.value);
-        let m = max_read.entry(&p.read.tp).or_insert(p.read.offset);
-        *m = (*m).max(p.read.offset);
-    }
-    for (v, s) in &sends {
-        if s.outcome != SendOutcome::Acked || read_values.contains(v) {
-            continue;
+    Report { anomalies, stats }
+}
+
+/// What every anomaly rule looks at, gathered once from the history.
+struct Facts<'a> {
+    /// Every send by value, with its outcome.
+    sends: &'a BTreeMap<Value, SendRecord>,
+    /// Every read of every successful poll, in history order.
+    polls: Vec<PollRead<'a>>,
+    /// Every (partition, offset) -> values, from acks and reads.
+    by_offset: BTreeMap<&'a Tp, BTreeMap<u64, BTreeSet<Value>>>,
+    /// Values read by the polls that count (see [`CheckOptions::group`]).
+    read_values: BTreeSet<Value>,
+    /// Highest offset read per partition by the polls that count.
+    max_read: HashMap<&'a Tp, u64>,
+    /// The reads of the polls that count, in history order.
+    counted: Vec<usize>,
+}
+
+impl<'a> Facts<'a> {
+    fn gather(
+        sends: &'a BTreeMap<Value, SendRecord>,
+        ops: &'a [Op],
+        options: &CheckOptions,
+    ) -> Facts<'a> {
+        let polls: Vec<PollRead<'a>> = ops
+            .iter()
+            .filter(|op| op.typ == OpType::Ok && op.kind == OpKind::Poll)
+            .flat_map(|op| {
+                op.mops.iter().flat_map(move |m| match m {
+                    Mop::Poll { reads } => reads.iter().map(|read| PollRead { read, op }).collect(),
+                    _ => Vec::new(),
+                })
+            })
+            .collect();
+
+        let mut by_offset: BTreeMap<&'a Tp, BTreeMap<u64, BTreeSet<Value>>> = BTreeMap::new();
+        for (v, s) in sends {
+            if let (SendOutcome::Acked, Some(o)) = (s.outcome, s.offset) {
+                by_offset
+                    .entry(&s.tp)
+                    .or_default()
+                    .entry(o)
+                    .or_default()
+                    .insert(*v);
+            }
         }
-        let read_up_to = max_read.get(&s.tp).copied();
-        let read_past = matches!((s.offset, read_up_to), (Some(o), Some(m)) if m > o);
-        if read_past || options.drained {
-            anomalies.push(Anomaly::LostWrite {
-                value: *v,
-                tp: s.tp.clone(),
-                offset: s.offset,
-                read_up_to,
-            });
+        for p in &polls {
+            by_offset
+                .entry(&p.read.tp)
+                .or_default()
+                .entry(p.read.offset)
+                .or_default()
+                .insert(p.read.value);
+        }
+
+        let is_counted = |op: &Op| match &options.group {
+            None => true,
+            Some(g) => op.group.as_deref() == Some(g.as_str()),
+        };
+        let counted: Vec<usize> = (0..polls.len())
+            .filter(|&i| is_counted(polls[i].op))
+            .collect();
+        let mut read_values = BTreeSet::new();
+        let mut max_read: HashMap<&'a Tp, u64> = HashMap::new();
+        for &i in &counted {
+            let p = &polls[i];
+            read_values.insert(p.read.value);
+            let m = max_read.entry(&p.read.tp).or_insert(p.read.offset);
+            *m = (*m).max(p.read.offset);
+        }
+        Facts {
+            sends,
+            polls,
+            by_offset,
+            read_values,
+            max_read,
+            counted,
         }
     }
 
-    // Duplicates: one value at several positions.
+    fn counted_polls(&self) -> impl Iterator<Item = &PollRead<'a>> {
+        self.counted.iter().map(|&i| &self.polls[i])
+    }
+
+    /// Acknowledged sends nobody (who counts) read, with whether a read
+    /// went past their offset.
+    fn unread_acked(&self) -> impl Iterator<Item = (&Value, &SendRecord, Option<u64>, bool)> {
+        self.sends
+            .iter()
+            .filter(|(v, s)| s.outcome == SendOutcome::Acked && !self.read_values.contains(v))
+            .map(|(v, s)| {
+                let read_up_to = self.max_read.get(&s.tp).copied();
+                let read_past = matches!((s.offset, read_up_to), (Some(o), Some(m)) if m > o);
+                (v, s, read_up_to, read_past)
+            })
+    }
+}
+
+/// Acknowledged values nobody read although a read went past them, or,
+/// after a drain, at all.
+fn lost_writes(f: &Facts<'_>, drained: bool) -> Vec<Anomaly> {
+    f.unread_acked()
+        .filter(|(_, _, _, read_past)| *read_past || drained)
+        .map(|(v, s, read_up_to, _)| Anomaly::LostWrite {
+            value: *v,
+            tp: s.tp.clone(),
+            offset: s.offset,
+            read_up_to,
+        })
+        .collect()
+}
+
+/// Acknowledged values nobody read yet, where no read went past them and
+/// the history does not end with a drain.
+fn unseen(f: &Facts<'_>, drained: bool) -> Vec<Anomaly> {
+    f.unread_acked()
+        .filter(|(_, _, _, read_past)| !*read_past && !drained)
+        .map(|(v, s, _, _)| Anomaly::Unseen {
+            value: *v,
+            tp: s.tp.clone(),
+            offset: s.offset,
+        })
+        .collect()
+}
+
+/// One value at several positions.
+fn duplicates(f: &Facts<'_>) -> Vec<Anomaly> {
     let mut positions: BTreeMap<Value, BTreeSet<(&Tp, u64)>> = BTreeMap::new();
-    for (tp, offsets) in &by_offset {
+    for (tp, offsets) in &f.by_offset {
         for (o, values) in offsets {
             for v in values {
                 positions.entry(*v).or_default().insert((tp, *o));
             }
         }
     }
-    for (v, at) in &positions {
-        if at.len() > 1 {
-            anomalies.push(Anomaly::Duplicate {
-                value: *v,
-                positions: at.iter().map(|(tp, o)| ((*tp).clone(), *o)).collect(),
-            });
-        }
-    }
+    positions
+        .into_iter()
+        .filter(|(_, at)| at.len() > 1)
+        .map(|(v, at)| Anomaly::Duplicate {
+            value: v,
+            positions: at.iter().map(|(tp, o)| ((*tp).clone(), *o)).collect(),
+        })
+        .collect()
+}
 
-    // Duplicate deliveries within a group.
+/// One value delivered more than once to one group.
+fn duplicate_deliveries(f: &Facts<'_>) -> Vec<Anomaly> {
     let mut deliveries: BTreeMap<(&str, Value), Vec<Delivery>> = BTreeMap::new();
-    for p in polls.iter().filter(|p| counted(p.op)) {
+    for p in f.counted_polls() {
         if let Some(g) = p.op.group.as_deref() {
             deliveries.entry((g, p.read.value)).or_default().push((
                 p.read.tp.clone(),
@@ -545,21 +647,24 @@ pub fn check(ops: &[Op], options: &CheckOptions) -> Report {
             ));
         }
     }
-    for ((group, value), d) in deliveries {
-        if d.len() > 1 {
-            anomalies.push(Anomaly::DuplicateDelivery {
-                value,
-                group: group.to_string(),
-                deliveries: d,
-            });
-        }
-    }
+    deliveries
+        .into_iter()
+        .filter(|(_, d)| d.len() > 1)
+        .map(|((group, value), d)| Anomaly::DuplicateDelivery {
+            value,
+            group: group.to_string(),
+            deliveries: d,
+        })
+        .collect()
+}
 
-    // Inconsistent offsets.
-    for (tp, offsets) in &by_offset {
+/// Several values at one position.
+fn inconsistent_offsets(f: &Facts<'_>) -> Vec<Anomaly> {
+    let mut found = Vec::new();
+    for (tp, offsets) in &f.by_offset {
         for (o, values) in offsets {
             if values.len() > 1 {
-                anomalies.push(Anomaly::InconsistentOffsets {
+                found.push(Anomaly::InconsistentOffsets {
                     tp: (*tp).clone(),
                     offset: *o,
                     values: values.iter().copied().collect(),
@@ -567,67 +672,75 @@ pub fn check(ops: &[Op], options: &CheckOptions) -> Report {
             }
         }
     }
+    found
+}
 
-    // Aborted reads (G1a).
-    for p in &polls {
-        if let Some(s) = sends.get(&p.read.value)
-            && s.outcome == SendOutcome::Failed
-        {
-            anomalies.push(Anomaly::AbortedRead {
+/// Reads of values whose send definitely failed (G1a).
+fn aborted_reads(f: &Facts<'_>) -> Vec<Anomaly> {
+    f.polls
+        .iter()
+        .filter_map(|p| {
+            let s = f.sends.get(&p.read.value)?;
+            (s.outcome == SendOutcome::Failed).then(|| Anomaly::AbortedRead {
                 value: p.read.value,
                 tp: p.read.tp.clone(),
                 offset: p.read.offset,
                 send_op: s.op,
                 poll_op: p.op.index,
-            });
-        }
-    }
+            })
+        })
+        .collect()
+}
 
-    // Per process and partition: polls must move forward without skipping
-    // known offsets.
+/// Per process and partition, polls must move forward (the first list)
+/// without skipping known offsets (the second).
+fn poll_order(f: &Facts<'_>) -> (Vec<Anomaly>, Vec<Anomaly>) {
     let mut last_read: HashMap<(ProcessId, &Tp), u64> = HashMap::new();
     let mut backwards = Vec::new();
     let mut skips = Vec::new();
-    for p in &polls {
-        let key = (p.op.process, &p.read.tp);
+    for p in &f.polls {
         let offset = p.read.offset;
-        if let Some(prev) = last_read.insert(key, offset) {
-            if offset <= prev {
-                backwards.push(Anomaly::NonMonotonicPoll {
+        let Some(prev) = last_read.insert((p.op.process, &p.read.tp), offset) else {
+            continue;
+        };
+        if offset <= prev {
+            backwards.push(Anomaly::NonMonotonicPoll {
+                process: p.op.process,
+                tp: p.read.tp.clone(),
+                prev_offset: prev,
+                offset,
+                poll_op: p.op.index,
+            });
+        } else if offset > prev + 1 {
+            let skipped: Vec<(u64, Value)> = f
+                .by_offset
+                .get(&p.read.tp)
+                .map(|offsets| {
+                    offsets
+                        .range(prev + 1..offset)
+                        .flat_map(|(o, vs)| vs.iter().map(move |v| (*o, *v)))
+                        .collect()
+                })
+                .unwrap_or_default();
+            if !skipped.is_empty() {
+                skips.push(Anomaly::PollSkip {
                     process: p.op.process,
                     tp: p.read.tp.clone(),
                     prev_offset: prev,
                     offset,
+                    skipped,
                     poll_op: p.op.index,
                 });
-            } else if offset > prev + 1 {
-                let skipped: Vec<(u64, Value)> = by_offset
-                    .get(&p.read.tp)
-                    .map(|offsets| {
-                        offsets
-                            .range(prev + 1..offset)
-                            .flat_map(|(o, vs)| vs.iter().map(move |v| (*o, *v)))
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                if !skipped.is_empty() {
-                    skips.push(Anomaly::PollSkip {
-                        process: p.op.process,
-                        tp: p.read.tp.clone(),
-                        prev_offset: prev,
-                        offset,
-                        skipped,
-                        poll_op: p.op.index,
-                    });
-                }
             }
         }
     }
-    anomalies.extend(backwards);
+    (backwards, skips)
+}
 
-    // Per process and partition: acknowledged offsets in send order.
+/// Per process and partition, acknowledged offsets must grow in send order.
+fn send_order(f: &Facts<'_>) -> Vec<Anomaly> {
     let mut by_process: BTreeMap<(ProcessId, &Tp), AckedSends> = BTreeMap::new();
-    for (v, s) in &sends {
+    for (v, s) in f.sends {
         if let (SendOutcome::Acked, Some(o)) = (s.outcome, s.offset) {
             by_process
                 .entry((s.process, &s.tp))
@@ -635,12 +748,13 @@ pub fn check(ops: &[Op], options: &CheckOptions) -> Report {
                 .push((s.invoked, *v, o));
         }
     }
+    let mut found = Vec::new();
     for ((process, tp), mut list) in by_process {
         list.sort_unstable();
         for w in list.windows(2) {
             let ((_, v0, o0), (_, v1, o1)) = (w[0], w[1]);
             if o1 <= o0 {
-                anomalies.push(Anomaly::NonMonotonicSend {
+                found.push(Anomaly::NonMonotonicSend {
                     process,
                     tp: tp.clone(),
                     prev: (v0, o0),
@@ -649,36 +763,7 @@ pub fn check(ops: &[Op], options: &CheckOptions) -> Report {
             }
         }
     }
-    anomalies.extend(skips);
-
-    for (v, s) in &sends {
-        if s.outcome != SendOutcome::Acked || read_values.contains(v) {
-            continue;
-        }
-        let read_past = matches!(
-            (s.offset, max_read.get(&s.tp)),
-            (Some(o), Some(m)) if *m > o
-        );
-        if !read_past && !options.drained {
-            anomalies.push(Anomaly::Unseen {
-                value: *v,
-                tp: s.tp.clone(),
-                offset: s.offset,
-            });
-        }
-    }
-
-    anomalies.sort_by_key(Anomaly::kind);
-    let all_read: BTreeSet<Value> = polls.iter().map(|p| p.read.value).collect();
-    let stats = Stats {
-        sends: sends.len(),
-        acked: count_outcome(&sends, SendOutcome::Acked),
-        failed: count_outcome(&sends, SendOutcome::Failed),
-        indeterminate: count_outcome(&sends, SendOutcome::Indeterminate),
-        reads: polls.len(),
-        distinct_read: all_read.len(),
-    };
-    Report { anomalies, stats }
+    found
 }
 
 fn count_outcome(sends: &BTreeMap<Value, SendRecord>, outcome: SendOutcome) -> usize {

@@ -49,3 +49,34 @@ pub fn json_lines(out: &[u8]) -> Vec<serde_json::Value> {
         .map(|l| serde_json::from_str(l).expect("a JSON line"))
         .collect()
 }
+
+/// Runs `ferry consume TOPIC --from earliest --idle-timeout 1500 EXTRA`
+/// against `addr`, requires success, and returns its record lines.
+pub fn consume_from_earliest(addr: &str, topic: &str, extra: &[&str]) -> Vec<serde_json::Value> {
+    let mut args = vec![
+        "consume",
+        topic,
+        "--from",
+        "earliest",
+        "--idle-timeout",
+        "1500",
+    ];
+    args.extend_from_slice(extra);
+    json_lines(&ok(&ferry(addr, &args, None)).stdout)
+}
+
+/// Runs `ferry topic create NAME --partitions N` against `addr` and
+/// requires success.
+pub fn create_topic(addr: &str, name: &str, partitions: u32) {
+    ok(&ferry(
+        addr,
+        &[
+            "topic",
+            "create",
+            name,
+            "--partitions",
+            &partitions.to_string(),
+        ],
+        None,
+    ));
+}
