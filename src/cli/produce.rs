@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use ferry_client::{Acks, Client, Producer, ProducerConfig};
+use ferry_client::{Acks, Client, Delivery, Producer, ProducerConfig};
 
 use super::lines::{spawn_stdin_reader, split_line};
 use super::{BrokerAddr, CliError};
@@ -61,63 +61,106 @@ pub async fn run(args: ProduceArgs) -> Result<ExitCode, CliError> {
         return Err("--key-separator must not be empty".into());
     }
     let idempotent = idempotence(args.acks, args.idempotent, args.no_idempotent)?;
-    if let Some(transactional_id) = args.transactional_id {
+    if let Some(transactional_id) = args.transactional_id.clone() {
         if !idempotent {
             return Err("--transactional-id needs --acks all and idempotence".into());
         }
-        return super::txn::produce(super::txn::TxnProduce {
-            broker: args.broker.broker,
-            topic: args.topic,
-            partition: args.partition,
-            key_separator: args.key_separator,
-            transactional_id,
-            txn_records: args.txn_records,
-            producer: ProducerConfig {
-                linger: Duration::from_millis(args.linger_ms),
-                batch_bytes: args.batch_bytes,
-                delivery_timeout: Duration::from_secs(args.delivery_timeout),
-                ..ProducerConfig::default()
-            },
-        })
-        .await;
+        return produce_transactionally(args, transactional_id).await;
     }
     let client = Client::connect(&args.broker.broker).await?;
     let config = ProducerConfig {
         acks: args.acks,
         idempotent,
+        ..tuning(&args)
+    };
+    let producer = Producer::new(client, config).await?;
+
+    let (line_rx, reader) = spawn_stdin_reader();
+    // Deliveries are awaited in order on a separate task, so sending never
+    // waits for acknowledgements except through the producer's own
+    // backpressure.
+    let (dtx, drx) = tokio::sync::mpsc::channel(MAX_PENDING_DELIVERIES);
+    let counter = tokio::spawn(count_deliveries(drx));
+    let sending = send_lines(&producer, &args, line_rx, dtx).await;
+    let flushed = producer.close().await;
+    let acks = counter.await?;
+    let _ = reader.join();
+
+    let failed = acks.failed + sending.failed;
+    println!(
+        "{}",
+        serde_json::json!({ "sent": sending.sent, "acked": acks.acked, "failed": failed })
+    );
+    if let Some(e) = sending.first_error.or(acks.first_error) {
+        eprintln!("error: {e}");
+    } else if let Err(e) = flushed {
+        eprintln!("error: {e}");
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(if failed == 0 && acks.acked == sending.sent {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// The producer settings that plain and transactional produce share.
+fn tuning(args: &ProduceArgs) -> ProducerConfig {
+    ProducerConfig {
         linger: Duration::from_millis(args.linger_ms),
         batch_bytes: args.batch_bytes,
         delivery_timeout: Duration::from_secs(args.delivery_timeout),
         ..ProducerConfig::default()
-    };
-    let producer = Producer::new(client, config).await?;
+    }
+}
 
-    let (mut line_rx, reader) = spawn_stdin_reader();
+async fn produce_transactionally(
+    args: ProduceArgs,
+    transactional_id: String,
+) -> Result<ExitCode, CliError> {
+    let producer = tuning(&args);
+    super::txn::produce(super::txn::TxnProduce {
+        broker: args.broker.broker,
+        topic: args.topic,
+        partition: args.partition,
+        key_separator: args.key_separator,
+        transactional_id,
+        txn_records: args.txn_records,
+        producer,
+    })
+    .await
+}
 
-    // Deliveries are awaited in order on a separate task, so sending never
-    // waits for acknowledgements except through the producer's own
-    // backpressure.
-    let (dtx, mut drx) = tokio::sync::mpsc::channel(MAX_PENDING_DELIVERIES);
-    let counter = tokio::spawn(async move {
-        let (mut acked, mut failed, mut first_error) = (0u64, 0u64, None::<String>);
-        while let Some(d) = drx.recv().await {
-            let d: ferry_client::Delivery = d;
-            match d.wait().await {
-                Ok(_) => acked += 1,
-                Err(e) => {
-                    failed += 1;
-                    first_error.get_or_insert_with(|| e.to_string());
-                }
-            }
-        }
-        (acked, failed, first_error)
-    });
+/// What the sending loop did.
+struct Sending {
+    /// Records handed to the producer.
+    sent: u64,
+    /// Records refused before they were sent.
+    failed: u64,
+    first_error: Option<String>,
+}
 
+/// What the acknowledgements said.
+struct AckCount {
+    acked: u64,
+    failed: u64,
+    first_error: Option<String>,
+}
+
+/// Sends every stdin line and passes each delivery on to `deliveries`.
+async fn send_lines(
+    producer: &Producer,
+    args: &ProduceArgs,
+    mut lines: tokio::sync::mpsc::Receiver<Vec<Vec<u8>>>,
+    deliveries: tokio::sync::mpsc::Sender<Delivery>,
+) -> Sending {
     let sep = args.key_separator.as_deref().map(str::as_bytes);
-    let mut sent = 0u64;
-    let mut send_failed = 0u64;
-    let mut send_error = None;
-    while let Some(chunk) = line_rx.recv().await {
+    let mut out = Sending {
+        sent: 0,
+        failed: 0,
+        first_error: None,
+    };
+    while let Some(chunk) = lines.recv().await {
         for line in &chunk {
             let (key, value) = split_line(line, sep);
             let r = match args.partition {
@@ -126,44 +169,43 @@ pub async fn run(args: ProduceArgs) -> Result<ExitCode, CliError> {
             };
             match r {
                 Ok(d) => {
-                    sent += 1;
-                    if dtx.send(d).await.is_err() {
+                    out.sent += 1;
+                    if deliveries.send(d).await.is_err() {
                         break;
                     }
                 }
                 Err(e) => {
                     // A definite error before sending (unknown topic, bad
                     // partition) fails every later record the same way.
-                    send_failed += 1;
-                    send_error.get_or_insert_with(|| e.to_string());
+                    out.failed += 1;
+                    out.first_error.get_or_insert_with(|| e.to_string());
                 }
             }
         }
-        if send_error.is_some() && sent == 0 {
+        if out.first_error.is_some() && out.sent == 0 {
             break;
         }
     }
-    drop(line_rx);
-    let flushed = producer.close().await;
-    drop(dtx);
-    let (acked, failed, first_error) = counter.await?;
-    let _ = reader.join();
-    let failed = failed + send_failed;
-    println!(
-        "{}",
-        serde_json::json!({ "sent": sent, "acked": acked, "failed": failed })
-    );
-    if let Some(e) = send_error.or(first_error) {
-        eprintln!("error: {e}");
-    } else if let Err(e) = flushed {
-        eprintln!("error: {e}");
-        return Ok(ExitCode::FAILURE);
+    out
+}
+
+/// Awaits deliveries in order until the sender is dropped.
+async fn count_deliveries(mut deliveries: tokio::sync::mpsc::Receiver<Delivery>) -> AckCount {
+    let mut out = AckCount {
+        acked: 0,
+        failed: 0,
+        first_error: None,
+    };
+    while let Some(d) = deliveries.recv().await {
+        match d.wait().await {
+            Ok(_) => out.acked += 1,
+            Err(e) => {
+                out.failed += 1;
+                out.first_error.get_or_insert_with(|| e.to_string());
+            }
+        }
     }
-    Ok(if failed == 0 && acked == sent {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    out
 }
 
 /// Whether to produce idempotently: the explicit flag if one was given

@@ -353,25 +353,7 @@ fn tear_one(
         .open(segment)?;
     let mut bytes = Vec::new();
     file.read_to_end(&mut bytes)?;
-    // Batch ends (byte position, next offset), as recovery would find them.
-    let mut ends = vec![(0u64, base_offset)];
-    let mut pos = 0usize;
-    let mut next = base_offset;
-    while pos < bytes.len() {
-        let rest = &bytes[pos..];
-        if rest.len() >= HEADER_LEN && rest[..HEADER_LEN].iter().all(|b| *b == 0) {
-            break;
-        }
-        let Ok(header) = check_framing(rest) else {
-            break;
-        };
-        if header.base_offset != next {
-            break;
-        }
-        pos += header.batch_len as usize;
-        next = header.next_offset();
-        ends.push((pos as u64, next));
-    }
+    let ends = batch_ends(&bytes, base_offset);
     let (valid_end, next_offset) = ends[ends.len() - 1];
     // The first batch end at or past the floor: bytes before it stay.
     let keep = match floor {
@@ -399,21 +381,12 @@ fn tear_one(
         file.seek(SeekFrom::Start(cut_at))?;
         file.write_all(&vec![0u8; (valid_end - cut_at) as usize])?;
     }
-    let mut garbage_bytes = 0;
-    if matches!(damage, TailDamage::Garbage | TailDamage::TruncateAndGarbage) {
+    let garbage_bytes = if matches!(damage, TailDamage::Garbage | TailDamage::TruncateAndGarbage) {
         let room = (bytes.len() as u64).saturating_sub(cut_at) as usize;
-        let n = rng.random_range(1..=MAX_GARBAGE_BYTES).min(room);
-        if n > 0 {
-            let mut garbage = vec![0u8; n];
-            rng.fill(&mut garbage[..]);
-            // A zero first byte could read as "no batch here"; make it
-            // unmistakably garbage.
-            garbage[0] |= 0x80;
-            file.seek(SeekFrom::Start(cut_at))?;
-            file.write_all(&garbage)?;
-            garbage_bytes = n;
-        }
-    }
+        write_garbage(&mut file, cut_at, room, rng)?
+    } else {
+        0
+    };
     if cut_at == valid_end && garbage_bytes == 0 {
         return Ok(None);
     }
@@ -427,4 +400,50 @@ fn tear_one(
         surviving_next_offset,
         garbage_bytes,
     }))
+}
+
+/// The batch ends of a segment's bytes (byte position, next offset), from
+/// the start, as recovery would find them: up to the first zeroed header,
+/// bad frame or offset gap.
+fn batch_ends(bytes: &[u8], base_offset: u64) -> Vec<(u64, u64)> {
+    let mut ends = vec![(0u64, base_offset)];
+    let mut pos = 0usize;
+    let mut next = base_offset;
+    while pos < bytes.len() {
+        let rest = &bytes[pos..];
+        if rest.len() >= HEADER_LEN && rest[..HEADER_LEN].iter().all(|b| *b == 0) {
+            break;
+        }
+        let Ok(header) = check_framing(rest) else {
+            break;
+        };
+        if header.base_offset != next {
+            break;
+        }
+        pos += header.batch_len as usize;
+        next = header.next_offset();
+        ends.push((pos as u64, next));
+    }
+    ends
+}
+
+/// Writes 1 to [`MAX_GARBAGE_BYTES`] random bytes (at most `room`) at
+/// `at`; returns how many.
+fn write_garbage(
+    file: &mut std::fs::File,
+    at: u64,
+    room: usize,
+    rng: &mut StdRng,
+) -> std::io::Result<usize> {
+    let n = rng.random_range(1..=MAX_GARBAGE_BYTES).min(room);
+    if n > 0 {
+        let mut garbage = vec![0u8; n];
+        rng.fill(&mut garbage[..]);
+        // A zero first byte could read as "no batch here"; make it
+        // unmistakably garbage.
+        garbage[0] |= 0x80;
+        file.seek(SeekFrom::Start(at))?;
+        file.write_all(&garbage)?;
+    }
+    Ok(n)
 }
