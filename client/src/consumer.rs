@@ -178,6 +178,38 @@ struct Assignment {
     topic: Arc<str>,
     partition: u32,
     position: u64,
+    /// The partition's end as of the last fetch that answered for it: its
+    /// last stable offset under read_committed, its high watermark under
+    /// read_uncommitted. `None` until a fetch answered.
+    end: Option<u64>,
+    /// A [`ConsumerEvent::PartitionEof`] was handed out for the current
+    /// stretch at the end; cleared when the partition has more to read.
+    eof_reported: bool,
+}
+
+impl Assignment {
+    fn at_end(&self) -> bool {
+        self.end.is_some_and(|end| self.position >= end)
+    }
+}
+
+/// What [`Consumer::poll_events`] hands out.
+#[derive(Clone, Debug)]
+pub enum ConsumerEvent {
+    /// A record, as [`Consumer::poll`] returns it.
+    Record(ConsumerRecord),
+    /// The consumer's position in a partition reached the partition's end
+    /// (its last stable offset under read_committed, its high watermark
+    /// under read_uncommitted) as of the fetch that answered: there is
+    /// nothing more to read there right now. Reported once each time the
+    /// partition is caught up, after the records that got it there (as
+    /// librdkafka's `enable.partition.eof` does).
+    PartitionEof {
+        topic: Arc<str>,
+        partition: u32,
+        /// The position, which equals the end it reached.
+        offset: u64,
+    },
 }
 
 /// Reads records from assigned partitions.
@@ -326,8 +358,68 @@ impl Consumer {
                 topic: Arc::from(topic),
                 partition,
                 position: offset,
+                end: None,
+                eof_reported: false,
             }),
         }
+    }
+
+    /// Whether every assigned partition has been read to its end (its last
+    /// stable offset under read_committed, its high watermark under
+    /// read_uncommitted) as of the last fetch that answered for it. False
+    /// with no assignment, and for a partition no fetch has answered for
+    /// yet. Records appended since the last poll are not known here: this
+    /// says "caught up as of the moment it got there".
+    pub fn at_end(&self) -> bool {
+        !self.assignments.is_empty() && self.assignments.iter().all(Assignment::at_end)
+    }
+
+    /// Like [`Consumer::poll`], and also reports each partition that the
+    /// poll left caught up, as [`ConsumerEvent::PartitionEof`] after its
+    /// records: the way to tell "at the end" from "nothing arrived yet".
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// # use ferry_client::{Consumer, ConsumerEvent};
+    /// # async fn demo(mut consumer: Consumer) -> Result<(), ferry_client::ClientError> {
+    /// // Read everything there is now, then stop.
+    /// while !consumer.at_end() {
+    ///     for event in consumer.poll_events(Duration::from_millis(500)).await? {
+    ///         match event {
+    ///             ConsumerEvent::Record(r) => println!("{}@{}", r.partition, r.offset),
+    ///             ConsumerEvent::PartitionEof { partition, offset, .. } => {
+    ///                 println!("partition {partition} caught up at {offset}")
+    ///             }
+    ///         }
+    ///     }
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn poll_events(
+        &mut self,
+        timeout: Duration,
+    ) -> Result<Vec<ConsumerEvent>, ClientError> {
+        let before: Vec<u64> = self.assignments.iter().map(|a| a.position).collect();
+        let records = self.poll(timeout).await?;
+        let mut events: Vec<ConsumerEvent> =
+            records.into_iter().map(ConsumerEvent::Record).collect();
+        for (a, before) in self.assignments.iter_mut().zip(before) {
+            // Records read in this poll start a new stretch, even when the
+            // same poll reached the end again.
+            if !a.at_end() || a.position != before {
+                a.eof_reported = false;
+            }
+            if a.at_end() && !a.eof_reported {
+                a.eof_reported = true;
+                events.push(ConsumerEvent::PartitionEof {
+                    topic: a.topic.clone(),
+                    partition: a.partition,
+                    offset: a.position,
+                });
+            }
+        }
+        Ok(events)
     }
 
     /// The consumer's settings.
@@ -420,11 +512,15 @@ impl Consumer {
                 }
                 c => return Err(ClientError::broker(c, result.error_message)),
             }
-            let mut filter = match self.config.isolation {
-                IsolationLevel::ReadCommitted => AbortedFilter::new(&result.aborted_transactions),
-                IsolationLevel::ReadUncommitted => AbortedFilter::none(),
+            let (mut filter, end) = match self.config.isolation {
+                IsolationLevel::ReadCommitted => (
+                    AbortedFilter::new(&result.aborted_transactions),
+                    result.last_stable_offset,
+                ),
+                IsolationLevel::ReadUncommitted => (AbortedFilter::none(), result.high_watermark),
             };
             let a = &mut self.assignments[i];
+            a.end = Some(end);
             decode_into(
                 &a.topic,
                 a.partition,

@@ -57,7 +57,7 @@ pub use client::{
     CONNECT_TIMEOUT, Client, MAX_FRAME_BYTES, MAX_MESSAGE_BYTES, OffsetSpec, TopicDescription,
 };
 pub use consumer::{
-    CommitMode, Consumer, ConsumerConfig, ConsumerRecord, IsolationLevel, StartFrom,
+    CommitMode, Consumer, ConsumerConfig, ConsumerEvent, ConsumerRecord, IsolationLevel, StartFrom,
 };
 pub use eos::{ExactlyOnce, ExactlyOnceConfig, Output, Step, Totals};
 pub use error::ClientError;

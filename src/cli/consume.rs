@@ -11,8 +11,8 @@ use ferry_client::{
 use super::{BrokerAddr, CliError};
 
 /// Print records as {"partition":P,"offset":O,"key":K,"value":V,"timestamp":T}
-/// lines. Exits after --max-records, or after --idle-timeout with no new
-/// records.
+/// lines. Exits after --max-records, after --idle-timeout with no new
+/// records, or with --exit-at-end once caught up.
 #[derive(Debug, clap::Args)]
 pub struct ConsumeArgs {
     /// Topic to read.
@@ -37,6 +37,11 @@ pub struct ConsumeArgs {
     /// Stop after this many milliseconds without a new record.
     #[arg(long)]
     idle_timeout: Option<u64>,
+    /// Exit 0 once every partition read has reached its end (its last
+    /// stable offset under read-committed, its high watermark under
+    /// read-uncommitted) as of the moment it got there.
+    #[arg(long)]
+    exit_at_end: bool,
     /// Read only this partition.
     #[arg(long)]
     partition: Option<u32>,
@@ -72,6 +77,9 @@ pub async fn run(args: ConsumeArgs) -> Result<ExitCode, CliError> {
     let mut last_record = Instant::now();
     let stdout = std::io::stdout();
     while printed < max {
+        if args.exit_at_end && consumer.at_end() {
+            break;
+        }
         let wait = match idle {
             Some(idle) => {
                 let left = idle.saturating_sub(last_record.elapsed());
