@@ -49,6 +49,7 @@ mod error;
 mod idempotence;
 pub mod partitioner;
 mod producer;
+pub mod retry;
 pub mod sink;
 mod topic_table;
 mod transactional;
