@@ -171,7 +171,7 @@ pub(super) struct Shared {
     /// Producer id and initial epoch from `InitProducerId`; `None` when not
     /// idempotent.
     pub(super) producer: Option<(i64, i16)>,
-    /// Batches carry the transactional bit (see `crate::transactional`).
+    /// Batches carry the transactional bit (a transactional producer).
     pub(super) transactional: bool,
     pub(super) state: Mutex<State>,
     pub(super) unacked_bytes: AtomicUsize,
@@ -357,7 +357,7 @@ mod tests {
     use super::super::Producer;
     use super::super::tests::{offline, slow_linger};
     use super::*;
-    use crate::producer::ProducerConfig;
+    use super::super::ProducerConfig;
 
     /// Seals every open batch of topic `t` and returns them in seal order.
     fn seal_now(producer: &Producer) -> Vec<SealedBatch> {
