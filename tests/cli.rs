@@ -8,7 +8,7 @@ use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use ferry::testkit::BrokerProcess;
+use ferry_testkit::BrokerProcess;
 use std::time::Duration;
 
 /// The real broker binary as a subprocess that can be `kill -9`ed.

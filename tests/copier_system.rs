@@ -13,11 +13,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use ferry::client::partitioner::partition_for_key;
-use ferry::client::{
+use ferry_client::partitioner::partition_for_key;
+use ferry_client::{
     Client, Consumer, ConsumerConfig, IsolationLevel, Producer, ProducerConfig, StartFrom,
 };
-use ferry::testkit::{
+use ferry_testkit::{
     BrokerProcess, CheckOptions, DeliveryMode, History, Mop, OpKind, Read, Tp, ValueGen, check,
     seed,
 };

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ferry::testkit::BrokerProcess;
+use ferry_testkit::BrokerProcess;
 
 fn start_broker(data_dir: &Path) -> BrokerProcess {
     BrokerProcess::start(FERRY, data_dir, "127.0.0.1:0").expect("start ferry broker")

@@ -4,17 +4,17 @@
 
 use std::time::{Duration, Instant};
 
-use ferry::client::{
+use ferry_broker::{BrokerConfig, EmbeddedBroker};
+use ferry_client::{
     Acks, Client, ClientError, CommitMode, ConsumerConfig, Producer, ProducerConfig, StartFrom,
 };
-use ferry::proto::v1;
-use ferry::storage::FlushPolicy;
-use ferry::testkit::{
-    self, AnomalyKind, BrokerProcess, CheckOptions, CrashPoint, CrashSchedule, CrashingConsumer,
-    DeliveryMode, DurableFloors, Fault, FaultKind, FaultPlan, FaultProxy, History,
-    RecordingProducer, RpcKind, Step, TailDamage, Targets, ValueGen,
+use ferry_proto::v1;
+use ferry_storage::FlushPolicy;
+use ferry_testkit::{
+    AnomalyKind, BrokerProcess, CheckOptions, ConsumerStep, CrashPoint, CrashSchedule,
+    CrashingConsumer, DeliveryMode, DurableFloors, Fault, FaultKind, FaultPlan, FaultProxy,
+    History, RecordingProducer, RpcKind, TailDamage, Targets, ValueGen,
 };
-use ferry::{BrokerConfig, EmbeddedBroker};
 
 /// A plain (not idempotent) producer that retries quickly, with small
 /// batches so a run has many.
@@ -63,8 +63,8 @@ async fn produce_with(
 /// Sends 1500 records through a proxy that loses produce acks after the
 /// broker applied them, drains the topic around the proxy, and returns the
 /// checker's report with the number of lost acks injected.
-async fn produce_through_lost_acks(config: ProducerConfig) -> (testkit::Report, u64) {
-    let seed = testkit::seed();
+async fn produce_through_lost_acks(config: ProducerConfig) -> (ferry_testkit::Report, u64) {
+    let seed = ferry_testkit::seed();
     let broker = EmbeddedBroker::start(BrokerConfig::ephemeral())
         .await
         .unwrap();
@@ -89,10 +89,10 @@ async fn produce_through_lost_acks(config: ProducerConfig) -> (testkit::Report, 
         .unwrap();
     let stats = proxy.stats();
     let lost_acks = stats.on(Targets::PRODUCE, FaultKind::DropResponse);
-    testkit::drain(&direct, "t", &history, Duration::from_millis(500))
+    ferry_testkit::drain(&direct, "t", &history, Duration::from_millis(500))
         .await
         .unwrap();
-    let report = testkit::check(
+    let report = ferry_testkit::check(
         &history.ops(),
         &CheckOptions {
             drained: true,
@@ -137,8 +137,8 @@ async fn an_idempotent_producer_through_lost_acks_writes_each_record_once() {
 }
 
 fn one_record_batch(value: &[u8]) -> bytes::Bytes {
-    let now = ferry::proto::now_ms();
-    let mut b = ferry::proto::batch::BatchBuilder::new(now);
+    let now = ferry_proto::now_ms();
+    let mut b = ferry_proto::batch::BatchBuilder::new(now);
     b.push(now, None, Some(value), &[]);
     b.finish()
 }
@@ -159,7 +159,7 @@ async fn high_watermark(client: &Client, topic: &str) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_scripted_fault_fires_and_is_counted() {
-    let seed = testkit::seed();
+    let seed = ferry_testkit::seed();
     let broker = EmbeddedBroker::start(BrokerConfig::ephemeral())
         .await
         .unwrap();
@@ -303,8 +303,8 @@ async fn consume_with_crashes(
             .await
             .unwrap()
         {
-            Step::Idle => idle += 1,
-            Step::Delivered(_) | Step::Crashed(_) => idle = 0,
+            ConsumerStep::Idle => idle += 1,
+            ConsumerStep::Delivered(_) | ConsumerStep::Crashed(_) => idle = 0,
         }
     }
     consumer.crashes().to_vec()
@@ -312,7 +312,7 @@ async fn consume_with_crashes(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consumer_crash_before_commit_redelivers_after_and_loses_before() {
-    let seed = testkit::seed();
+    let seed = ferry_testkit::seed();
     let (_broker, client, history) = broker_with_records(BrokerConfig::ephemeral(), 400).await;
 
     // Crash points are scripted (steps 2 and 4) plus seeded at random.
@@ -329,7 +329,7 @@ async fn a_consumer_crash_before_commit_redelivers_after_and_loses_before() {
 
     let ops = history.ops();
     let judge = |group: &str, mode: DeliveryMode| {
-        let report = testkit::check(
+        let report = ferry_testkit::check(
             &ops,
             &CheckOptions {
                 drained: true,
@@ -364,7 +364,7 @@ async fn a_consumer_crash_before_commit_redelivers_after_and_loses_before() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_torn_tail_is_cut_off_by_recovery_and_nothing_durable_is_lost() {
-    let seed = testkit::seed();
+    let seed = ferry_testkit::seed();
     // Under `Never`, only a graceful stop (or a roll) makes data durable:
     // the first half of the records is durable, the second half is not.
     let (broker, client, history) = broker_with_records(
@@ -385,9 +385,10 @@ async fn a_torn_tail_is_cut_off_by_recovery_and_nothing_durable_is_lost() {
     }
     producer.close().await.unwrap();
 
-    let (broker, report) = testkit::crash_and_tear(broker, TailDamage::TruncateAndGarbage, seed)
-        .await
-        .unwrap();
+    let (broker, report) =
+        ferry_testkit::crash_and_tear(broker, TailDamage::TruncateAndGarbage, seed)
+            .await
+            .unwrap();
     eprintln!(
         "seed {seed}: cut {} records ({} bytes) and wrote garbage into {} logs",
         report.records_cut(),
@@ -426,10 +427,10 @@ async fn append_then_drain_exactly_once(
         .close()
         .await
         .unwrap();
-    testkit::drain(client, "t", history, Duration::from_millis(500))
+    ferry_testkit::drain(client, "t", history, Duration::from_millis(500))
         .await
         .unwrap();
-    let report = testkit::check(
+    let report = ferry_testkit::check(
         &history.ops(),
         &CheckOptions {
             drained: true,
@@ -444,7 +445,7 @@ async fn append_then_drain_exactly_once(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kill_9_with_garbage_past_the_tail_keeps_every_acked_record_once() {
-    let seed = testkit::seed();
+    let seed = ferry_testkit::seed();
     let dir = tempfile::tempdir().unwrap();
     let broker =
         BrokerProcess::start(env!("CARGO_BIN_EXE_ferry"), dir.path(), "127.0.0.1:0").unwrap();

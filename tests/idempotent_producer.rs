@@ -19,12 +19,12 @@ use std::io::Write as _;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ferry::client::{
+use ferry_broker::{BrokerConfig, EmbeddedBroker};
+use ferry_client::{
     Client, CommitMode, Consumer, ConsumerConfig, ConsumerRecord, IsolationLevel, Producer,
     ProducerConfig, StartFrom,
 };
-use ferry::testkit::{self, BrokerProcess, Fault, FaultKind, FaultPlan, FaultProxy, Targets};
-use ferry::{BrokerConfig, EmbeddedBroker};
+use ferry_testkit::{BrokerProcess, Fault, FaultKind, FaultPlan, FaultProxy, Targets};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -125,7 +125,7 @@ async fn produce_through_lost_acks(idempotent: bool, seed: u64, n: usize) -> Los
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lost_acks_with_idempotence_leave_one_copy_at_the_original_offset() {
-    let seed = testkit::seed();
+    let seed = ferry_testkit::seed();
     let n = 4000;
     let run = produce_through_lost_acks(true, seed, n).await;
     assert!(
@@ -162,7 +162,7 @@ async fn lost_acks_with_idempotence_leave_one_copy_at_the_original_offset() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_lost_acks_without_idempotence_store_duplicates() {
-    let seed = testkit::seed();
+    let seed = ferry_testkit::seed();
     let n = 4000;
     let run = produce_through_lost_acks(false, seed, n).await;
     assert!(
@@ -194,7 +194,7 @@ async fn the_same_lost_acks_without_idempotence_store_duplicates() {
 /// times at random moments, then checks the topic holds every line once,
 /// in input order per partition.
 fn kill9_during_produce(n: usize, kills: usize, feed: Duration) {
-    let seed = testkit::seed();
+    let seed = ferry_testkit::seed();
     let mut rng = StdRng::seed_from_u64(seed);
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");

@@ -15,7 +15,7 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest gRPC message the client sends or accepts.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 /// HTTP/2 frame size. The 16 KiB default, not the flow-control window,
-/// limits throughput for 64-256 KiB batches (DESIGN §8).
+/// limits throughput for 64-256 KiB batches (measured with a bare stream).
 pub const MAX_FRAME_BYTES: u32 = (1 << 20) - 1;
 
 /// A connection to one broker.

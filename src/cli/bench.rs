@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Subcommand;
-use ferry::bench::workload::{self, Stop};
-use ferry::bench::{Baseline, BaselineConfig, Kind, Matrix, MatrixConfig, Mode, Progress, Target};
+use ferry_bench::workload::{self, RunLength};
+use ferry_bench::{Baseline, BaselineConfig, Kind, Matrix, MatrixConfig, Mode, Progress, Target};
 use ferry_storage::FlushPolicy;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -134,10 +134,10 @@ pub struct MatrixArgs {
     #[arg(long)]
     records: Option<u64>,
     /// Record sizes, comma-separated.
-    #[arg(long, value_delimiter = ',', default_values_t = ferry::bench::matrix::SIZES)]
+    #[arg(long, value_delimiter = ',', default_values_t = ferry_bench::matrix::SIZES)]
     record_sizes: Vec<usize>,
     /// Transaction lengths of exactly-once, comma-separated.
-    #[arg(long, value_delimiter = ',', default_values_t = ferry::bench::matrix::TXN_MS)]
+    #[arg(long, value_delimiter = ',', default_values_t = ferry_bench::matrix::TXN_MS)]
     txn_ms: Vec<u64>,
     /// fsync policies, comma-separated.
     #[arg(long, value_delimiter = ',', default_values = ["never", "always"])]
@@ -207,15 +207,15 @@ impl BaselineSource {
     }
 }
 
-fn stop(records: Option<u64>, duration: Option<f64>) -> Result<Stop, CliError> {
+fn stop(records: Option<u64>, duration: Option<f64>) -> Result<RunLength, CliError> {
     match (records, duration) {
-        (Some(n), _) => Ok(Stop::Records(n)),
+        (Some(n), _) => Ok(RunLength::Records(n)),
         (None, d) => {
             let secs = d.unwrap_or(DEFAULT_DURATION_SECS);
             if !(secs > 0.0 && secs.is_finite()) {
                 return Err("--duration must be a positive number of seconds".into());
             }
-            Ok(Stop::Duration(Duration::from_secs_f64(secs)))
+            Ok(RunLength::Duration(Duration::from_secs_f64(secs)))
         }
     }
 }
@@ -293,7 +293,7 @@ fn run_matrix(args: MatrixArgs) -> Result<ExitCode, CliError> {
             .then(|| Duration::from_secs_f64(args.common.baseline_secs)),
         rounds: args.rounds,
     };
-    let cells = ferry::bench::matrix::cells(&config).len() * args.rounds.max(1);
+    let cells = ferry_bench::matrix::cells(&config).len() * args.rounds.max(1);
     if cells == 0 {
         return Err("the matrix is empty: give at least one size, fsync policy and mode".into());
     }
@@ -358,13 +358,13 @@ fn spinner(json: bool, message: &'static str) -> ProgressBar {
 }
 
 /// A bar of records for `--records`, of seconds for `--duration`.
-fn run_bar(json: bool, stop: Stop) -> ProgressBar {
+fn run_bar(json: bool, stop: RunLength) -> ProgressBar {
     if hidden(json) {
         return ProgressBar::hidden();
     }
     let (len, template) = match stop {
-        Stop::Records(n) => (n, "[{elapsed_precise}] {bar:30} {pos}/{len} records {msg}"),
-        Stop::Duration(d) => (d.as_millis() as u64, "[{elapsed_precise}] {bar:30} {msg}"),
+        RunLength::Records(n) => (n, "[{elapsed_precise}] {bar:30} {pos}/{len} records {msg}"),
+        RunLength::Duration(d) => (d.as_millis() as u64, "[{elapsed_precise}] {bar:30} {msg}"),
     };
     let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
     bar.set_style(ProgressStyle::with_template(template).expect("valid template"));
@@ -375,7 +375,7 @@ fn run_bar(json: bool, stop: Stop) -> ProgressBar {
 fn with_progress<T>(
     bar: &ProgressBar,
     progress: &Progress,
-    stop: Stop,
+    stop: RunLength,
     f: impl FnOnce() -> T,
 ) -> T {
     if bar.is_hidden() {
@@ -389,11 +389,11 @@ fn with_progress<T>(
                 let records = progress.records();
                 let phase = if progress.filling() { "filling" } else { "" };
                 match stop {
-                    Stop::Records(_) => {
+                    RunLength::Records(_) => {
                         bar.set_position(records);
                         bar.set_message(phase);
                     }
-                    Stop::Duration(d) => {
+                    RunLength::Duration(d) => {
                         let elapsed = started.elapsed().min(d);
                         bar.set_position(elapsed.as_millis() as u64);
                         bar.set_message(format!("{records} records {phase}"));

@@ -1,9 +1,9 @@
-//! `ferry lab`: the delivery-semantics lab (see `ferry::lab`).
+//! `ferry lab`: the delivery-semantics lab (see `ferry_lab`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use ferry::lab::{self, LabConfig, Scenario};
+use ferry_lab::{LabConfig, Scenario};
 
 use super::CliError;
 
@@ -78,7 +78,7 @@ pub fn run(args: LabArgs) -> Result<ExitCode, CliError> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let report = runtime.block_on(lab::run(&config));
+    let report = runtime.block_on(ferry_lab::run(&config));
     let table = report.table();
     match &args.json {
         Some(None) => {

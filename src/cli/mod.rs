@@ -6,6 +6,7 @@ mod broker;
 mod consume;
 mod copy;
 mod lab;
+mod lines;
 mod produce;
 mod topic;
 mod torture;

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use ferry::testkit::{self, Broker, DeliveryMode, FaultClass, MatrixRow, Run, RunConfig, WorkOp};
+use ferry_testkit::{BrokerUnderTest, DeliveryMode, FaultClass, MatrixRow, Run, RunConfig, WorkOp};
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -31,7 +31,7 @@ zombie-producer (a second instance keeps going). Exits 1 if the mode's \
 guarantee broke; repeat a run with --seed.")]
 pub struct TortureArgs {
     /// Delivery mode: at-most-once, at-least-once, idempotent or exactly-once.
-    #[arg(long, value_parser = testkit::parse_mode)]
+    #[arg(long, value_parser = ferry_testkit::parse_mode)]
     mode: DeliveryMode,
     /// Comma-separated fault classes, or all.
     #[arg(long, default_value = "all")]
@@ -103,7 +103,7 @@ async fn torture(
     let fsync = config.fsync_flag();
     let broker = tokio::task::spawn_blocking({
         let dir = dir.clone();
-        move || Broker::process(&bin, &dir, &fsync)
+        move || BrokerUnderTest::process(&bin, &dir, &fsync)
     })
     .await?
     .map_err(|e| format!("starting the broker: {e}"))?;

@@ -9,6 +9,7 @@ use ferry_client::{
 };
 use serde_json::json;
 
+use super::lines::{spawn_stdin_reader, split_line};
 use super::{BrokerAddr, CliError};
 
 #[derive(Debug, Subcommand)]
@@ -88,7 +89,7 @@ pub async fn produce(args: TxnProduce) -> Result<ExitCode, CliError> {
     };
     let mut producer = TransactionalProducer::new(client, config).await?;
 
-    let (mut line_rx, reader) = super::produce::spawn_stdin_reader();
+    let (mut line_rx, reader) = spawn_stdin_reader();
 
     let sep = args.key_separator.as_deref().map(str::as_bytes);
     let (mut sent, mut acked, mut unsent) = (0u64, 0u64, 0u64);
@@ -107,7 +108,7 @@ pub async fn produce(args: TxnProduce) -> Result<ExitCode, CliError> {
                 unsent += 1;
                 continue;
             }
-            let (key, value) = super::produce::split_line(line, sep);
+            let (key, value) = split_line(line, sep);
             let r = match args.partition {
                 Some(p) => producer.send_to(&args.topic, p, key, Some(value)).await,
                 None => producer.send(&args.topic, key, Some(value)).await,

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 use bytes::Bytes;
+use ferry_proto::ErrorCode;
 use ferry_proto::batch::{BatchBuilder, BatchIter, ProducerStamp};
 use ferry_proto::control::{ControlType, marker_type};
 use ferry_proto::v1;
@@ -22,6 +23,12 @@ impl Client {
     }
 
     pub async fn create_topic(&self, name: &str, partitions: u32) {
+        let r = self.try_create_topic(name, partitions).await;
+        assert_eq!(r, Ok(()), "create topic {name}");
+    }
+
+    /// Creates a topic; the broker's error code if it refuses.
+    pub async fn try_create_topic(&self, name: &str, partitions: u32) -> Result<(), ErrorCode> {
         let r = self
             .raw()
             .create_topic(v1::CreateTopicRequest {
@@ -31,7 +38,36 @@ impl Client {
             .await
             .unwrap()
             .into_inner();
+        match ErrorCode::from_u32(r.error_code) {
+            ErrorCode::None => Ok(()),
+            code => Err(code),
+        }
+    }
+
+    /// Lists the topics, or the RPC's status if the call fails.
+    pub async fn list_topics(&self) -> Result<Vec<String>, tonic::Status> {
+        let r = self
+            .raw()
+            .list_topics(v1::ListTopicsRequest {})
+            .await?
+            .into_inner();
+        Ok(r.topics.into_iter().map(|t| t.name).collect())
+    }
+
+    /// The high watermark of one partition.
+    pub async fn high_watermark(&self, topic: &str, partition: u32) -> u64 {
+        let r = self
+            .raw()
+            .describe_topic(v1::DescribeTopicRequest { name: topic.into() })
+            .await
+            .unwrap()
+            .into_inner();
         assert_eq!(r.error_code, 0, "{}", r.error_message);
+        r.partitions
+            .iter()
+            .find(|p| p.partition == partition)
+            .expect("partition described")
+            .high_watermark
     }
 
     pub async fn fetch_offsets(
