@@ -355,9 +355,9 @@ mod tests {
     use ferry_proto::batch::HEADER_LEN;
 
     use super::super::Producer;
+    use super::super::ProducerConfig;
     use super::super::tests::{offline, slow_linger};
     use super::*;
-    use super::super::ProducerConfig;
 
     /// Seals every open batch of topic `t` and returns them in seal order.
     fn seal_now(producer: &Producer) -> Vec<SealedBatch> {
