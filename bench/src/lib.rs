@@ -20,8 +20,9 @@ use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
 pub use baseline::{Baseline, BaselineConfig};
+pub use ferry_client::DeliveryMode;
 pub use matrix::{Matrix, MatrixConfig};
-pub use workload::{BenchReport, Kind, Mode, Progress, Target, WorkloadConfig};
+pub use workload::{BenchReport, Kind, Progress, Target, WorkloadConfig};
 
 /// Largest latency a histogram records, in microseconds (one hour); longer
 /// ones count as this.

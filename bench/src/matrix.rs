@@ -13,9 +13,10 @@ use plotters::style::text_anchor::{HPos, Pos, VPos};
 use serde::{Deserialize, Serialize};
 
 use super::workload::{
-    self, BenchError, BenchReport, Kind, Mode, Progress, RunLength, Target, human_size,
+    self, BenchError, BenchReport, Kind, Progress, RunLength, Target, human_size,
 };
 use super::{Baseline, baseline, fmt_ratio, ratio};
+use ferry_client::DeliveryMode;
 
 /// Record sizes of the standard matrix.
 pub const SIZES: [usize; 2] = [100, 1024];
@@ -31,7 +32,7 @@ pub struct MatrixConfig {
     pub fsyncs: Vec<FlushPolicy>,
     /// Exactly-once runs once per transaction length.
     pub txn_ms: Vec<u64>,
-    pub modes: Vec<Mode>,
+    pub modes: Vec<DeliveryMode>,
     pub batch_bytes: usize,
     pub buffer_bytes: usize,
     pub linger_ms: u64,
@@ -56,7 +57,7 @@ impl Default for MatrixConfig {
             sizes: SIZES.to_vec(),
             fsyncs: vec![FlushPolicy::Never, FlushPolicy::Always],
             txn_ms: TXN_MS.to_vec(),
-            modes: Mode::ALL.to_vec(),
+            modes: DeliveryMode::ALL.to_vec(),
             batch_bytes: w.batch_bytes,
             buffer_bytes: w.buffer_bytes,
             linger_ms: w.linger_ms,
@@ -72,7 +73,7 @@ impl Default for MatrixConfig {
 /// One cell to run.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CellSpec {
-    pub mode: Mode,
+    pub mode: DeliveryMode,
     pub record_size: usize,
     pub fsync: String,
     pub txn_ms: Option<u64>,
@@ -135,7 +136,7 @@ pub fn cells(config: &MatrixConfig) -> Vec<CellSpec> {
     for flush in &config.fsyncs {
         for &record_size in &config.sizes {
             for &mode in &config.modes {
-                let txns: Vec<Option<u64>> = if mode == Mode::ExactlyOnce {
+                let txns: Vec<Option<u64>> = if mode == DeliveryMode::ExactlyOnce {
                     config.txn_ms.iter().copied().map(Some).collect()
                 } else {
                     vec![None]
@@ -196,7 +197,7 @@ impl Matrix {
                 self.cells
                     .iter()
                     .find(|r| {
-                        r.spec.mode == Mode::AtLeastOnce
+                        r.spec.mode == DeliveryMode::AtLeastOnce
                             && r.spec.record_size == c.spec.record_size
                             && r.spec.fsync == c.spec.fsync
                     })
@@ -470,10 +471,10 @@ fn median_cell(mut runs: Vec<Cell>) -> Cell {
 /// `ALO`, `EOS 100ms`, ...
 fn short_label(spec: &CellSpec) -> String {
     let mode = match spec.mode {
-        Mode::AtMostOnce => "AMO",
-        Mode::AtLeastOnce => "ALO",
-        Mode::Idempotent => "idem",
-        Mode::ExactlyOnce => "EOS",
+        DeliveryMode::AtMostOnce => "AMO",
+        DeliveryMode::AtLeastOnce => "ALO",
+        DeliveryMode::Idempotent => "idem",
+        DeliveryMode::ExactlyOnce => "EOS",
     };
     match spec.txn_ms {
         Some(t) => format!("{mode} {t}ms"),
@@ -485,13 +486,13 @@ fn short_label(spec: &CellSpec) -> String {
 mod tests {
     use super::*;
 
-    fn cell(mode: Mode, size: usize, fsync: &str, rps: Option<f64>) -> Cell {
+    fn cell(mode: DeliveryMode, size: usize, fsync: &str, rps: Option<f64>) -> Cell {
         Cell {
             spec: CellSpec {
                 mode,
                 record_size: size,
                 fsync: fsync.into(),
-                txn_ms: (mode == Mode::ExactlyOnce).then_some(100),
+                txn_ms: (mode == DeliveryMode::ExactlyOnce).then_some(100),
             },
             records_per_sec: rps,
             mb_per_sec: rps.map(|r| r * size as f64 / 1e6),
@@ -511,11 +512,11 @@ mod tests {
     #[test]
     fn a_repeated_cell_shows_its_median_run() {
         let runs = vec![
-            cell(Mode::Idempotent, 100, "never", Some(3.0)),
-            cell(Mode::Idempotent, 100, "never", None),
-            cell(Mode::Idempotent, 100, "never", Some(1.0)),
-            cell(Mode::Idempotent, 100, "never", Some(2.0)),
-            cell(Mode::Idempotent, 100, "never", Some(5.0)),
+            cell(DeliveryMode::Idempotent, 100, "never", Some(3.0)),
+            cell(DeliveryMode::Idempotent, 100, "never", None),
+            cell(DeliveryMode::Idempotent, 100, "never", Some(1.0)),
+            cell(DeliveryMode::Idempotent, 100, "never", Some(2.0)),
+            cell(DeliveryMode::Idempotent, 100, "never", Some(5.0)),
         ];
         let m = median_cell(runs);
         assert_eq!(m.records_per_sec, Some(2.0));
@@ -532,7 +533,7 @@ mod tests {
         assert_eq!(
             specs
                 .iter()
-                .filter(|s| s.mode == Mode::ExactlyOnce)
+                .filter(|s| s.mode == DeliveryMode::ExactlyOnce)
                 .filter_map(|s| s.txn_ms)
                 .take(3)
                 .collect::<Vec<_>>(),
@@ -551,12 +552,12 @@ mod tests {
                 ..Baseline::default()
             }),
             cells: vec![
-                cell(Mode::AtLeastOnce, 100, "never", Some(1_000_000.0)),
-                cell(Mode::Idempotent, 100, "never", Some(970_000.0)),
-                cell(Mode::AtLeastOnce, 100, "always", Some(200_000.0)),
-                cell(Mode::Idempotent, 100, "always", Some(100_000.0)),
-                cell(Mode::Idempotent, 1024, "always", Some(50_000.0)),
-                cell(Mode::ExactlyOnce, 100, "never", None),
+                cell(DeliveryMode::AtLeastOnce, 100, "never", Some(1_000_000.0)),
+                cell(DeliveryMode::Idempotent, 100, "never", Some(970_000.0)),
+                cell(DeliveryMode::AtLeastOnce, 100, "always", Some(200_000.0)),
+                cell(DeliveryMode::Idempotent, 100, "always", Some(100_000.0)),
+                cell(DeliveryMode::Idempotent, 1024, "always", Some(50_000.0)),
+                cell(DeliveryMode::ExactlyOnce, 100, "never", None),
             ],
             rounds: 1,
             seconds: 1.0,

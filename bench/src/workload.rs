@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use ferry_broker::{BrokerConfig, EmbeddedBroker, FlushPolicy};
 use ferry_client::{
-    Acks, Client, ClientError, CommitMode, Consumer, ConsumerConfig, Delivery, Producer,
+    Client, ClientError, CommitMode, Consumer, ConsumerConfig, Delivery, DeliveryMode, Producer,
     ProducerConfig, StartFrom, TransactionalConfig, TransactionalProducer,
 };
 use hdrhistogram::Histogram;
@@ -81,52 +81,14 @@ impl Kind {
     }
 }
 
-/// Delivery guarantee of the producers (and, for consume and e2e, when the
-/// consumer commits).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "kebab-case")]
-pub enum Mode {
-    /// acks=none, no retries; the consumer commits before processing.
-    AtMostOnce,
-    /// acks=all, retries, no idempotence; the consumer commits after.
-    AtLeastOnce,
-    /// acks=all with the idempotent producer.
-    Idempotent,
-    /// A transactional producer committing every --txn-ms.
-    ExactlyOnce,
-}
-
-impl Mode {
-    pub const ALL: [Mode; 4] = [
-        Mode::AtMostOnce,
-        Mode::AtLeastOnce,
-        Mode::Idempotent,
-        Mode::ExactlyOnce,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Mode::AtMostOnce => "at-most-once",
-            Mode::AtLeastOnce => "at-least-once",
-            Mode::Idempotent => "idempotent",
-            Mode::ExactlyOnce => "exactly-once",
-        }
-    }
-
-    /// `(acks, idempotent)` of the plain producer for this mode.
-    pub fn acks(self) -> (Acks, bool) {
-        match self {
-            Mode::AtMostOnce => (Acks::None, false),
-            Mode::AtLeastOnce => (Acks::All, false),
-            Mode::Idempotent | Mode::ExactlyOnce => (Acks::All, true),
-        }
-    }
-
-    fn commit_mode(self) -> CommitMode {
-        match self {
-            Mode::AtMostOnce => CommitMode::Before,
-            _ => CommitMode::After,
-        }
+/// When the bench's consumer commits under `mode`: as the mode says, except
+/// that under exactly-once (whose offsets commit inside the producer's
+/// transactions) the measuring consumer is a plain one and commits after
+/// each poll.
+fn consumer_commit_mode(mode: DeliveryMode) -> CommitMode {
+    match mode.commit_mode() {
+        CommitMode::None => CommitMode::After,
+        other => other,
     }
 }
 
@@ -177,7 +139,7 @@ pub const BENCH_BUFFER_BYTES: usize = 4 * 1024 * 1024;
 #[derive(Clone, Debug)]
 pub struct WorkloadConfig {
     pub kind: Kind,
-    pub mode: Mode,
+    pub mode: DeliveryMode,
     pub record_size: usize,
     pub batch_bytes: usize,
     /// Each producer's `buffer_bytes`.
@@ -195,7 +157,7 @@ impl Default for WorkloadConfig {
         let producer = ProducerConfig::default();
         WorkloadConfig {
             kind: Kind::Produce,
-            mode: Mode::AtLeastOnce,
+            mode: DeliveryMode::AtLeastOnce,
             record_size: 100,
             batch_bytes: producer.batch_bytes,
             buffer_bytes: BENCH_BUFFER_BYTES,
@@ -229,7 +191,7 @@ impl WorkloadConfig {
             )
             .into());
         }
-        if self.mode == Mode::ExactlyOnce && self.txn_ms == 0 {
+        if self.mode == DeliveryMode::ExactlyOnce && self.txn_ms == 0 {
             return Err("--txn-ms must be at least 1".into());
         }
         match self.stop {
@@ -273,7 +235,7 @@ impl Progress {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BenchReport {
     pub bench: Kind,
-    pub mode: Mode,
+    pub mode: DeliveryMode,
     /// `embedded` or the broker's address.
     pub broker: String,
     /// The embedded broker's fsync policy; `None` for a remote broker.
@@ -407,7 +369,7 @@ async fn run_async(
         linger_ms: config.linger_ms,
         producers: config.producers,
         partitions: config.partitions,
-        txn_ms: (config.mode == Mode::ExactlyOnce).then_some(config.txn_ms),
+        txn_ms: (config.mode == DeliveryMode::ExactlyOnce).then_some(config.txn_ms),
         records: o.records,
         failed: o.failed,
         first_error: o.first_error,
@@ -499,15 +461,12 @@ fn unique_topic() -> String {
     )
 }
 
-fn producer_config(config: &WorkloadConfig, mode: Mode) -> ProducerConfig {
-    let (acks, idempotent) = mode.acks();
+fn producer_config(config: &WorkloadConfig, mode: DeliveryMode) -> ProducerConfig {
     ProducerConfig {
-        acks,
-        idempotent,
         linger: Duration::from_millis(config.linger_ms),
         batch_bytes: config.batch_bytes,
         buffer_bytes: config.buffer_bytes,
-        ..ProducerConfig::default()
+        ..mode.producer_config()
     }
 }
 
@@ -559,13 +518,13 @@ enum Producers {
 /// into values. Returns when sending started, and what the producers did.
 async fn run_producers(
     config: &WorkloadConfig,
-    mode: Mode,
+    mode: DeliveryMode,
     session: &Session,
     progress: &Progress,
     clock: Instant,
 ) -> Result<(Instant, Produced), BenchError> {
     let producer_config = producer_config(config, mode);
-    let producers = if mode == Mode::ExactlyOnce {
+    let producers = if mode == DeliveryMode::ExactlyOnce {
         let mut v = Vec::with_capacity(config.producers);
         for i in 0..config.producers {
             let client = Client::connect(&session.addr).await?;
@@ -914,7 +873,7 @@ async fn produce(
         first_error: p.first_error,
         elapsed: p.last_ack.saturating_duration_since(start),
         latency: p.latency,
-        latency_what: if config.mode == Mode::ExactlyOnce {
+        latency_what: if config.mode == DeliveryMode::ExactlyOnce {
             "send_to_commit"
         } else {
             "send_to_ack"
@@ -928,7 +887,7 @@ async fn new_consumer(config: &WorkloadConfig, session: &Session) -> Result<Cons
         client,
         ConsumerConfig {
             group: Some(format!("{}-group", session.topic)),
-            commit_mode: config.mode.commit_mode(),
+            commit_mode: consumer_commit_mode(config.mode),
             start_from: StartFrom::Earliest,
             ..ConsumerConfig::default()
         },
@@ -944,7 +903,7 @@ async fn new_consumer(config: &WorkloadConfig, session: &Session) -> Result<Cons
 /// they arrived.
 async fn consume_loop(
     consumer: &mut Consumer,
-    mode: Mode,
+    mode: DeliveryMode,
     expected: impl Fn() -> Option<u64>,
     progress: &Progress,
     mut on_poll: impl FnMut(&[ferry_client::ConsumerRecord], Instant, Instant),
@@ -966,7 +925,7 @@ async fn consume_loop(
         last_record = arrived;
         consumed += records.len() as u64;
         on_poll(&records, asked, arrived);
-        if mode.commit_mode() == CommitMode::After {
+        if consumer_commit_mode(mode) == CommitMode::After {
             consumer.commit().await?;
         }
         progress.add(records.len() as u64);
@@ -1076,6 +1035,8 @@ async fn e2e(
 
 #[cfg(test)]
 mod tests {
+    use ferry_client::Acks;
+
     use super::*;
 
     #[test]
@@ -1103,9 +1064,9 @@ mod tests {
 
     #[test]
     fn modes_map_to_acks_and_idempotence() {
-        assert_eq!(Mode::AtMostOnce.acks(), (Acks::None, false));
-        assert_eq!(Mode::AtLeastOnce.acks(), (Acks::All, false));
-        assert_eq!(Mode::Idempotent.acks(), (Acks::All, true));
+        assert_eq!(DeliveryMode::AtMostOnce.acks(), (Acks::None, false));
+        assert_eq!(DeliveryMode::AtLeastOnce.acks(), (Acks::All, false));
+        assert_eq!(DeliveryMode::Idempotent.acks(), (Acks::All, true));
         assert_eq!(human_size(100), "100 B");
         assert_eq!(human_size(1024), "1 KiB");
     }

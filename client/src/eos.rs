@@ -18,6 +18,13 @@
 //! abortable error the step aborts and rewinds the consumer to the
 //! positions of the last commit; on a fatal one (the producer was fenced)
 //! it stops with the error.
+//!
+//! An [`EosObserver`] watches each step from the inside: the records each
+//! poll returned, the outputs sent, the start of the commit and how the
+//! transaction ended. At an [`EosPoint`] it may also stop the step as if
+//! the process had crashed there, which is how fault-injection harnesses
+//! drive this loop. The default observer, `()`, does nothing and costs
+//! nothing.
 
 use std::time::Duration;
 
@@ -98,8 +105,114 @@ impl Output {
     }
 }
 
+/// A point inside a step at which an [`EosObserver`] may crash it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum EosPoint {
+    /// A poll returned records; none of them processed yet.
+    AfterPoll,
+    /// Every output of the transaction was sent; the offsets are not added
+    /// yet.
+    AfterSends,
+    /// The offsets were added to the transaction; the commit is not sent
+    /// yet.
+    BeforeCommit,
+}
+
+impl std::fmt::Display for EosPoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            EosPoint::AfterPoll => "after-poll",
+            EosPoint::AfterSends => "after-sends",
+            EosPoint::BeforeCommit => "before-commit",
+        })
+    }
+}
+
+/// What an [`EosObserver`] wants at an [`EosPoint`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Control {
+    /// Go on.
+    Continue,
+    /// Stop the step here, leaving the transaction open as a crashed
+    /// process would; the step returns [`Step::Crashed`].
+    Crash,
+}
+
+/// How a transaction of an [`ExactlyOnce`] step ended.
+#[derive(Clone, Copy, Debug)]
+pub enum TxnOutcome<'a> {
+    /// It committed: its outputs and offsets are visible.
+    Committed,
+    /// It was aborted after this error: none of it is visible, and the
+    /// consumer was rewound.
+    Aborted(&'a ClientError),
+    /// Its outcome is unknown because of this error (the producer was
+    /// fenced, the commit's outcome stayed unknown, or the abort failed);
+    /// the loop stops. A new producer with the same transactional id
+    /// settles it.
+    Unknown(&'a ClientError),
+    /// The observer crashed the step at this point; the transaction is
+    /// left open.
+    Crashed(EosPoint),
+}
+
+/// Watches the steps of an [`ExactlyOnce`] loop. Every method has a no-op
+/// default; `()` is the observer that watches nothing.
+///
+/// Within one transaction the calls come in this order: [`polled`] once
+/// per poll that returned records (with [`at`]`(AfterPoll)` after each),
+/// [`sent`] once per output handed to the producer, [`at`]`(AfterSends)`,
+/// [`committing`], [`at`]`(BeforeCommit)`, and last [`ended`]. A step
+/// without input only reports failed polls.
+///
+/// [`polled`]: EosObserver::polled
+/// [`at`]: EosObserver::at
+/// [`sent`]: EosObserver::sent
+/// [`committing`]: EosObserver::committing
+/// [`ended`]: EosObserver::ended
+pub trait EosObserver {
+    /// A poll returned these records (never empty), before any is
+    /// processed.
+    fn polled(&mut self, records: &[ConsumerRecord]) {
+        let _ = records;
+    }
+
+    /// A poll failed. Outside a transaction a retriable error is retried
+    /// within the step; inside one the transaction aborts.
+    fn poll_failed(&mut self, error: &ClientError) {
+        let _ = error;
+    }
+
+    /// `output` was handed to the transactional producer.
+    fn sent(&mut self, output: &Output) {
+        let _ = output;
+    }
+
+    /// The step reached `point`; [`Control::Crash`] stops it there.
+    fn at(&mut self, point: EosPoint) -> Control {
+        let _ = point;
+        Control::Continue
+    }
+
+    /// The commit begins: these consumer positions are added to the
+    /// transaction, then it commits.
+    fn committing(&mut self, offsets: &[(String, u32, u64)]) {
+        let _ = offsets;
+    }
+
+    /// The transaction ended.
+    fn ended(&mut self, outcome: TxnOutcome<'_>) {
+        let _ = outcome;
+    }
+}
+
+/// Watches nothing.
+impl EosObserver for () {}
+
 /// What one [`ExactlyOnce::step`] did.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum Step {
     /// A transaction committed.
     Committed {
@@ -114,6 +227,11 @@ pub enum Step {
     /// and the consumer rewound to the last committed positions; the next
     /// step processes the same input again.
     Aborted(ClientError),
+    /// The [`EosObserver`] crashed the step at this point. The transaction
+    /// is left open and the consumer is not rewound, as after a process
+    /// crash: drop the loop, and start a new instance (whose producer
+    /// fences this one and settles the transaction).
+    Crashed(EosPoint),
 }
 
 /// Totals of an [`ExactlyOnce::run`].
@@ -176,14 +294,15 @@ pub struct Totals {
 /// # Ok(())
 /// # }
 /// ```
-pub struct ExactlyOnce {
+pub struct ExactlyOnce<O: EosObserver = ()> {
     consumer: Consumer,
     producer: TransactionalProducer,
     config: ExactlyOnceConfig,
     outputs: Vec<Output>,
+    observer: O,
 }
 
-impl std::fmt::Debug for ExactlyOnce {
+impl<O: EosObserver> std::fmt::Debug for ExactlyOnce<O> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ExactlyOnce")
             .field("consumer", &self.consumer)
@@ -201,6 +320,18 @@ impl ExactlyOnce {
         producer: TransactionalProducer,
         config: ExactlyOnceConfig,
     ) -> Result<ExactlyOnce, ClientError> {
+        ExactlyOnce::with_observer(consumer, producer, config, ())
+    }
+}
+
+impl<O: EosObserver> ExactlyOnce<O> {
+    /// Like [`ExactlyOnce::new`], with `observer` watching every step.
+    pub fn with_observer(
+        consumer: Consumer,
+        producer: TransactionalProducer,
+        config: ExactlyOnceConfig,
+        observer: O,
+    ) -> Result<ExactlyOnce<O>, ClientError> {
         if consumer.config().isolation != IsolationLevel::ReadCommitted {
             return Err(ClientError::InvalidArgument(
                 "exactly-once processing needs a read-committed consumer".into(),
@@ -228,7 +359,18 @@ impl ExactlyOnce {
             producer,
             config,
             outputs: Vec::new(),
+            observer,
         })
+    }
+
+    /// The observer.
+    pub fn observer(&self) -> &O {
+        &self.observer
+    }
+
+    /// The observer, to change what it injects between steps.
+    pub fn observer_mut(&mut self) -> &mut O {
+        &mut self.observer
     }
 
     /// The consumer.
@@ -273,16 +415,26 @@ impl ExactlyOnce {
             }
             let polled = match self.consumer.poll(deadline - now).await {
                 Ok(polled) => polled,
-                Err(e) if first_record_at.is_some() => {
-                    return self.abort_and_rewind(e, &rewind_to).await;
-                }
-                Err(e) if e.is_retriable() => {
+                Err(e) => {
+                    self.observer.poll_failed(&e);
+                    if first_record_at.is_some() {
+                        return self.abort_and_rewind(e, &rewind_to).await;
+                    }
+                    if !e.is_retriable() {
+                        return Err(e);
+                    }
                     tracing::debug!(%e, "poll failed; retrying");
                     tokio::time::sleep(ABORT_PAUSE.min(deadline - now)).await;
                     continue;
                 }
-                Err(e) => return Err(e),
             };
+            if polled.is_empty() {
+                continue;
+            }
+            self.observer.polled(&polled);
+            if let Some(step) = self.crash_at(EosPoint::AfterPoll) {
+                return Ok(step);
+            }
             for record in &polled {
                 if first_record_at.is_none() {
                     if let Err(e) = self.producer.begin() {
@@ -292,30 +444,20 @@ impl ExactlyOnce {
                 }
                 records += 1;
                 process(record, &mut self.outputs);
-                for out in std::mem::take(&mut self.outputs) {
-                    let sent = match out.partition {
-                        Some(p) => {
-                            self.producer
-                                .send_to(&out.topic, p, out.key.as_deref(), out.value.as_deref())
-                                .await
-                        }
-                        None => {
-                            self.producer
-                                .send(&out.topic, out.key.as_deref(), out.value.as_deref())
-                                .await
-                        }
-                    };
-                    if let Err(e) = sent {
-                        return self.abort_and_rewind(e, &rewind_to).await;
-                    }
-                    outputs += 1;
+                match self.send_outputs().await {
+                    Ok(n) => outputs += n,
+                    Err(e) => return self.abort_and_rewind(e, &rewind_to).await,
                 }
             }
         }
         if first_record_at.is_none() {
             return Ok(Step::Idle);
         }
+        if let Some(step) = self.crash_at(EosPoint::AfterSends) {
+            return Ok(step);
+        }
         let positions = self.consumer.positions();
+        self.observer.committing(&positions);
         if let Err(e) = self
             .producer
             .send_offsets(&self.config.group, &positions)
@@ -323,9 +465,49 @@ impl ExactlyOnce {
         {
             return self.abort_and_rewind(e, &rewind_to).await;
         }
+        if let Some(step) = self.crash_at(EosPoint::BeforeCommit) {
+            return Ok(step);
+        }
         match self.producer.commit().await {
-            Ok(()) => Ok(Step::Committed { records, outputs }),
+            Ok(()) => {
+                self.observer.ended(TxnOutcome::Committed);
+                Ok(Step::Committed { records, outputs })
+            }
             Err(e) => self.abort_and_rewind(e, &rewind_to).await,
+        }
+    }
+
+    /// Sends the outputs the process closure appended; returns how many.
+    async fn send_outputs(&mut self) -> Result<u64, ClientError> {
+        let mut sent = 0;
+        for out in std::mem::take(&mut self.outputs) {
+            match out.partition {
+                Some(p) => {
+                    self.producer
+                        .send_to(&out.topic, p, out.key.as_deref(), out.value.as_deref())
+                        .await?
+                }
+                None => {
+                    self.producer
+                        .send(&out.topic, out.key.as_deref(), out.value.as_deref())
+                        .await?
+                }
+            };
+            self.observer.sent(&out);
+            sent += 1;
+        }
+        Ok(sent)
+    }
+
+    /// `Some(Step::Crashed)` if the observer crashes the step at `point`.
+    fn crash_at(&mut self, point: EosPoint) -> Option<Step> {
+        match self.observer.at(point) {
+            Control::Continue => None,
+            Control::Crash => {
+                tracing::debug!(%point, "the observer crashed the step");
+                self.observer.ended(TxnOutcome::Crashed(point));
+                Some(Step::Crashed(point))
+            }
         }
     }
 
@@ -335,10 +517,15 @@ impl ExactlyOnce {
         rewind_to: &[(String, u32, u64)],
     ) -> Result<Step, ClientError> {
         if self.producer.is_fatal() {
+            self.observer.ended(TxnOutcome::Unknown(&error));
             return Err(error);
         }
         tracing::warn!(%error, "aborting the transaction and rewinding the consumer");
-        self.producer.abort().await?;
+        if let Err(e) = self.producer.abort().await {
+            self.observer.ended(TxnOutcome::Unknown(&e));
+            return Err(e);
+        }
+        self.observer.ended(TxnOutcome::Aborted(&error));
         for (topic, partition, offset) in rewind_to {
             self.consumer.seek(topic, *partition, *offset);
         }
@@ -347,7 +534,8 @@ impl ExactlyOnce {
 
     /// Runs steps until `idle_timeout` passes without input (forever with
     /// `None`), or a step fails; also stops after
-    /// 3 aborted transactions in a row whose error is not retriable.
+    /// 3 aborted transactions in a row whose error is not retriable, and
+    /// after a step the observer crashed.
     pub async fn run<F>(
         &mut self,
         mut process: F,
@@ -384,6 +572,7 @@ impl ExactlyOnce {
                     }
                     tokio::time::sleep(ABORT_PAUSE).await;
                 }
+                Step::Crashed(_) => return Ok(totals),
             }
         }
     }

@@ -6,8 +6,11 @@ use ferry_proto::ErrorCode;
 ///
 /// [`ClientError::code`] maps each variant onto the stable [`ErrorCode`]
 /// table, so callers can tell definite failures (the operation surely did
-/// not happen) from indefinite ones with [`ErrorCode::is_definite`].
+/// not happen) from indefinite ones with [`ErrorCode::is_definite`]. Branch
+/// on [`ClientError::code`] rather than on messages; new variants may come,
+/// so matches need a wildcard arm.
 #[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
 pub enum ClientError {
     /// The broker answered with a non-zero error code.
     #[error("{code}: {message}")]

@@ -4,7 +4,8 @@
 //! - [`Sequencer`]: one partition's producer epoch and next sequence
 //!   number. A batch takes its stamp when it is sealed; sequences count
 //!   records and wrap to 0 after `i32::MAX`, as the broker's do.
-//! - [`decide`]: what the sender does with a failed produce response.
+//! - [`decide`]: what the sender does with a failed produce response, for
+//!   a plain, idempotent or transactional producer ([`ProducerMode`]).
 //!
 //! # Why go-back-N needs no extra bookkeeping
 //!
@@ -101,31 +102,51 @@ pub(crate) enum Action {
     FailPartition,
 }
 
+/// Which guarantees the producer whose batch failed gives; decides what
+/// [`decide`] may do about a failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ProducerMode {
+    /// No producer id: batches carry no sequence, and a retry may
+    /// duplicate.
+    Plain,
+    /// Producer id, epoch and sequences; the producer moves a partition to
+    /// the next epoch on its own to repair a sequence.
+    Idempotent,
+    /// Idempotent, inside transactions: the epoch belongs to the
+    /// transaction coordinator, so a sequence that needs a new epoch fails
+    /// the partition instead (the transaction must abort), and the next
+    /// transaction starts it afresh.
+    Transactional,
+}
+
 /// Decides a failed response.
 ///
 /// `earlier_unacked` says whether a batch of the same partition sealed
 /// before this one is still unresolved (waiting for a retry or in flight).
 ///
-/// | code | idempotent, earlier batch unresolved | idempotent, all earlier acked | not idempotent |
-/// |---|---|---|---|
-/// | retriable | `Retry` | `Retry` | `Retry` |
-/// | `OutOfOrderSequence` | `AwaitPredecessor` | `FailPartition` | `Fail` |
-/// | `UnknownProducerId` | `AwaitPredecessor` | `Renumber` | `Fail` |
-/// | `InvalidProducerEpoch`, `ProducerFenced` | `FailPartition` | `FailPartition` | `Fail` |
-/// | other definite | `FailPartition` | `FailAndRenumber` | `Fail` |
-/// | other indefinite | `FailPartition` | `FailPartition` | `Fail` |
+/// | code | idempotent, earlier batch unresolved | idempotent, all earlier acked | transactional | plain |
+/// |---|---|---|---|---|
+/// | retriable | `Retry` | `Retry` | `Retry` | `Retry` |
+/// | `OutOfOrderSequence` | `AwaitPredecessor` | `FailPartition` | as idempotent | `Fail` |
+/// | `UnknownProducerId` | `AwaitPredecessor` | `Renumber` | `Renumber` becomes `FailPartition` | `Fail` |
+/// | `InvalidProducerEpoch`, `ProducerFenced` | `FailPartition` | `FailPartition` | `FailPartition` | `Fail` |
+/// | other definite | `FailPartition` | `FailAndRenumber` | `FailAndRenumber` becomes `FailPartition` | `Fail` |
+/// | other indefinite | `FailPartition` | `FailPartition` | `FailPartition` | `Fail` |
 ///
 /// A definite failure behind an unresolved batch fails the partition
 /// because that earlier batch, still under the old epoch, may yet be
-/// stored: renumbering around it could duplicate or reorder.
-pub(crate) fn decide(code: ErrorCode, idempotent: bool, earlier_unacked: bool) -> Action {
+/// stored: renumbering around it could duplicate or reorder. A
+/// transactional producer never renumbers: it decides as an idempotent one
+/// would, except that every decision needing a new epoch fails the
+/// partition.
+pub(crate) fn decide(code: ErrorCode, mode: ProducerMode, earlier_unacked: bool) -> Action {
     if code.is_retriable() {
         return Action::Retry;
     }
-    if !idempotent {
+    if mode == ProducerMode::Plain {
         return Action::Fail;
     }
-    match code {
+    let action = match code {
         ErrorCode::OutOfOrderSequence | ErrorCode::UnknownProducerId if earlier_unacked => {
             Action::AwaitPredecessor
         }
@@ -135,6 +156,12 @@ pub(crate) fn decide(code: ErrorCode, idempotent: bool, earlier_unacked: bool) -
         | ErrorCode::ProducerFenced => Action::FailPartition,
         c if c.is_definite() && !earlier_unacked => Action::FailAndRenumber,
         _ => Action::FailPartition,
+    };
+    let needs_new_epoch = matches!(action, Action::Renumber | Action::FailAndRenumber);
+    if mode == ProducerMode::Transactional && needs_new_epoch {
+        Action::FailPartition
+    } else {
+        action
     }
 }
 
@@ -236,10 +263,11 @@ mod tests {
         use Action::*;
         for code in ErrorCode::ALL.into_iter().skip(1) {
             for earlier in [false, true] {
-                let plain = decide(code, false, earlier);
-                let idem = decide(code, true, earlier);
+                let plain = decide(code, ProducerMode::Plain, earlier);
+                let idem = decide(code, ProducerMode::Idempotent, earlier);
+                let txn = decide(code, ProducerMode::Transactional, earlier);
                 if code.is_retriable() {
-                    assert_eq!((plain, idem), (Retry, Retry), "{code}");
+                    assert_eq!((plain, idem, txn), (Retry, Retry, Retry), "{code}");
                     continue;
                 }
                 assert_eq!(plain, Fail, "{code}: without idempotence, fail the batch");
@@ -256,6 +284,11 @@ mod tests {
                     _ => FailPartition,
                 };
                 assert_eq!(idem, expected, "{code}, earlier unacked: {earlier}");
+                let in_txn = match expected {
+                    Renumber | FailAndRenumber => FailPartition,
+                    other => other,
+                };
+                assert_eq!(txn, in_txn, "{code} in a transaction, earlier: {earlier}");
             }
         }
     }
@@ -263,29 +296,80 @@ mod tests {
     #[test]
     fn the_sequence_errors_are_retried_only_behind_an_unresolved_batch() {
         assert_eq!(
-            decide(ErrorCode::OutOfOrderSequence, true, true),
+            decide(
+                ErrorCode::OutOfOrderSequence,
+                ProducerMode::Idempotent,
+                true
+            ),
             Action::AwaitPredecessor
         );
         assert_eq!(
-            decide(ErrorCode::OutOfOrderSequence, true, false),
+            decide(
+                ErrorCode::OutOfOrderSequence,
+                ProducerMode::Idempotent,
+                false
+            ),
             Action::FailPartition
         );
         assert_eq!(
-            decide(ErrorCode::UnknownProducerId, true, false),
+            decide(
+                ErrorCode::UnknownProducerId,
+                ProducerMode::Idempotent,
+                false
+            ),
             Action::Renumber
         );
         assert_eq!(
-            decide(ErrorCode::ProducerFenced, true, false),
+            decide(ErrorCode::ProducerFenced, ProducerMode::Idempotent, false),
             Action::FailPartition
         );
         assert_eq!(
-            decide(ErrorCode::MessageTooLarge, true, false),
+            decide(ErrorCode::MessageTooLarge, ProducerMode::Idempotent, false),
             Action::FailAndRenumber
         );
         assert_eq!(
-            decide(ErrorCode::StorageError, true, false),
+            decide(ErrorCode::StorageError, ProducerMode::Idempotent, false),
             Action::FailPartition
         );
-        assert_eq!(decide(ErrorCode::NetworkError, true, false), Action::Retry);
+        assert_eq!(
+            decide(ErrorCode::NetworkError, ProducerMode::Idempotent, false),
+            Action::Retry
+        );
+    }
+
+    #[test]
+    fn inside_a_transaction_the_sender_never_moves_to_a_new_epoch_itself() {
+        use ProducerMode::{Idempotent, Transactional};
+        let within_transaction = |code, earlier| {
+            (
+                decide(code, Idempotent, earlier),
+                decide(code, Transactional, earlier),
+            )
+        };
+        assert_eq!(
+            within_transaction(ErrorCode::UnknownProducerId, false),
+            (Action::Renumber, Action::FailPartition)
+        );
+        assert_eq!(
+            within_transaction(ErrorCode::MessageTooLarge, false),
+            (Action::FailAndRenumber, Action::FailPartition)
+        );
+        for (code, earlier, kept) in [
+            (ErrorCode::NetworkError, false, Action::Retry),
+            (
+                ErrorCode::OutOfOrderSequence,
+                true,
+                Action::AwaitPredecessor,
+            ),
+            (ErrorCode::UnknownProducerId, true, Action::AwaitPredecessor),
+            (ErrorCode::ProducerFenced, false, Action::FailPartition),
+            (ErrorCode::StorageError, false, Action::FailPartition),
+        ] {
+            assert_eq!(within_transaction(code, earlier), (kept, kept), "{code}");
+        }
+        assert_eq!(
+            decide(ErrorCode::MessageTooLarge, ProducerMode::Plain, false),
+            Action::Fail
+        );
     }
 }

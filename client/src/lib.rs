@@ -13,6 +13,8 @@
 //!   records of open or aborted transactions are never returned.
 //! - [`TransactionalProducer`]: writes to many partitions, plus consumer
 //!   offsets, that commit or abort together.
+//! - [`DeliveryMode`]: at-most-once, at-least-once, idempotent or
+//!   exactly-once, with the producer and consumer settings of each.
 //! - [`ExactlyOnce`]: the consume → process → produce → commit loop, in
 //!   transactions of N records or T milliseconds.
 //! - [`sink`]: idempotent sinks that make at-least-once delivery apply each
@@ -44,11 +46,13 @@
 
 mod client;
 mod consumer;
+mod delivery_mode;
 mod eos;
 mod error;
 mod idempotence;
 pub mod partitioner;
 mod producer;
+pub mod retry;
 pub mod sink;
 mod topic_table;
 mod transactional;
@@ -59,7 +63,11 @@ pub use client::{
 pub use consumer::{
     CommitMode, Consumer, ConsumerConfig, ConsumerEvent, ConsumerRecord, IsolationLevel, StartFrom,
 };
-pub use eos::{ExactlyOnce, ExactlyOnceConfig, Output, Step, Totals};
+pub use delivery_mode::DeliveryMode;
+pub use eos::{
+    Control, EosObserver, EosPoint, ExactlyOnce, ExactlyOnceConfig, Output, Step, Totals,
+    TxnOutcome,
+};
 pub use error::ClientError;
 pub use ferry_proto::v1::{PartitionInfo, TopicPartition, TopicSummary, TransactionInfo};
 pub use idempotence::MAX_IN_FLIGHT_IDEMPOTENT;

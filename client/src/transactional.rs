@@ -51,9 +51,8 @@ use tokio::time::Instant;
 
 use crate::client::Client;
 use crate::error::{ClientError, check};
-use crate::idempotence::Action;
-use crate::partitioner::partition_for_key;
 use crate::producer::{Delivery, Producer, ProducerConfig};
+use crate::retry::{retry_until, timed};
 use crate::topic_table::{Named, TopicTable};
 
 /// Default [`TransactionalConfig::transaction_timeout`].
@@ -96,19 +95,6 @@ pub fn is_fatal(code: ErrorCode) -> bool {
     )
 }
 
-/// The sender's decision for a failed batch, adjusted for a transaction.
-///
-/// Outside transactions the producer repairs a sequence by moving a
-/// partition to the next epoch on its own. A transactional producer's epoch
-/// belongs to the coordinator, so instead the partition fails (the
-/// transaction must abort) and the next transaction starts it afresh.
-pub(crate) fn within_transaction(action: Action) -> Action {
-    match action {
-        Action::Renumber | Action::FailAndRenumber => Action::FailPartition,
-        other => other,
-    }
-}
-
 #[derive(Debug, Clone)]
 enum State {
     /// No transaction is open.
@@ -120,16 +106,12 @@ enum State {
     Fatal(ClientError),
 }
 
-/// Per-topic bookkeeping: the partition count, the keyless partition, and
-/// what this transaction did with each partition.
+/// Per-topic bookkeeping: what this transaction did with each partition.
+/// Which partition a record goes to is the batching producer's choice
+/// ([`Producer::route`]).
 #[derive(Debug)]
 struct TopicMeta {
     name: String,
-    partitions: u32,
-    /// Partition for records without a key; moves on after a batch's worth
-    /// of bytes.
-    sticky: u32,
-    sticky_bytes: usize,
     /// Registered with `AddPartitionsToTxn` in this transaction.
     registered: Vec<bool>,
     /// Registered in the previous transaction: registered along with the
@@ -147,15 +129,8 @@ impl Named for TopicMeta {
 
 impl TopicMeta {
     fn new(name: &str, partitions: u32) -> TopicMeta {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
         TopicMeta {
             name: name.to_owned(),
-            partitions,
-            sticky: nanos % partitions,
-            sticky_bytes: 0,
             registered: vec![false; partitions as usize],
             used_before: vec![false; partitions as usize],
             last_batch: vec![None; partitions as usize],
@@ -348,8 +323,8 @@ impl TransactionalProducer {
     }
 
     /// Sends a record inside the open transaction, to the partition its
-    /// key hashes to (as [`Producer::send`] does); records without a key
-    /// stay on one partition per batch's worth of bytes.
+    /// key hashes to, or to the sticky partition when keyless: the
+    /// partition [`Producer::route`] picks, as [`Producer::send`] does.
     ///
     /// Returns once the record is batched. Its [`Delivery`] resolves when
     /// the batch is stored, which does not make it visible to
@@ -397,7 +372,7 @@ impl TransactionalProducer {
         key: Option<&[u8]>,
         value: Option<&[u8]>,
     ) -> Result<Delivery, ClientError> {
-        let (t, p) = self.pick_partition(topic, partition, key, value).await?;
+        let (t, p) = self.pick_partition(topic, partition, key).await?;
         if !self.topics[t].registered[p as usize] {
             self.add_partitions(topic, p).await?;
         }
@@ -413,48 +388,19 @@ impl TransactionalProducer {
         Ok(delivery)
     }
 
+    /// The partition for a record, as the batching producer routes it
+    /// (fetching the topic's metadata on first use, with retries), and the
+    /// index of the topic's bookkeeping.
     async fn pick_partition(
         &mut self,
         topic: &str,
         partition: Option<u32>,
         key: Option<&[u8]>,
-        value: Option<&[u8]>,
     ) -> Result<(usize, u32), ClientError> {
+        let (p, n) = self.producer.route_counted(topic, partition, key).await?;
         let t = match self.topics.find(topic) {
             Some(t) => t,
-            None => {
-                let description = self.client.describe_topic(topic).await?;
-                let n = description.partitions.len() as u32;
-                if n == 0 {
-                    return Err(ClientError::broker(
-                        ErrorCode::UnknownTopicOrPartition,
-                        format!("topic {topic} has no partitions"),
-                    ));
-                }
-                self.topics.insert(TopicMeta::new(topic, n))
-            }
-        };
-        let batch_bytes = self.config.producer.batch_bytes;
-        let meta = &mut self.topics[t];
-        let n = meta.partitions;
-        let p = match (partition, key) {
-            (Some(p), _) if p >= n => {
-                return Err(ClientError::broker(
-                    ErrorCode::UnknownTopicOrPartition,
-                    format!("topic {topic} has no partition {p} (it has {n})"),
-                ));
-            }
-            (Some(p), _) => p,
-            (None, Some(k)) => partition_for_key(k, n),
-            (None, None) => {
-                let p = meta.sticky;
-                meta.sticky_bytes += value.map_or(0, <[u8]>::len) + 8;
-                if meta.sticky_bytes >= batch_bytes {
-                    meta.sticky = (p + 1) % n;
-                    meta.sticky_bytes = 0;
-                }
-                p
-            }
+            None => self.topics.insert(TopicMeta::new(topic, n)),
         };
         Ok((t, p))
     }
@@ -786,7 +732,9 @@ impl TransactionalProducer {
     /// A producer that never talked to a broker: its id (5) and epoch (0)
     /// are made up, and nothing is registered, so only local state changes.
     pub(crate) fn offline_for_tests(client: Client) -> TransactionalProducer {
-        let config = TransactionalConfig::new("t");
+        let mut config = TransactionalConfig::new("t");
+        // Nothing answers: give up on the metadata soon.
+        config.producer.delivery_timeout = Duration::from_millis(200);
         let producer =
             Producer::start_transactional(client.clone(), config.producer.clone(), 5, 0).unwrap();
         TransactionalProducer {
@@ -827,30 +775,14 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, ClientError>>,
 {
-    let started = Instant::now();
-    let mut attempt = 0u32;
-    loop {
-        let result = match tokio::time::timeout(RPC_TIMEOUT, call()).await {
-            Ok(result) => result,
-            Err(_) => Err(ClientError::Timeout {
-                what,
-                after_ms: RPC_TIMEOUT.as_millis() as u64,
-            }),
-        };
-        match result {
-            Ok(v) => return Ok(v),
-            Err(e) if e.is_retriable() && started.elapsed() < config.delivery_timeout => {
-                let backoff = config
-                    .retry_backoff
-                    .saturating_mul(1 << attempt.min(16))
-                    .min(config.retry_backoff_max.max(config.retry_backoff));
-                tracing::debug!(%e, attempt, "{what} failed; retrying");
-                tokio::time::sleep(backoff).await;
-                attempt = attempt.saturating_add(1);
-            }
-            Err(e) => return Err(e),
-        }
-    }
+    retry_until(
+        what,
+        Instant::now() + config.delivery_timeout,
+        config.retry_policy(),
+        ClientError::is_retriable,
+        || timed(what, RPC_TIMEOUT, call()),
+    )
+    .await
 }
 
 /// Every open or hanging transaction the coordinator knows
@@ -881,6 +813,7 @@ pub async fn abort_transaction(client: &Client, transactional_id: &str) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::partitioner::partition_for_key;
 
     fn offline() -> TransactionalProducer {
         TransactionalProducer::offline_for_tests(Client::connect_lazy("127.0.0.1:1").unwrap())
@@ -896,23 +829,6 @@ mod tests {
                     | ErrorCode::OutOfOrderSequence
             );
             assert_eq!(is_fatal(code), fatal, "{code}");
-        }
-    }
-
-    #[test]
-    fn inside_a_transaction_the_sender_never_moves_to_a_new_epoch_itself() {
-        assert_eq!(within_transaction(Action::Renumber), Action::FailPartition);
-        assert_eq!(
-            within_transaction(Action::FailAndRenumber),
-            Action::FailPartition
-        );
-        for kept in [
-            Action::Retry,
-            Action::AwaitPredecessor,
-            Action::Fail,
-            Action::FailPartition,
-        ] {
-            assert_eq!(within_transaction(kept), kept);
         }
     }
 
@@ -999,24 +915,22 @@ mod tests {
     #[tokio::test]
     async fn keyed_records_follow_the_partitioner_and_keyless_ones_stick() {
         let mut p = offline();
-        p.topics.insert(TopicMeta::new("t", 4));
+        p.producer.assume_topic("t", 4);
         for i in 0..40u32 {
             let key = i.to_be_bytes();
-            let got = p
-                .pick_partition("t", None, Some(&key), Some(b"v"))
-                .await
-                .unwrap();
+            let got = p.pick_partition("t", None, Some(&key)).await.unwrap();
             assert_eq!(got, (0, partition_for_key(&key, 4)));
         }
         let value = vec![0u8; 1000];
         let mut picks = Vec::new();
         for _ in 0..2000 {
-            picks.push(
-                p.pick_partition("t", None, None, Some(&value))
-                    .await
-                    .unwrap()
-                    .1,
-            );
+            // The sticky partition moves when its batch seals, so send too.
+            let (_, picked) = p.pick_partition("t", None, None).await.unwrap();
+            p.producer
+                .send_to("t", picked, None, Some(&value))
+                .await
+                .unwrap();
+            picks.push(picked);
         }
         let mut runs = picks.clone();
         runs.dedup();
@@ -1024,10 +938,7 @@ mod tests {
         for pair in runs.windows(2) {
             assert_eq!(pair[1], (pair[0] + 1) % 4);
         }
-        let err = p
-            .pick_partition("t", Some(4), None, None)
-            .await
-            .unwrap_err();
+        let err = p.pick_partition("t", Some(4), None).await.unwrap_err();
         assert_eq!(err.code(), ErrorCode::UnknownTopicOrPartition);
     }
 

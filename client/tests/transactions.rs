@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 use ferry_broker::{BrokerConfig, EmbeddedBroker};
 use ferry_client::partitioner::partition_for_key;
 use ferry_client::{
-    Client, CommitMode, Consumer, ConsumerConfig, ConsumerRecord, ExactlyOnce, ExactlyOnceConfig,
-    IsolationLevel, Output, Producer, ProducerConfig, StartFrom, Step, TransactionalConfig,
-    TransactionalProducer, list_transactions,
+    Client, CommitMode, Consumer, ConsumerConfig, ConsumerRecord, Control, EosObserver, EosPoint,
+    ExactlyOnce, ExactlyOnceConfig, IsolationLevel, Output, Producer, ProducerConfig, StartFrom,
+    Step, TransactionalConfig, TransactionalProducer, TxnOutcome, list_transactions,
 };
 use ferry_proto::ErrorCode;
 
@@ -516,5 +516,114 @@ async fn a_fenced_copier_stops_and_its_successor_finishes_the_copy() {
         .run(copy_process("dst", 3), Some(Duration::from_millis(500)))
         .await
         .unwrap();
+    check_copy(&client, "dst", &all).await;
+}
+
+/// Records what an [`EosObserver`] sees, and crashes at one point of one
+/// transaction.
+#[derive(Default)]
+struct Watcher {
+    events: Vec<String>,
+    crash: Option<(EosPoint, usize)>,
+    transactions: usize,
+}
+
+impl EosObserver for Watcher {
+    fn polled(&mut self, records: &[ConsumerRecord]) {
+        self.events.push(format!("polled {}", records.len()));
+    }
+
+    fn sent(&mut self, output: &Output) {
+        self.events.push(format!("sent {}", output.topic));
+    }
+
+    fn at(&mut self, point: EosPoint) -> Control {
+        self.events.push(format!("at {point}"));
+        match self.crash {
+            Some((p, txn)) if p == point && txn == self.transactions => Control::Crash,
+            _ => Control::Continue,
+        }
+    }
+
+    fn committing(&mut self, offsets: &[(String, u32, u64)]) {
+        self.events.push(format!("committing {offsets:?}"));
+    }
+
+    fn ended(&mut self, outcome: TxnOutcome<'_>) {
+        self.events.push(match outcome {
+            TxnOutcome::Committed => "committed".into(),
+            TxnOutcome::Aborted(e) => format!("aborted {}", e.code()),
+            TxnOutcome::Unknown(e) => format!("unknown {}", e.code()),
+            TxnOutcome::Crashed(p) => format!("crashed {p}"),
+        });
+        self.transactions += 1;
+    }
+}
+
+/// A copier of `src` into `dst`, one poll per transaction, watched.
+async fn watched(client: &Client, crash: Option<(EosPoint, usize)>) -> ExactlyOnce<Watcher> {
+    let (consumer, producer) = copier(client, "src").await.into_parts();
+    let config = ExactlyOnceConfig {
+        max_records: 1,
+        max_interval: Duration::from_millis(200),
+        ..ExactlyOnceConfig::new("copy")
+    };
+    let watcher = Watcher {
+        crash,
+        ..Watcher::default()
+    };
+    ExactlyOnce::with_observer(consumer, producer, config, watcher).unwrap()
+}
+
+#[tokio::test]
+async fn the_observer_sees_each_step_and_a_crash_it_asks_for_leaves_nothing_visible() {
+    let (_broker, client) = broker().await;
+    client.create_topic("src", 2).await.unwrap();
+    client.create_topic("dst", 1).await.unwrap();
+    let all = fill_source(&client, "src", 3).await;
+
+    // The first instance crashes before its first commit.
+    let mut first = watched(&client, Some((EosPoint::BeforeCommit, 0))).await;
+    let step = first.step(copy_process("dst", 1)).await.unwrap();
+    assert!(
+        matches!(step, Step::Crashed(EosPoint::BeforeCommit)),
+        "{step:?}"
+    );
+    let events = first.observer().events.clone();
+    let n: usize = events[0].strip_prefix("polled ").unwrap().parse().unwrap();
+    assert!(n > 0);
+    assert_eq!(events[1], "at after-poll");
+    assert!(
+        events[2..2 + n].iter().all(|e| e == "sent dst"),
+        "{events:?}"
+    );
+    assert_eq!(events[2 + n], "at after-sends");
+    assert!(
+        events[3 + n].starts_with("committing [(\"src\", "),
+        "{events:?}"
+    );
+    assert_eq!(
+        events[4 + n..],
+        ["at before-commit", "crashed before-commit"]
+    );
+    drop(first);
+
+    // Its successor fences it and copies everything, each record once.
+    let mut second = watched(&client, None).await;
+    let totals = second
+        .run(copy_process("dst", 1), Some(Duration::from_millis(500)))
+        .await
+        .unwrap();
+    assert!(totals.transactions > 0, "{totals:?}");
+    let events = &second.observer().events;
+    assert_eq!(
+        events.iter().filter(|e| *e == "committed").count() as u64,
+        totals.transactions
+    );
+    assert_eq!(
+        events.iter().filter(|e| e.starts_with("sent")).count(),
+        all.len()
+    );
+    assert!(!events.iter().any(|e| e.starts_with("crashed")));
     check_copy(&client, "dst", &all).await;
 }

@@ -6,11 +6,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use ferry_client::retry::{Backoff, retry_until};
 use ferry_client::sink::rusqlite::{self, Connection, params};
 use ferry_client::sink::{Event, Sink, SinkError, UniqueSink, UpsertSink, Versioned, Written};
 use ferry_client::{
-    Acks, Client, ClientError, CommitMode, ConsumerConfig, IsolationLevel, Output, Producer,
-    ProducerConfig, StartFrom, TransactionalConfig, TransactionalProducer, TransactionalSink,
+    Client, ClientError, ConsumerConfig, IsolationLevel, Output, Producer, ProducerConfig,
+    StartFrom, TransactionalConfig, TransactionalProducer, TransactionalSink,
 };
 use ferry_storage::FlushPolicy;
 use hdrhistogram::Histogram;
@@ -87,25 +88,19 @@ impl LabBroker {
     }
 }
 
-fn producer_config(idempotent: bool) -> ProducerConfig {
+fn producer_config(mode: DeliveryMode) -> ProducerConfig {
     ProducerConfig {
-        acks: Acks::All,
-        idempotent,
         delivery_timeout: Duration::from_secs(30),
         retry_backoff: Duration::from_millis(5),
         retry_backoff_max: Duration::from_millis(50),
-        ..ProducerConfig::default()
+        ..mode.producer_config()
     }
 }
 
 fn consumer_config(group: &str, mode: LabMode) -> ConsumerConfig {
     ConsumerConfig {
         group: Some(group.to_owned()),
-        commit_mode: if mode == LabMode::ExactlyOnce {
-            CommitMode::None
-        } else {
-            CommitMode::After
-        },
+        commit_mode: mode.delivery().commit_mode(),
         isolation: IsolationLevel::ReadCommitted,
         start_from: StartFrom::Committed,
         partition_max_bytes: 64 * 1024,
@@ -114,23 +109,21 @@ fn consumer_config(group: &str, mode: LabMode) -> ConsumerConfig {
     }
 }
 
-/// Retries `f` for up to 20 s while the broker may be restarting.
-async fn patiently<T, F, Fut>(mut f: F) -> Result<T, ClientError>
+/// Retries `f` for up to 20 s, every 50 ms, while the broker may be
+/// restarting.
+async fn patiently<T, F, Fut>(f: F) -> Result<T, ClientError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, ClientError>>,
 {
-    let started = Instant::now();
-    loop {
-        match f().await {
-            Ok(v) => return Ok(v),
-            Err(e) if started.elapsed() < Duration::from_secs(20) => {
-                tracing::debug!(%e, "retrying");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(e) => return Err(e),
-        }
-    }
+    retry_until(
+        "a call to a restarting broker",
+        tokio::time::Instant::now() + Duration::from_secs(20),
+        Backoff::fixed(Duration::from_millis(50)),
+        |_| true,
+        f,
+    )
+    .await
 }
 
 /// The names of a cell's topics, group and transactional id, unique per
@@ -369,7 +362,7 @@ pub async fn run_cell(
     let records = config.records;
 
     let producing = async {
-        let config_p = producer_config(mode == LabMode::ExactlyOnce);
+        let config_p = producer_config(mode.delivery());
         let producer = RecordingProducer::new(
             patiently(|| Producer::new(client.clone(), config_p.clone())).await?,
             history.clone(),
@@ -674,9 +667,10 @@ async fn consume_at_least_once(
     // Orders also write a fulfilment event per delivery, acknowledged
     // before the offsets commit.
     let fulfilments = match scenario {
-        Scenario::Orders => {
-            Some(patiently(|| Producer::new(client.clone(), producer_config(false))).await?)
-        }
+        Scenario::Orders => Some(
+            patiently(|| Producer::new(client.clone(), producer_config(DeliveryMode::AtLeastOnce)))
+                .await?,
+        ),
         _ => None,
     };
     let mut progress = Progress::default();
@@ -771,7 +765,7 @@ async fn transactional_sink(
     let producer = patiently(|| {
         let mut config = TransactionalConfig::new(names.transactional_id.clone());
         config.transaction_timeout = Duration::from_secs(20);
-        config.producer = producer_config(true);
+        config.producer = producer_config(DeliveryMode::ExactlyOnce);
         TransactionalProducer::new(client.clone(), config)
     })
     .await?;

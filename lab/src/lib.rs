@@ -37,6 +37,8 @@ mod report;
 
 use std::time::Duration;
 
+use ferry_client::DeliveryMode;
+
 pub use cell::run_cell;
 pub use report::{LabReport, Row};
 
@@ -103,6 +105,15 @@ pub enum LabMode {
 }
 
 impl LabMode {
+    /// The client's delivery mode it runs in: exactly-once, or
+    /// at-least-once with or without an idempotent sink.
+    pub fn delivery(self) -> DeliveryMode {
+        match self {
+            LabMode::ExactlyOnce => DeliveryMode::ExactlyOnce,
+            LabMode::AtLeastOnceSink | LabMode::AtLeastOnce => DeliveryMode::AtLeastOnce,
+        }
+    }
+
     /// Its label in tables.
     pub fn label(self, scenario: Scenario) -> String {
         match self {

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use clap::Subcommand;
 use ferry_bench::workload::{self, RunLength};
-use ferry_bench::{Baseline, BaselineConfig, Kind, Matrix, MatrixConfig, Mode, Progress, Target};
+use ferry_bench::{
+    Baseline, BaselineConfig, DeliveryMode, Kind, Matrix, MatrixConfig, Progress, Target,
+};
 use ferry_storage::FlushPolicy;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -102,7 +104,7 @@ pub struct RunArgs {
     /// at-most-once (acks none), at-least-once (acks all), idempotent (acks
     /// all + idempotence), or exactly-once (transactions of --txn-ms).
     #[arg(long, value_enum, default_value = "at-least-once")]
-    mode: Mode,
+    mode: DeliveryMode,
     /// Transaction length of --mode exactly-once, in milliseconds.
     #[arg(long, default_value_t = 100)]
     txn_ms: u64,
@@ -144,7 +146,7 @@ pub struct MatrixArgs {
     fsync: Vec<FlushPolicy>,
     /// Modes, comma-separated.
     #[arg(long, value_enum, value_delimiter = ',', default_values = ["at-most-once", "at-least-once", "idempotent", "exactly-once"])]
-    modes: Vec<Mode>,
+    modes: Vec<DeliveryMode>,
     #[command(flatten)]
     producer: ProducerFlags,
     /// Run the whole matrix this many times; each cell shows its median.

@@ -32,6 +32,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+pub use ferry_client::DeliveryMode;
+
 use super::history::{Mop, Op, OpKind, OpType, ProcessId, Read, Tp, Value};
 
 /// What to assume about the history's end.
@@ -317,47 +319,20 @@ impl Report {
 /// How many forbidden anomalies a [`Verdict`] keeps as examples.
 pub const MAX_EXAMPLES: usize = 10;
 
-/// The delivery modes of the README's delivery-guarantees table.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum DeliveryMode {
-    /// `acks=none`, no retries, commit before processing: may lose, never
-    /// duplicates.
-    AtMostOnce,
-    /// `acks=all` with retries, commit after processing: may duplicate,
-    /// never loses an acknowledged record.
-    AtLeastOnce,
-    /// Idempotent producer: no duplicates or reordering from producer
-    /// retries; consumer redelivery still allowed.
-    Idempotent,
-    /// Transactions with `read_committed`: nothing is allowed.
-    ExactlyOnce,
+/// The anomaly rules of each [`DeliveryMode`] (the README's
+/// delivery-guarantees table), as an extension of the client's mode.
+pub trait Forbids {
+    /// Whether the mode forbids `kind`.
+    fn forbids(self, kind: AnomalyKind) -> bool;
 }
 
-impl DeliveryMode {
-    /// Every mode.
-    pub const ALL: [DeliveryMode; 4] = [
-        DeliveryMode::AtMostOnce,
-        DeliveryMode::AtLeastOnce,
-        DeliveryMode::Idempotent,
-        DeliveryMode::ExactlyOnce,
-    ];
-
-    /// The mode's name.
-    pub fn name(self) -> &'static str {
-        match self {
-            DeliveryMode::AtMostOnce => "at-most-once",
-            DeliveryMode::AtLeastOnce => "at-least-once",
-            DeliveryMode::Idempotent => "idempotent",
-            DeliveryMode::ExactlyOnce => "exactly-once",
-        }
-    }
-
+impl Forbids for DeliveryMode {
     /// Whether the mode forbids `kind` (the guarantees table). Inconsistent offsets,
     /// aborted reads, backwards polls and poll skips are bugs in every
     /// mode. Unseen values are never a violation by themselves: they mean
     /// the history stopped reading early (check with
     /// [`CheckOptions::drained`] to turn them into lost writes).
-    pub fn forbids(self, kind: AnomalyKind) -> bool {
+    fn forbids(self, kind: AnomalyKind) -> bool {
         use AnomalyKind as K;
         match kind {
             K::InconsistentOffsets | K::AbortedRead | K::NonMonotonicPoll | K::PollSkip => true,
@@ -374,12 +349,6 @@ impl DeliveryMode {
                 matches!(self, DeliveryMode::Idempotent | DeliveryMode::ExactlyOnce)
             }
         }
-    }
-}
-
-impl std::fmt::Display for DeliveryMode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
     }
 }
 

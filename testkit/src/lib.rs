@@ -40,7 +40,7 @@ pub mod proxy;
 pub mod workload;
 
 pub use checker::{
-    Anomaly, AnomalyKind, CheckOptions, DeliveryMode, Report, Stats, Verdict, check,
+    Anomaly, AnomalyKind, CheckOptions, DeliveryMode, Forbids, Report, Stats, Verdict, check,
 };
 pub use crash::{
     BrokerProcess, DurableFloors, TailDamage, TearReport, TornLog, crash_and_tear, durable_floors,

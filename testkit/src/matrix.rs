@@ -33,9 +33,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use ferry_broker::{BrokerConfig, BrokerError, EmbeddedBroker};
+use ferry_client::retry::{Backoff, retry_until};
 use ferry_client::{
-    Acks, Client, ClientError, CommitMode, Consumer, ConsumerConfig, Delivery, IsolationLevel,
-    Producer, ProducerConfig, StartFrom, TransactionalConfig, TransactionalProducer,
+    Client, ClientError, CommitMode, Consumer, ConsumerConfig, Delivery, IsolationLevel, Producer,
+    ProducerConfig, StartFrom, TransactionalConfig, TransactionalProducer,
 };
 use ferry_proto::ErrorCode;
 use ferry_storage::FlushPolicy;
@@ -157,14 +158,11 @@ impl std::fmt::Display for FaultClass {
 /// Parses a delivery mode name (`at-most-once`, `at-least-once`,
 /// `idempotent`, `exactly-once`).
 pub fn parse_mode(s: &str) -> Result<DeliveryMode, String> {
-    DeliveryMode::ALL
-        .into_iter()
-        .find(|m| m.name() == s)
-        .ok_or_else(|| {
-            format!(
-                "unknown mode {s:?}: expected at-most-once, at-least-once, idempotent or exactly-once"
-            )
-        })
+    s.parse::<DeliveryMode>().map_err(|_| {
+        format!(
+            "unknown mode {s:?}: expected at-most-once, at-least-once, idempotent or exactly-once"
+        )
+    })
 }
 
 /// One step of a workload.
@@ -521,26 +519,13 @@ impl std::fmt::Debug for Run {
 }
 
 fn plain_producer_config(mode: DeliveryMode) -> ProducerConfig {
-    let fast = ProducerConfig {
+    ProducerConfig {
         linger: Duration::from_millis(1),
         batch_bytes: 256,
         delivery_timeout: Duration::from_secs(30),
         retry_backoff: Duration::from_millis(5),
         retry_backoff_max: Duration::from_millis(50),
-        ..ProducerConfig::default()
-    };
-    match mode {
-        DeliveryMode::AtMostOnce => ProducerConfig {
-            acks: Acks::None,
-            idempotent: false,
-            ..fast
-        },
-        DeliveryMode::AtLeastOnce => ProducerConfig {
-            acks: Acks::All,
-            idempotent: false,
-            ..fast
-        },
-        DeliveryMode::Idempotent | DeliveryMode::ExactlyOnce => fast,
+        ..mode.producer_config()
     }
 }
 
@@ -561,11 +546,8 @@ fn transactional_config(id: &str) -> TransactionalConfig {
 fn group_consumer_config(mode: DeliveryMode) -> ConsumerConfig {
     ConsumerConfig {
         group: Some(GROUP.into()),
-        commit_mode: if mode == DeliveryMode::AtMostOnce {
-            CommitMode::Before
-        } else {
-            CommitMode::After
-        },
+        // Plain modes only: before (at-most-once) or after.
+        commit_mode: mode.commit_mode(),
         isolation: IsolationLevel::ReadUncommitted,
         start_from: StartFrom::Committed,
         partition_max_bytes: 64,
@@ -586,23 +568,24 @@ fn copier_consumer_config() -> ConsumerConfig {
     }
 }
 
-/// Retries `f` while the broker may still be coming back.
-async fn patiently<T, F, Fut>(mut f: F) -> Result<T, ClientError>
+/// How long [`patiently`] waits for the broker.
+const PATIENCE: Duration = Duration::from_secs(20);
+
+/// Retries `f` for up to [`PATIENCE`], every 50 ms, while the broker may still be
+/// coming back; a fenced producer is final.
+async fn patiently<T, F, Fut>(f: F) -> Result<T, ClientError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, ClientError>>,
 {
-    let started = Instant::now();
-    loop {
-        match f().await {
-            Ok(v) => return Ok(v),
-            Err(e) if started.elapsed() < Duration::from_secs(20) && !is_fenced(&e) => {
-                tracing::debug!(%e, "retrying");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(e) => return Err(e),
-        }
-    }
+    retry_until(
+        "a call to a restarting broker",
+        tokio::time::Instant::now() + PATIENCE,
+        Backoff::fixed(Duration::from_millis(50)),
+        |e| !is_fenced(e),
+        f,
+    )
+    .await
 }
 
 fn is_fenced(e: &ClientError) -> bool {
