@@ -410,6 +410,29 @@ impl Log {
         }
     }
 
+    /// Waits until `offset` is durable, unless the flush policy is
+    /// [`FlushPolicy::Never`], which promises no durability: then it
+    /// returns at once.
+    pub async fn wait_durable_unless_never(&self, offset: u64) -> Result<(), StorageError> {
+        if self.inner.config.flush == FlushPolicy::Never {
+            return Ok(());
+        }
+        self.wait_durable(offset).await
+    }
+
+    /// Appends `batch` and waits until it is durable under the flush policy
+    /// (not at all under [`FlushPolicy::Never`]).
+    pub async fn append_durable(&self, batch: ValidBatch<'_>) -> Result<AppendInfo, StorageError> {
+        let info = self.append(batch)?;
+        self.wait_durable_unless_never(info.last_offset).await?;
+        Ok(info)
+    }
+
+    /// The flush policy the log was opened with.
+    pub fn flush_policy(&self) -> FlushPolicy {
+        self.inner.config.flush
+    }
+
     /// Blocks until `durable_offset > offset`.
     pub fn wait_durable_blocking(&self, offset: u64) -> Result<(), StorageError> {
         let inner = &*self.inner;
