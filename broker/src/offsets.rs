@@ -30,7 +30,8 @@ use ferry_proto::control::{ControlType, marker_batch, marker_type};
 use ferry_storage::{FlushPolicy, Log, LogConfig};
 use parking_lot::Mutex;
 
-use crate::error::{BrokerError, check_name};
+use crate::error::BrokerError;
+use crate::names::check_name;
 
 /// Most partitions one commit may carry.
 pub const MAX_OFFSETS_PER_COMMIT: usize = 10_000;

@@ -20,6 +20,8 @@ use std::path::Path;
 
 use ferry_proto::batch::BatchHeader;
 
+use crate::codec::Reader;
+
 /// Batches remembered per producer, and the most a client may have in
 /// flight per partition.
 pub const MAX_BATCHES_PER_PRODUCER: usize = 5;
@@ -353,7 +355,7 @@ impl ProducerTable {
         if crc32fast::hash(body) != u32::from_le_bytes(crc.try_into().ok()?) {
             return None;
         }
-        let mut r = Reader { buf: body, pos: 0 };
+        let mut r = Reader::new(body);
         if r.take(4)? != SNAPSHOT_MAGIC {
             return None;
         }
@@ -367,7 +369,7 @@ impl ProducerTable {
             let id = r.u64()? as i64;
             let epoch = r.u16()? as i16;
             let last_update_ms = r.u64()? as i64;
-            let n = r.take(1)?[0] as usize;
+            let n = r.u8()? as usize;
             if n > MAX_BATCHES_PER_PRODUCER {
                 return None;
             }
@@ -410,7 +412,7 @@ impl ProducerTable {
                 last_offset: r.u64()?,
             });
         }
-        (r.pos == body.len()).then_some((
+        r.is_done().then_some((
             offset,
             ProducerTable {
                 entries,
@@ -440,28 +442,6 @@ const SNAPSHOT_MAGIC: &[u8; 4] = b"FPS2";
 pub const MAX_SNAPSHOT_ABORTED: usize = 1 << 24;
 /// Most producers a snapshot may list; a larger count marks it corrupt.
 pub const MAX_SNAPSHOT_PRODUCERS: usize = 1 << 20;
-
-struct Reader<'a> {
-    buf: &'a [u8],
-    pos: usize,
-}
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        let s = self.buf.get(self.pos..self.pos.checked_add(n)?)?;
-        self.pos += n;
-        Some(s)
-    }
-    fn u16(&mut self) -> Option<u16> {
-        Some(u16::from_le_bytes(self.take(2)?.try_into().ok()?))
-    }
-    fn u32(&mut self) -> Option<u32> {
-        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
-    }
-    fn u64(&mut self) -> Option<u64> {
-        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
-    }
-}
 
 #[cfg(test)]
 mod tests {
