@@ -291,10 +291,8 @@ fn unique_suffix() -> u128 {
 }
 
 /// Makes a directory entry (a create, rename or delete) durable.
-pub(crate) fn sync_dir(dir: &Path) -> Result<(), BrokerError> {
-    fs::File::open(dir)
-        .and_then(|f| f.sync_all())
-        .map_err(io_err("sync directory", dir))
+fn sync_dir(dir: &Path) -> Result<(), BrokerError> {
+    ferry_storage::fsutil::sync_dir(dir).map_err(io_err("sync directory", dir))
 }
 
 impl Topics {

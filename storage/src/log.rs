@@ -63,6 +63,7 @@ use tokio::sync::watch;
 
 use crate::config::{FlushPolicy, LogConfig, MAX_SEGMENT_BYTES};
 use crate::error::StorageError;
+use crate::fsutil;
 use crate::index::{self, DiskRead, IndexEntry, NO_TIMESTAMP};
 use crate::mmap::{self, Writer};
 use crate::segment::{
@@ -515,7 +516,7 @@ impl Log {
             segment::remove_files(&seg.log_path, &seg.index_path)?;
         }
         if !doomed.is_empty() {
-            index::sync_dir(&inner.dir)
+            fsutil::sync_dir(&inner.dir)
                 .map_err(|e| StorageError::io("fsync dir", &inner.dir, e))?;
             tracing::info!(dir = %inner.dir.display(), segments = doomed.len(), bytes_deleted, "retention deleted segments");
         }
@@ -793,7 +794,7 @@ impl Inner {
             max_timestamp: app.max_timestamp,
         };
         let (new_seg, new_writer) = create_segment(&self.dir, app.next_offset, &self.config)?;
-        if let Err(e) = index::sync_dir(&self.dir) {
+        if let Err(e) = fsutil::sync_dir(&self.dir) {
             let _ = std::fs::remove_file(&new_seg.log_path);
             return Err(StorageError::io("fsync dir", &self.dir, e));
         }
@@ -1177,7 +1178,7 @@ fn recover(dir: &Path, config: &LogConfig) -> Result<Recovered, StorageError> {
             drop(prev);
         }
     };
-    index::sync_dir(dir).map_err(|e| StorageError::io("fsync dir", dir, e))?;
+    fsutil::sync_dir(dir).map_err(|e| StorageError::io("fsync dir", dir, e))?;
     segments.push(active.clone());
     stats.segments = segments.len();
     let next_offset = active.next_offset.load(Ordering::Acquire);
