@@ -18,13 +18,13 @@
 use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 
-use ferry_proto::batch::BatchHeader;
+use ferry_proto::batch::{BatchHeader, sequence};
 
 use crate::codec::Reader;
 
 /// Batches remembered per producer, and the most a client may have in
 /// flight per partition.
-pub const MAX_BATCHES_PER_PRODUCER: usize = 5;
+pub const MAX_BATCHES_PER_PRODUCER: usize = sequence::WINDOW;
 
 /// One remembered batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,11 +90,6 @@ pub enum SeqError {
     },
 }
 
-/// The sequence number after `seq`, wrapping to 0 after `i32::MAX`.
-pub fn next_seq(seq: i32) -> i32 {
-    if seq == i32::MAX { 0 } else { seq + 1 }
-}
-
 /// Decides an incoming idempotent batch with `epoch` and sequences
 /// `first_seq..=last_seq` against the producer's entry, if any.
 ///
@@ -144,7 +139,10 @@ pub fn check_sequence(
     {
         return Ok(SeqCheck::Duplicate(*dup));
     }
-    let expected = entry.batches.back().map_or(0, |b| next_seq(b.last_seq));
+    let expected = entry
+        .batches
+        .back()
+        .map_or(0, |b| sequence::next(b.last_seq));
     if first_seq == expected {
         Ok(SeqCheck::Append)
     } else {
@@ -422,18 +420,10 @@ impl ProducerTable {
         ))
     }
 
-    /// Writes a snapshot atomically (temporary file, fsync, rename).
+    /// Writes a snapshot atomically (temporary file, fsync, rename,
+    /// directory fsync).
     pub fn write_snapshot(&self, path: &Path, offset: u64) -> std::io::Result<()> {
-        use std::io::Write;
-        let tmp = path.with_extension("tmp");
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&self.encode_snapshot(offset))?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        if let Some(dir) = path.parent() {
-            std::fs::File::open(dir)?.sync_all()?;
-        }
-        Ok(())
+        ferry_storage::fsutil::atomic_write(path, &self.encode_snapshot(offset))
     }
 }
 

@@ -32,6 +32,8 @@ use bytes::Bytes;
 
 use crate::varint::{self, VarintError};
 
+pub mod sequence;
+
 /// Size of the fixed batch header.
 pub const HEADER_LEN: usize = 56;
 /// The only batch format version this code reads and writes.
@@ -252,9 +254,7 @@ impl BatchHeader {
         if self.base_sequence == NO_SEQUENCE {
             return NO_SEQUENCE;
         }
-        self.base_sequence
-            .wrapping_add(self.record_count as i32 - 1)
-            & i32::MAX
+        sequence::advance(self.base_sequence, self.record_count as i32 - 1)
     }
 }
 
