@@ -7,6 +7,7 @@ use ferry_storage::StorageError;
 
 /// Everything that can go wrong handling a request.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum BrokerError {
     /// The topic or partition does not exist.
     #[error("unknown topic or partition: {topic}/{partition}")]
@@ -110,7 +111,9 @@ pub enum BrokerError {
         /// Producer id.
         producer_id: i64,
     },
-    /// A failpoint fired (tests only).
+    /// A failpoint fired (feature `failpoints`, tests only). Never
+    /// produced without that feature.
+    #[doc(hidden)]
     #[error("injected failure at {0}")]
     Injected(&'static str),
     /// The log refused the operation.

@@ -64,6 +64,7 @@ pub enum SeqCheck {
 
 /// Why an idempotent batch is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum SeqError {
     /// The epoch is older than the current one: a zombie. Fatal.
     #[error("producer epoch {got} is older than the current epoch {current}")]

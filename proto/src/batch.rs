@@ -97,6 +97,7 @@ pub const NO_SEQUENCE: i32 = -1;
 
 /// Why a buffer is not a valid batch.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum BatchError {
     /// Fewer bytes are present than the batch needs.
     #[error("batch truncated: needs {needed} bytes, {available} available")]
