@@ -26,8 +26,6 @@ pub const MAX_PARTITIONS_PER_TOPIC: u32 = 1024;
 pub const MAX_TOPICS: usize = 10_000;
 /// Longest a fetch may long-poll.
 pub const MAX_FETCH_WAIT_MS: u32 = 30_000;
-/// Longest topic or group name, in bytes.
-pub const MAX_NAME_BYTES: usize = 200;
 
 /// Limits that turn oversized or excessive requests into clear errors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -19,13 +19,13 @@ mod topics;
 mod txn;
 
 pub use config::{
-    BrokerConfig, DEFAULT_PORT, Limits, MAX_FETCH_WAIT_MS, MAX_NAME_BYTES,
-    MAX_PARTITIONS_PER_TOPIC, MAX_TOPICS, ProducerSettings,
+    BrokerConfig, DEFAULT_PORT, Limits, MAX_FETCH_WAIT_MS, MAX_PARTITIONS_PER_TOPIC, MAX_TOPICS,
+    ProducerSettings,
 };
 pub use embedded::EmbeddedBroker;
 pub use error::BrokerError;
 pub use ferry_storage::{FlushPolicy, LogConfig};
-pub use names::{NameError, check_name};
+pub use names::{MAX_NAME_BYTES, NameError, check_name};
 pub use producer_ids::{ID_BLOCK, ProducerIds};
 pub use producer_state::{
     AbortedTxn, BatchMeta, MAX_BATCHES_PER_PRODUCER, ProducerEntry, ProducerTable, SeqCheck,

@@ -1,6 +1,7 @@
 //! The naming rules for topics, consumer groups and transactional ids.
 
-use crate::config::MAX_NAME_BYTES;
+/// Longest topic, group or transactional id name, in bytes.
+pub const MAX_NAME_BYTES: usize = 200;
 
 /// Which naming rule a name breaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

@@ -170,10 +170,13 @@ impl Partition {
     /// visible watermark when none is open.
     pub fn last_stable_offset(&self) -> u64 {
         let visible = self.visible_offset();
-        self.producers
+        let lso = self
+            .producers
             .lock()
             .first_unstable_offset()
-            .map_or(visible, |first| first.min(visible))
+            .map_or(visible, |first| first.min(visible));
+        debug_assert!(lso <= visible, "the LSO never passes the high watermark");
+        lso
     }
 
     /// Aborted transactions overlapping `[from, to)`.
@@ -239,7 +242,14 @@ impl Partition {
     /// is the log end.
     pub fn visible_offset(&self) -> u64 {
         match self.flush {
-            FlushPolicy::Always | FlushPolicy::Interval(_) => self.log.durable_offset(),
+            FlushPolicy::Always | FlushPolicy::Interval(_) => {
+                let durable = self.log.durable_offset();
+                debug_assert!(
+                    durable <= self.log.next_offset(),
+                    "the durable offset never passes the log end"
+                );
+                durable
+            }
             FlushPolicy::Never => self.log.next_offset(),
         }
     }

@@ -268,6 +268,11 @@ impl Log {
             });
         }
         let base = app.next_offset;
+        debug_assert_eq!(
+            base,
+            inner.next_offset.load(Ordering::Relaxed),
+            "the appender's next offset is the log's"
+        );
         let next = base
             .checked_add(u64::from(header.last_offset_delta))
             .and_then(|l| l.checked_add(1))
@@ -294,6 +299,7 @@ impl Log {
                 });
             }
         }
+        debug_assert!(next > base, "offsets strictly increase on append");
         app.next_offset = next;
         app.max_timestamp = app.max_timestamp.max(header.max_timestamp);
         seg.max_timestamp
@@ -658,6 +664,10 @@ impl Inner {
     }
 
     fn advance_durable(&self, next_offset: u64) {
+        assert!(
+            next_offset <= self.next_offset.load(Ordering::Acquire),
+            "the durable offset never passes the high watermark"
+        );
         let before = self.durable_offset.fetch_max(next_offset, Ordering::AcqRel);
         if next_offset > before {
             self.watch
@@ -800,6 +810,13 @@ impl Inner {
         }
         let old_writer = std::mem::replace(&mut app.writer, new_writer);
         let old = std::mem::replace(&mut app.active, new_seg.clone());
+        assert!(
+            self.segments
+                .read()
+                .last()
+                .is_some_and(|last| Arc::ptr_eq(last, &old)),
+            "only the last segment is written; every one before it is sealed"
+        );
         // The seal unmaps the write map, off this thread: a munmap here
         // measurably slowed appends.
         self.sealing.lock().push_back(Sealing {
