@@ -391,7 +391,7 @@ async fn a_torn_tail_is_cut_off_by_recovery_and_nothing_durable_is_lost() {
     );
     assert!(report.records_cut() > 0, "{report:?}");
     // Recovery keeps exactly the batches wholly before each cut.
-    for topic in broker.state().topics.all() {
+    for topic in broker.state().topics() {
         for p in &topic.partitions {
             let torn = report
                 .logs

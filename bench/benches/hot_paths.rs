@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use ferry_broker::producer_state::{BatchMeta, ProducerEntry, SeqCheck, check_sequence};
+use ferry_broker::{BatchMeta, ProducerEntry, SeqCheck, check_sequence};
 use ferry_proto::batch::{BatchBuilder, RecordIter, ValidBatch, check_framing};
 use ferry_storage::{FlushPolicy, Log, LogConfig};
 

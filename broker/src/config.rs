@@ -9,7 +9,6 @@ use ferry_storage::{FlushPolicy, LogConfig};
 use serde::Deserialize;
 
 use crate::error::BrokerError;
-use crate::topics::ProducerSettings;
 
 /// Default port of `ferry broker`.
 pub const DEFAULT_PORT: u16 = 7400;
@@ -27,8 +26,6 @@ pub const MAX_PARTITIONS_PER_TOPIC: u32 = 1024;
 pub const MAX_TOPICS: usize = 10_000;
 /// Longest a fetch may long-poll.
 pub const MAX_FETCH_WAIT_MS: u32 = 30_000;
-/// Longest topic or group name, in bytes.
-pub const MAX_NAME_BYTES: usize = 200;
 
 /// Limits that turn oversized or excessive requests into clear errors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -216,6 +213,24 @@ struct FileLimits {
     max_batch_bytes: Option<usize>,
     max_fetch_bytes: Option<usize>,
     max_connections: Option<usize>,
+}
+
+/// Settings for idempotent-producer state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProducerSettings {
+    /// Producers idle for longer than this are forgotten.
+    pub expiry_ms: i64,
+    /// Most producer ids one partition tracks.
+    pub max_per_partition: usize,
+}
+
+impl Default for ProducerSettings {
+    fn default() -> Self {
+        ProducerSettings {
+            expiry_ms: 24 * 60 * 60 * 1000,
+            max_per_partition: 10_000,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ use ferry_storage::StorageError;
 
 /// Everything that can go wrong handling a request.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum BrokerError {
     /// The topic or partition does not exist.
     #[error("unknown topic or partition: {topic}/{partition}")]
@@ -28,7 +29,7 @@ pub enum BrokerError {
         /// The name given.
         name: String,
         /// Which rule it breaks.
-        reason: &'static str,
+        reason: crate::names::NameError,
     },
     /// The group name breaks the naming rules.
     #[error("invalid group name {name:?}: {reason}")]
@@ -36,7 +37,7 @@ pub enum BrokerError {
         /// The name given.
         name: String,
         /// Which rule it breaks.
-        reason: &'static str,
+        reason: crate::names::NameError,
     },
     /// Partition count out of range.
     #[error("invalid partition count {count}: must be in 1..={max}")]
@@ -110,7 +111,9 @@ pub enum BrokerError {
         /// Producer id.
         producer_id: i64,
     },
-    /// A failpoint fired (tests only).
+    /// A failpoint fired (feature `failpoints`, tests only). Never
+    /// produced without that feature.
+    #[doc(hidden)]
     #[error("injected failure at {0}")]
     Injected(&'static str),
     /// The log refused the operation.
@@ -178,42 +181,5 @@ impl BrokerError {
                 _ => ErrorCode::StorageError,
             },
         }
-    }
-}
-
-/// Checks a topic or group name: 1 to `MAX_NAME_BYTES` bytes of ASCII
-/// letters, digits, `.`, `_` and `-`, not starting with `.` or `__` (those
-/// are reserved for internal use and for files in the data dir).
-pub fn check_name(name: &str) -> Result<(), &'static str> {
-    if name.is_empty() {
-        return Err("empty");
-    }
-    if name.len() > crate::config::MAX_NAME_BYTES {
-        return Err("longer than 200 bytes");
-    }
-    if !name
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-    {
-        return Err("only ASCII letters, digits, '.', '_' and '-' are allowed");
-    }
-    if name.starts_with('.') || name.starts_with("__") {
-        return Err("names starting with '.' or '__' are reserved");
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn names_follow_the_documented_rules() {
-        assert!(check_name("orders.v1-eu_2").is_ok());
-        assert!(check_name("").is_err());
-        assert!(check_name("../etc").is_err());
-        assert!(check_name("a/b").is_err());
-        assert!(check_name("__offsets").is_err());
-        assert!(check_name(&"x".repeat(201)).is_err());
     }
 }

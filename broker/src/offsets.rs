@@ -27,10 +27,11 @@ use std::path::Path;
 use bytes::Bytes;
 use ferry_proto::batch::{BatchBuilder, NO_SEQUENCE, ProducerStamp, ValidBatch};
 use ferry_proto::control::{ControlType, marker_batch, marker_type};
-use ferry_storage::{FlushPolicy, Log, LogConfig};
+use ferry_storage::{Log, LogConfig};
 use parking_lot::Mutex;
 
-use crate::error::{BrokerError, check_name};
+use crate::error::BrokerError;
+use crate::names::check_name;
 
 /// Most partitions one commit may carry.
 pub const MAX_OFFSETS_PER_COMMIT: usize = 10_000;
@@ -50,7 +51,6 @@ pub struct OffsetStore {
     committed: Mutex<HashMap<Key, (u64, u64)>>,
     /// Offsets of open transactions, by producer id: (key, offset, log offset).
     pending: Mutex<HashMap<i64, Vec<Pending>>>,
-    flush: FlushPolicy,
 }
 
 fn apply(committed: &mut HashMap<Key, (u64, u64)>, key: Key, offset: u64, at: u64) {
@@ -91,7 +91,6 @@ fn take_str(b: &[u8]) -> Option<(String, &[u8])> {
 impl OffsetStore {
     /// Opens the offsets log under `dir` and replays it.
     pub fn open(dir: &Path, log_config: LogConfig) -> Result<OffsetStore, BrokerError> {
-        let flush = log_config.flush;
         let log = Log::open(dir, log_config)?;
         let mut committed = HashMap::new();
         let mut pending: HashMap<i64, Vec<Pending>> = HashMap::new();
@@ -138,7 +137,6 @@ impl OffsetStore {
             log,
             committed: Mutex::new(committed),
             pending: Mutex::new(pending),
-            flush,
         })
     }
 
@@ -199,10 +197,7 @@ impl OffsetStore {
             ControlType::Abort
         };
         let bytes = marker_batch(producer_id, epoch, kind, ferry_proto::now_ms());
-        let info = self.log.append(ValidBatch::exact(&bytes)?)?;
-        if self.flush != FlushPolicy::Never {
-            self.log.wait_durable(info.last_offset).await?;
-        }
+        self.log.append_durable(ValidBatch::exact(&bytes)?).await?;
         let records = self.pending.lock().remove(&producer_id).unwrap_or_default();
         if commit {
             let mut committed = self.committed.lock();
@@ -257,12 +252,9 @@ impl OffsetStore {
                 "offset commit too large".into(),
             ));
         }
-        let info = self.log.append(ValidBatch::exact(&bytes)?)?;
         // The offsets log shares the partitions' policy; under `never`
         // nothing waits for durability.
-        if self.flush != FlushPolicy::Never {
-            self.log.wait_durable(info.last_offset).await?;
-        }
+        let info = self.log.append_durable(ValidBatch::exact(&bytes)?).await?;
         Ok(Some(info))
     }
 

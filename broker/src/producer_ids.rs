@@ -88,24 +88,11 @@ impl ProducerIds {
 }
 
 fn persist(path: &Path, until: i64) -> Result<(), BrokerError> {
-    use std::io::Write;
-    let io = |op| {
-        let p = path.display().to_string();
-        move |source| BrokerError::Io {
-            op,
-            path: p,
-            source,
-        }
-    };
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp).map_err(io("create"))?;
-    f.write_all(&encode(until)).map_err(io("write"))?;
-    f.sync_all().map_err(io("sync"))?;
-    std::fs::rename(&tmp, path).map_err(io("rename"))?;
-    if let Some(dir) = path.parent() {
-        crate::topics::sync_dir(dir)?;
-    }
-    Ok(())
+    ferry_storage::fsutil::atomic_write(path, &encode(until)).map_err(|source| BrokerError::Io {
+        op: "replace",
+        path: path.display().to_string(),
+        source,
+    })
 }
 
 #[cfg(test)]

@@ -18,11 +18,13 @@
 use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 
-use ferry_proto::batch::BatchHeader;
+use ferry_proto::batch::{BatchHeader, sequence};
+
+use crate::codec::Reader;
 
 /// Batches remembered per producer, and the most a client may have in
 /// flight per partition.
-pub const MAX_BATCHES_PER_PRODUCER: usize = 5;
+pub const MAX_BATCHES_PER_PRODUCER: usize = sequence::WINDOW;
 
 /// One remembered batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +64,7 @@ pub enum SeqCheck {
 
 /// Why an idempotent batch is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum SeqError {
     /// The epoch is older than the current one: a zombie. Fatal.
     #[error("producer epoch {got} is older than the current epoch {current}")]
@@ -86,11 +89,6 @@ pub enum SeqError {
         /// First sequence of the batch.
         got: i32,
     },
-}
-
-/// The sequence number after `seq`, wrapping to 0 after `i32::MAX`.
-pub fn next_seq(seq: i32) -> i32 {
-    if seq == i32::MAX { 0 } else { seq + 1 }
 }
 
 /// Decides an incoming idempotent batch with `epoch` and sequences
@@ -142,7 +140,10 @@ pub fn check_sequence(
     {
         return Ok(SeqCheck::Duplicate(*dup));
     }
-    let expected = entry.batches.back().map_or(0, |b| next_seq(b.last_seq));
+    let expected = entry
+        .batches
+        .back()
+        .map_or(0, |b| sequence::next(b.last_seq));
     if first_seq == expected {
         Ok(SeqCheck::Append)
     } else {
@@ -353,7 +354,7 @@ impl ProducerTable {
         if crc32fast::hash(body) != u32::from_le_bytes(crc.try_into().ok()?) {
             return None;
         }
-        let mut r = Reader { buf: body, pos: 0 };
+        let mut r = Reader::new(body);
         if r.take(4)? != SNAPSHOT_MAGIC {
             return None;
         }
@@ -367,7 +368,7 @@ impl ProducerTable {
             let id = r.u64()? as i64;
             let epoch = r.u16()? as i16;
             let last_update_ms = r.u64()? as i64;
-            let n = r.take(1)?[0] as usize;
+            let n = r.u8()? as usize;
             if n > MAX_BATCHES_PER_PRODUCER {
                 return None;
             }
@@ -410,7 +411,7 @@ impl ProducerTable {
                 last_offset: r.u64()?,
             });
         }
-        (r.pos == body.len()).then_some((
+        r.is_done().then_some((
             offset,
             ProducerTable {
                 entries,
@@ -420,18 +421,10 @@ impl ProducerTable {
         ))
     }
 
-    /// Writes a snapshot atomically (temporary file, fsync, rename).
+    /// Writes a snapshot atomically (temporary file, fsync, rename,
+    /// directory fsync).
     pub fn write_snapshot(&self, path: &Path, offset: u64) -> std::io::Result<()> {
-        use std::io::Write;
-        let tmp = path.with_extension("tmp");
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&self.encode_snapshot(offset))?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        if let Some(dir) = path.parent() {
-            std::fs::File::open(dir)?.sync_all()?;
-        }
-        Ok(())
+        ferry_storage::fsutil::atomic_write(path, &self.encode_snapshot(offset))
     }
 }
 
@@ -440,28 +433,6 @@ const SNAPSHOT_MAGIC: &[u8; 4] = b"FPS2";
 pub const MAX_SNAPSHOT_ABORTED: usize = 1 << 24;
 /// Most producers a snapshot may list; a larger count marks it corrupt.
 pub const MAX_SNAPSHOT_PRODUCERS: usize = 1 << 20;
-
-struct Reader<'a> {
-    buf: &'a [u8],
-    pos: usize,
-}
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        let s = self.buf.get(self.pos..self.pos.checked_add(n)?)?;
-        self.pos += n;
-        Some(s)
-    }
-    fn u16(&mut self) -> Option<u16> {
-        Some(u16::from_le_bytes(self.take(2)?.try_into().ok()?))
-    }
-    fn u32(&mut self) -> Option<u32> {
-        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
-    }
-    fn u64(&mut self) -> Option<u64> {
-        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
-    }
-}
 
 #[cfg(test)]
 mod tests {

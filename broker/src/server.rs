@@ -58,7 +58,7 @@ impl Broker {
 
     /// Binds the configured listen address.
     pub async fn bind(&self) -> Result<TcpListener, BrokerError> {
-        let addr = self.state.config.listen;
+        let addr = self.state.config().listen;
         TcpListener::bind(addr)
             .await
             .map_err(|source| BrokerError::Io {
@@ -75,8 +75,8 @@ impl Broker {
         stop: impl std::future::Future<Output = Stop> + Send,
     ) -> Result<(), BrokerError> {
         let state = self.state.clone();
-        let limits = state.config.limits;
-        if let Some(addr) = state.config.metrics_listen {
+        let limits = state.config().limits;
+        if let Some(addr) = state.config().metrics_listen {
             install_metrics(addr)?;
         }
         describe_metrics();
@@ -95,7 +95,7 @@ impl Broker {
 
         // Finish transactions that were prepared before a crash, before
         // anyone can read the partitions they touched.
-        state.coordinator.recover(&state).await?;
+        state.recover_transactions().await?;
         let retention = tokio::spawn(retention_loop(state.clone()));
         let txn_timeouts = tokio::spawn(txn_timeout_loop(state.clone()));
         let incoming = limited_incoming(listener, limits.max_connections);
@@ -130,7 +130,7 @@ impl Broker {
                 // A finished server future must not be polled again.
                 tokio::select! {
                     _ = &mut server, if !server_done => {}
-                    _ = state.inflight.wait_idle() => {}
+                    _ = state.wait_idle() => {}
                 }
             })
             .await;
@@ -156,7 +156,7 @@ impl Broker {
 }
 
 async fn retention_loop(state: Arc<BrokerState>) {
-    let every = state.config.retention_check_interval;
+    let every = state.config().retention_check_interval;
     loop {
         tokio::time::sleep(every).await;
         let s = state.clone();
@@ -173,7 +173,7 @@ async fn txn_timeout_loop(state: Arc<BrokerState>) {
         if state.is_shutting_down() {
             return;
         }
-        state.coordinator.abort_expired(&state).await;
+        state.abort_expired_transactions().await;
     }
 }
 

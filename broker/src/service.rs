@@ -1,5 +1,6 @@
-//! The gRPC edge: turns `ferry.v1` requests into [`BrokerState`] calls and
-//! typed errors into `error_code` / `error_message` fields.
+//! The gRPC edge: turns `ferry.v1` requests into calls of the broker core
+//! ([`BrokerState`]) and typed errors into `error_code` / `error_message`
+//! fields. It decodes and encodes only; every check lives in the core.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -13,7 +14,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::error::BrokerError;
-use crate::state::{AckLevel, BrokerState, FetchSpec, Isolation};
+use crate::state::{AckLevel, BrokerState, FetchSpec, Isolation, OffsetSpec};
 
 /// Most produce requests one stream may have awaiting acknowledgement;
 /// past it the broker stops reading the stream (backpressure).
@@ -123,7 +124,7 @@ impl Ferry for FerryService {
     ) -> Result<Response<v1::CreateTopicResponse>, Status> {
         let req = request.into_inner();
         let state = self.state.clone();
-        let r = tokio::task::spawn_blocking(move || state.topics.create(&req.name, req.partitions))
+        let r = tokio::task::spawn_blocking(move || state.create_topic(&req.name, req.partitions))
             .await
             .map_err(|e| Status::internal(e.to_string()))?;
         Ok(respond(r))
@@ -135,7 +136,7 @@ impl Ferry for FerryService {
     ) -> Result<Response<v1::DeleteTopicResponse>, Status> {
         let req = request.into_inner();
         let state = self.state.clone();
-        let r = tokio::task::spawn_blocking(move || state.topics.delete(&req.name))
+        let r = tokio::task::spawn_blocking(move || state.delete_topic(&req.name))
             .await
             .map_err(|e| Status::internal(e.to_string()))?;
         Ok(respond(r))
@@ -147,8 +148,7 @@ impl Ferry for FerryService {
     ) -> Result<Response<v1::ListTopicsResponse>, Status> {
         let topics = self
             .state
-            .topics
-            .all()
+            .topics()
             .iter()
             .map(|t| v1::TopicSummary {
                 name: t.name.to_string(),
@@ -170,7 +170,7 @@ impl Ferry for FerryService {
             name: req.name.clone(),
             ..Default::default()
         };
-        match self.state.topics.get(&req.name) {
+        match self.state.topic(&req.name) {
             Err(e) => (resp.error_code, resp.error_message) = err_fields(&e),
             Ok(topic) => {
                 resp.partitions = topic
@@ -195,7 +195,7 @@ impl Ferry for FerryService {
         &self,
         request: Request<v1::ProduceRequest>,
     ) -> Result<Response<v1::ProduceResponse>, Status> {
-        let _busy = self.state.inflight.enter();
+        let _busy = self.state.enter();
         let req = request.into_inner();
         let r = match acks_of(req.acks) {
             Ok(acks) => {
@@ -254,7 +254,7 @@ impl Ferry for FerryService {
         &self,
         request: Request<v1::FetchRequest>,
     ) -> Result<Response<v1::FetchResponse>, Status> {
-        let _busy = self.state.inflight.enter();
+        let _busy = self.state.enter();
         let req = request.into_inner();
         let specs = req
             .partitions
@@ -337,22 +337,16 @@ impl Ferry for FerryService {
         request: Request<v1::ListOffsetsRequest>,
     ) -> Result<Response<v1::ListOffsetsResponse>, Status> {
         let req = request.into_inner();
-        let r = (|| -> Result<u64, BrokerError> {
-            let p = self.state.topics.partition(&req.topic, req.partition)?;
-            let visible = p.visible_offset();
-            match v1::OffsetSpec::try_from(req.spec) {
-                Ok(v1::OffsetSpec::Earliest) => Ok(p.log.log_start_offset()),
-                Ok(v1::OffsetSpec::Latest) => Ok(visible),
-                Ok(v1::OffsetSpec::ByTimestamp) => Ok(p
-                    .log
-                    .offset_for_timestamp(req.timestamp_ms)?
-                    .map_or(visible, |o| o.min(visible))),
-                Err(_) => Err(BrokerError::InvalidRequest(format!(
-                    "unknown offset spec {}",
-                    req.spec
-                ))),
-            }
-        })();
+        let spec = match v1::OffsetSpec::try_from(req.spec) {
+            Ok(v1::OffsetSpec::Earliest) => Ok(OffsetSpec::Earliest),
+            Ok(v1::OffsetSpec::Latest) => Ok(OffsetSpec::Latest),
+            Ok(v1::OffsetSpec::ByTimestamp) => Ok(OffsetSpec::ByTimestamp(req.timestamp_ms)),
+            Err(_) => Err(BrokerError::InvalidRequest(format!(
+                "unknown offset spec {}",
+                req.spec
+            ))),
+        };
+        let r = spec.and_then(|spec| self.state.list_offset(&req.topic, req.partition, spec));
         let mut resp = v1::ListOffsetsResponse::default();
         match r {
             Ok(o) => resp.offset = o,
@@ -369,19 +363,14 @@ impl Ferry for FerryService {
         let mut resp = v1::InitProducerIdResponse::default();
         let r = if req.transactional_id.is_empty() {
             let state = self.state.clone();
-            tokio::task::spawn_blocking(move || state.producer_ids.allocate())
+            tokio::task::spawn_blocking(move || state.allocate_producer_id())
                 .await
                 .map_err(|e| Status::internal(e.to_string()))?
                 .map(|id| (id, 0))
         } else {
-            let _busy = self.state.inflight.enter();
+            let _busy = self.state.enter();
             self.state
-                .coordinator
-                .init_producer_id(
-                    &self.state,
-                    &req.transactional_id,
-                    req.transaction_timeout_ms,
-                )
+                .init_producer_id(&req.transactional_id, req.transaction_timeout_ms)
                 .await
         };
         match r {
@@ -398,29 +387,20 @@ impl Ferry for FerryService {
         &self,
         request: Request<v1::AddPartitionsToTxnRequest>,
     ) -> Result<Response<v1::AddPartitionsToTxnResponse>, Status> {
-        let _busy = self.state.inflight.enter();
+        let _busy = self.state.enter();
         let req = request.into_inner();
         let parts: Vec<_> = req
             .partitions
             .into_iter()
             .map(|tp| (tp.topic, tp.partition))
             .collect();
-        let r = match epoch_of(req.producer_epoch) {
-            Ok(epoch) => {
-                self.state
-                    .coordinator
-                    .add(
-                        &self.state,
-                        &req.transactional_id,
-                        req.producer_id,
-                        epoch,
-                        &parts,
-                        None,
-                    )
-                    .await
-            }
-            Err(e) => Err(e),
-        };
+        let r = async {
+            let epoch = epoch_of(req.producer_epoch)?;
+            self.state
+                .add_partitions_to_txn(&req.transactional_id, req.producer_id, epoch, &parts)
+                .await
+        }
+        .await;
         Ok(respond(r))
     }
 
@@ -428,24 +408,15 @@ impl Ferry for FerryService {
         &self,
         request: Request<v1::AddOffsetsToTxnRequest>,
     ) -> Result<Response<v1::AddOffsetsToTxnResponse>, Status> {
-        let _busy = self.state.inflight.enter();
+        let _busy = self.state.enter();
         let req = request.into_inner();
-        let r = match epoch_of(req.producer_epoch) {
-            Ok(epoch) => {
-                self.state
-                    .coordinator
-                    .add(
-                        &self.state,
-                        &req.transactional_id,
-                        req.producer_id,
-                        epoch,
-                        &[],
-                        Some(&req.group),
-                    )
-                    .await
-            }
-            Err(e) => Err(e),
-        };
+        let r = async {
+            let epoch = epoch_of(req.producer_epoch)?;
+            self.state
+                .add_offsets_to_txn(&req.transactional_id, req.producer_id, epoch, &req.group)
+                .await
+        }
+        .await;
         Ok(respond(r))
     }
 
@@ -453,29 +424,26 @@ impl Ferry for FerryService {
         &self,
         request: Request<v1::TxnOffsetCommitRequest>,
     ) -> Result<Response<v1::TxnOffsetCommitResponse>, Status> {
-        let _busy = self.state.inflight.enter();
+        let _busy = self.state.enter();
         let req = request.into_inner();
         let offsets: Vec<_> = req
             .offsets
             .into_iter()
             .map(|o| (o.topic, o.partition, o.offset))
             .collect();
-        let r = match epoch_of(req.producer_epoch) {
-            Ok(epoch) => {
-                self.state
-                    .coordinator
-                    .txn_offset_commit(
-                        &self.state,
-                        &req.transactional_id,
-                        req.producer_id,
-                        epoch,
-                        &req.group,
-                        &offsets,
-                    )
-                    .await
-            }
-            Err(e) => Err(e),
-        };
+        let r = async {
+            let epoch = epoch_of(req.producer_epoch)?;
+            self.state
+                .txn_offset_commit(
+                    &req.transactional_id,
+                    req.producer_id,
+                    epoch,
+                    &req.group,
+                    &offsets,
+                )
+                .await
+        }
+        .await;
         Ok(respond(r))
     }
 
@@ -483,23 +451,15 @@ impl Ferry for FerryService {
         &self,
         request: Request<v1::EndTxnRequest>,
     ) -> Result<Response<v1::EndTxnResponse>, Status> {
-        let _busy = self.state.inflight.enter();
+        let _busy = self.state.enter();
         let req = request.into_inner();
-        let r = match epoch_of(req.producer_epoch) {
-            Ok(epoch) => {
-                self.state
-                    .coordinator
-                    .end_txn(
-                        &self.state,
-                        &req.transactional_id,
-                        req.producer_id,
-                        epoch,
-                        req.commit,
-                    )
-                    .await
-            }
-            Err(e) => Err(e),
-        };
+        let r = async {
+            let epoch = epoch_of(req.producer_epoch)?;
+            self.state
+                .end_txn(&req.transactional_id, req.producer_id, epoch, req.commit)
+                .await
+        }
+        .await;
         let mut resp = v1::EndTxnResponse::default();
         match r {
             Ok((pid, epoch)) => {
@@ -518,8 +478,7 @@ impl Ferry for FerryService {
         let now = ferry_proto::now_ms();
         let transactions = self
             .state
-            .coordinator
-            .list()
+            .list_transactions()
             .into_iter()
             .map(|m| v1::TransactionInfo {
                 hanging: m.is_hanging(now),
@@ -547,13 +506,9 @@ impl Ferry for FerryService {
         &self,
         request: Request<v1::AbortTransactionRequest>,
     ) -> Result<Response<v1::AbortTransactionResponse>, Status> {
-        let _busy = self.state.inflight.enter();
+        let _busy = self.state.enter();
         let req = request.into_inner();
-        let r = self
-            .state
-            .coordinator
-            .abort(&self.state, &req.transactional_id)
-            .await;
+        let r = self.state.abort_transaction(&req.transactional_id).await;
         Ok(respond(r))
     }
 
@@ -561,20 +516,14 @@ impl Ferry for FerryService {
         &self,
         request: Request<v1::CommitOffsetsRequest>,
     ) -> Result<Response<v1::CommitOffsetsResponse>, Status> {
-        let _busy = self.state.inflight.enter();
+        let _busy = self.state.enter();
         let req = request.into_inner();
-        let r = async {
-            for o in &req.offsets {
-                self.state.topics.partition(&o.topic, o.partition)?;
-            }
-            let offsets: Vec<_> = req
-                .offsets
-                .into_iter()
-                .map(|o| (o.topic, o.partition, o.offset))
-                .collect();
-            self.state.offsets.commit(&req.group, &offsets).await
-        }
-        .await;
+        let offsets: Vec<_> = req
+            .offsets
+            .into_iter()
+            .map(|o| (o.topic, o.partition, o.offset))
+            .collect();
+        let r = self.state.commit_offsets(&req.group, &offsets).await;
         Ok(respond(r))
     }
 
@@ -585,8 +534,7 @@ impl Ferry for FerryService {
         let req = request.into_inner();
         let offsets = self
             .state
-            .offsets
-            .fetch(&req.group, &req.topic)
+            .fetch_offsets(&req.group, &req.topic)
             .into_iter()
             .map(|(partition, offset)| v1::PartitionOffset {
                 topic: req.topic.clone(),
@@ -608,12 +556,12 @@ fn handle_streamed(
     req: v1::ProduceRequest,
 ) -> impl std::future::Future<Output = Option<v1::ProduceResponse>> + Send {
     let started = Instant::now();
-    let busy = state.inflight.enter();
+    let busy = state.enter();
     let id = req.correlation_id;
     let appended = acks_of(req.acks).and_then(|acks| {
         state
             .append(&req.topic, req.partition, &req.batch)
-            .map(|(p, info, _)| (p, info, acks))
+            .map(|(p, info)| (p, info, acks))
     });
     async move {
         let _busy = busy;

@@ -1,22 +1,23 @@
 //! The broker's request handling, independent of the transport.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use ferry_proto::batch::{BatchHeader, ValidBatch};
+use ferry_proto::batch::ValidBatch;
 use ferry_storage::{AppendInfo, FlushPolicy};
 use futures::future::select_all;
 use tokio::sync::{Notify, watch};
 
 use crate::config::{BrokerConfig, MAX_FETCH_WAIT_MS};
-use crate::coordinator::Coordinator;
 use crate::error::BrokerError;
 use crate::offsets::OffsetStore;
 use crate::producer_ids::ProducerIds;
-use crate::topics::{Partition, Topics};
+use crate::producer_state::AbortedTxn;
+use crate::topics::{Partition, Topic, Topics};
+use crate::txn::{Coordinator, TxnMeta};
 
 /// Most partitions one fetch may name.
 pub const MAX_FETCH_PARTITIONS: usize = 4096;
@@ -69,7 +70,7 @@ pub struct FetchResult {
     /// First offset in the log.
     pub log_start_offset: u64,
     /// `ReadCommitted` only: aborted transactions overlapping the records.
-    pub aborted: Vec<crate::producer_state::AbortedTxn>,
+    pub aborted: Vec<AbortedTxn>,
 }
 
 /// Counts requests being handled, so shutdown can wait for them without
@@ -113,24 +114,37 @@ impl Drop for InflightGuard {
     }
 }
 
-/// The whole broker: topics, offsets and limits.
+/// The broker core: the one API a front end (the gRPC service, or any
+/// other protocol) calls. It owns the topics, the offsets store, the
+/// producer-id allocator and the transaction coordinator, and every
+/// request's checks live in its methods (see "The broker core API" in
+/// docs/design.md).
+///
+/// Methods documented as blocking do file-system work (fsync, rename);
+/// call them from a blocking thread.
 #[derive(Debug)]
 pub struct BrokerState {
-    /// Configuration in force.
-    pub config: BrokerConfig,
-    /// All topics.
-    pub topics: Topics,
-    /// Consumer-group offsets.
-    pub offsets: OffsetStore,
-    /// Producer id allocation.
-    pub producer_ids: ProducerIds,
-    /// The transaction coordinator.
-    pub coordinator: Coordinator,
-    /// Requests being handled.
-    pub inflight: Arc<Inflight>,
+    config: BrokerConfig,
+    topics: Arc<Topics>,
+    offsets: Arc<OffsetStore>,
+    producer_ids: Arc<ProducerIds>,
+    coordinator: Coordinator,
+    inflight: Arc<Inflight>,
     shutting_down: AtomicBool,
     shutdown_tx: watch::Sender<bool>,
     _lock: std::fs::File,
+}
+
+/// Which offset `list_offset` looks up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OffsetSpec {
+    /// The first offset in the log.
+    Earliest,
+    /// The visible watermark.
+    Latest,
+    /// The first offset with a timestamp at or after this one (the visible
+    /// watermark if none).
+    ByTimestamp(i64),
 }
 
 impl BrokerState {
@@ -144,10 +158,23 @@ impl BrokerState {
             source,
         })?;
         let lock = lock_data_dir(dir)?;
-        let topics = Topics::open(&dir.join("topics"), config.log.clone(), config.producers)?;
-        let producer_ids = ProducerIds::open(dir)?;
-        let coordinator = Coordinator::open(&dir.join("__transactions"), config.log.clone())?;
-        let offsets = OffsetStore::open(&dir.join("__offsets"), config.log.clone())?;
+        let topics = Arc::new(Topics::open(
+            &dir.join("topics"),
+            config.log.clone(),
+            config.producers,
+        )?);
+        let producer_ids = Arc::new(ProducerIds::open(dir)?);
+        let offsets = Arc::new(OffsetStore::open(
+            &dir.join("__offsets"),
+            config.log.clone(),
+        )?);
+        let coordinator = Coordinator::open(
+            &dir.join("__transactions"),
+            config.log.clone(),
+            topics.clone(),
+            offsets.clone(),
+            producer_ids.clone(),
+        )?;
         let (shutdown_tx, _) = watch::channel(false);
         Ok(BrokerState {
             config,
@@ -160,6 +187,22 @@ impl BrokerState {
             shutdown_tx,
             _lock: lock,
         })
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &BrokerConfig {
+        &self.config
+    }
+
+    /// Marks a request as being handled until the guard drops; shutdown
+    /// waits for these.
+    pub fn enter(&self) -> InflightGuard {
+        self.inflight.enter()
+    }
+
+    /// Resolves when no request is being handled.
+    pub async fn wait_idle(&self) {
+        self.inflight.wait_idle().await;
     }
 
     /// Whether shutdown has begun.
@@ -190,15 +233,18 @@ impl BrokerState {
         }
     }
 
-    /// Validates and appends one batch. Returns the partition (to wait on)
-    /// and where the batch landed. The append itself is synchronous: a
-    /// memcpy into the map.
+    /// Validates and appends one batch: the whole produce check, in order
+    /// (shutdown, size, partition, batch CRC and header, control bit, the
+    /// open transaction of a transactional batch, the idempotent fields),
+    /// then the partition's sequence check and the log append. Returns the
+    /// partition (to wait on) and where the batch landed. The append itself
+    /// is synchronous: a memcpy into the map.
     pub fn append(
         &self,
         topic: &str,
         partition: u32,
         batch: &[u8],
-    ) -> Result<(Arc<Partition>, AppendInfo, BatchHeader), BrokerError> {
+    ) -> Result<(Arc<Partition>, AppendInfo), BrokerError> {
         if self.is_shutting_down() {
             return Err(BrokerError::ShuttingDown);
         }
@@ -217,20 +263,33 @@ impl BrokerState {
                 "control batches are written by the transaction coordinator only".into(),
             ));
         }
-        let info = if header.is_transactional() {
-            self.coordinator.check_append(
-                header.producer_id,
-                header.producer_epoch,
-                topic,
-                partition,
-                || p.append(valid),
-            )?
+        // A transactional batch is appended while its transaction's meta
+        // is locked, so the commit cannot start between check and append.
+        let txn = if header.is_transactional() {
+            Some(
+                self.coordinator
+                    .open_txn(header.producer_id, topic, partition)?,
+            )
         } else {
-            p.append(valid)?
+            None
         };
+        let _admitted = match &txn {
+            Some(t) => {
+                Some(t.admit(header.producer_id, header.producer_epoch, topic, partition)?)
+            }
+            None => None,
+        };
+        if header.producer_id >= 0 && (header.producer_epoch < 0 || header.base_sequence < 0) {
+            return Err(BrokerError::InvalidRequest(format!(
+                "idempotent batch with producer id {} has epoch {} and sequence {}",
+                header.producer_id, header.producer_epoch, header.base_sequence
+            )));
+        }
+        let info = p.append(valid)?;
+        drop(_admitted);
         metrics::counter!("ferry_bytes_in_total").increment(batch.len() as u64);
         metrics::counter!("ferry_records_in_total").increment(u64::from(header.record_count));
-        Ok((p, info, header))
+        Ok((p, info))
     }
 
     /// Waits until an appended batch may be acknowledged at `acks`.
@@ -263,7 +322,7 @@ impl BrokerState {
         acks: AckLevel,
     ) -> Result<AppendInfo, BrokerError> {
         let started = Instant::now();
-        let (p, info, _) = self.append(topic, partition, batch)?;
+        let (p, info) = self.append(topic, partition, batch)?;
         self.await_ack(&p, &info, acks).await?;
         metrics::histogram!("ferry_produce_latency_seconds")
             .record(started.elapsed().as_secs_f64());
@@ -418,6 +477,177 @@ impl BrokerState {
                 }
             }
         }
+    }
+}
+
+impl BrokerState {
+    /// Creates a topic. Blocking.
+    pub fn create_topic(&self, name: &str, partitions: u32) -> Result<(), BrokerError> {
+        self.topics.create(name, partitions)
+    }
+
+    /// Deletes a topic and all its data. Blocking.
+    pub fn delete_topic(&self, name: &str) -> Result<(), BrokerError> {
+        self.topics.delete(name)
+    }
+
+    /// Every topic, by name.
+    pub fn topics(&self) -> Vec<Arc<Topic>> {
+        self.topics.all()
+    }
+
+    /// The topic named `name`.
+    pub fn topic(&self, name: &str) -> Result<Arc<Topic>, BrokerError> {
+        self.topics.get(name)
+    }
+
+    /// One partition of a topic.
+    pub fn partition(&self, topic: &str, partition: u32) -> Result<Arc<Partition>, BrokerError> {
+        self.topics.partition(topic, partition)
+    }
+
+    /// The durable offset of every topic partition, keyed by its log
+    /// directory. The internal logs (offsets, transactions) are not
+    /// included.
+    pub fn durable_floors(&self) -> Vec<(PathBuf, u64)> {
+        self.topics
+            .all()
+            .iter()
+            .flat_map(|t| t.partitions.iter())
+            .map(|p| (p.log.dir().to_path_buf(), p.log.durable_offset()))
+            .collect()
+    }
+
+    /// `ListOffsets`: one offset of a partition.
+    pub fn list_offset(
+        &self,
+        topic: &str,
+        partition: u32,
+        spec: OffsetSpec,
+    ) -> Result<u64, BrokerError> {
+        let p = self.topics.partition(topic, partition)?;
+        let visible = p.visible_offset();
+        Ok(match spec {
+            OffsetSpec::Earliest => p.log.log_start_offset(),
+            OffsetSpec::Latest => visible,
+            OffsetSpec::ByTimestamp(ts) => p
+                .log
+                .offset_for_timestamp(ts)?
+                .map_or(visible, |o| o.min(visible)),
+        })
+    }
+
+    /// `CommitOffsets`: durably commits `offsets` for `group`; every
+    /// partition must exist.
+    pub async fn commit_offsets(
+        &self,
+        group: &str,
+        offsets: &[(String, u32, u64)],
+    ) -> Result<(), BrokerError> {
+        for (topic, partition, _) in offsets {
+            self.topics.partition(topic, *partition)?;
+        }
+        self.offsets.commit(group, offsets).await
+    }
+
+    /// `FetchOffsets`: the committed offsets of `group` for `topic`, by
+    /// partition.
+    pub fn fetch_offsets(&self, group: &str, topic: &str) -> Vec<(u32, u64)> {
+        self.offsets.fetch(group, topic)
+    }
+
+    /// `InitProducerId` without a transactional id: a producer id never
+    /// handed out before. Blocking.
+    pub fn allocate_producer_id(&self) -> Result<i64, BrokerError> {
+        self.producer_ids.allocate()
+    }
+
+    /// `InitProducerId` with a transactional id: finishes or aborts its
+    /// open transaction and bumps the epoch, fencing older producers.
+    pub async fn init_producer_id(
+        &self,
+        transactional_id: &str,
+        timeout_ms: u32,
+    ) -> Result<(i64, i16), BrokerError> {
+        self.coordinator
+            .init_producer_id(transactional_id, timeout_ms)
+            .await
+    }
+
+    /// `AddPartitionsToTxn`.
+    pub async fn add_partitions_to_txn(
+        &self,
+        transactional_id: &str,
+        producer_id: i64,
+        epoch: i16,
+        partitions: &[(String, u32)],
+    ) -> Result<(), BrokerError> {
+        self.coordinator
+            .add_partitions(transactional_id, producer_id, epoch, partitions)
+            .await
+    }
+
+    /// `AddOffsetsToTxn`.
+    pub async fn add_offsets_to_txn(
+        &self,
+        transactional_id: &str,
+        producer_id: i64,
+        epoch: i16,
+        group: &str,
+    ) -> Result<(), BrokerError> {
+        self.coordinator
+            .add_offsets(transactional_id, producer_id, epoch, group)
+            .await
+    }
+
+    /// `TxnOffsetCommit`: offsets that take effect if the transaction
+    /// commits.
+    pub async fn txn_offset_commit(
+        &self,
+        transactional_id: &str,
+        producer_id: i64,
+        epoch: i16,
+        group: &str,
+        offsets: &[(String, u32, u64)],
+    ) -> Result<(), BrokerError> {
+        self.coordinator
+            .txn_offset_commit(transactional_id, producer_id, epoch, group, offsets)
+            .await
+    }
+
+    /// `EndTxn`: commits or aborts; returns the producer id and the new
+    /// epoch.
+    pub async fn end_txn(
+        &self,
+        transactional_id: &str,
+        producer_id: i64,
+        epoch: i16,
+        commit: bool,
+    ) -> Result<(i64, i16), BrokerError> {
+        self.coordinator
+            .end_txn(transactional_id, producer_id, epoch, commit)
+            .await
+    }
+
+    /// Every transactional id's state.
+    pub fn list_transactions(&self) -> Vec<TxnMeta> {
+        self.coordinator.list()
+    }
+
+    /// Aborts the open transaction of `transactional_id` by hand.
+    pub async fn abort_transaction(&self, transactional_id: &str) -> Result<(), BrokerError> {
+        self.coordinator.abort(transactional_id).await
+    }
+
+    /// After a restart, before serving: finishes prepared transactions and
+    /// aborts partition-level ones the coordinator does not have open.
+    pub async fn recover_transactions(&self) -> Result<(), BrokerError> {
+        self.coordinator.recover().await
+    }
+
+    /// Aborts every transaction open past its timeout.
+    pub async fn abort_expired_transactions(&self) {
+        self.coordinator.abort_expired().await;
     }
 }
 

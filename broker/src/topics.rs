@@ -24,27 +24,10 @@ use ferry_storage::{AppendInfo, FlushPolicy, Log, LogConfig};
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 
-use crate::config::{MAX_PARTITIONS_PER_TOPIC, MAX_TOPICS};
-use crate::error::{BrokerError, check_name};
+use crate::config::{MAX_PARTITIONS_PER_TOPIC, MAX_TOPICS, ProducerSettings};
+use crate::error::BrokerError;
+use crate::names::check_name;
 use crate::producer_state::{AbortedTxn, ProducerTable, SeqCheck, check_sequence};
-
-/// Settings for idempotent-producer state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ProducerSettings {
-    /// Producers idle for longer than this are forgotten.
-    pub expiry_ms: i64,
-    /// Most producer ids one partition tracks.
-    pub max_per_partition: usize,
-}
-
-impl Default for ProducerSettings {
-    fn default() -> Self {
-        ProducerSettings {
-            expiry_ms: 24 * 60 * 60 * 1000,
-            max_per_partition: 10_000,
-        }
-    }
-}
 
 /// One partition: an append-only log.
 #[derive(Debug)]
@@ -84,10 +67,11 @@ impl Partition {
     }
 
     /// Appends a validated batch, applying the idempotent-producer checks
-    /// when the batch carries a producer id. A retry of a batch still in
+    /// when the batch carries a producer id. The request checks
+    /// (`BrokerState::append`) have run before. A retry of a batch still in
     /// the producer's window is answered with the original offsets and
     /// appends nothing.
-    pub fn append(&self, batch: ValidBatch<'_>) -> Result<AppendInfo, BrokerError> {
+    pub(crate) fn append(&self, batch: ValidBatch<'_>) -> Result<AppendInfo, BrokerError> {
         let header = *batch.header();
         if header.producer_id < 0 {
             let info = self.log.append(batch)?;
@@ -96,12 +80,10 @@ impl Partition {
             }
             return Ok(info);
         }
-        if header.producer_epoch < 0 || header.base_sequence < 0 {
-            return Err(BrokerError::InvalidRequest(format!(
-                "idempotent batch with producer id {} has epoch {} and sequence {}",
-                header.producer_id, header.producer_epoch, header.base_sequence
-            )));
-        }
+        debug_assert!(
+            header.producer_epoch >= 0 && header.base_sequence >= 0,
+            "the broker core checks the idempotent fields before appending"
+        );
         let now = ferry_proto::now_ms();
         // Check, append and record under one lock: the window must never
         // see two appends of the same sequence.
@@ -148,7 +130,7 @@ impl Partition {
 
     /// Appends the marker ending `producer_id`'s transaction, and updates
     /// the open-transaction set and the aborted index under the same lock.
-    pub fn append_marker(
+    pub(crate) fn append_marker(
         &self,
         producer_id: i64,
         epoch: i16,
@@ -188,10 +170,13 @@ impl Partition {
     /// visible watermark when none is open.
     pub fn last_stable_offset(&self) -> u64 {
         let visible = self.visible_offset();
-        self.producers
+        let lso = self
+            .producers
             .lock()
             .first_unstable_offset()
-            .map_or(visible, |first| first.min(visible))
+            .map_or(visible, |first| first.min(visible));
+        debug_assert!(lso <= visible, "the LSO never passes the high watermark");
+        lso
     }
 
     /// Aborted transactions overlapping `[from, to)`.
@@ -257,7 +242,14 @@ impl Partition {
     /// is the log end.
     pub fn visible_offset(&self) -> u64 {
         match self.flush {
-            FlushPolicy::Always | FlushPolicy::Interval(_) => self.log.durable_offset(),
+            FlushPolicy::Always | FlushPolicy::Interval(_) => {
+                let durable = self.log.durable_offset();
+                debug_assert!(
+                    durable <= self.log.next_offset(),
+                    "the durable offset never passes the log end"
+                );
+                durable
+            }
             FlushPolicy::Never => self.log.next_offset(),
         }
     }
@@ -309,10 +301,8 @@ fn unique_suffix() -> u128 {
 }
 
 /// Makes a directory entry (a create, rename or delete) durable.
-pub(crate) fn sync_dir(dir: &Path) -> Result<(), BrokerError> {
-    fs::File::open(dir)
-        .and_then(|f| f.sync_all())
-        .map_err(io_err("sync directory", dir))
+fn sync_dir(dir: &Path) -> Result<(), BrokerError> {
+    ferry_storage::fsutil::sync_dir(dir).map_err(io_err("sync directory", dir))
 }
 
 impl Topics {

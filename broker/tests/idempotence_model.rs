@@ -10,8 +10,7 @@
 
 use std::collections::VecDeque;
 
-use ferry_broker::producer_state::SeqError;
-use ferry_broker::{BrokerConfig, BrokerError, BrokerState};
+use ferry_broker::{BrokerConfig, BrokerError, BrokerState, SeqError};
 use ferry_proto::batch::{BatchBuilder, BatchIter, ProducerStamp};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngSeed};
@@ -244,7 +243,7 @@ impl StateMachineTest for IdempotenceModel {
     fn init_test(_: &Model) -> Sut {
         let dir = tempfile::tempdir().unwrap();
         let state = open(dir.path());
-        state.topics.create("t", 1).unwrap();
+        state.create_topic("t", 1).unwrap();
         Sut {
             dir,
             state: Some(state),
@@ -260,8 +259,8 @@ impl StateMachineTest for IdempotenceModel {
                 let (delivered, want) = model.last.expect("a delivery records its outcome");
                 let bytes = batch_bytes(&model.batches[delivered]);
                 let got = match sut.state.as_ref().unwrap().append("t", 0, &bytes) {
-                    Ok((_, info, _)) if want == Outcome::Appended(info.base_offset) => want,
-                    Ok((_, info, _)) => Outcome::Duplicate(info.base_offset),
+                    Ok((_, info)) if want == Outcome::Appended(info.base_offset) => want,
+                    Ok((_, info)) => Outcome::Duplicate(info.base_offset),
                     Err(BrokerError::Sequence(SeqError::OutOfOrderSequence { .. })) => {
                         Outcome::OutOfOrder
                     }
@@ -288,13 +287,7 @@ impl StateMachineTest for IdempotenceModel {
     }
 
     fn check_invariants(sut: &Sut, model: &Model) {
-        let p = sut
-            .state
-            .as_ref()
-            .unwrap()
-            .topics
-            .partition("t", 0)
-            .unwrap();
+        let p = sut.state.as_ref().unwrap().partition("t", 0).unwrap();
         assert_eq!(p.log.next_offset(), model.log_end);
         let bytes = p.log.read(0, usize::MAX, model.log_end).unwrap();
         let mut values = Vec::new();
@@ -356,7 +349,7 @@ fn a_segment_roll_snapshots_the_producer_window() {
     let mut config = BrokerConfig::ephemeral().with_data_dir(dir.path());
     config.log.segment_bytes = 4096;
     let state = BrokerState::open(config.clone()).unwrap();
-    state.topics.create("t", 1).unwrap();
+    state.create_topic("t", 1).unwrap();
     let snapshot = dir.path().join("topics/t/0.producers");
     let mut seq = 0;
     for id in 0..200 {
@@ -371,12 +364,11 @@ fn a_segment_roll_snapshots_the_producer_window() {
         seq += 3;
         state.append("t", 0, &batch_bytes(&b)).unwrap();
     }
-    let p = state.topics.partition("t", 0).unwrap();
+    let p = state.partition("t", 0).unwrap();
     assert!(p.log.segments().len() > 2, "the log rolled");
-    let (offset, table) = ferry_broker::producer_state::ProducerTable::decode_snapshot(
-        &std::fs::read(&snapshot).unwrap(),
-    )
-    .expect("a snapshot was written at the roll");
+    let (offset, table) =
+        ferry_broker::ProducerTable::decode_snapshot(&std::fs::read(&snapshot).unwrap())
+            .expect("a snapshot was written at the roll");
     assert!(offset > 0 && offset <= p.log.next_offset());
     assert_eq!(table.get(PID).unwrap().batches.len(), 5, "the whole window");
     drop(p);
@@ -390,7 +382,7 @@ fn a_segment_roll_snapshots_the_producer_window() {
         applied: None,
         acked: false,
     };
-    let (_, info, _) = state.append("t", 0, &batch_bytes(&again)).unwrap();
+    let (_, info) = state.append("t", 0, &batch_bytes(&again)).unwrap();
     assert_eq!(
         info.base_offset, 597,
         "the retry after the crash is a duplicate at its original offset"

@@ -219,7 +219,7 @@ async fn a_producer_the_broker_forgot_bumps_its_epoch_and_renumbers() {
         d.wait().await.unwrap();
     }
     tokio::time::sleep(Duration::from_millis(20)).await;
-    let partition = broker.state().topics.partition("forgot", 0).unwrap();
+    let partition = broker.state().partition("forgot", 0).unwrap();
     assert_eq!(partition.expire_producers(ferry_proto::now_ms()), 1);
     // The next batch continues the sequence, which the broker no longer
     // knows: UNKNOWN_PRODUCER_ID, then a renumbered resend under epoch 1.

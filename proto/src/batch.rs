@@ -32,6 +32,8 @@ use bytes::Bytes;
 
 use crate::varint::{self, VarintError};
 
+pub mod sequence;
+
 /// Size of the fixed batch header.
 pub const HEADER_LEN: usize = 56;
 /// The only batch format version this code reads and writes.
@@ -95,6 +97,7 @@ pub const NO_SEQUENCE: i32 = -1;
 
 /// Why a buffer is not a valid batch.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum BatchError {
     /// Fewer bytes are present than the batch needs.
     #[error("batch truncated: needs {needed} bytes, {available} available")]
@@ -252,9 +255,7 @@ impl BatchHeader {
         if self.base_sequence == NO_SEQUENCE {
             return NO_SEQUENCE;
         }
-        self.base_sequence
-            .wrapping_add(self.record_count as i32 - 1)
-            & i32::MAX
+        sequence::advance(self.base_sequence, self.record_count as i32 - 1)
     }
 }
 

@@ -47,6 +47,7 @@ fn unzigzag(value: u64) -> i64 {
 
 /// Why a varint could not be decoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum VarintError {
     /// The slice ended inside the varint.
     Truncated,

@@ -30,9 +30,9 @@
 //! vouches for. `valid_len` is only ever written after the bytes it covers
 //! were flushed, so trusting it never trusts bytes a crash could have lost.
 
-use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Write};
-use std::path::{Path, PathBuf};
+use std::fs::File;
+use std::io::{self, Read};
+use std::path::Path;
 
 use ferry_proto::batch::HEADER_LEN;
 
@@ -290,13 +290,6 @@ pub fn read_entries(path: &Path, header: &IndexHeader) -> DiskRead<Vec<IndexEntr
     DiskRead::Present(entries)
 }
 
-/// Path of the temporary file an index is written to before the rename.
-pub fn tmp_path(path: &Path) -> PathBuf {
-    let mut s = path.as_os_str().to_owned();
-    s.push(".tmp");
-    PathBuf::from(s)
-}
-
 /// Atomically replaces the index at `path`: tmp file, fsync, rename, fsync
 /// of the directory.
 pub fn write(path: &Path, header: &IndexHeader, entries: &[IndexEntry]) -> io::Result<()> {
@@ -314,24 +307,10 @@ pub fn write(path: &Path, header: &IndexHeader, entries: &[IndexEntry]) -> io::R
         entries_crc: crc32fast::hash(&body),
         ..*header
     };
-    let tmp = tmp_path(path);
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&tmp)?;
-    file.write_all(&header.encode())?;
-    file.write_all(&body)?;
-    file.sync_data()?;
-    drop(file);
-    std::fs::rename(&tmp, path)?;
-    sync_dir(path.parent().unwrap_or(Path::new(".")))
-}
-
-/// fsync of a directory, so that creations, renames and unlinks in it are
-/// durable.
-pub fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
+    let mut bytes = Vec::with_capacity(INDEX_HEADER_LEN + body.len());
+    bytes.extend_from_slice(&header.encode());
+    bytes.extend_from_slice(&body);
+    crate::fsutil::atomic_write(path, &bytes)
 }
 
 #[cfg(test)]
@@ -370,7 +349,7 @@ mod tests {
         assert_eq!(h.next_offset, 180);
         assert_eq!(h.entry_count, 2);
         assert_eq!(e, entries);
-        assert!(!tmp_path(&path).exists());
+        assert!(!crate::fsutil::tmp_path(&path).exists());
     }
 
     #[test]

@@ -14,6 +14,7 @@
 
 mod config;
 mod error;
+pub mod fsutil;
 mod index;
 mod log;
 mod mmap;

@@ -63,6 +63,7 @@ use tokio::sync::watch;
 
 use crate::config::{FlushPolicy, LogConfig, MAX_SEGMENT_BYTES};
 use crate::error::StorageError;
+use crate::fsutil;
 use crate::index::{self, DiskRead, IndexEntry, NO_TIMESTAMP};
 use crate::mmap::{self, Writer};
 use crate::segment::{
@@ -267,6 +268,11 @@ impl Log {
             });
         }
         let base = app.next_offset;
+        debug_assert_eq!(
+            base,
+            inner.next_offset.load(Ordering::Relaxed),
+            "the appender's next offset is the log's"
+        );
         let next = base
             .checked_add(u64::from(header.last_offset_delta))
             .and_then(|l| l.checked_add(1))
@@ -293,6 +299,7 @@ impl Log {
                 });
             }
         }
+        debug_assert!(next > base, "offsets strictly increase on append");
         app.next_offset = next;
         app.max_timestamp = app.max_timestamp.max(header.max_timestamp);
         seg.max_timestamp
@@ -410,6 +417,29 @@ impl Log {
         }
     }
 
+    /// Waits until `offset` is durable, unless the flush policy is
+    /// [`FlushPolicy::Never`], which promises no durability: then it
+    /// returns at once.
+    pub async fn wait_durable_unless_never(&self, offset: u64) -> Result<(), StorageError> {
+        if self.inner.config.flush == FlushPolicy::Never {
+            return Ok(());
+        }
+        self.wait_durable(offset).await
+    }
+
+    /// Appends `batch` and waits until it is durable under the flush policy
+    /// (not at all under [`FlushPolicy::Never`]).
+    pub async fn append_durable(&self, batch: ValidBatch<'_>) -> Result<AppendInfo, StorageError> {
+        let info = self.append(batch)?;
+        self.wait_durable_unless_never(info.last_offset).await?;
+        Ok(info)
+    }
+
+    /// The flush policy the log was opened with.
+    pub fn flush_policy(&self) -> FlushPolicy {
+        self.inner.config.flush
+    }
+
     /// Blocks until `durable_offset > offset`.
     pub fn wait_durable_blocking(&self, offset: u64) -> Result<(), StorageError> {
         let inner = &*self.inner;
@@ -492,7 +522,7 @@ impl Log {
             segment::remove_files(&seg.log_path, &seg.index_path)?;
         }
         if !doomed.is_empty() {
-            index::sync_dir(&inner.dir)
+            fsutil::sync_dir(&inner.dir)
                 .map_err(|e| StorageError::io("fsync dir", &inner.dir, e))?;
             tracing::info!(dir = %inner.dir.display(), segments = doomed.len(), bytes_deleted, "retention deleted segments");
         }
@@ -634,6 +664,10 @@ impl Inner {
     }
 
     fn advance_durable(&self, next_offset: u64) {
+        assert!(
+            next_offset <= self.next_offset.load(Ordering::Acquire),
+            "the durable offset never passes the high watermark"
+        );
         let before = self.durable_offset.fetch_max(next_offset, Ordering::AcqRel);
         if next_offset > before {
             self.watch
@@ -770,12 +804,19 @@ impl Inner {
             max_timestamp: app.max_timestamp,
         };
         let (new_seg, new_writer) = create_segment(&self.dir, app.next_offset, &self.config)?;
-        if let Err(e) = index::sync_dir(&self.dir) {
+        if let Err(e) = fsutil::sync_dir(&self.dir) {
             let _ = std::fs::remove_file(&new_seg.log_path);
             return Err(StorageError::io("fsync dir", &self.dir, e));
         }
         let old_writer = std::mem::replace(&mut app.writer, new_writer);
         let old = std::mem::replace(&mut app.active, new_seg.clone());
+        assert!(
+            self.segments
+                .read()
+                .last()
+                .is_some_and(|last| Arc::ptr_eq(last, &old)),
+            "only the last segment is written; every one before it is sealed"
+        );
         // The seal unmaps the write map, off this thread: a munmap here
         // measurably slowed appends.
         self.sealing.lock().push_back(Sealing {
@@ -1154,7 +1195,7 @@ fn recover(dir: &Path, config: &LogConfig) -> Result<Recovered, StorageError> {
             drop(prev);
         }
     };
-    index::sync_dir(dir).map_err(|e| StorageError::io("fsync dir", dir, e))?;
+    fsutil::sync_dir(dir).map_err(|e| StorageError::io("fsync dir", dir, e))?;
     segments.push(active.clone());
     stats.segments = segments.len();
     let next_offset = active.next_offset.load(Ordering::Acquire);

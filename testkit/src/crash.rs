@@ -246,13 +246,7 @@ impl TearReport {
 /// keyed by log directory (for [`tear_tails`]). The internal offsets log
 /// is not included: it gets only garbage.
 pub fn durable_floors(state: &BrokerState) -> DurableFloors {
-    state
-        .topics
-        .all()
-        .iter()
-        .flat_map(|t| t.partitions.iter())
-        .map(|p| (p.log.dir().to_path_buf(), p.log.durable_offset()))
-        .collect()
+    state.durable_floors().into_iter().collect()
 }
 
 /// Crashes an in-process broker (no flush, no checkpoint), damages the
