@@ -23,19 +23,15 @@
 
 use ferry_proto::ErrorCode;
 use ferry_proto::batch::ProducerStamp;
+use ferry_proto::batch::sequence::{self, advance};
 
 use crate::error::ClientError;
 
 /// Most batches per partition an idempotent producer has in flight: the
 /// number of batches the broker remembers per producer and partition, so
-/// that every retry is recognised as a duplicate.
-pub const MAX_IN_FLIGHT_IDEMPOTENT: usize = 5;
-
-/// The sequence number `count` records after `base`, wrapping to 0 after
-/// `i32::MAX` (the broker's `next_seq` applied `count` times).
-pub(crate) fn advance(base: i32, count: u32) -> i32 {
-    ((i64::from(base) + i64::from(count)) % (1i64 << 31)) as i32
-}
+/// that every retry is recognised as a duplicate. One constant with the
+/// broker's window ([`sequence::WINDOW`]).
+pub const MAX_IN_FLIGHT_IDEMPOTENT: usize = sequence::WINDOW;
 
 /// One partition's producer epoch and the sequence the next sealed batch
 /// starts at.
@@ -59,7 +55,9 @@ impl Sequencer {
             producer_epoch: self.epoch,
             base_sequence: self.next,
         };
-        self.next = advance(self.next, records);
+        // A batch holds at most MAX_RECORDS_PER_BATCH (2^20) records.
+        debug_assert!(records <= ferry_proto::batch::MAX_RECORDS_PER_BATCH);
+        self.next = advance(self.next, records as i32);
         stamp
     }
 
