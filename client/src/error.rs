@@ -48,6 +48,16 @@ pub enum ClientError {
     /// The producer or consumer was closed.
     #[error("the client was closed")]
     Closed,
+    /// [`Producer::flush`](crate::Producer::flush): records sent since the
+    /// previous flush failed. Each one's [`Delivery`](crate::Delivery)
+    /// holds its own error; this one counts them and names the first.
+    #[error("{failed} record(s) failed since the last flush; the first: {first_error}")]
+    RecordsFailed {
+        /// Records whose batch failed.
+        failed: u64,
+        /// The error of the first of them to fail.
+        first_error: Box<ClientError>,
+    },
 }
 
 impl ClientError {
@@ -66,6 +76,7 @@ impl ClientError {
             ClientError::Timeout { .. } => ErrorCode::RequestTimedOut,
             ClientError::InvalidArgument(_) => ErrorCode::InvalidRequest,
             ClientError::Closed => ErrorCode::Unknown,
+            ClientError::RecordsFailed { first_error, .. } => first_error.code(),
         }
     }
 
@@ -74,7 +85,10 @@ impl ClientError {
     /// `Closed` is never retriable: the handle it came from is gone.
     pub fn is_retriable(&self) -> bool {
         match self {
-            ClientError::Closed | ClientError::InvalidArgument(_) => false,
+            // The records failed for good: a retry would be a new send.
+            ClientError::Closed
+            | ClientError::InvalidArgument(_)
+            | ClientError::RecordsFailed { .. } => false,
             other => other.code().is_retriable(),
         }
     }

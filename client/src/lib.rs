@@ -21,12 +21,17 @@
 //!   event once ([`DedupCache`], and with the `sqlite` feature `UniqueSink`
 //!   and `UpsertSink`), and [`TransactionalSink`] for exactly-once output.
 //!
-//! ```no_run
+//! ```
 //! use std::time::Duration;
-//! use ferry_client::{Client, Consumer, ConsumerConfig, Producer, ProducerConfig};
+//! use ferry_client::{Client, Consumer, ConsumerConfig, Producer, ProducerConfig, StartFrom};
+//! # use ferry_broker::{BrokerConfig, EmbeddedBroker};
 //!
-//! # async fn demo() -> Result<(), ferry_client::ClientError> {
-//! let client = Client::connect("127.0.0.1:7400").await?;
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let broker = EmbeddedBroker::start(BrokerConfig::ephemeral()).await?;
+//! # let addr = broker.addr_string();
+//! // `addr` is a broker's HOST:PORT, such as the default "127.0.0.1:7400".
+//! let client = Client::connect(&addr).await?;
 //! client.create_topic("events", 3).await?;
 //!
 //! let producer = Producer::new(client.clone(), ProducerConfig::default()).await?;
@@ -35,14 +40,32 @@
 //! println!("stored at {}/{} offset {:?}", meta.topic, meta.partition, meta.offset);
 //! producer.close().await?;
 //!
-//! let mut consumer = Consumer::new(client, ConsumerConfig::default()).await?;
+//! let config = ConsumerConfig { start_from: StartFrom::Earliest, ..ConsumerConfig::default() };
+//! let mut consumer = Consumer::new(client, config).await?;
 //! consumer.subscribe("events").await?;
-//! for record in consumer.poll(Duration::from_secs(1)).await? {
-//!     println!("{}:{} {:?}", record.partition, record.offset, record.value);
+//! let mut read = 0;
+//! // Until every partition is read to its end, not until a poll comes back empty.
+//! while !consumer.at_end() {
+//!     for record in consumer.poll(Duration::from_secs(1)).await? {
+//!         println!("{}:{} {:?}", record.partition, record.offset, record.value);
+//!         read += 1;
+//!     }
 //! }
+//! assert_eq!(read, 1);
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! ## Knowing what happened
+//!
+//! - A [`Delivery`] resolves to the record's offset or its error:
+//!   [`Delivery::wait`] waits, [`Delivery::try_result`] only looks, so an
+//!   application can keep a bounded window of sends (see its example).
+//! - [`Producer::flush`] fails with [`ClientError::RecordsFailed`] when any
+//!   record sent since the previous flush failed, counting them: `Ok(())`
+//!   means every one was acknowledged.
+//! - [`Consumer::at_end`] and the [`ConsumerEvent::PartitionEof`] events of
+//!   [`Consumer::poll_events`] tell "caught up" from "nothing arrived yet".
 
 mod client;
 mod consumer;

@@ -586,7 +586,12 @@ impl TransactionalProducer {
     /// Flushes the producer and returns the first failure of a send of
     /// this transaction.
     async fn await_sends(&mut self) -> Result<(), ClientError> {
-        self.producer.flush().await?;
+        match self.producer.flush().await {
+            // Which failure decides the transaction's fate is chosen below,
+            // from every send's own outcome.
+            Ok(()) | Err(ClientError::RecordsFailed { .. }) => {}
+            Err(e) => return Err(e),
+        }
         let mut first_error = None;
         for delivery in std::mem::take(&mut self.txn.batches) {
             if let Err(e) = delivery.wait().await {

@@ -176,6 +176,36 @@ pub(super) struct Shared {
     pub(super) state: Mutex<State>,
     pub(super) unacked_bytes: AtomicUsize,
     pub(super) space: Notify,
+    /// Records that failed since the last flush, for its report.
+    pub(super) failed: Mutex<FailedRecords>,
+}
+
+/// Records whose batch failed, counted until a flush reports them.
+#[derive(Default)]
+pub(super) struct FailedRecords {
+    pub(super) count: u64,
+    pub(super) first: Option<ClientError>,
+}
+
+impl FailedRecords {
+    /// Adds `records` failed with `error`.
+    pub(super) fn add(&mut self, records: u32, error: &ClientError) {
+        self.count += u64::from(records);
+        self.first.get_or_insert_with(|| error.clone());
+    }
+
+    /// The report of a flush: an error naming the failures, if any; then
+    /// the count starts again.
+    pub(super) fn take_report(&mut self) -> Result<(), ClientError> {
+        let taken = std::mem::take(self);
+        match taken.first {
+            None => Ok(()),
+            Some(first) => Err(ClientError::RecordsFailed {
+                failed: taken.count,
+                first_error: Box::new(first),
+            }),
+        }
+    }
 }
 
 impl Shared {

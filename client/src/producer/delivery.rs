@@ -91,14 +91,72 @@ impl Delivery {
 
     /// Waits until the record's batch reaches a final outcome.
     pub async fn wait(self) -> Result<RecordMetadata, ClientError> {
-        match self.completion.wait().await {
-            Ok(base) => Ok(RecordMetadata {
-                topic: self.topic,
-                partition: self.partition,
-                offset: base.map(|b| b + u64::from(self.offset_delta)),
-            }),
-            Err(e) => Err(e.clone()),
-        }
+        let Delivery {
+            completion,
+            topic,
+            partition,
+            offset_delta,
+        } = self;
+        let outcome = completion.wait().await;
+        metadata(topic, partition, offset_delta, outcome)
+    }
+
+    /// The record's outcome if its batch has one already, without waiting:
+    /// `None` while the record is still buffered or in flight. Lets an
+    /// application keep a window of sends and look at each without
+    /// consuming its handle.
+    ///
+    /// ```no_run
+    /// # use std::collections::VecDeque;
+    /// # use ferry_client::{Delivery, Producer};
+    /// # async fn demo(producer: Producer) -> Result<(), ferry_client::ClientError> {
+    /// // At most 10 000 records unacknowledged: retire the finished ones
+    /// // from the front, and wait for the oldest only when the window is full.
+    /// let mut window: VecDeque<Delivery> = VecDeque::new();
+    /// for i in 0..100_000u32 {
+    ///     while window.front().is_some_and(|d| d.try_result().is_some()) {
+    ///         window.pop_front().unwrap().wait().await?;
+    ///     }
+    ///     if window.len() == 10_000 {
+    ///         window.pop_front().unwrap().wait().await?;
+    ///     }
+    ///     window.push_back(producer.send("orders", None, Some(&i.to_be_bytes())).await?);
+    /// }
+    /// producer.flush().await?; // fails if any record since the last flush failed
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn try_result(&self) -> Option<Result<RecordMetadata, ClientError>> {
+        let outcome = self.completion.result.get()?;
+        Some(metadata(
+            self.topic.clone(),
+            self.partition,
+            self.offset_delta,
+            outcome,
+        ))
+    }
+
+    /// Whether the record's batch has a final outcome (see
+    /// [`try_result`](Self::try_result)).
+    pub fn is_done(&self) -> bool {
+        self.completion.result.get().is_some()
+    }
+}
+
+/// A record's outcome from its batch's.
+fn metadata(
+    topic: Arc<str>,
+    partition: u32,
+    offset_delta: u32,
+    outcome: &Result<Option<u64>, ClientError>,
+) -> Result<RecordMetadata, ClientError> {
+    match outcome {
+        Ok(base) => Ok(RecordMetadata {
+            topic,
+            partition,
+            offset: base.map(|b| b + u64::from(offset_delta)),
+        }),
+        Err(e) => Err(e.clone()),
     }
 }
 

@@ -61,6 +61,9 @@ impl Tracker {
     ) {
         self.outstanding.remove(&batch.seq);
         self.shared.release(batch.accounted);
+        if let Err(e) = &result {
+            self.shared.failed.lock().add(batch.records, e);
+        }
         batch.completion.complete(result);
         if !self.flushes.is_empty() {
             let oldest = self.outstanding.first().copied();

@@ -85,7 +85,9 @@ use parking_lot::Mutex;
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::time::Instant;
 
-use self::accumulator::{Accumulator, Command, Record, Shared, State, TopicState, start_partition};
+use self::accumulator::{
+    Accumulator, Command, FailedRecords, Record, Shared, State, TopicState, start_partition,
+};
 pub use self::config::{Acks, ProducerConfig};
 pub use self::delivery::{Delivery, RecordMetadata};
 use self::sender::SenderTask;
@@ -198,6 +200,7 @@ impl Producer {
                 epoch: producer.map_or(0, |(_, e)| e),
             }),
             unacked_bytes: AtomicUsize::new(0),
+            failed: Mutex::new(FailedRecords::default()),
             space: Notify::new(),
         });
         let (tx, rx) = mpsc::unbounded_channel();
@@ -393,8 +396,13 @@ impl Producer {
     }
 
     /// Seals every open batch and waits until every batch sealed so far
-    /// has succeeded or failed. Individual failures are reported through
-    /// each record's [`Delivery`], not here.
+    /// has succeeded or failed.
+    ///
+    /// `Ok(())` means every record sent since the previous flush was
+    /// acknowledged (under [`Acks::None`], sent). If any failed, the flush
+    /// fails with [`ClientError::RecordsFailed`], which counts them and
+    /// names the first error; each record's [`Delivery`] still holds its
+    /// own outcome. The count starts again after each flush.
     pub async fn flush(&self) -> Result<(), ClientError> {
         let (tx, rx) = oneshot::channel();
         {
@@ -408,7 +416,8 @@ impl Producer {
                 .send(Command::Flush(tx))
                 .map_err(|_| ClientError::Closed)?;
         }
-        rx.await.map_err(|_| ClientError::Closed)
+        rx.await.map_err(|_| ClientError::Closed)?;
+        self.inner.shared.failed.lock().take_report()
     }
 
     /// Flushes, then stops the background task. Later sends fail with
