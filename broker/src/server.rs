@@ -85,9 +85,19 @@ impl Broker {
         health_reporter
             .set_serving::<FerryServer<FerryService>>()
             .await;
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(ferry_proto::FILE_DESCRIPTOR_SET)
+        // Reflection in both versions: grpcurl and current tools speak v1;
+        // grpcio-reflection, Postman, evans and older grpcurl speak v1alpha.
+        // Each lists the Ferry service and the health service.
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(ferry_proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        let reflection_v1 = reflection()
             .build_v1()
+            .map_err(|e| BrokerError::Config(format!("reflection: {e}")))?;
+        let reflection_v1alpha = reflection()
+            .build_v1alpha()
             .map_err(|e| BrokerError::Config(format!("reflection: {e}")))?;
         let ferry = FerryServer::new(FerryService::new(state.clone()))
             .max_decoding_message_size(limits.max_request_bytes)
@@ -110,7 +120,8 @@ impl Broker {
         let server = tonic::transport::Server::builder()
             .max_frame_size(MAX_FRAME_BYTES)
             .add_service(health_service)
-            .add_service(reflection)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
             .add_service(ferry)
             .serve_with_incoming_shutdown(incoming, signal);
         // Idle connections and long-lived streams may stay open; after the

@@ -80,3 +80,47 @@ pub fn create_topic(addr: &str, name: &str, partitions: u32) {
         None,
     ));
 }
+
+/// A Python interpreter with `tests/python/requirements.txt` installed:
+/// `FERRY_TEST_PYTHON` if set, else a virtual environment under Cargo's
+/// target tmp dir, made (with pip, from PyPI) on first use and again when
+/// the requirements change.
+pub fn python_with_requirements() -> std::path::PathBuf {
+    if let Ok(python) = std::env::var("FERRY_TEST_PYTHON") {
+        return python.into();
+    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let requirements = root.join("tests/python/requirements.txt");
+    let wanted = std::fs::read_to_string(&requirements).expect("read requirements.txt");
+    let venv = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("ferry-python");
+    let python = venv.join("bin/python3");
+    let stamp = venv.join("requirements.installed");
+    if std::fs::read_to_string(&stamp).ok().as_deref() == Some(wanted.as_str()) {
+        return python;
+    }
+    let made = Command::new("python3")
+        .args(["-m", "venv"])
+        .arg(&venv)
+        .status()
+        .expect("run python3 -m venv");
+    assert!(made.success(), "python3 -m venv {} failed", venv.display());
+    let installed = Command::new(&python)
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "-r",
+        ])
+        .arg(&requirements)
+        .status()
+        .expect("run pip");
+    assert!(
+        installed.success(),
+        "pip install -r {} failed",
+        requirements.display()
+    );
+    std::fs::write(&stamp, wanted).expect("write the requirements stamp");
+    python
+}
