@@ -201,3 +201,78 @@ fn a_second_broker_on_the_same_data_dir_is_refused() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("in use"));
 }
+
+/// Runs `ferry ARGS --broker ADDR` and fails the test if it has not exited
+/// within `limit`.
+fn ferry_within(addr: &str, args: &[&str], limit: Duration) -> std::process::Output {
+    let child = Command::new(FERRY)
+        .args(args)
+        .args(["--broker", addr])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn ferry");
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(out) => out.expect("wait for ferry"),
+        Err(_) => {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            panic!("ferry {args:?} did not exit within {limit:?}");
+        }
+    }
+}
+
+#[test]
+fn consume_exit_at_end_exits_once_caught_up_and_stops_at_the_last_stable_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start_broker(&dir.path().join("d"), "127.0.0.1:0");
+    let addr = broker.addr().to_string();
+    let limit = Duration::from_secs(30);
+    common::create_topic(&addr, "t", 3);
+    let input: String = (0..50).map(|i| format!("k{i}:v{i}\n")).collect();
+    common::ok(&ferry(
+        &addr,
+        &["produce", "t", "--key-separator", ":"],
+        Some(&input),
+    ));
+
+    // No idle timeout: only reaching the end ends it.
+    let out = ferry_within(
+        &addr,
+        &["consume", "t", "--from", "earliest", "--exit-at-end"],
+        limit,
+    );
+    assert_eq!(json_lines(&common::ok(&out).stdout).len(), 50);
+
+    // An empty topic is at its end at once.
+    common::create_topic(&addr, "empty", 2);
+    let out = ferry_within(&addr, &["consume", "empty", "--exit-at-end"], limit);
+    assert!(json_lines(&common::ok(&out).stdout).is_empty());
+
+    // A committed transaction is read; under read-committed the end is the
+    // last stable offset, so with the records above it stays the same.
+    common::ok(&ferry(
+        &addr,
+        &[
+            "produce",
+            "t",
+            "--partition",
+            "0",
+            "--transactional-id",
+            "eot",
+        ],
+        Some("t1\nt2\n"),
+    ));
+    let out = ferry_within(
+        &addr,
+        &["consume", "t", "--from", "earliest", "--exit-at-end"],
+        limit,
+    );
+    assert_eq!(json_lines(&common::ok(&out).stdout).len(), 52);
+    broker.sigterm().ok();
+}

@@ -422,9 +422,11 @@ async fn subscribe(
     Ok(consumer)
 }
 
-/// Reads `topic` from the earliest offset, outside any group, until no new
-/// record arrived for `idle`, recording each poll (as a new process) for
-/// the checker. Returns the reads.
+/// Reads `topic` from the earliest offset, outside any group, until every
+/// partition is read to its end ([`Consumer::at_end`]: its last stable
+/// offset under read_committed), or no new record arrived for `idle`,
+/// recording each poll (as a new process) for the checker. Returns the
+/// reads.
 pub async fn drain(
     client: &Client,
     topic: &str,
@@ -442,7 +444,7 @@ pub async fn drain(
     let process = history.process();
     let mut all = Vec::new();
     let mut last_new = Instant::now();
-    while last_new.elapsed() < idle {
+    while last_new.elapsed() < idle && !consumer.at_end() {
         let invocation = history.invoke(
             process,
             OpKind::Poll,
