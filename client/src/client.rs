@@ -227,14 +227,7 @@ impl Client {
             .raw()
             .commit_offsets(v1::CommitOffsetsRequest {
                 group: group.to_owned(),
-                offsets: offsets
-                    .iter()
-                    .map(|(topic, partition, offset)| v1::PartitionOffset {
-                        topic: topic.clone(),
-                        partition: *partition,
-                        offset: *offset,
-                    })
-                    .collect(),
+                offsets: partition_offsets(offsets),
             })
             .await?
             .into_inner();
@@ -276,6 +269,18 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = inner.source();
     }
     s
+}
+
+/// `(topic, partition, offset)` triples as the protocol's offset list.
+pub(crate) fn partition_offsets(offsets: &[(String, u32, u64)]) -> Vec<v1::PartitionOffset> {
+    offsets
+        .iter()
+        .map(|(topic, partition, offset)| v1::PartitionOffset {
+            topic: topic.clone(),
+            partition: *partition,
+            offset: *offset,
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -49,7 +49,7 @@ use ferry_proto::ErrorCode;
 use ferry_proto::v1;
 use tokio::time::Instant;
 
-use crate::client::Client;
+use crate::client::{Client, partition_offsets};
 use crate::error::{ClientError, check};
 use crate::producer::{Delivery, Producer, ProducerConfig};
 use crate::retry::{retry_until, timed};
@@ -514,14 +514,7 @@ impl TransactionalProducer {
             producer_id: self.producer_id,
             producer_epoch: i32::from(self.epoch),
             group: group.to_owned(),
-            offsets: offsets
-                .iter()
-                .map(|(topic, partition, offset)| v1::PartitionOffset {
-                    topic: topic.clone(),
-                    partition: *partition,
-                    offset: *offset,
-                })
-                .collect(),
+            offsets: partition_offsets(offsets),
         };
         retrying("TxnOffsetCommit", &self.config.producer, || {
             let mut raw = client.raw();
