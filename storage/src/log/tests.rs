@@ -2,6 +2,7 @@ use std::time::Duration;
 
 use ferry_proto::batch::{BatchBuilder, BatchIter, ValidBatch};
 
+use super::recovery::seal_finished;
 use super::*;
 
 fn batch(first_ts: i64, records: usize, value_len: usize) -> Bytes {
