@@ -44,6 +44,9 @@ pub struct RecoveryStats {
     pub scanned_bytes: u64,
     /// Bytes past the valid end that were reset to zeros.
     pub zeroed_bytes: u64,
+    /// Bytes past the valid end, up to the last non-zero one, in the
+    /// segments recovered for appending: records lost to a torn tail.
+    pub lost_bytes: u64,
     /// Segments whose index was rebuilt by a full scan.
     pub rebuilt_indexes: usize,
     /// Segments removed because they followed a segment whose seal had not
@@ -468,6 +471,11 @@ fn load_checkpoint(
 /// Resets everything past the valid end to zeros, so that the next appends
 /// are never followed by leftovers that could look valid after a later
 /// crash.
+///
+/// Only non-zero bytes past the end are damage: a clean close, a fresh
+/// segment and a crash that tore nothing all leave just the preallocated
+/// zeros there, which is how every log ends, so that is logged at debug.
+/// Anything else lost records, and is a warning that says how many bytes.
 fn clear_tail(
     file: &File,
     path: &Path,
@@ -477,15 +485,27 @@ fn clear_tail(
     stats: &mut RecoveryStats,
 ) -> Result<(), StorageError> {
     let end = found.end;
-    if let Some(reason) = &found.stop
-        && end > 0
-    {
-        tracing::info!(path = %path.display(), position = end, %reason, "log ends here");
-    }
-    let zeroed = segment::zero_tail(file, path, writer, end, cap)?;
-    stats.zeroed_bytes += zeroed;
-    if zeroed > 0 {
-        tracing::warn!(path = %path.display(), position = end, zeroed, "zeroed a torn tail");
+    let reset = segment::zero_tail(file, path, writer, end, cap)?;
+    stats.zeroed_bytes += reset.zeroed_bytes;
+    stats.lost_bytes += reset.lost_bytes;
+    let reason = found.stop.as_deref().unwrap_or("end of the segment");
+    if reset.lost_bytes > 0 {
+        tracing::warn!(
+            path = %path.display(),
+            position = end,
+            lost_bytes = reset.lost_bytes,
+            zeroed = reset.zeroed_bytes,
+            %reason,
+            "torn tail: cut the log at the last valid batch"
+        );
+    } else {
+        tracing::debug!(
+            path = %path.display(),
+            position = end,
+            zeroed = reset.zeroed_bytes,
+            %reason,
+            "log ends here; only preallocated zeros follow"
+        );
     }
     Ok(())
 }
