@@ -10,7 +10,8 @@
 //! checkpoint. The byte formats and the crash analysis are in
 //! `docs/format.md`; the reasoning for each piece is in the module docs of
 //! [`mmap`](crate::mmap) (soundness of the two maps), `segment` (torn
-//! writes), `index` (atomic checkpoints) and `log` (flush and recovery).
+//! writes), `index` (atomic checkpoints), `log::flusher` (flush, roll and
+//! seal) and `log::recovery` (open after a crash).
 
 mod config;
 mod error;

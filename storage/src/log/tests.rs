@@ -2,6 +2,7 @@ use std::time::Duration;
 
 use ferry_proto::batch::{BatchBuilder, BatchIter, ValidBatch};
 
+use super::recovery::seal_finished;
 use super::*;
 
 fn batch(first_ts: i64, records: usize, value_len: usize) -> Bytes {
@@ -521,4 +522,166 @@ fn retention_keeps_segments_whose_seal_is_queued() {
     log.flush().unwrap();
     assert_eq!(log.apply_retention(0).unwrap().segments_deleted, queued);
     assert_eq!(log.segments().len(), 1);
+}
+
+/// Events one thread logged, as `(level, message and fields)`.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<(tracing::Level, String)>>>);
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Captured {
+    fn on_event(
+        &self,
+        event: &tracing::Event<'_>,
+        _ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        struct Fields<'a>(&'a mut String);
+        impl tracing::field::Visit for Fields<'_> {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                use std::fmt::Write;
+                let _ = write!(self.0, " {}={value:?}", field.name());
+            }
+        }
+        let mut line = String::new();
+        event.record(&mut Fields(&mut line));
+        self.0.lock().push((*event.metadata().level(), line));
+    }
+}
+
+impl Captured {
+    /// Runs `f` with this thread's events captured. Recovery runs on the
+    /// thread that opens the log, so its events are all here.
+    fn during<T>(f: impl FnOnce() -> T) -> (T, Captured) {
+        use tracing_subscriber::layer::SubscriberExt;
+        let captured = Captured::default();
+        let subscriber = tracing_subscriber::Registry::default().with(captured.clone());
+        let out = tracing::subscriber::with_default(subscriber, f);
+        (out, captured)
+    }
+
+    /// The events above debug level.
+    fn loud(&self) -> Vec<(tracing::Level, String)> {
+        use tracing::Level;
+        self.0
+            .lock()
+            .iter()
+            .filter(|(level, _)| matches!(*level, Level::ERROR | Level::WARN | Level::INFO))
+            .cloned()
+            .collect()
+    }
+}
+
+fn open_captured(dir: &Path, config: LogConfig) -> (Log, Captured) {
+    let (log, captured) = Captured::during(|| Log::open(dir, config));
+    (log.unwrap(), captured)
+}
+
+#[test]
+fn a_fresh_log_and_a_cleanly_closed_one_open_without_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(1 << 20, FlushPolicy::Never);
+    let (log, captured) = open_captured(dir.path(), config.clone());
+    assert_eq!(captured.loud(), vec![], "fresh open");
+    assert_eq!(log.recovery_stats().lost_bytes, 0);
+    let b = batch(1, 2, 300);
+    for _ in 0..10 {
+        append(&log, &b);
+    }
+    log.close().unwrap();
+    drop(log);
+    let (log, captured) = open_captured(dir.path(), config);
+    assert_eq!(captured.loud(), vec![], "reopen after close");
+    assert_eq!(log.recovery_stats().lost_bytes, 0);
+    assert_eq!(log.next_offset(), 20);
+}
+
+#[test]
+fn a_flushed_log_dropped_without_close_reopens_without_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(1 << 20, FlushPolicy::Never);
+    let b = batch(1, 2, 300);
+    {
+        let log = Log::open(dir.path(), config.clone()).unwrap();
+        for _ in 0..10 {
+            append(&log, &b);
+        }
+        log.flush().unwrap();
+    }
+    let (log, captured) = open_captured(dir.path(), config);
+    assert_eq!(captured.loud(), vec![]);
+    let stats = log.recovery_stats();
+    assert!(
+        stats.scanned_bytes > 0,
+        "the tail past the checkpoint is scanned"
+    );
+    assert_eq!(stats.lost_bytes, 0);
+    assert_eq!(log.next_offset(), 20);
+}
+
+/// Writes `bytes` at `position` of the file, as a crash might have left them.
+fn write_at(path: &Path, position: u64, bytes: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    let file = OpenOptions::new().write(true).open(path).unwrap();
+    file.write_all_at(bytes, position).unwrap();
+}
+
+/// The one warning recovery logged, which must report `lost_bytes`.
+fn assert_one_torn_tail_warning(captured: &Captured, lost_bytes: u64) {
+    let loud = captured.loud();
+    assert_eq!(loud.len(), 1, "{loud:?}");
+    let (level, line) = &loud[0];
+    assert_eq!(*level, tracing::Level::WARN, "{line}");
+    assert!(
+        line.contains(&format!(" lost_bytes={lost_bytes} ")),
+        "{line}"
+    );
+}
+
+#[test]
+fn garbage_after_the_valid_end_is_a_torn_tail_warned_with_its_lost_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(1 << 20, FlushPolicy::Never);
+    let b = batch(1, 2, 300);
+    let end = {
+        let log = Log::open(dir.path(), config.clone()).unwrap();
+        for _ in 0..10 {
+            append(&log, &b);
+        }
+        log.close().unwrap();
+        log.segments()[0].data_len
+    };
+    let path = dir.path().join(log_file_name(0));
+    write_at(&path, end + 1000, &[0xab; 100]);
+    let (log, captured) = open_captured(dir.path(), config);
+    assert_one_torn_tail_warning(&captured, 1100);
+    assert_eq!(log.recovery_stats().lost_bytes, 1100);
+    assert_eq!(log.next_offset(), 20, "the valid batches all survive");
+    let content = std::fs::read(&path).unwrap();
+    assert!(content[end as usize..].iter().all(|b| *b == 0));
+}
+
+#[test]
+fn a_garbled_last_batch_is_cut_and_warned_with_the_bytes_it_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(1 << 20, FlushPolicy::Never);
+    let b = batch(1, 2, 300);
+    {
+        let log = Log::open(dir.path(), config.clone()).unwrap();
+        for _ in 0..3 {
+            append(&log, &b);
+        }
+        log.flush().unwrap();
+    }
+    let path = dir.path().join(log_file_name(0));
+    let valid_end = 2 * b.len() as u64;
+    write_at(&path, valid_end + b.len() as u64 / 2, &[0xff; 8]);
+    // The precise loss: up to the last non-zero byte of the garbled batch.
+    let content = std::fs::read(&path).unwrap();
+    let last = content[valid_end as usize..]
+        .iter()
+        .rposition(|b| *b != 0)
+        .unwrap() as u64;
+    let (log, captured) = open_captured(dir.path(), config);
+    assert_one_torn_tail_warning(&captured, last + 1);
+    assert_eq!(log.recovery_stats().lost_bytes, last + 1);
+    assert_eq!(log.next_offset(), 4, "the log ends after the second batch");
 }
