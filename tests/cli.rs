@@ -276,3 +276,38 @@ fn consume_exit_at_end_exits_once_caught_up_and_stops_at_the_last_stable_offset(
     assert_eq!(json_lines(&common::ok(&out).stdout).len(), 52);
     broker.sigterm().ok();
 }
+
+#[test]
+fn broker_logs_to_a_pipe_are_plain_text_and_a_fresh_start_and_restart_warn_of_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let run = |data: &Path, topic: &str| {
+        let mut child = Command::new(FERRY)
+            .args(["broker", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+        let addr = line.trim().rsplit(' ').next().unwrap().to_string();
+        assert!(line.contains("listening on"), "{line}");
+        common::create_topic(&addr, topic, 2);
+        common::ok(&ferry(&addr, &["produce", topic], Some("a\nb\n")));
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let out = child.wait_with_output().unwrap();
+        String::from_utf8(out.stderr).unwrap()
+    };
+    let first = run(&data, "t");
+    // The second start recovers the first one's logs, then adds a topic.
+    let second = run(&data, "u");
+    for log in [&first, &second] {
+        assert!(!log.contains('\u{1b}'), "ANSI codes in a piped log: {log}");
+        assert!(!log.contains("WARN"), "a clean start warned: {log}");
+        assert!(log.contains("broker ready"), "{log}");
+    }
+}
