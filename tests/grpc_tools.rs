@@ -13,7 +13,7 @@ use ferry_testkit::BrokerProcess;
 fn grpcio_reflection_lists_ferry_and_health_over_v1_and_v1alpha_and_the_health_check_serves() {
     let python = python_with_requirements();
     let dir = tempfile::tempdir().unwrap();
-    let broker = BrokerProcess::start(FERRY, &dir.path().join("data"), "127.0.0.1:0").unwrap();
+    let broker = BrokerProcess::start(FERRY, dir.path().join("data"), "127.0.0.1:0").unwrap();
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/tests/python/grpc_reflection_check.py"
