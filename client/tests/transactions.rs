@@ -7,9 +7,10 @@ use std::time::{Duration, Instant};
 use ferry_broker::{BrokerConfig, EmbeddedBroker};
 use ferry_client::partitioner::partition_for_key;
 use ferry_client::{
-    Client, CommitMode, Consumer, ConsumerConfig, ConsumerRecord, Control, EosObserver, EosPoint,
-    ExactlyOnce, ExactlyOnceConfig, IsolationLevel, Output, Producer, ProducerConfig, StartFrom,
-    Step, TransactionalConfig, TransactionalProducer, TxnOutcome, list_transactions,
+    Client, ClientError, CommitMode, Consumer, ConsumerConfig, ConsumerRecord, Control,
+    EosObserver, EosPoint, ExactlyOnce, ExactlyOnceConfig, IsolationLevel, Output, Producer,
+    ProducerConfig, StartFrom, Step, TransactionalConfig, TransactionalProducer, TxnOutcome,
+    list_transactions,
 };
 use ferry_proto::ErrorCode;
 
@@ -562,17 +563,23 @@ impl EosObserver for Watcher {
 
 /// A copier of `src` into `dst`, one poll per transaction, watched.
 async fn watched(client: &Client, crash: Option<(EosPoint, usize)>) -> ExactlyOnce<Watcher> {
+    let watcher = Watcher {
+        crash,
+        ..Watcher::default()
+    };
+    watched_by(client, watcher).await
+}
+
+/// A copier of `src` into `dst`, one poll per transaction, watched by
+/// `observer`.
+async fn watched_by<O: EosObserver>(client: &Client, observer: O) -> ExactlyOnce<O> {
     let (consumer, producer) = copier(client, "src").await.into_parts();
     let config = ExactlyOnceConfig {
         max_records: 1,
         max_interval: Duration::from_millis(200),
         ..ExactlyOnceConfig::new("copy")
     };
-    let watcher = Watcher {
-        crash,
-        ..Watcher::default()
-    };
-    ExactlyOnce::with_observer(consumer, producer, config, watcher).unwrap()
+    ExactlyOnce::with_observer(consumer, producer, config, observer).unwrap()
 }
 
 #[tokio::test]
@@ -625,5 +632,69 @@ async fn the_observer_sees_each_step_and_a_crash_it_asks_for_leaves_nothing_visi
         all.len()
     );
     assert!(!events.iter().any(|e| e.starts_with("crashed")));
+    check_copy(&client, "dst", &all).await;
+}
+
+#[tokio::test]
+async fn a_stalled_step_resumed_after_its_successor_fenced_it_cannot_commit() {
+    let (_broker, client) = broker().await;
+    client.create_topic("src", 2).await.unwrap();
+    client.create_topic("dst", 1).await.unwrap();
+    let all = fill_source(&client, "src", 3).await;
+
+    // The zombie stalls with its outputs sent and its transaction open.
+    let mut zombie = watched(&client, Some((EosPoint::AfterSends, 0))).await;
+    let step = zombie.step(copy_process("dst", 1)).await.unwrap();
+    assert!(
+        matches!(step, Step::Crashed(EosPoint::AfterSends)),
+        "{step:?}"
+    );
+    let stalled = zombie.observer().events.len();
+    assert_eq!(zombie.observer().events[stalled - 1], "crashed after-sends");
+
+    // A successor starts (its producer fences the zombie's) with an
+    // observer lent to it, which outlives it.
+    let mut watcher = Watcher::default();
+    let mut successor = watched_by(&client, &mut watcher).await;
+
+    // The zombie wakes up and goes on from where it stalled: its commit
+    // fails, fenced.
+    let err = zombie.resume().await.unwrap_err();
+    assert!(
+        matches!(
+            err.code(),
+            ErrorCode::ProducerFenced | ErrorCode::InvalidProducerEpoch
+        ),
+        "{err}"
+    );
+    let events = &zombie.observer().events[stalled..];
+    assert!(
+        events[0].starts_with("committing [(\"src\", "),
+        "{events:?}"
+    );
+    assert!(events[1].starts_with("unknown "), "{events:?}");
+    assert_eq!(events.len(), 2, "{events:?}");
+    // Nothing is left to resume.
+    let again = zombie.resume().await.unwrap_err();
+    assert!(matches!(again, ClientError::InvalidArgument(_)), "{again}");
+    drop(zombie);
+
+    let totals = successor
+        .run(copy_process("dst", 1), Some(Duration::from_millis(500)))
+        .await
+        .unwrap();
+    drop(successor);
+    assert_eq!(
+        watcher.events.iter().filter(|e| *e == "committed").count() as u64,
+        totals.transactions
+    );
+    assert_eq!(
+        watcher
+            .events
+            .iter()
+            .filter(|e| e.starts_with("sent"))
+            .count(),
+        all.len()
+    );
     check_copy(&client, "dst", &all).await;
 }
