@@ -1172,7 +1172,30 @@ impl Run {
         self.settle_source().await;
         self.proxy.set_enabled(false);
         let direct = Client::connect(self.broker.addr()).await?;
-        let mode = self.config.mode;
+        self.prepare_catch_up().await;
+        self.catch_up().await?;
+        let (report, records, histories) = self.judge(&direct).await?;
+        let verdict = report.verdict(self.config.mode);
+        let row = self.row(&report, records, verdict.is_valid());
+        let histories = histories.iter().map(History::to_json_lines).collect();
+        let injected = std::mem::take(&mut self.injected);
+        // Stop the clients before the broker.
+        drop(self.side);
+        self.proxy.shutdown().await;
+        let _ = self.broker.stop().await;
+        Ok(CellReport {
+            report,
+            verdict,
+            row,
+            injected,
+            histories,
+        })
+    }
+
+    /// No more crashes of the plain consumer, every plain send settled; a
+    /// source producer for exactly-once (a copier crash still pending
+    /// happens during the catch-up).
+    async fn prepare_catch_up(&mut self) {
         match &mut self.side {
             Side::Plain {
                 producers,
@@ -1187,7 +1210,6 @@ impl Run {
                 }
             }
             Side::Exactly { source, .. } => {
-                // A copier crash still pending happens during the catch-up.
                 if source.is_none() {
                     let client = self.client.clone();
                     *source = patiently(|| {
@@ -1198,8 +1220,11 @@ impl Run {
                 }
             }
         }
-        // Catch up: three idle steps in a row. A long backlog is fine as
-        // long as records keep coming.
+    }
+
+    /// Consumer steps until three idle ones in a row. A long backlog is
+    /// fine as long as records keep coming.
+    async fn catch_up(&mut self) -> Result<(), RunError> {
         let mut progress = Instant::now();
         let mut idle = 0;
         while idle < 3 {
@@ -1215,53 +1240,45 @@ impl Run {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Drains every topic into its history and checks them: the report
+    /// (for exactly-once, both histories' anomalies), the records
+    /// acknowledged, and the histories.
+    async fn judge(&self, direct: &Client) -> Result<(Report, usize, Vec<History>), RunError> {
         let idle = Duration::from_millis(300);
-        let mut histories = vec![self.history.clone()];
-        let (report, records) = match &self.side {
+        let drained = |group: Option<&str>| CheckOptions {
+            drained: true,
+            group: group.map(str::to_owned),
+        };
+        match &self.side {
             Side::Plain { .. } => {
-                drain(&direct, TOPIC, &self.history, idle).await?;
-                let report = check(
-                    &self.history.ops(),
-                    &CheckOptions {
-                        drained: true,
-                        group: Some(GROUP.into()),
-                    },
-                );
+                drain(direct, TOPIC, &self.history, idle).await?;
+                let report = check(&self.history.ops(), &drained(Some(GROUP)));
                 let records = report.stats.acked;
-                (report, records)
+                Ok((report, records, vec![self.history.clone()]))
             }
             Side::Exactly { out, .. } => {
-                drain(&direct, SOURCE, &self.history, idle).await?;
-                drain(&direct, OUTPUT, out, idle).await?;
-                histories.push(out.clone());
-                let delivered = check(
-                    &self.history.ops(),
-                    &CheckOptions {
-                        drained: true,
-                        group: Some(GROUP.into()),
-                    },
-                );
-                let stored = check(
-                    &out.ops(),
-                    &CheckOptions {
-                        drained: true,
-                        group: None,
-                    },
-                );
+                drain(direct, SOURCE, &self.history, idle).await?;
+                drain(direct, OUTPUT, out, idle).await?;
+                let delivered = check(&self.history.ops(), &drained(Some(GROUP)));
+                let stored = check(&out.ops(), &drained(None));
                 let records = delivered.stats.acked;
                 let mut anomalies = delivered.anomalies;
                 anomalies.extend(stored.anomalies);
                 anomalies.sort_by_key(|a| a.kind());
-                (
-                    Report {
-                        anomalies,
-                        stats: delivered.stats,
-                    },
-                    records,
-                )
+                let report = Report {
+                    anomalies,
+                    stats: delivered.stats,
+                };
+                Ok((report, records, vec![self.history.clone(), out.clone()]))
             }
-        };
-        let verdict = report.verdict(mode);
+        }
+    }
+
+    /// The matrix row of a judged run.
+    fn row(&self, report: &Report, records: usize, valid: bool) -> MatrixRow {
         let other = [
             AnomalyKind::InconsistentOffsets,
             AnomalyKind::NonMonotonicPoll,
@@ -1272,8 +1289,8 @@ impl Run {
         .map(|k| report.count(*k))
         .sum();
         let faults: Vec<&str> = self.config.faults.iter().map(|f| f.name()).collect();
-        let row = MatrixRow {
-            mode,
+        MatrixRow {
+            mode: self.config.mode,
             faults: if self.config.faults.len() == FaultClass::ALL.len() {
                 "all".to_string()
             } else {
@@ -1286,21 +1303,8 @@ impl Run {
             aborted_reads: report.count(AnomalyKind::AbortedRead),
             other,
             faults_injected: self.faults_injected(),
-            valid: verdict.is_valid(),
-        };
-        let histories = histories.iter().map(History::to_json_lines).collect();
-        let injected = std::mem::take(&mut self.injected);
-        // Stop the clients before the broker.
-        drop(self.side);
-        self.proxy.shutdown().await;
-        let _ = self.broker.stop().await;
-        Ok(CellReport {
-            report,
-            verdict,
-            row,
-            injected,
-            histories,
-        })
+            valid,
+        }
     }
 }
 
