@@ -10,8 +10,9 @@ use ferry_client::retry::{Backoff, retry_until};
 use ferry_client::sink::rusqlite::{self, Connection, params};
 use ferry_client::sink::{Event, Sink, SinkError, UniqueSink, UpsertSink, Versioned, Written};
 use ferry_client::{
-    Client, ClientError, ConsumerConfig, IsolationLevel, Output, Producer, ProducerConfig,
-    StartFrom, TransactionalConfig, TransactionalProducer, TransactionalSink,
+    Client, ClientError, Consumer, ConsumerConfig, ConsumerRecord, Control, EosObserver, EosPoint,
+    ExactlyOnce, ExactlyOnceConfig, IsolationLevel, Output, Producer, ProducerConfig, StartFrom,
+    Step, TransactionalConfig, TransactionalProducer, TxnOutcome,
 };
 use ferry_storage::FlushPolicy;
 use hdrhistogram::Histogram;
@@ -23,8 +24,9 @@ use ferry_bench::{Latency, latency_histogram, record_us};
 use ferry_testkit::proxy::splitmix64;
 use ferry_testkit::{
     Anomaly, AnomalyKind, CheckOptions, ConsumerStep, CrashPoint, CrashSchedule, CrashingConsumer,
-    DeliveryMode, Fault, FaultKind, FaultPlan, FaultProxy, History, Mop, OpKind, OpType, Read,
-    RecordingProducer, Targets, Value, ValueGen, check, drain, matrix::BrokerUnderTest,
+    DeliveryMode, Fault, FaultKind, FaultPlan, FaultProxy, History, Mop, OpKind, OpType, ProcessId,
+    Read, RecordingProducer, Targets, Value, ValueGen, check, decode_reads, drain,
+    matrix::BrokerUnderTest,
 };
 
 /// Partitions of every lab topic.
@@ -34,7 +36,8 @@ const SKUS: u64 = 50;
 const STOCK: i64 = 1_000_000_000;
 /// Trip updates per trip.
 const UPDATES_PER_TRIP: u64 = 20;
-/// One consumer poll's longest wait.
+/// One consumer poll's longest wait; for exactly-once, how long a step waits
+/// for input.
 const POLL: Duration = Duration::from_millis(100);
 /// Idle polls in a row, once the input is all produced, that end a cell.
 const IDLE_POLLS: u32 = 3;
@@ -758,10 +761,14 @@ async fn send_fulfilments(producer: &Producer, topic: &str, reads: &[Read]) {
     tracing::warn!(left = pending.len(), "fulfilments not acknowledged");
 }
 
-async fn transactional_sink(
+/// The lab's exactly-once loop: the producer first (it settles what an
+/// earlier instance left open), then the consumer, from the group's
+/// committed offsets; one poll per transaction.
+async fn exactly_once<O: EosObserver>(
     client: &Client,
     names: &Names,
-) -> Result<TransactionalSink, ClientError> {
+    watch: O,
+) -> Result<ExactlyOnce<O>, LabError> {
     let producer = patiently(|| {
         let mut config = TransactionalConfig::new(names.transactional_id.clone());
         config.transaction_timeout = Duration::from_secs(20);
@@ -769,19 +776,116 @@ async fn transactional_sink(
         TransactionalProducer::new(client.clone(), config)
     })
     .await?;
-    TransactionalSink::new(producer, names.group.clone())
+    let consumer = patiently(|| async {
+        let mut c = Consumer::new(
+            client.clone(),
+            consumer_config(&names.group, LabMode::ExactlyOnce),
+        )
+        .await?;
+        c.subscribe(&names.input).await?;
+        Ok(c)
+    })
+    .await?;
+    let config = ExactlyOnceConfig {
+        max_records: 1,
+        max_interval: POLL,
+        ..ExactlyOnceConfig::new(names.group.clone())
+    };
+    Ok(ExactlyOnce::with_observer(
+        consumer, producer, config, watch,
+    )?)
 }
 
-/// The next offset to read per partition, after `reads`.
-fn next_offsets(topic: &str, reads: &[Read]) -> Vec<(String, u32, u64)> {
-    let mut next: HashMap<u32, u64> = HashMap::new();
-    for r in reads {
-        let e = next.entry(r.tp.partition).or_default();
-        *e = (*e).max(r.offset + 1);
+/// The fulfilment of each order, to the partition it came from.
+fn fulfilment(topic: &str, record: &ConsumerRecord, out: &mut Vec<Output>) {
+    if let Some(v) = record.value.as_deref().and_then(ValueGen::decode) {
+        out.push(Output::to_partition(
+            topic,
+            record.partition,
+            Some(Bytes::from(v.to_string())),
+            Some(Bytes::from(ValueGen::encode(v))),
+        ));
     }
-    next.into_iter()
-        .map(|(p, o)| (topic.to_owned(), p, o))
-        .collect()
+}
+
+/// Watches the exactly-once loop across its instances: records each poll
+/// that reached the processing as a delivery, crashes on the schedule
+/// just before a commit, and measures what committed.
+struct EosWatch<'a> {
+    history: &'a History,
+    group: &'a str,
+    /// The consumer's process: a new one whenever it goes back to
+    /// re-read (a crash, an abort, a lost instance).
+    process: ProcessId,
+    schedule: CrashSchedule,
+    /// Steps that polled records (the step numbers the schedule counts).
+    steps: u64,
+    /// The reads of the transaction in flight.
+    batch: Vec<Read>,
+    /// Whether the instance is lost (crashed, or its transaction's outcome
+    /// unknown) and a new one must take over.
+    lost: bool,
+    progress: Progress,
+    applied: &'a AtomicU64,
+    sent_at: &'a Mutex<HashMap<Value, Instant>>,
+}
+
+impl EosObserver for EosWatch<'_> {
+    // One poll per transaction (`max_records` 1).
+    fn polled(&mut self, records: &[ConsumerRecord]) {
+        self.steps += 1;
+        let reads = decode_reads(records);
+        self.history
+            .invoke(
+                self.process,
+                OpKind::Poll,
+                Some(self.group),
+                vec![Mop::Poll { reads: Vec::new() }],
+            )
+            .ok(vec![Mop::Poll {
+                reads: reads.clone(),
+            }]);
+        self.batch = reads;
+    }
+
+    fn at(&mut self, point: EosPoint) -> Control {
+        if point == EosPoint::BeforeCommit
+            && self.schedule.crashes(self.steps, CrashPoint::BeforeCommit)
+        {
+            Control::Crash
+        } else {
+            Control::Continue
+        }
+    }
+
+    fn ended(&mut self, outcome: TxnOutcome<'_>) {
+        let batch = std::mem::take(&mut self.batch);
+        match outcome {
+            TxnOutcome::Committed => {
+                let values: Vec<Value> = batch.iter().map(|r| r.value).collect();
+                self.progress.effect(&values, self.sent_at);
+                self.applied
+                    .store(self.progress.delivered.len() as u64, Ordering::Release);
+                return;
+            }
+            TxnOutcome::Aborted(e) => {
+                tracing::debug!(%e, "transaction aborted; the consumer rewinds");
+            }
+            TxnOutcome::Unknown(e) => {
+                tracing::debug!(%e, "transaction outcome unknown; a new instance settles it");
+                self.lost = true;
+            }
+            TxnOutcome::Crashed(_) => {
+                // The process dies with its transaction open: a new
+                // instance's producer fences it and aborts the transaction.
+                self.history.crashed(self.process, CrashPoint::BeforeCommit);
+                self.progress.crashes += 1;
+                self.lost = true;
+            }
+        }
+        self.progress.absorbed += batch.len() as u64;
+        self.process = self.history.process();
+    }
 }
 
 async fn consume_exactly_once(shared: Shared<'_>) -> Result<(Progress, Option<AloSink>), LabError> {
@@ -795,83 +899,42 @@ async fn consume_exactly_once(shared: Shared<'_>) -> Result<(Progress, Option<Al
         sent_at,
         config,
     } = shared;
-    // The producer first: it settles what an earlier instance left open.
-    let mut sink = transactional_sink(client, names).await?;
-    let mut consumer = subscribe(client, names, LabMode::ExactlyOnce, history, &schedule).await?;
-    let mut progress = Progress::default();
+    let mut watch = EosWatch {
+        history,
+        group: &names.group,
+        process: history.process(),
+        schedule,
+        steps: 0,
+        batch: Vec::new(),
+        lost: false,
+        progress: Progress::default(),
+        applied,
+        sent_at,
+    };
+    let mut eos = exactly_once(client, names, &mut watch).await?;
     loop {
-        let mut written: Option<Result<Written, SinkError>> = None;
-        let mut batch: Vec<Read> = Vec::new();
-        let (sink_ref, written_ref, batch_ref) = (&mut sink, &mut written, &mut batch);
-        let step = consumer
-            .step(POLL, move |reads: Vec<Read>, _| async move {
-                let outputs: Vec<Output> = reads
-                    .iter()
-                    .map(|r| {
-                        Output::to_partition(
-                            names.output.clone(),
-                            r.tp.partition,
-                            Some(Bytes::from(r.value.to_string())),
-                            Some(Bytes::from(ValueGen::encode(r.value))),
-                        )
-                    })
-                    .collect();
-                *written_ref = Some(sink_ref.write(&outputs).await);
-                *batch_ref = reads;
-            })
+        let step = eos
+            .step(|record, out| fulfilment(&names.output, record, out))
             .await;
-        let mut step_idle = false;
-        let mut rewind = false;
+        let step_idle = matches!(step, Ok(Step::Idle));
+        let lost = eos.observer().lost || eos.producer().is_fatal();
         match step {
-            Ok(ConsumerStep::Idle) => step_idle = true,
-            Ok(ConsumerStep::Delivered(_)) => {
-                let committed = match written {
-                    Some(Ok(_)) => sink.commit(&next_offsets(&names.input, &batch)).await,
-                    Some(Err(e)) => Err(e),
-                    None => Ok(()),
-                };
-                match committed {
-                    Ok(()) => {
-                        let values: Vec<Value> = batch.iter().map(|r| r.value).collect();
-                        progress.effect(&values, sent_at);
-                        applied.store(progress.delivered.len() as u64, Ordering::Release);
-                    }
-                    Err(e) => {
-                        tracing::debug!(%e, "transaction failed; aborting and rewinding");
-                        progress.absorbed += batch.len() as u64;
-                        let _ = sink.abort().await;
-                        rewind = true;
-                    }
-                }
-            }
-            Ok(ConsumerStep::Crashed(_)) => {
-                // The process died with its transaction open: a new
-                // producer instance fences it and aborts the transaction.
-                progress.crashes += 1;
-                progress.absorbed += batch.len() as u64;
-                drop(std::mem::replace(
-                    &mut sink,
-                    transactional_sink(client, names).await?,
-                ));
-            }
-            Err(e) => step_failed(e).await,
+            Err(e) if !lost => step_failed(e).await,
+            _ => {}
         }
-        if sink.producer().is_fatal() {
-            drop(std::mem::replace(
-                &mut sink,
-                transactional_sink(client, names).await?,
-            ));
-            rewind = true;
+        if lost {
+            drop(eos);
+            watch.lost = false;
+            eos = exactly_once(client, names, &mut watch).await?;
         }
-        if rewind {
-            // Back to the group's committed offsets, as a restart would.
-            let schedule = std::mem::take(consumer.schedule_mut());
-            consumer = subscribe(client, names, LabMode::ExactlyOnce, history, &schedule).await?;
-        }
-        if progress.finished(step_idle, produced, config) {
+        if eos
+            .observer_mut()
+            .progress
+            .finished(step_idle, produced, config)
+        {
             break;
         }
     }
-    drop(sink);
-    Ok((progress, None))
+    drop(eos);
+    Ok((watch.progress, None))
 }
