@@ -25,7 +25,7 @@ use ferry_testkit::proxy::splitmix64;
 use ferry_testkit::{
     Anomaly, AnomalyKind, CheckOptions, ConsumerStep, CrashPoint, CrashSchedule, CrashingConsumer,
     DeliveryMode, Fault, FaultKind, FaultPlan, FaultProxy, History, Mop, OpKind, OpType, ProcessId,
-    Read, RecordingProducer, Targets, Value, ValueGen, check, decode_reads, drain,
+    Read, RecordingProducer, Report, Targets, Value, ValueGen, check, decode_reads, drain,
     matrix::BrokerUnderTest,
 };
 
@@ -248,6 +248,20 @@ impl AloSink {
         }
     }
 
+    /// [`apply`](Self::apply), retried until it succeeds: the commit
+    /// follows it whatever happens. Returns the repeats absorbed.
+    async fn apply_until_done(&mut self, values: &[Value], records: u64) -> u64 {
+        loop {
+            match self.apply(values, records).await {
+                Ok(w) => return w.absorbed,
+                Err(e) => {
+                    tracing::warn!(%e, "sink write failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+    }
+
     fn connection(&self) -> &Connection {
         match self {
             AloSink::OrdersPlain(conn) => conn,
@@ -344,185 +358,256 @@ pub async fn run_cell(
     if scenario == Scenario::Orders {
         direct.create_topic(&names.output, PARTITIONS).await?;
     }
-    // The second produce request of each kind always loses its ack.
-    let plan = FaultPlan::new(seed)
-        .at(Targets::PRODUCE, 2, Fault::DropResponse)
-        .with_probability(
-            Targets::PRODUCE,
-            Fault::DropResponse,
-            config.lost_ack_probability,
-        );
-    let proxy = FaultProxy::start(&broker.addr(), plan).await?;
+    let proxy = FaultProxy::start(&broker.addr(), lost_acks(seed, config)).await?;
     let client = Client::connect(&proxy.addr_string()).await?;
     let history = History::new();
     let dir = tempfile::tempdir()?;
     let db = dir.path().join(format!("{}.db", scenario.name()));
-
     let sent_at: Mutex<HashMap<Value, Instant>> = Mutex::new(HashMap::new());
-    let produced = AtomicBool::new(false);
-    let applied = AtomicU64::new(0);
+    let (produced, applied) = (AtomicBool::new(false), AtomicU64::new(0));
+    let shared = Shared {
+        client: &client,
+        names: &names,
+        history: &history,
+        schedule: crash_schedule(seed, config),
+        produced: &produced,
+        applied: &applied,
+        sent_at: &sent_at,
+        config,
+    };
     let started = Instant::now();
-    let records = config.records;
-
-    let producing = async {
-        let config_p = producer_config(mode.delivery());
-        let producer = RecordingProducer::new(
-            patiently(|| Producer::new(client.clone(), config_p.clone())).await?,
-            history.clone(),
-        );
-        let mut restarted = false;
-        for i in 0..records {
-            if i == records / 2 {
-                // Restart while both sides are busy: once the consumer has
-                // applied a quarter of the input.
-                let waiting = Instant::now();
-                while applied.load(Ordering::Acquire) < records / 4
-                    && waiting.elapsed() < config.catch_up
-                {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-                restarted = broker.restart().await?;
-            }
-            // Values count from 1 in send order: route a trip's updates
-            // to one partition, so they arrive in order.
-            let v = i + 1;
-            let partition = match scenario {
-                Scenario::Trips => trip(v, records) % u64::from(PARTITIONS),
-                _ => i % u64::from(PARTITIONS),
-            } as u32;
-            let t = Instant::now();
-            if let Ok(v) = producer.send(&names.input, Some(partition)).await {
-                sent_at.lock().insert(v, t);
-            }
-        }
-        let _ = producer.close().await;
-        produced.store(true, Ordering::Release);
-        Ok::<bool, LabError>(restarted)
-    };
-    let consuming = async {
-        // The first and third steps that poll records always crash, so
-        // that every cell redelivers (a crash during the broker restart
-        // cannot resubscribe and does not happen); others at random.
-        let schedule =
-            CrashSchedule::random(seed, config.crash_probability, &[CrashPoint::BeforeCommit])
-                .at(1, CrashPoint::BeforeCommit)
-                .at(3, CrashPoint::BeforeCommit);
-        let shared = Shared {
-            client: &client,
-            names: &names,
-            history: &history,
-            schedule,
-            produced: &produced,
-            applied: &applied,
-            sent_at: &sent_at,
-            config,
-        };
-        if mode == LabMode::ExactlyOnce {
-            consume_exactly_once(shared).await
-        } else {
-            let sink = AloSink::open(scenario, mode, &db)?;
-            consume_at_least_once(shared, scenario, mode, sink).await
-        }
-    };
-    let (restarted, progress) = tokio::join!(producing, consuming);
+    let (restarted, progress) = tokio::join!(
+        produce_input(&shared, scenario, mode, &mut broker),
+        consume(shared.clone(), scenario, mode, &db),
+    );
     let restarted = restarted?;
     let (progress, sink) = progress?;
     let elapsed = progress
         .last_first_delivery
         .map_or(started.elapsed(), |t| t.duration_since(started));
-
-    // The sink's final state. Exactly-once's sink is the output topic:
-    // its committed fulfilments reserve the stock, downstream, through the
-    // same plain inserts as the at-least-once consumer without a sink.
-    let conn = match sink {
+    let sink = match sink {
         Some(sink) => sink,
-        None => {
-            let out = History::new();
-            proxy.set_enabled(false);
-            let reads =
-                patiently(|| drain(&direct, &names.output, &out, Duration::from_millis(300)))
-                    .await?;
-            let mut conn = plain_reservations(orders_db(&db)?)?;
-            let orders: Vec<Event> = reads.iter().map(|r| order_event(r.value)).collect();
-            insert_plain(&mut conn, &orders)?;
-            AloSink::OrdersPlain(conn)
-        }
+        None => downstream_orders(&proxy, &direct, &names, &db).await?,
     };
-    let state = SinkState::read(scenario, conn.connection(), records)?;
-
-    let report = check(
-        &history.ops(),
-        &CheckOptions {
-            drained: false,
-            group: Some(names.group.clone()),
-        },
-    );
-    let acked = acked_values(&history);
-    let duplicates_delivered: u64 = report
-        .of(AnomalyKind::DuplicateDelivery)
-        .map(|a| match a {
-            Anomaly::DuplicateDelivery { deliveries, .. } => deliveries.len() as u64 - 1,
-            _ => 0,
-        })
-        .sum();
-    let lost = state.lost(scenario, &acked, records);
-    let latency = Latency::from_histogram(
-        "send_to_effect",
-        progress.latency.as_ref().unwrap_or(&latency_histogram()),
-    );
-    let stats = proxy.stats();
-    let lost_acks = stats.on(Targets::PRODUCE, FaultKind::DropResponse);
-
-    let mut problems = Vec::new();
-    if !progress.caught_up {
-        problems.push(format!(
-            "the consumer did not catch up within {:?}",
-            config.catch_up
-        ));
-    }
-    if lost > 0 {
-        problems.push(format!("{lost} acknowledged events lost"));
-    }
-    if mode != LabMode::AtLeastOnce && state.duplicates > 0 {
-        problems.push(format!(
-            "{} duplicate effects in the sink",
-            state.duplicates
-        ));
-    }
-    let verdict = report.verdict(DeliveryMode::AtLeastOnce);
-    if !verdict.is_valid() {
-        problems.push(format!("history checker: {verdict}"));
-    }
-    let row = Row {
-        scenario,
-        mode,
-        label: mode.label(scenario),
-        produced: acked.len() as u64,
-        sink_rows: state.rows,
-        duplicates_delivered,
-        duplicates_absorbed: progress.absorbed,
-        duplicates_in_sink: state.duplicates,
-        lost,
-        records_per_sec: acked.len() as f64 / elapsed.as_secs_f64().max(1e-9),
-        p50_ms: latency.p50_us as f64 / 1000.0,
-        p99_ms: latency.p99_us as f64 / 1000.0,
-        faults: format!(
-            "{lost_acks} lost produce acks, {} consumer crashes before commit, {}",
-            progress.crashes,
-            if restarted {
-                "1 broker restart"
-            } else {
-                "no broker restart (external broker)"
-            }
+    let outcome = Outcome {
+        state: SinkState::read(scenario, sink.connection(), config.records)?,
+        report: check(
+            &history.ops(),
+            &CheckOptions {
+                drained: false,
+                group: Some(names.group.clone()),
+            },
         ),
-        guarantee: mode.guarantee().into(),
-        held: problems.is_empty(),
-        problems,
+        acked: acked_values(&history),
+        progress,
+        elapsed,
+        lost_acks: proxy.stats().on(Targets::PRODUCE, FaultKind::DropResponse),
+        restarted,
     };
+    let row = outcome.row(config, scenario, mode);
     drop(client);
     proxy.shutdown().await;
     broker.stop().await;
     Ok(row)
+}
+
+/// The proxy's plan: the second produce request of each kind always
+/// loses its ack, others at random.
+fn lost_acks(seed: u64, config: &LabConfig) -> FaultPlan {
+    FaultPlan::new(seed)
+        .at(Targets::PRODUCE, 2, Fault::DropResponse)
+        .with_probability(
+            Targets::PRODUCE,
+            Fault::DropResponse,
+            config.lost_ack_probability,
+        )
+}
+
+/// The first and third steps that poll records always crash, so that
+/// every cell redelivers (a crash during the broker restart cannot
+/// resubscribe and does not happen); others at random.
+fn crash_schedule(seed: u64, config: &LabConfig) -> CrashSchedule {
+    CrashSchedule::random(seed, config.crash_probability, &[CrashPoint::BeforeCommit])
+        .at(1, CrashPoint::BeforeCommit)
+        .at(3, CrashPoint::BeforeCommit)
+}
+
+/// Produces the input, restarting the broker halfway once the consumer
+/// is busy; returns whether it restarted.
+async fn produce_input(
+    shared: &Shared<'_>,
+    scenario: Scenario,
+    mode: LabMode,
+    broker: &mut LabBroker,
+) -> Result<bool, LabError> {
+    let Shared {
+        client,
+        names,
+        history,
+        produced,
+        applied,
+        sent_at,
+        config,
+        ..
+    } = *shared;
+    let records = config.records;
+    let config_p = producer_config(mode.delivery());
+    let producer = RecordingProducer::new(
+        patiently(|| Producer::new(client.clone(), config_p.clone())).await?,
+        history.clone(),
+    );
+    let mut restarted = false;
+    for i in 0..records {
+        if i == records / 2 {
+            // Restart while both sides are busy: once the consumer has
+            // applied a quarter of the input.
+            let waiting = Instant::now();
+            while applied.load(Ordering::Acquire) < records / 4
+                && waiting.elapsed() < config.catch_up
+            {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            restarted = broker.restart().await?;
+        }
+        // Values count from 1 in send order: route a trip's updates to one
+        // partition, so they arrive in order.
+        let v = i + 1;
+        let partition = match scenario {
+            Scenario::Trips => trip(v, records) % u64::from(PARTITIONS),
+            _ => i % u64::from(PARTITIONS),
+        } as u32;
+        let t = Instant::now();
+        if let Ok(v) = producer.send(&names.input, Some(partition)).await {
+            sent_at.lock().insert(v, t);
+        }
+    }
+    let _ = producer.close().await;
+    produced.store(true, Ordering::Release);
+    Ok(restarted)
+}
+
+/// Consumes in the cell's mode until caught up; the at-least-once modes
+/// return their sink.
+async fn consume(
+    shared: Shared<'_>,
+    scenario: Scenario,
+    mode: LabMode,
+    db: &std::path::Path,
+) -> Result<(Progress, Option<AloSink>), LabError> {
+    if mode == LabMode::ExactlyOnce {
+        consume_exactly_once(shared).await
+    } else {
+        let sink = AloSink::open(scenario, mode, db)?;
+        consume_at_least_once(shared, scenario, mode, sink).await
+    }
+}
+
+/// Exactly-once's sink is the output topic: its committed fulfilments
+/// reserve the stock, downstream, through the same plain inserts as the
+/// at-least-once consumer without a sink.
+async fn downstream_orders(
+    proxy: &FaultProxy,
+    direct: &Client,
+    names: &Names,
+    db: &std::path::Path,
+) -> Result<AloSink, LabError> {
+    let out = History::new();
+    proxy.set_enabled(false);
+    let reads =
+        patiently(|| drain(direct, &names.output, &out, Duration::from_millis(300))).await?;
+    let mut conn = plain_reservations(orders_db(db)?)?;
+    let orders: Vec<Event> = reads.iter().map(|r| order_event(r.value)).collect();
+    insert_plain(&mut conn, &orders)?;
+    Ok(AloSink::OrdersPlain(conn))
+}
+
+/// What a cell measured once its consumer stopped.
+struct Outcome {
+    progress: Progress,
+    /// The sink's final state.
+    state: SinkState,
+    /// The history checker's report.
+    report: Report,
+    /// The values whose send was acknowledged.
+    acked: HashSet<Value>,
+    /// From the start to the last first effect.
+    elapsed: Duration,
+    lost_acks: u64,
+    restarted: bool,
+}
+
+impl Outcome {
+    /// Everything that broke the mode's guarantee.
+    fn problems(&self, config: &LabConfig, mode: LabMode, lost: u64) -> Vec<String> {
+        let mut problems = Vec::new();
+        if !self.progress.caught_up {
+            problems.push(format!(
+                "the consumer did not catch up within {:?}",
+                config.catch_up
+            ));
+        }
+        if lost > 0 {
+            problems.push(format!("{lost} acknowledged events lost"));
+        }
+        if mode != LabMode::AtLeastOnce && self.state.duplicates > 0 {
+            problems.push(format!(
+                "{} duplicate effects in the sink",
+                self.state.duplicates
+            ));
+        }
+        let verdict = self.report.verdict(DeliveryMode::AtLeastOnce);
+        if !verdict.is_valid() {
+            problems.push(format!("history checker: {verdict}"));
+        }
+        problems
+    }
+
+    fn row(&self, config: &LabConfig, scenario: Scenario, mode: LabMode) -> Row {
+        let duplicates_delivered: u64 = self
+            .report
+            .of(AnomalyKind::DuplicateDelivery)
+            .map(|a| match a {
+                Anomaly::DuplicateDelivery { deliveries, .. } => deliveries.len() as u64 - 1,
+                _ => 0,
+            })
+            .sum();
+        let lost = self.state.lost(scenario, &self.acked, config.records);
+        let latency = Latency::from_histogram(
+            "send_to_effect",
+            self.progress
+                .latency
+                .as_ref()
+                .unwrap_or(&latency_histogram()),
+        );
+        let problems = self.problems(config, mode, lost);
+        Row {
+            scenario,
+            mode,
+            label: mode.label(scenario),
+            produced: self.acked.len() as u64,
+            sink_rows: self.state.rows,
+            duplicates_delivered,
+            duplicates_absorbed: self.progress.absorbed,
+            duplicates_in_sink: self.state.duplicates,
+            lost,
+            records_per_sec: self.acked.len() as f64 / self.elapsed.as_secs_f64().max(1e-9),
+            p50_ms: latency.p50_us as f64 / 1000.0,
+            p99_ms: latency.p99_us as f64 / 1000.0,
+            faults: format!(
+                "{} lost produce acks, {} consumer crashes before commit, {}",
+                self.lost_acks,
+                self.progress.crashes,
+                if self.restarted {
+                    "1 broker restart"
+                } else {
+                    "no broker restart (external broker)"
+                }
+            ),
+            guarantee: mode.guarantee().into(),
+            held: problems.is_empty(),
+            problems,
+        }
+    }
 }
 
 /// The values whose send the broker acknowledged.
@@ -636,6 +721,7 @@ async fn step_failed(e: ClientError) {
 }
 
 /// What the producing and consuming sides of a cell share.
+#[derive(Clone)]
 struct Shared<'a> {
     client: &'a Client,
     names: &'a Names,
@@ -682,20 +768,7 @@ async fn consume_at_least_once(
         let step = consumer
             .step(POLL, move |reads: Vec<Read>, _| async move {
                 let values: Vec<Value> = reads.iter().map(|r| r.value).collect();
-                // The sink write is retried until it succeeds: the commit
-                // follows it whatever happens.
-                loop {
-                    match sink_ref.apply(&values, config.records).await {
-                        Ok(w) => {
-                            progress_ref.absorbed += w.absorbed;
-                            break;
-                        }
-                        Err(e) => {
-                            tracing::warn!(%e, "sink write failed; retrying");
-                            tokio::time::sleep(Duration::from_millis(20)).await;
-                        }
-                    }
-                }
+                progress_ref.absorbed += sink_ref.apply_until_done(&values, config.records).await;
                 progress_ref.effect(&values, sent_at);
                 applied.store(progress_ref.delivered.len() as u64, Ordering::Release);
                 if let Some(producer) = out {
