@@ -534,10 +534,10 @@ impl<O: EosObserver> ExactlyOnce<O> {
     /// step is resumed from, which is not crashed at again.
     async fn commit(&mut self, txn: Txn, resumed: Option<EosPoint>) -> Result<Step, ClientError> {
         if resumed != Some(EosPoint::BeforeCommit) {
-            if resumed.is_none() {
-                if let Some(step) = self.crash_at(EosPoint::AfterSends, Some(&txn)) {
-                    return Ok(step);
-                }
+            if resumed.is_none()
+                && let Some(step) = self.crash_at(EosPoint::AfterSends, Some(&txn))
+            {
+                return Ok(step);
             }
             let positions = self.consumer.positions();
             self.observer.committing(&positions);
