@@ -9,9 +9,10 @@
 //!   exactly-once: opens a source transaction and sends into it, committed
 //!   or aborted by the next op, so a fault can land in the middle);
 //! - [`WorkOp::Consume`] runs consumer steps (for exactly-once: steps of
-//!   the copier, which reads the source topic `read_committed` and writes
-//!   each value to the output topic in a transaction holding its input
-//!   offsets);
+//!   the copier, the client's [`ExactlyOnce`] loop itself, which reads the
+//!   source topic `read_committed` and writes each value to the output
+//!   topic in a transaction holding its input offsets; an observer records
+//!   its history and injects its crashes);
 //! - [`WorkOp::Fault`] injects one of the run's [`FaultClass`]es.
 //!
 //! [`Run::finish`] turns faults off, lets the consumers catch up, drains
