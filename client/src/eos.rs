@@ -24,7 +24,9 @@
 //! transaction ended. At an [`EosPoint`] it may also stop the step as if
 //! the process had crashed there, which is how fault-injection harnesses
 //! drive this loop. The default observer, `()`, does nothing and costs
-//! nothing.
+//! nothing. A step crashed after its sends can also be
+//! [resumed](ExactlyOnce::resume), as a stalled process that wakes up
+//! would go on: the way to drive a zombie instance against its successor.
 
 use std::time::Duration;
 
@@ -210,6 +212,34 @@ pub trait EosObserver {
 /// Watches nothing.
 impl EosObserver for () {}
 
+/// Lends an observer to a loop, so that it outlives the loop: a harness
+/// that replaces crashed instances keeps one observer across them.
+impl<O: EosObserver + ?Sized> EosObserver for &mut O {
+    fn polled(&mut self, records: &[ConsumerRecord]) {
+        (**self).polled(records);
+    }
+
+    fn poll_failed(&mut self, error: &ClientError) {
+        (**self).poll_failed(error);
+    }
+
+    fn sent(&mut self, output: &Output) {
+        (**self).sent(output);
+    }
+
+    fn at(&mut self, point: EosPoint) -> Control {
+        (**self).at(point)
+    }
+
+    fn committing(&mut self, offsets: &[(String, u32, u64)]) {
+        (**self).committing(offsets);
+    }
+
+    fn ended(&mut self, outcome: TxnOutcome<'_>) {
+        (**self).ended(outcome);
+    }
+}
+
 /// What one [`ExactlyOnce::step`] did.
 #[derive(Debug)]
 #[non_exhaustive]
@@ -230,7 +260,9 @@ pub enum Step {
     /// The [`EosObserver`] crashed the step at this point. The transaction
     /// is left open and the consumer is not rewound, as after a process
     /// crash: drop the loop, and start a new instance (whose producer
-    /// fences this one and settles the transaction).
+    /// fences this one and settles the transaction). A step crashed at
+    /// [`EosPoint::AfterSends`] or [`EosPoint::BeforeCommit`] may instead
+    /// go on with [`ExactlyOnce::resume`].
     Crashed(EosPoint),
 }
 
@@ -300,6 +332,22 @@ pub struct ExactlyOnce<O: EosObserver = ()> {
     config: ExactlyOnceConfig,
     outputs: Vec<Output>,
     observer: O,
+    /// The transaction of a step crashed after its sends, for
+    /// [`ExactlyOnce::resume`].
+    stalled: Option<(EosPoint, Txn)>,
+}
+
+/// The transaction of one step so far.
+#[derive(Clone, Debug)]
+struct Txn {
+    /// The consumer positions to rewind to if it aborts: every record
+    /// before them is accounted for (committed, or a marker or aborted
+    /// record that produces nothing).
+    rewind_to: Vec<(String, u32, u64)>,
+    /// Input records processed.
+    records: u64,
+    /// Output records sent.
+    outputs: u64,
 }
 
 impl<O: EosObserver> std::fmt::Debug for ExactlyOnce<O> {
@@ -360,6 +408,7 @@ impl<O: EosObserver> ExactlyOnce<O> {
             config,
             outputs: Vec::new(),
             observer,
+            stalled: None,
         })
     }
 
@@ -401,16 +450,18 @@ impl<O: EosObserver> ExactlyOnce<O> {
     where
         F: FnMut(&ConsumerRecord, &mut Vec<Output>),
     {
-        // Every record before these positions is accounted for: committed,
-        // or a marker or aborted record that produces nothing.
-        let rewind_to = self.consumer.positions();
+        self.stalled = None;
+        let mut txn = Txn {
+            rewind_to: self.consumer.positions(),
+            records: 0,
+            outputs: 0,
+        };
         let started = Instant::now();
         let mut first_record_at = None;
-        let (mut records, mut outputs) = (0u64, 0u64);
         loop {
             let deadline = first_record_at.unwrap_or(started) + self.config.max_interval;
             let now = Instant::now();
-            if now >= deadline || records >= self.config.max_records {
+            if now >= deadline || txn.records >= self.config.max_records {
                 break;
             }
             let polled = match self.consumer.poll(deadline - now).await {
@@ -418,7 +469,7 @@ impl<O: EosObserver> ExactlyOnce<O> {
                 Err(e) => {
                     self.observer.poll_failed(&e);
                     if first_record_at.is_some() {
-                        return self.abort_and_rewind(e, &rewind_to).await;
+                        return self.abort_and_rewind(e, &txn.rewind_to).await;
                     }
                     if !e.is_retriable() {
                         return Err(e);
@@ -432,48 +483,84 @@ impl<O: EosObserver> ExactlyOnce<O> {
                 continue;
             }
             self.observer.polled(&polled);
-            if let Some(step) = self.crash_at(EosPoint::AfterPoll) {
+            // Not resumable: these records are not processed yet.
+            if let Some(step) = self.crash_at(EosPoint::AfterPoll, None) {
                 return Ok(step);
             }
             for record in &polled {
                 if first_record_at.is_none() {
                     if let Err(e) = self.producer.begin() {
-                        return self.abort_and_rewind(e, &rewind_to).await;
+                        return self.abort_and_rewind(e, &txn.rewind_to).await;
                     }
                     first_record_at = Some(Instant::now());
                 }
-                records += 1;
+                txn.records += 1;
                 process(record, &mut self.outputs);
                 match self.send_outputs().await {
-                    Ok(n) => outputs += n,
-                    Err(e) => return self.abort_and_rewind(e, &rewind_to).await,
+                    Ok(n) => txn.outputs += n,
+                    Err(e) => return self.abort_and_rewind(e, &txn.rewind_to).await,
                 }
             }
         }
         if first_record_at.is_none() {
             return Ok(Step::Idle);
         }
-        if let Some(step) = self.crash_at(EosPoint::AfterSends) {
-            return Ok(step);
-        }
-        let positions = self.consumer.positions();
-        self.observer.committing(&positions);
-        if let Err(e) = self
-            .producer
-            .send_offsets(&self.config.group, &positions)
-            .await
-        {
-            return self.abort_and_rewind(e, &rewind_to).await;
-        }
-        if let Some(step) = self.crash_at(EosPoint::BeforeCommit) {
-            return Ok(step);
+        self.commit(txn, None).await
+    }
+
+    /// Goes on with the last step, which the observer crashed at
+    /// [`EosPoint::AfterSends`] or [`EosPoint::BeforeCommit`], from that
+    /// point, as a process that had only stalled there would: it adds the
+    /// consumer's positions to the transaction (unless it had) and
+    /// commits, and the observer sees the rest of the step. Harnesses use
+    /// it to drive a zombie: an instance that stalls in the middle of a
+    /// transaction while a newer one fences it, then tries to commit, which
+    /// must fail (the producer is fenced: `Err`, the outcome reported as
+    /// [`TxnOutcome::Unknown`]).
+    ///
+    /// Fails with [`ClientError::InvalidArgument`] if the last step did not
+    /// crash at one of those points, or was already resumed.
+    pub async fn resume(&mut self) -> Result<Step, ClientError> {
+        let Some((point, txn)) = self.stalled.take() else {
+            return Err(ClientError::InvalidArgument(
+                "no step crashed after its sends to resume".into(),
+            ));
+        };
+        self.commit(txn, Some(point)).await
+    }
+
+    /// The end of a transaction whose outputs are all sent: add the
+    /// consumer's positions, then commit. `resumed` is the point a crashed
+    /// step is resumed from, which is not crashed at again.
+    async fn commit(&mut self, txn: Txn, resumed: Option<EosPoint>) -> Result<Step, ClientError> {
+        if resumed != Some(EosPoint::BeforeCommit) {
+            if resumed.is_none()
+                && let Some(step) = self.crash_at(EosPoint::AfterSends, Some(&txn))
+            {
+                return Ok(step);
+            }
+            let positions = self.consumer.positions();
+            self.observer.committing(&positions);
+            if let Err(e) = self
+                .producer
+                .send_offsets(&self.config.group, &positions)
+                .await
+            {
+                return self.abort_and_rewind(e, &txn.rewind_to).await;
+            }
+            if let Some(step) = self.crash_at(EosPoint::BeforeCommit, Some(&txn)) {
+                return Ok(step);
+            }
         }
         match self.producer.commit().await {
             Ok(()) => {
                 self.observer.ended(TxnOutcome::Committed);
-                Ok(Step::Committed { records, outputs })
+                Ok(Step::Committed {
+                    records: txn.records,
+                    outputs: txn.outputs,
+                })
             }
-            Err(e) => self.abort_and_rewind(e, &rewind_to).await,
+            Err(e) => self.abort_and_rewind(e, &txn.rewind_to).await,
         }
     }
 
@@ -499,12 +586,15 @@ impl<O: EosObserver> ExactlyOnce<O> {
         Ok(sent)
     }
 
-    /// `Some(Step::Crashed)` if the observer crashes the step at `point`.
-    fn crash_at(&mut self, point: EosPoint) -> Option<Step> {
+    /// `Some(Step::Crashed)` if the observer crashes the step at `point`;
+    /// the step's transaction `txn`, if given, is kept for
+    /// [`resume`](Self::resume).
+    fn crash_at(&mut self, point: EosPoint, txn: Option<&Txn>) -> Option<Step> {
         match self.observer.at(point) {
             Control::Continue => None,
             Control::Crash => {
                 tracing::debug!(%point, "the observer crashed the step");
+                self.stalled = txn.map(|txn| (point, txn.clone()));
                 self.observer.ended(TxnOutcome::Crashed(point));
                 Some(Step::Crashed(point))
             }

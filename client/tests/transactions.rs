@@ -7,9 +7,10 @@ use std::time::{Duration, Instant};
 use ferry_broker::{BrokerConfig, EmbeddedBroker};
 use ferry_client::partitioner::partition_for_key;
 use ferry_client::{
-    Client, CommitMode, Consumer, ConsumerConfig, ConsumerRecord, Control, EosObserver, EosPoint,
-    ExactlyOnce, ExactlyOnceConfig, IsolationLevel, Output, Producer, ProducerConfig, StartFrom,
-    Step, TransactionalConfig, TransactionalProducer, TxnOutcome, list_transactions,
+    Client, ClientError, CommitMode, Consumer, ConsumerConfig, ConsumerRecord, Control,
+    EosObserver, EosPoint, ExactlyOnce, ExactlyOnceConfig, IsolationLevel, Output, Producer,
+    ProducerConfig, StartFrom, Step, Totals, TransactionalConfig, TransactionalProducer,
+    TxnOutcome, list_transactions,
 };
 use ferry_proto::ErrorCode;
 
@@ -562,33 +563,63 @@ impl EosObserver for Watcher {
 
 /// A copier of `src` into `dst`, one poll per transaction, watched.
 async fn watched(client: &Client, crash: Option<(EosPoint, usize)>) -> ExactlyOnce<Watcher> {
+    let watcher = Watcher {
+        crash,
+        ..Watcher::default()
+    };
+    watched_by(client, watcher).await
+}
+
+/// A copier of `src` into `dst`, one poll per transaction, watched by
+/// `observer`.
+async fn watched_by<O: EosObserver>(client: &Client, observer: O) -> ExactlyOnce<O> {
     let (consumer, producer) = copier(client, "src").await.into_parts();
     let config = ExactlyOnceConfig {
         max_records: 1,
         max_interval: Duration::from_millis(200),
         ..ExactlyOnceConfig::new("copy")
     };
-    let watcher = Watcher {
-        crash,
-        ..Watcher::default()
-    };
-    ExactlyOnce::with_observer(consumer, producer, config, watcher).unwrap()
+    ExactlyOnce::with_observer(consumer, producer, config, observer).unwrap()
+}
+
+/// A broker with a filled `src` of 2 partitions and an empty `dst` of 1;
+/// the values in `src`.
+async fn small_copy() -> (EmbeddedBroker, Client, Vec<String>) {
+    let (broker, client) = broker().await;
+    client.create_topic("src", 2).await.unwrap();
+    client.create_topic("dst", 1).await.unwrap();
+    let all = fill_source(&client, "src", 3).await;
+    (broker, client, all)
+}
+
+/// One copier step, which the observer crashes at `point`.
+async fn step_crashing_at<O: EosObserver>(eos: &mut ExactlyOnce<O>, point: EosPoint) {
+    let step = eos.step(copy_process("dst", 1)).await.unwrap();
+    assert!(matches!(step, Step::Crashed(p) if p == point), "{step:?}");
+}
+
+/// What the observer of a copier that ran to the end saw: a commit per
+/// transaction, each of the `all` outputs sent once, and no crash.
+fn assert_each_output_sent_once(events: &[String], totals: &Totals, all: &[String]) {
+    assert!(totals.transactions > 0, "{totals:?}");
+    assert_eq!(
+        events.iter().filter(|e| *e == "committed").count() as u64,
+        totals.transactions
+    );
+    assert_eq!(
+        events.iter().filter(|e| e.starts_with("sent")).count(),
+        all.len()
+    );
+    assert!(!events.iter().any(|e| e.starts_with("crashed")));
 }
 
 #[tokio::test]
 async fn the_observer_sees_each_step_and_a_crash_it_asks_for_leaves_nothing_visible() {
-    let (_broker, client) = broker().await;
-    client.create_topic("src", 2).await.unwrap();
-    client.create_topic("dst", 1).await.unwrap();
-    let all = fill_source(&client, "src", 3).await;
+    let (_broker, client, all) = small_copy().await;
 
     // The first instance crashes before its first commit.
     let mut first = watched(&client, Some((EosPoint::BeforeCommit, 0))).await;
-    let step = first.step(copy_process("dst", 1)).await.unwrap();
-    assert!(
-        matches!(step, Step::Crashed(EosPoint::BeforeCommit)),
-        "{step:?}"
-    );
+    step_crashing_at(&mut first, EosPoint::BeforeCommit).await;
     let events = first.observer().events.clone();
     let n: usize = events[0].strip_prefix("polled ").unwrap().parse().unwrap();
     assert!(n > 0);
@@ -614,16 +645,52 @@ async fn the_observer_sees_each_step_and_a_crash_it_asks_for_leaves_nothing_visi
         .run(copy_process("dst", 1), Some(Duration::from_millis(500)))
         .await
         .unwrap();
-    assert!(totals.transactions > 0, "{totals:?}");
-    let events = &second.observer().events;
-    assert_eq!(
-        events.iter().filter(|e| *e == "committed").count() as u64,
-        totals.transactions
+    assert_each_output_sent_once(&second.observer().events, &totals, &all);
+    check_copy(&client, "dst", &all).await;
+}
+
+#[tokio::test]
+async fn a_stalled_step_resumed_after_its_successor_fenced_it_cannot_commit() {
+    let (_broker, client, all) = small_copy().await;
+
+    // The zombie stalls with its outputs sent and its transaction open.
+    let mut zombie = watched(&client, Some((EosPoint::AfterSends, 0))).await;
+    step_crashing_at(&mut zombie, EosPoint::AfterSends).await;
+    let stalled = zombie.observer().events.len();
+    assert_eq!(zombie.observer().events[stalled - 1], "crashed after-sends");
+
+    // A successor starts (its producer fences the zombie's) with an
+    // observer lent to it, which outlives it.
+    let mut watcher = Watcher::default();
+    let mut successor = watched_by(&client, &mut watcher).await;
+
+    // The zombie wakes up and goes on from where it stalled: its commit
+    // fails, fenced.
+    let err = zombie.resume().await.unwrap_err();
+    assert!(
+        matches!(
+            err.code(),
+            ErrorCode::ProducerFenced | ErrorCode::InvalidProducerEpoch
+        ),
+        "{err}"
     );
-    assert_eq!(
-        events.iter().filter(|e| e.starts_with("sent")).count(),
-        all.len()
+    let events = &zombie.observer().events[stalled..];
+    assert!(
+        events[0].starts_with("committing [(\"src\", "),
+        "{events:?}"
     );
-    assert!(!events.iter().any(|e| e.starts_with("crashed")));
+    assert!(events[1].starts_with("unknown "), "{events:?}");
+    assert_eq!(events.len(), 2, "{events:?}");
+    // Nothing is left to resume.
+    let again = zombie.resume().await.unwrap_err();
+    assert!(matches!(again, ClientError::InvalidArgument(_)), "{again}");
+    drop(zombie);
+
+    let totals = successor
+        .run(copy_process("dst", 1), Some(Duration::from_millis(500)))
+        .await
+        .unwrap();
+    drop(successor);
+    assert_each_output_sent_once(&watcher.events, &totals, &all);
     check_copy(&client, "dst", &all).await;
 }

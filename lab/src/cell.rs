@@ -10,8 +10,9 @@ use ferry_client::retry::{Backoff, retry_until};
 use ferry_client::sink::rusqlite::{self, Connection, params};
 use ferry_client::sink::{Event, Sink, SinkError, UniqueSink, UpsertSink, Versioned, Written};
 use ferry_client::{
-    Client, ClientError, ConsumerConfig, IsolationLevel, Output, Producer, ProducerConfig,
-    StartFrom, TransactionalConfig, TransactionalProducer, TransactionalSink,
+    Client, ClientError, Consumer, ConsumerConfig, ConsumerRecord, Control, EosObserver, EosPoint,
+    ExactlyOnce, ExactlyOnceConfig, IsolationLevel, Output, Producer, ProducerConfig, StartFrom,
+    Step, TransactionalConfig, TransactionalProducer, TxnOutcome,
 };
 use ferry_storage::FlushPolicy;
 use hdrhistogram::Histogram;
@@ -23,8 +24,9 @@ use ferry_bench::{Latency, latency_histogram, record_us};
 use ferry_testkit::proxy::splitmix64;
 use ferry_testkit::{
     Anomaly, AnomalyKind, CheckOptions, ConsumerStep, CrashPoint, CrashSchedule, CrashingConsumer,
-    DeliveryMode, Fault, FaultKind, FaultPlan, FaultProxy, History, Mop, OpKind, OpType, Read,
-    RecordingProducer, Targets, Value, ValueGen, check, drain, matrix::BrokerUnderTest,
+    DeliveryMode, Fault, FaultKind, FaultPlan, FaultProxy, History, Mop, OpKind, OpType, ProcessId,
+    Read, RecordingProducer, Report, Targets, Value, ValueGen, check, decode_reads, drain,
+    matrix::BrokerUnderTest,
 };
 
 /// Partitions of every lab topic.
@@ -34,7 +36,8 @@ const SKUS: u64 = 50;
 const STOCK: i64 = 1_000_000_000;
 /// Trip updates per trip.
 const UPDATES_PER_TRIP: u64 = 20;
-/// One consumer poll's longest wait.
+/// One consumer poll's longest wait; for exactly-once, how long a step waits
+/// for input.
 const POLL: Duration = Duration::from_millis(100);
 /// Idle polls in a row, once the input is all produced, that end a cell.
 const IDLE_POLLS: u32 = 3;
@@ -245,6 +248,20 @@ impl AloSink {
         }
     }
 
+    /// [`apply`](Self::apply), retried until it succeeds: the commit
+    /// follows it whatever happens. Returns the repeats absorbed.
+    async fn apply_until_done(&mut self, values: &[Value], records: u64) -> u64 {
+        loop {
+            match self.apply(values, records).await {
+                Ok(w) => return w.absorbed,
+                Err(e) => {
+                    tracing::warn!(%e, "sink write failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+    }
+
     fn connection(&self) -> &Connection {
         match self {
             AloSink::OrdersPlain(conn) => conn,
@@ -341,185 +358,256 @@ pub async fn run_cell(
     if scenario == Scenario::Orders {
         direct.create_topic(&names.output, PARTITIONS).await?;
     }
-    // The second produce request of each kind always loses its ack.
-    let plan = FaultPlan::new(seed)
-        .at(Targets::PRODUCE, 2, Fault::DropResponse)
-        .with_probability(
-            Targets::PRODUCE,
-            Fault::DropResponse,
-            config.lost_ack_probability,
-        );
-    let proxy = FaultProxy::start(&broker.addr(), plan).await?;
+    let proxy = FaultProxy::start(&broker.addr(), lost_acks(seed, config)).await?;
     let client = Client::connect(&proxy.addr_string()).await?;
     let history = History::new();
     let dir = tempfile::tempdir()?;
     let db = dir.path().join(format!("{}.db", scenario.name()));
-
     let sent_at: Mutex<HashMap<Value, Instant>> = Mutex::new(HashMap::new());
-    let produced = AtomicBool::new(false);
-    let applied = AtomicU64::new(0);
+    let (produced, applied) = (AtomicBool::new(false), AtomicU64::new(0));
+    let shared = Shared {
+        client: &client,
+        names: &names,
+        history: &history,
+        schedule: crash_schedule(seed, config),
+        produced: &produced,
+        applied: &applied,
+        sent_at: &sent_at,
+        config,
+    };
     let started = Instant::now();
-    let records = config.records;
-
-    let producing = async {
-        let config_p = producer_config(mode.delivery());
-        let producer = RecordingProducer::new(
-            patiently(|| Producer::new(client.clone(), config_p.clone())).await?,
-            history.clone(),
-        );
-        let mut restarted = false;
-        for i in 0..records {
-            if i == records / 2 {
-                // Restart while both sides are busy: once the consumer has
-                // applied a quarter of the input.
-                let waiting = Instant::now();
-                while applied.load(Ordering::Acquire) < records / 4
-                    && waiting.elapsed() < config.catch_up
-                {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-                restarted = broker.restart().await?;
-            }
-            // Values count from 1 in send order: route a trip's updates
-            // to one partition, so they arrive in order.
-            let v = i + 1;
-            let partition = match scenario {
-                Scenario::Trips => trip(v, records) % u64::from(PARTITIONS),
-                _ => i % u64::from(PARTITIONS),
-            } as u32;
-            let t = Instant::now();
-            if let Ok(v) = producer.send(&names.input, Some(partition)).await {
-                sent_at.lock().insert(v, t);
-            }
-        }
-        let _ = producer.close().await;
-        produced.store(true, Ordering::Release);
-        Ok::<bool, LabError>(restarted)
-    };
-    let consuming = async {
-        // The first and third steps that poll records always crash, so
-        // that every cell redelivers (a crash during the broker restart
-        // cannot resubscribe and does not happen); others at random.
-        let schedule =
-            CrashSchedule::random(seed, config.crash_probability, &[CrashPoint::BeforeCommit])
-                .at(1, CrashPoint::BeforeCommit)
-                .at(3, CrashPoint::BeforeCommit);
-        let shared = Shared {
-            client: &client,
-            names: &names,
-            history: &history,
-            schedule,
-            produced: &produced,
-            applied: &applied,
-            sent_at: &sent_at,
-            config,
-        };
-        if mode == LabMode::ExactlyOnce {
-            consume_exactly_once(shared).await
-        } else {
-            let sink = AloSink::open(scenario, mode, &db)?;
-            consume_at_least_once(shared, scenario, mode, sink).await
-        }
-    };
-    let (restarted, progress) = tokio::join!(producing, consuming);
+    let (restarted, progress) = tokio::join!(
+        produce_input(&shared, scenario, mode, &mut broker),
+        consume(shared.clone(), scenario, mode, &db),
+    );
     let restarted = restarted?;
     let (progress, sink) = progress?;
     let elapsed = progress
         .last_first_delivery
         .map_or(started.elapsed(), |t| t.duration_since(started));
-
-    // The sink's final state. Exactly-once's sink is the output topic:
-    // its committed fulfilments reserve the stock, downstream, through the
-    // same plain inserts as the at-least-once consumer without a sink.
-    let conn = match sink {
+    let sink = match sink {
         Some(sink) => sink,
-        None => {
-            let out = History::new();
-            proxy.set_enabled(false);
-            let reads =
-                patiently(|| drain(&direct, &names.output, &out, Duration::from_millis(300)))
-                    .await?;
-            let mut conn = plain_reservations(orders_db(&db)?)?;
-            let orders: Vec<Event> = reads.iter().map(|r| order_event(r.value)).collect();
-            insert_plain(&mut conn, &orders)?;
-            AloSink::OrdersPlain(conn)
-        }
+        None => downstream_orders(&proxy, &direct, &names, &db).await?,
     };
-    let state = SinkState::read(scenario, conn.connection(), records)?;
-
-    let report = check(
-        &history.ops(),
-        &CheckOptions {
-            drained: false,
-            group: Some(names.group.clone()),
-        },
-    );
-    let acked = acked_values(&history);
-    let duplicates_delivered: u64 = report
-        .of(AnomalyKind::DuplicateDelivery)
-        .map(|a| match a {
-            Anomaly::DuplicateDelivery { deliveries, .. } => deliveries.len() as u64 - 1,
-            _ => 0,
-        })
-        .sum();
-    let lost = state.lost(scenario, &acked, records);
-    let latency = Latency::from_histogram(
-        "send_to_effect",
-        progress.latency.as_ref().unwrap_or(&latency_histogram()),
-    );
-    let stats = proxy.stats();
-    let lost_acks = stats.on(Targets::PRODUCE, FaultKind::DropResponse);
-
-    let mut problems = Vec::new();
-    if !progress.caught_up {
-        problems.push(format!(
-            "the consumer did not catch up within {:?}",
-            config.catch_up
-        ));
-    }
-    if lost > 0 {
-        problems.push(format!("{lost} acknowledged events lost"));
-    }
-    if mode != LabMode::AtLeastOnce && state.duplicates > 0 {
-        problems.push(format!(
-            "{} duplicate effects in the sink",
-            state.duplicates
-        ));
-    }
-    let verdict = report.verdict(DeliveryMode::AtLeastOnce);
-    if !verdict.is_valid() {
-        problems.push(format!("history checker: {verdict}"));
-    }
-    let row = Row {
-        scenario,
-        mode,
-        label: mode.label(scenario),
-        produced: acked.len() as u64,
-        sink_rows: state.rows,
-        duplicates_delivered,
-        duplicates_absorbed: progress.absorbed,
-        duplicates_in_sink: state.duplicates,
-        lost,
-        records_per_sec: acked.len() as f64 / elapsed.as_secs_f64().max(1e-9),
-        p50_ms: latency.p50_us as f64 / 1000.0,
-        p99_ms: latency.p99_us as f64 / 1000.0,
-        faults: format!(
-            "{lost_acks} lost produce acks, {} consumer crashes before commit, {}",
-            progress.crashes,
-            if restarted {
-                "1 broker restart"
-            } else {
-                "no broker restart (external broker)"
-            }
+    let outcome = Outcome {
+        state: SinkState::read(scenario, sink.connection(), config.records)?,
+        report: check(
+            &history.ops(),
+            &CheckOptions {
+                drained: false,
+                group: Some(names.group.clone()),
+            },
         ),
-        guarantee: mode.guarantee().into(),
-        held: problems.is_empty(),
-        problems,
+        acked: acked_values(&history),
+        progress,
+        elapsed,
+        lost_acks: proxy.stats().on(Targets::PRODUCE, FaultKind::DropResponse),
+        restarted,
     };
+    let row = outcome.row(config, scenario, mode);
     drop(client);
     proxy.shutdown().await;
     broker.stop().await;
     Ok(row)
+}
+
+/// The proxy's plan: the second produce request of each kind always
+/// loses its ack, others at random.
+fn lost_acks(seed: u64, config: &LabConfig) -> FaultPlan {
+    FaultPlan::new(seed)
+        .at(Targets::PRODUCE, 2, Fault::DropResponse)
+        .with_probability(
+            Targets::PRODUCE,
+            Fault::DropResponse,
+            config.lost_ack_probability,
+        )
+}
+
+/// The first and third steps that poll records always crash, so that
+/// every cell redelivers (a crash during the broker restart cannot
+/// resubscribe and does not happen); others at random.
+fn crash_schedule(seed: u64, config: &LabConfig) -> CrashSchedule {
+    CrashSchedule::random(seed, config.crash_probability, &[CrashPoint::BeforeCommit])
+        .at(1, CrashPoint::BeforeCommit)
+        .at(3, CrashPoint::BeforeCommit)
+}
+
+/// Produces the input, restarting the broker halfway once the consumer
+/// is busy; returns whether it restarted.
+async fn produce_input(
+    shared: &Shared<'_>,
+    scenario: Scenario,
+    mode: LabMode,
+    broker: &mut LabBroker,
+) -> Result<bool, LabError> {
+    let Shared {
+        client,
+        names,
+        history,
+        produced,
+        applied,
+        sent_at,
+        config,
+        ..
+    } = *shared;
+    let records = config.records;
+    let config_p = producer_config(mode.delivery());
+    let producer = RecordingProducer::new(
+        patiently(|| Producer::new(client.clone(), config_p.clone())).await?,
+        history.clone(),
+    );
+    let mut restarted = false;
+    for i in 0..records {
+        if i == records / 2 {
+            // Restart while both sides are busy: once the consumer has
+            // applied a quarter of the input.
+            let waiting = Instant::now();
+            while applied.load(Ordering::Acquire) < records / 4
+                && waiting.elapsed() < config.catch_up
+            {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            restarted = broker.restart().await?;
+        }
+        // Values count from 1 in send order: route a trip's updates to one
+        // partition, so they arrive in order.
+        let v = i + 1;
+        let partition = match scenario {
+            Scenario::Trips => trip(v, records) % u64::from(PARTITIONS),
+            _ => i % u64::from(PARTITIONS),
+        } as u32;
+        let t = Instant::now();
+        if let Ok(v) = producer.send(&names.input, Some(partition)).await {
+            sent_at.lock().insert(v, t);
+        }
+    }
+    let _ = producer.close().await;
+    produced.store(true, Ordering::Release);
+    Ok(restarted)
+}
+
+/// Consumes in the cell's mode until caught up; the at-least-once modes
+/// return their sink.
+async fn consume(
+    shared: Shared<'_>,
+    scenario: Scenario,
+    mode: LabMode,
+    db: &std::path::Path,
+) -> Result<(Progress, Option<AloSink>), LabError> {
+    if mode == LabMode::ExactlyOnce {
+        consume_exactly_once(shared).await
+    } else {
+        let sink = AloSink::open(scenario, mode, db)?;
+        consume_at_least_once(shared, scenario, mode, sink).await
+    }
+}
+
+/// Exactly-once's sink is the output topic: its committed fulfilments
+/// reserve the stock, downstream, through the same plain inserts as the
+/// at-least-once consumer without a sink.
+async fn downstream_orders(
+    proxy: &FaultProxy,
+    direct: &Client,
+    names: &Names,
+    db: &std::path::Path,
+) -> Result<AloSink, LabError> {
+    let out = History::new();
+    proxy.set_enabled(false);
+    let reads =
+        patiently(|| drain(direct, &names.output, &out, Duration::from_millis(300))).await?;
+    let mut conn = plain_reservations(orders_db(db)?)?;
+    let orders: Vec<Event> = reads.iter().map(|r| order_event(r.value)).collect();
+    insert_plain(&mut conn, &orders)?;
+    Ok(AloSink::OrdersPlain(conn))
+}
+
+/// What a cell measured once its consumer stopped.
+struct Outcome {
+    progress: Progress,
+    /// The sink's final state.
+    state: SinkState,
+    /// The history checker's report.
+    report: Report,
+    /// The values whose send was acknowledged.
+    acked: HashSet<Value>,
+    /// From the start to the last first effect.
+    elapsed: Duration,
+    lost_acks: u64,
+    restarted: bool,
+}
+
+impl Outcome {
+    /// Everything that broke the mode's guarantee.
+    fn problems(&self, config: &LabConfig, mode: LabMode, lost: u64) -> Vec<String> {
+        let mut problems = Vec::new();
+        if !self.progress.caught_up {
+            problems.push(format!(
+                "the consumer did not catch up within {:?}",
+                config.catch_up
+            ));
+        }
+        if lost > 0 {
+            problems.push(format!("{lost} acknowledged events lost"));
+        }
+        if mode != LabMode::AtLeastOnce && self.state.duplicates > 0 {
+            problems.push(format!(
+                "{} duplicate effects in the sink",
+                self.state.duplicates
+            ));
+        }
+        let verdict = self.report.verdict(DeliveryMode::AtLeastOnce);
+        if !verdict.is_valid() {
+            problems.push(format!("history checker: {verdict}"));
+        }
+        problems
+    }
+
+    fn row(&self, config: &LabConfig, scenario: Scenario, mode: LabMode) -> Row {
+        let duplicates_delivered: u64 = self
+            .report
+            .of(AnomalyKind::DuplicateDelivery)
+            .map(|a| match a {
+                Anomaly::DuplicateDelivery { deliveries, .. } => deliveries.len() as u64 - 1,
+                _ => 0,
+            })
+            .sum();
+        let lost = self.state.lost(scenario, &self.acked, config.records);
+        let latency = Latency::from_histogram(
+            "send_to_effect",
+            self.progress
+                .latency
+                .as_ref()
+                .unwrap_or(&latency_histogram()),
+        );
+        let problems = self.problems(config, mode, lost);
+        Row {
+            scenario,
+            mode,
+            label: mode.label(scenario),
+            produced: self.acked.len() as u64,
+            sink_rows: self.state.rows,
+            duplicates_delivered,
+            duplicates_absorbed: self.progress.absorbed,
+            duplicates_in_sink: self.state.duplicates,
+            lost,
+            records_per_sec: self.acked.len() as f64 / self.elapsed.as_secs_f64().max(1e-9),
+            p50_ms: latency.p50_us as f64 / 1000.0,
+            p99_ms: latency.p99_us as f64 / 1000.0,
+            faults: format!(
+                "{} lost produce acks, {} consumer crashes before commit, {}",
+                self.lost_acks,
+                self.progress.crashes,
+                if self.restarted {
+                    "1 broker restart"
+                } else {
+                    "no broker restart (external broker)"
+                }
+            ),
+            guarantee: mode.guarantee().into(),
+            held: problems.is_empty(),
+            problems,
+        }
+    }
 }
 
 /// The values whose send the broker acknowledged.
@@ -633,6 +721,7 @@ async fn step_failed(e: ClientError) {
 }
 
 /// What the producing and consuming sides of a cell share.
+#[derive(Clone)]
 struct Shared<'a> {
     client: &'a Client,
     names: &'a Names,
@@ -679,20 +768,7 @@ async fn consume_at_least_once(
         let step = consumer
             .step(POLL, move |reads: Vec<Read>, _| async move {
                 let values: Vec<Value> = reads.iter().map(|r| r.value).collect();
-                // The sink write is retried until it succeeds: the commit
-                // follows it whatever happens.
-                loop {
-                    match sink_ref.apply(&values, config.records).await {
-                        Ok(w) => {
-                            progress_ref.absorbed += w.absorbed;
-                            break;
-                        }
-                        Err(e) => {
-                            tracing::warn!(%e, "sink write failed; retrying");
-                            tokio::time::sleep(Duration::from_millis(20)).await;
-                        }
-                    }
-                }
+                progress_ref.absorbed += sink_ref.apply_until_done(&values, config.records).await;
                 progress_ref.effect(&values, sent_at);
                 applied.store(progress_ref.delivered.len() as u64, Ordering::Release);
                 if let Some(producer) = out {
@@ -758,10 +834,14 @@ async fn send_fulfilments(producer: &Producer, topic: &str, reads: &[Read]) {
     tracing::warn!(left = pending.len(), "fulfilments not acknowledged");
 }
 
-async fn transactional_sink(
+/// The lab's exactly-once loop: the producer first (it settles what an
+/// earlier instance left open), then the consumer, from the group's
+/// committed offsets; one poll per transaction.
+async fn exactly_once<O: EosObserver>(
     client: &Client,
     names: &Names,
-) -> Result<TransactionalSink, ClientError> {
+    watch: O,
+) -> Result<ExactlyOnce<O>, LabError> {
     let producer = patiently(|| {
         let mut config = TransactionalConfig::new(names.transactional_id.clone());
         config.transaction_timeout = Duration::from_secs(20);
@@ -769,19 +849,116 @@ async fn transactional_sink(
         TransactionalProducer::new(client.clone(), config)
     })
     .await?;
-    TransactionalSink::new(producer, names.group.clone())
+    let consumer = patiently(|| async {
+        let mut c = Consumer::new(
+            client.clone(),
+            consumer_config(&names.group, LabMode::ExactlyOnce),
+        )
+        .await?;
+        c.subscribe(&names.input).await?;
+        Ok(c)
+    })
+    .await?;
+    let config = ExactlyOnceConfig {
+        max_records: 1,
+        max_interval: POLL,
+        ..ExactlyOnceConfig::new(names.group.clone())
+    };
+    Ok(ExactlyOnce::with_observer(
+        consumer, producer, config, watch,
+    )?)
 }
 
-/// The next offset to read per partition, after `reads`.
-fn next_offsets(topic: &str, reads: &[Read]) -> Vec<(String, u32, u64)> {
-    let mut next: HashMap<u32, u64> = HashMap::new();
-    for r in reads {
-        let e = next.entry(r.tp.partition).or_default();
-        *e = (*e).max(r.offset + 1);
+/// The fulfilment of each order, to the partition it came from.
+fn fulfilment(topic: &str, record: &ConsumerRecord, out: &mut Vec<Output>) {
+    if let Some(v) = record.value.as_deref().and_then(ValueGen::decode) {
+        out.push(Output::to_partition(
+            topic,
+            record.partition,
+            Some(Bytes::from(v.to_string())),
+            Some(Bytes::from(ValueGen::encode(v))),
+        ));
     }
-    next.into_iter()
-        .map(|(p, o)| (topic.to_owned(), p, o))
-        .collect()
+}
+
+/// Watches the exactly-once loop across its instances: records each poll
+/// that reached the processing as a delivery, crashes on the schedule
+/// just before a commit, and measures what committed.
+struct EosWatch<'a> {
+    history: &'a History,
+    group: &'a str,
+    /// The consumer's process: a new one whenever it goes back to
+    /// re-read (a crash, an abort, a lost instance).
+    process: ProcessId,
+    schedule: CrashSchedule,
+    /// Steps that polled records (the step numbers the schedule counts).
+    steps: u64,
+    /// The reads of the transaction in flight.
+    batch: Vec<Read>,
+    /// Whether the instance is lost (crashed, or its transaction's outcome
+    /// unknown) and a new one must take over.
+    lost: bool,
+    progress: Progress,
+    applied: &'a AtomicU64,
+    sent_at: &'a Mutex<HashMap<Value, Instant>>,
+}
+
+impl EosObserver for EosWatch<'_> {
+    // One poll per transaction (`max_records` 1).
+    fn polled(&mut self, records: &[ConsumerRecord]) {
+        self.steps += 1;
+        let reads = decode_reads(records);
+        self.history
+            .invoke(
+                self.process,
+                OpKind::Poll,
+                Some(self.group),
+                vec![Mop::Poll { reads: Vec::new() }],
+            )
+            .ok(vec![Mop::Poll {
+                reads: reads.clone(),
+            }]);
+        self.batch = reads;
+    }
+
+    fn at(&mut self, point: EosPoint) -> Control {
+        if point == EosPoint::BeforeCommit
+            && self.schedule.crashes(self.steps, CrashPoint::BeforeCommit)
+        {
+            Control::Crash
+        } else {
+            Control::Continue
+        }
+    }
+
+    fn ended(&mut self, outcome: TxnOutcome<'_>) {
+        let batch = std::mem::take(&mut self.batch);
+        match outcome {
+            TxnOutcome::Committed => {
+                let values: Vec<Value> = batch.iter().map(|r| r.value).collect();
+                self.progress.effect(&values, self.sent_at);
+                self.applied
+                    .store(self.progress.delivered.len() as u64, Ordering::Release);
+                return;
+            }
+            TxnOutcome::Aborted(e) => {
+                tracing::debug!(%e, "transaction aborted; the consumer rewinds");
+            }
+            TxnOutcome::Unknown(e) => {
+                tracing::debug!(%e, "transaction outcome unknown; a new instance settles it");
+                self.lost = true;
+            }
+            TxnOutcome::Crashed(_) => {
+                // The process dies with its transaction open: a new
+                // instance's producer fences it and aborts the transaction.
+                self.history.crashed(self.process, CrashPoint::BeforeCommit);
+                self.progress.crashes += 1;
+                self.lost = true;
+            }
+        }
+        self.progress.absorbed += batch.len() as u64;
+        self.process = self.history.process();
+    }
 }
 
 async fn consume_exactly_once(shared: Shared<'_>) -> Result<(Progress, Option<AloSink>), LabError> {
@@ -795,83 +972,42 @@ async fn consume_exactly_once(shared: Shared<'_>) -> Result<(Progress, Option<Al
         sent_at,
         config,
     } = shared;
-    // The producer first: it settles what an earlier instance left open.
-    let mut sink = transactional_sink(client, names).await?;
-    let mut consumer = subscribe(client, names, LabMode::ExactlyOnce, history, &schedule).await?;
-    let mut progress = Progress::default();
+    let mut watch = EosWatch {
+        history,
+        group: &names.group,
+        process: history.process(),
+        schedule,
+        steps: 0,
+        batch: Vec::new(),
+        lost: false,
+        progress: Progress::default(),
+        applied,
+        sent_at,
+    };
+    let mut eos = exactly_once(client, names, &mut watch).await?;
     loop {
-        let mut written: Option<Result<Written, SinkError>> = None;
-        let mut batch: Vec<Read> = Vec::new();
-        let (sink_ref, written_ref, batch_ref) = (&mut sink, &mut written, &mut batch);
-        let step = consumer
-            .step(POLL, move |reads: Vec<Read>, _| async move {
-                let outputs: Vec<Output> = reads
-                    .iter()
-                    .map(|r| {
-                        Output::to_partition(
-                            names.output.clone(),
-                            r.tp.partition,
-                            Some(Bytes::from(r.value.to_string())),
-                            Some(Bytes::from(ValueGen::encode(r.value))),
-                        )
-                    })
-                    .collect();
-                *written_ref = Some(sink_ref.write(&outputs).await);
-                *batch_ref = reads;
-            })
+        let step = eos
+            .step(|record, out| fulfilment(&names.output, record, out))
             .await;
-        let mut step_idle = false;
-        let mut rewind = false;
+        let step_idle = matches!(step, Ok(Step::Idle));
+        let lost = eos.observer().lost || eos.producer().is_fatal();
         match step {
-            Ok(ConsumerStep::Idle) => step_idle = true,
-            Ok(ConsumerStep::Delivered(_)) => {
-                let committed = match written {
-                    Some(Ok(_)) => sink.commit(&next_offsets(&names.input, &batch)).await,
-                    Some(Err(e)) => Err(e),
-                    None => Ok(()),
-                };
-                match committed {
-                    Ok(()) => {
-                        let values: Vec<Value> = batch.iter().map(|r| r.value).collect();
-                        progress.effect(&values, sent_at);
-                        applied.store(progress.delivered.len() as u64, Ordering::Release);
-                    }
-                    Err(e) => {
-                        tracing::debug!(%e, "transaction failed; aborting and rewinding");
-                        progress.absorbed += batch.len() as u64;
-                        let _ = sink.abort().await;
-                        rewind = true;
-                    }
-                }
-            }
-            Ok(ConsumerStep::Crashed(_)) => {
-                // The process died with its transaction open: a new
-                // producer instance fences it and aborts the transaction.
-                progress.crashes += 1;
-                progress.absorbed += batch.len() as u64;
-                drop(std::mem::replace(
-                    &mut sink,
-                    transactional_sink(client, names).await?,
-                ));
-            }
-            Err(e) => step_failed(e).await,
+            Err(e) if !lost => step_failed(e).await,
+            _ => {}
         }
-        if sink.producer().is_fatal() {
-            drop(std::mem::replace(
-                &mut sink,
-                transactional_sink(client, names).await?,
-            ));
-            rewind = true;
+        if lost {
+            drop(eos);
+            watch.lost = false;
+            eos = exactly_once(client, names, &mut watch).await?;
         }
-        if rewind {
-            // Back to the group's committed offsets, as a restart would.
-            let schedule = std::mem::take(consumer.schedule_mut());
-            consumer = subscribe(client, names, LabMode::ExactlyOnce, history, &schedule).await?;
-        }
-        if progress.finished(step_idle, produced, config) {
+        if eos
+            .observer_mut()
+            .progress
+            .finished(step_idle, produced, config)
+        {
             break;
         }
     }
-    drop(sink);
-    Ok((progress, None))
+    drop(eos);
+    Ok((watch.progress, None))
 }

@@ -17,18 +17,20 @@
 //!   seeded share of the others, is dropped after the broker stored the
 //!   batch, so the producer retries it;
 //! - **consumer crash before the offset commit**: the consumer (a
-//!   [`CrashingConsumer`](ferry_testkit::CrashingConsumer)) dies after its
-//!   sink write and before its commit, at its first and third steps with
-//!   records and then at seeded steps, and a new one resumes from the group's
-//!   committed offsets;
+//!   [`CrashingConsumer`](ferry_testkit::CrashingConsumer); for
+//!   exactly-once, the client's [`ExactlyOnce`](ferry_client::ExactlyOnce)
+//!   loop, crashed by its observer) dies after its sink write and before
+//!   its commit, at its first and third steps with records and then at
+//!   seeded steps, and a new one resumes from the group's committed
+//!   offsets;
 //! - **broker restart**: halfway through the input, the broker crashes
 //!   (no flush) and restarts.
 //!
 //! The at-least-once modes produce as the guarantees table defines at-least-once
 //! (`acks=all`, retries, not idempotent), so a lost ack can store an event
 //! twice; the exactly-once mode uses the idempotent producer for its input
-//! and a [`TransactionalSink`](ferry_client::TransactionalSink) for its
-//! output. Every input event is a unique value of the testkit's
+//! and the client's [`ExactlyOnce`](ferry_client::ExactlyOnce) loop, as an
+//! application would, for its processing and output. Every input event is a unique value of the testkit's
 //! [`History`](ferry_testkit::History), and every detail of the event
 //! (order id, SKU, trip, timestamp) derives from it.
 

@@ -9,9 +9,10 @@
 //!   exactly-once: opens a source transaction and sends into it, committed
 //!   or aborted by the next op, so a fault can land in the middle);
 //! - [`WorkOp::Consume`] runs consumer steps (for exactly-once: steps of
-//!   the copier, which reads the source topic `read_committed` and writes
-//!   each value to the output topic in a transaction holding its input
-//!   offsets);
+//!   the copier, the client's [`ExactlyOnce`] loop itself, which reads the
+//!   source topic `read_committed` and writes each value to the output
+//!   topic in a transaction holding its input offsets; an observer records
+//!   its history and injects its crashes);
 //! - [`WorkOp::Fault`] injects one of the run's [`FaultClass`]es.
 //!
 //! [`Run::finish`] turns faults off, lets the consumers catch up, drains
@@ -32,11 +33,13 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use ferry_broker::{BrokerConfig, BrokerError, EmbeddedBroker};
 use ferry_client::retry::{Backoff, retry_until};
 use ferry_client::{
-    Client, ClientError, CommitMode, Consumer, ConsumerConfig, Delivery, IsolationLevel, Producer,
-    ProducerConfig, StartFrom, TransactionalConfig, TransactionalProducer,
+    Client, ClientError, CommitMode, Consumer, ConsumerConfig, ConsumerRecord, Control, Delivery,
+    EosObserver, EosPoint, ExactlyOnce, ExactlyOnceConfig, IsolationLevel, Output, Producer,
+    ProducerConfig, StartFrom, Step, TransactionalConfig, TransactionalProducer, TxnOutcome,
 };
 use ferry_proto::ErrorCode;
 use ferry_storage::FlushPolicy;
@@ -64,6 +67,9 @@ const COPIER_ID: &str = "copier";
 const SOURCE_ID: &str = "source";
 /// Partitions per topic.
 pub const PARTITIONS: u32 = 2;
+/// The consumers' longest fetch wait; also how long a copier step waits
+/// for input, so that an idle step is one empty poll.
+const POLL_WAIT: Duration = Duration::from_millis(50);
 /// How long the consumers may go without progress while catching up at
 /// the end of a run.
 const CATCH_UP: Duration = Duration::from_secs(30);
@@ -451,17 +457,41 @@ struct OpenSource {
     abort: bool,
 }
 
-/// The exactly-once copier: one consumer plus one transactional producer
-/// sharing a transactional id across incarnations.
-struct Copier {
-    consumer: Consumer,
-    producer: TransactionalProducer,
+/// The exactly-once copier: the client's [`ExactlyOnce`] loop, one poll
+/// per transaction, copying each value of the source topic to the same
+/// partition of the output topic, watched by a [`CopierWatch`]. Its
+/// transactional id is shared across incarnations.
+type Copier = ExactlyOnce<CopierWatch>;
+
+/// Records a copier incarnation's transactions in the histories and
+/// injects its faults: a delivery of the source topic counts (its poll is
+/// `ok` with the reads) once its transaction commits; the outputs are one
+/// send op in the output topic's history.
+struct CopierWatch {
+    history: History,
+    out: History,
     /// The process the copier's committed deliveries are recorded under.
     process: ProcessId,
     /// The process its outputs are recorded under.
     out_process: ProcessId,
-    /// Whether the last poll succeeded.
-    last_poll_ok: bool,
+    /// The transaction in flight.
+    txn: Option<CopierTxn>,
+    /// Crash the next transaction here (the matrix's name for the point,
+    /// and the loop's).
+    crash: Option<(CrashPoint, EosPoint)>,
+    /// A zombie stalls its next transaction after the sends, to be
+    /// [resumed](ExactlyOnce::resume) once a new incarnation fenced it;
+    /// its fenced transaction is then known to be aborted.
+    zombie: bool,
+    /// Per step: where it crashed.
+    crashed: Option<CrashPoint>,
+    /// Per step: whether a poll failed.
+    poll_failed: bool,
+    /// Per step: the values its committed transaction delivered.
+    delivered: usize,
+    /// Per step: whether its transaction's outcome is unknown (the
+    /// incarnation is done).
+    unknown: bool,
 }
 
 /// One copier transaction in flight: what it read and wrote.
@@ -470,7 +500,122 @@ struct CopierTxn {
     send: Invocation,
     reads: Vec<Read>,
     outputs: Vec<Mop>,
-    rewind: Vec<(String, u32, u64)>,
+}
+
+impl CopierWatch {
+    fn new(history: &History, out: &History) -> CopierWatch {
+        CopierWatch {
+            history: history.clone(),
+            out: out.clone(),
+            process: history.process(),
+            out_process: out.process(),
+            txn: None,
+            crash: None,
+            zombie: false,
+            crashed: None,
+            poll_failed: false,
+            delivered: 0,
+            unknown: false,
+        }
+    }
+
+    /// Before a step: what it should crash at, and a clean slate.
+    fn arm(&mut self, crash: Option<(CrashPoint, EosPoint)>) {
+        self.crash = crash;
+        self.crashed = None;
+        self.poll_failed = false;
+        self.delivered = 0;
+        self.unknown = false;
+    }
+}
+
+impl EosObserver for CopierWatch {
+    // One poll per transaction (`max_records` 1): the poll and the sends
+    // are invoked here, before anything is sent.
+    fn polled(&mut self, records: &[ConsumerRecord]) {
+        let reads = decode_reads(records);
+        let poll = self.history.invoke(
+            self.process,
+            OpKind::Poll,
+            Some(GROUP),
+            vec![Mop::Poll { reads: Vec::new() }],
+        );
+        let outputs: Vec<Mop> = reads
+            .iter()
+            .map(|r| send_mop(&Tp::new(OUTPUT, r.tp.partition), r.value, None))
+            .collect();
+        let send = self
+            .out
+            .invoke(self.out_process, OpKind::Send, None, outputs.clone());
+        self.txn = Some(CopierTxn {
+            poll,
+            send,
+            reads,
+            outputs,
+        });
+    }
+
+    fn poll_failed(&mut self, _: &ClientError) {
+        self.poll_failed = true;
+    }
+
+    fn at(&mut self, point: EosPoint) -> Control {
+        if self.zombie {
+            return match point {
+                EosPoint::AfterSends => Control::Crash,
+                _ => Control::Continue,
+            };
+        }
+        match self.crash {
+            Some((name, at)) if at == point => {
+                self.crashed = Some(name);
+                Control::Crash
+            }
+            _ => Control::Continue,
+        }
+    }
+
+    fn ended(&mut self, outcome: TxnOutcome<'_>) {
+        let Some(txn) = self.txn.take() else {
+            return;
+        };
+        match outcome {
+            TxnOutcome::Committed => {
+                self.delivered = txn.reads.len();
+                txn.poll.ok(vec![Mop::Poll { reads: txn.reads }]);
+                txn.send.ok(txn.outputs);
+            }
+            TxnOutcome::Aborted(e) => txn.fail(e),
+            // The successor that fenced a zombie aborted its transaction.
+            TxnOutcome::Unknown(e) if self.zombie && is_fenced(e) => txn.fail(e),
+            TxnOutcome::Unknown(e) => {
+                self.unknown = true;
+                txn.info(e);
+            }
+            TxnOutcome::Crashed(_) => match self.crashed {
+                Some(point) => {
+                    self.history.crashed(self.process, point);
+                    txn.info("crashed");
+                }
+                // A zombie stalled: its transaction goes on when resumed.
+                None => self.txn = Some(txn),
+            },
+        }
+    }
+}
+
+impl CopierTxn {
+    /// It certainly did not happen.
+    fn fail(self, e: impl std::fmt::Display) {
+        self.poll.fail(vec![Mop::Poll { reads: Vec::new() }], &e);
+        self.send.fail(self.outputs, &e);
+    }
+
+    /// It may have happened.
+    fn info(self, e: impl std::fmt::Display) {
+        self.poll.info(vec![Mop::Poll { reads: Vec::new() }], &e);
+        self.send.info(self.outputs, &e);
+    }
 }
 
 // One per run: the size difference does not matter.
@@ -489,8 +634,8 @@ enum Side {
         /// The output topic's history.
         out: History,
         next_partition: u32,
-        /// Crash the copier at this point of its next step.
-        crash_next: Option<CrashPoint>,
+        /// Crash the copier at this point of its next step with input.
+        crash_next: Option<(CrashPoint, EosPoint)>,
     },
 }
 
@@ -563,7 +708,7 @@ fn copier_consumer_config() -> ConsumerConfig {
         isolation: IsolationLevel::ReadCommitted,
         start_from: StartFrom::Committed,
         partition_max_bytes: 64,
-        max_wait: Duration::from_millis(50),
+        max_wait: POLL_WAIT,
         ..ConsumerConfig::default()
     }
 }
@@ -633,7 +778,7 @@ impl Run {
                 TransactionalProducer::new(run.client.clone(), transactional_config(SOURCE_ID))
                     .await?;
             let out = History::new();
-            let copier = Copier::start(&run.client, &run.history, &out).await?;
+            let copier = start_copier(&run.client, &run.history, &out).await?;
             run.side = Side::Exactly {
                 source: Some(source),
                 source_process: run.history.process(),
@@ -831,11 +976,7 @@ impl Run {
             txn.invocation.info(Vec::new(), "no source producer");
             return;
         };
-        let all: Vec<Mop> = txn
-            .sends
-            .iter()
-            .map(|(tp, v, _)| send_mop(tp, *v, None))
-            .collect();
+        let all = txn.mops();
         let outcome = if txn.abort {
             producer.abort().await.map(|()| false)
         } else {
@@ -846,14 +987,7 @@ impl Run {
             }
         };
         match outcome {
-            Ok(true) => {
-                let mut mops = Vec::new();
-                for (tp, v, d) in txn.sends {
-                    let offset = d.wait().await.ok().and_then(|m| m.offset);
-                    mops.push(send_mop(&tp, v, offset));
-                }
-                txn.invocation.ok(mops);
-            }
+            Ok(true) => txn.committed().await,
             Ok(false) => txn.invocation.fail(all, "aborted"),
             Err(e) => {
                 txn.invocation.info(all, &e);
@@ -974,12 +1108,12 @@ impl Run {
                 format!("consumer crashes {point} at step {step}")
             }
             Side::Exactly { crash_next, .. } => {
-                let point = if choice.is_multiple_of(3) {
-                    CrashPoint::AfterSinkWrite
+                let (point, at) = if choice.is_multiple_of(3) {
+                    (CrashPoint::AfterSinkWrite, EosPoint::AfterSends)
                 } else {
-                    CrashPoint::BeforeCommit
+                    (CrashPoint::BeforeCommit, EosPoint::BeforeCommit)
                 };
-                *crash_next = Some(point);
+                *crash_next = Some((point, at));
                 format!("copier crashes {point} in its next transaction")
             }
         }
@@ -987,18 +1121,7 @@ impl Run {
 
     async fn zombie(&mut self) -> Result<String, RunError> {
         if self.config.mode != DeliveryMode::ExactlyOnce {
-            // The application restarts with the broker: a new producer,
-            // while the old instance keeps sending next to it.
-            self.broker.kill_and_restart().await?;
-            let fresh = self.new_plain_producer().await?;
-            if let Side::Plain { producers, .. } = &mut self.side {
-                producers.push(fresh);
-                return Ok(format!(
-                    "broker restarted; {} producer instances now send side by side",
-                    producers.len()
-                ));
-            }
-            return Ok(String::new());
+            return self.zombie_plain().await;
         }
         let history = self.history.clone();
         let client = self.client.clone();
@@ -1021,77 +1144,27 @@ impl Run {
                 TransactionalProducer::new(client.clone(), transactional_config(SOURCE_ID))
             })
             .await?;
-            let mut zombie = zombie;
-            if let Some(txn) = open.take() {
-                let all: Vec<Mop> = txn
-                    .sends
-                    .iter()
-                    .map(|(tp, v, _)| send_mop(tp, *v, None))
-                    .collect();
-                // More sends after the fence, then the commit.
-                let late = zombie.send_to(SOURCE, 0, None, Some(b"late")).await;
-                match zombie.commit().await {
-                    Ok(()) => {
-                        let mut mops = Vec::new();
-                        for (tp, v, d) in txn.sends {
-                            let offset = d.wait().await.ok().and_then(|m| m.offset);
-                            mops.push(send_mop(&tp, v, offset));
-                        }
-                        txn.invocation.ok(mops);
-                        notes.push("zombie source committed".to_string());
-                    }
-                    Err(e) if is_fenced(&e) || late.as_ref().is_err_and(is_fenced) => {
-                        // Fenced: the new instance aborted it.
-                        txn.invocation.fail(all, &e);
-                        notes.push("zombie source fenced".to_string());
-                    }
-                    Err(e) => {
-                        txn.invocation.info(all, &e);
-                        notes.push(format!("zombie source: {e}"));
-                    }
-                }
-            }
-            drop(zombie);
+            notes.extend(zombie_source(zombie, open.take()).await);
             *source = Some(fresh);
             *source_process = history.process();
         }
-        // The copier: an instance with an open transaction is fenced by a
-        // new one, then tries to commit.
-        if let Some(mut zombie) = copier.take() {
-            let open_txn = copier_begin(&mut zombie, &history, out).await;
-            let fresh = Copier::start(&client, &history, out).await;
-            match open_txn {
-                Some(mut txn) => {
-                    let positions = zombie.consumer.positions();
-                    let r = match zombie.producer.send_offsets(GROUP, &positions).await {
-                        Ok(()) => zombie.producer.commit().await,
-                        Err(e) => Err(e),
-                    };
-                    match r {
-                        Ok(()) => {
-                            txn.poll.ok(vec![Mop::Poll {
-                                reads: std::mem::take(&mut txn.reads),
-                            }]);
-                            txn.send.ok(std::mem::take(&mut txn.outputs));
-                            notes.push("zombie copier committed".into());
-                        }
-                        Err(e) if is_fenced(&e) => {
-                            txn.poll.fail(vec![Mop::Poll { reads: Vec::new() }], &e);
-                            txn.send.fail(std::mem::take(&mut txn.outputs), &e);
-                            notes.push("zombie copier fenced".into());
-                        }
-                        Err(e) => {
-                            txn.poll.info(vec![Mop::Poll { reads: Vec::new() }], &e);
-                            txn.send.info(std::mem::take(&mut txn.outputs), &e);
-                            notes.push(format!("zombie copier: {e}"));
-                        }
-                    }
-                }
-                None => notes.push("copier had no input to hold open".into()),
-            }
-            *copier = fresh.ok();
-        }
+        notes.extend(zombie_copier(&client, &history, out, copier).await);
         Ok(notes.join("; "))
+    }
+
+    /// The application restarts with the broker: a new producer, while the
+    /// old instance keeps sending next to it.
+    async fn zombie_plain(&mut self) -> Result<String, RunError> {
+        self.broker.kill_and_restart().await?;
+        let fresh = self.new_plain_producer().await?;
+        let Side::Plain { producers, .. } = &mut self.side else {
+            return Ok(String::new());
+        };
+        producers.push(fresh);
+        Ok(format!(
+            "broker restarted; {} producer instances now send side by side",
+            producers.len()
+        ))
     }
 
     /// Turns faults off, lets the consumers catch up, drains every topic
@@ -1100,7 +1173,30 @@ impl Run {
         self.settle_source().await;
         self.proxy.set_enabled(false);
         let direct = Client::connect(self.broker.addr()).await?;
-        let mode = self.config.mode;
+        self.prepare_catch_up().await;
+        self.catch_up().await?;
+        let (report, records, histories) = self.judge(&direct).await?;
+        let verdict = report.verdict(self.config.mode);
+        let row = self.row(&report, records, verdict.is_valid());
+        let histories = histories.iter().map(History::to_json_lines).collect();
+        let injected = std::mem::take(&mut self.injected);
+        // Stop the clients before the broker.
+        drop(self.side);
+        self.proxy.shutdown().await;
+        let _ = self.broker.stop().await;
+        Ok(CellReport {
+            report,
+            verdict,
+            row,
+            injected,
+            histories,
+        })
+    }
+
+    /// No more crashes of the plain consumer, every plain send settled; a
+    /// source producer for exactly-once (a copier crash still pending
+    /// happens during the catch-up).
+    async fn prepare_catch_up(&mut self) {
         match &mut self.side {
             Side::Plain {
                 producers,
@@ -1115,7 +1211,6 @@ impl Run {
                 }
             }
             Side::Exactly { source, .. } => {
-                // A copier crash still pending happens during the catch-up.
                 if source.is_none() {
                     let client = self.client.clone();
                     *source = patiently(|| {
@@ -1126,8 +1221,11 @@ impl Run {
                 }
             }
         }
-        // Catch up: three idle steps in a row. A long backlog is fine as
-        // long as records keep coming.
+    }
+
+    /// Consumer steps until three idle ones in a row. A long backlog is
+    /// fine as long as records keep coming.
+    async fn catch_up(&mut self) -> Result<(), RunError> {
         let mut progress = Instant::now();
         let mut idle = 0;
         while idle < 3 {
@@ -1143,53 +1241,45 @@ impl Run {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Drains every topic into its history and checks them: the report
+    /// (for exactly-once, both histories' anomalies), the records
+    /// acknowledged, and the histories.
+    async fn judge(&self, direct: &Client) -> Result<(Report, usize, Vec<History>), RunError> {
         let idle = Duration::from_millis(300);
-        let mut histories = vec![self.history.clone()];
-        let (report, records) = match &self.side {
+        let drained = |group: Option<&str>| CheckOptions {
+            drained: true,
+            group: group.map(str::to_owned),
+        };
+        match &self.side {
             Side::Plain { .. } => {
-                drain(&direct, TOPIC, &self.history, idle).await?;
-                let report = check(
-                    &self.history.ops(),
-                    &CheckOptions {
-                        drained: true,
-                        group: Some(GROUP.into()),
-                    },
-                );
+                drain(direct, TOPIC, &self.history, idle).await?;
+                let report = check(&self.history.ops(), &drained(Some(GROUP)));
                 let records = report.stats.acked;
-                (report, records)
+                Ok((report, records, vec![self.history.clone()]))
             }
             Side::Exactly { out, .. } => {
-                drain(&direct, SOURCE, &self.history, idle).await?;
-                drain(&direct, OUTPUT, out, idle).await?;
-                histories.push(out.clone());
-                let delivered = check(
-                    &self.history.ops(),
-                    &CheckOptions {
-                        drained: true,
-                        group: Some(GROUP.into()),
-                    },
-                );
-                let stored = check(
-                    &out.ops(),
-                    &CheckOptions {
-                        drained: true,
-                        group: None,
-                    },
-                );
+                drain(direct, SOURCE, &self.history, idle).await?;
+                drain(direct, OUTPUT, out, idle).await?;
+                let delivered = check(&self.history.ops(), &drained(Some(GROUP)));
+                let stored = check(&out.ops(), &drained(None));
                 let records = delivered.stats.acked;
                 let mut anomalies = delivered.anomalies;
                 anomalies.extend(stored.anomalies);
                 anomalies.sort_by_key(|a| a.kind());
-                (
-                    Report {
-                        anomalies,
-                        stats: delivered.stats,
-                    },
-                    records,
-                )
+                let report = Report {
+                    anomalies,
+                    stats: delivered.stats,
+                };
+                Ok((report, records, vec![self.history.clone(), out.clone()]))
             }
-        };
-        let verdict = report.verdict(mode);
+        }
+    }
+
+    /// The matrix row of a judged run.
+    fn row(&self, report: &Report, records: usize, valid: bool) -> MatrixRow {
         let other = [
             AnomalyKind::InconsistentOffsets,
             AnomalyKind::NonMonotonicPoll,
@@ -1200,8 +1290,8 @@ impl Run {
         .map(|k| report.count(*k))
         .sum();
         let faults: Vec<&str> = self.config.faults.iter().map(|f| f.name()).collect();
-        let row = MatrixRow {
-            mode,
+        MatrixRow {
+            mode: self.config.mode,
             faults: if self.config.faults.len() == FaultClass::ALL.len() {
                 "all".to_string()
             } else {
@@ -1214,21 +1304,8 @@ impl Run {
             aborted_reads: report.count(AnomalyKind::AbortedRead),
             other,
             faults_injected: self.faults_injected(),
-            valid: verdict.is_valid(),
-        };
-        let histories = histories.iter().map(History::to_json_lines).collect();
-        let injected = std::mem::take(&mut self.injected);
-        // Stop the clients before the broker.
-        drop(self.side);
-        self.proxy.shutdown().await;
-        let _ = self.broker.stop().await;
-        Ok(CellReport {
-            report,
-            verdict,
-            row,
-            injected,
-            histories,
-        })
+            valid,
+        }
     }
 }
 
@@ -1240,170 +1317,163 @@ fn send_mop(tp: &Tp, value: u64, offset: Option<u64>) -> Mop {
     }
 }
 
-impl Copier {
-    /// A new incarnation: the producer first (fencing the previous one and
-    /// settling its transaction), then the consumer, which resumes from the
-    /// committed offsets.
-    async fn start(client: &Client, history: &History, out: &History) -> Result<Copier, RunError> {
-        let producer = patiently(|| {
-            TransactionalProducer::new(client.clone(), transactional_config(COPIER_ID))
-        })
-        .await?;
-        let consumer = patiently(|| async {
-            let mut c = Consumer::new(client.clone(), copier_consumer_config()).await?;
-            c.subscribe(SOURCE).await?;
-            Ok(c)
-        })
-        .await?;
-        Ok(Copier {
-            consumer,
-            producer,
-            process: history.process(),
-            out_process: out.process(),
-            last_poll_ok: true,
-        })
+impl OpenSource {
+    /// Its sends, without offsets.
+    fn mops(&self) -> Vec<Mop> {
+        self.sends
+            .iter()
+            .map(|(tp, v, _)| send_mop(tp, *v, None))
+            .collect()
+    }
+
+    /// Completes it as committed, with the offsets the sends got.
+    async fn committed(self) {
+        let mut mops = Vec::new();
+        for (tp, v, d) in self.sends {
+            let offset = d.wait().await.ok().and_then(|m| m.offset);
+            mops.push(send_mop(&tp, v, offset));
+        }
+        self.invocation.ok(mops);
     }
 }
 
-/// Polls and, if records came, opens a transaction and sends their copies
-/// to the output topic. `None` if nothing came or the transaction could not
-/// start (the consumer is then rewound).
-async fn copier_begin(copier: &mut Copier, history: &History, out: &History) -> Option<CopierTxn> {
-    let rewind = copier.consumer.positions();
-    let polled = copier.consumer.poll(Duration::from_millis(100)).await;
-    copier.last_poll_ok = polled.is_ok();
-    let records = polled.ok()?;
-    if records.is_empty() {
-        return None;
-    }
-    let reads = decode_reads(&records);
-    let poll = history.invoke(
-        copier.process,
-        OpKind::Poll,
-        Some(GROUP),
-        vec![Mop::Poll { reads: Vec::new() }],
-    );
-    let outputs: Vec<Mop> = reads
-        .iter()
-        .map(|r| send_mop(&Tp::new(OUTPUT, r.tp.partition), r.value, None))
-        .collect();
-    let send = out.invoke(copier.out_process, OpKind::Send, None, outputs.clone());
-    let txn = CopierTxn {
-        poll,
-        send,
-        reads,
-        outputs,
-        rewind,
+/// The zombie source producer, fenced by a new instance, sends more and
+/// tries to commit its open transaction anyway. Returns the note for the
+/// reader.
+async fn zombie_source(
+    mut zombie: TransactionalProducer,
+    open: Option<OpenSource>,
+) -> Option<String> {
+    let txn = open?;
+    let all = txn.mops();
+    // More sends after the fence, then the commit.
+    let late = zombie.send_to(SOURCE, 0, None, Some(b"late")).await;
+    Some(match zombie.commit().await {
+        Ok(()) => {
+            txn.committed().await;
+            "zombie source committed".to_string()
+        }
+        Err(e) if is_fenced(&e) || late.as_ref().is_err_and(is_fenced) => {
+            // Fenced: the new instance aborted it.
+            txn.invocation.fail(all, &e);
+            "zombie source fenced".to_string()
+        }
+        Err(e) => {
+            txn.invocation.info(all, &e);
+            format!("zombie source: {e}")
+        }
+    })
+}
+
+/// A new copier incarnation: the producer first (fencing the previous one
+/// and settling its transaction), then the consumer, which resumes from
+/// the committed offsets.
+async fn start_copier(
+    client: &Client,
+    history: &History,
+    out: &History,
+) -> Result<Copier, RunError> {
+    let producer =
+        patiently(|| TransactionalProducer::new(client.clone(), transactional_config(COPIER_ID)))
+            .await?;
+    let consumer = patiently(|| async {
+        let mut c = Consumer::new(client.clone(), copier_consumer_config()).await?;
+        c.subscribe(SOURCE).await?;
+        Ok(c)
+    })
+    .await?;
+    let config = ExactlyOnceConfig {
+        max_records: 1,
+        max_interval: POLL_WAIT,
+        ..ExactlyOnceConfig::new(GROUP)
     };
-    if let Err(e) = copier.producer.begin() {
-        txn.poll.fail(vec![Mop::Poll { reads: Vec::new() }], &e);
-        txn.send.fail(txn.outputs, &e);
-        if !copier.producer.is_fatal() {
-            let _ = copier.producer.abort().await;
-        }
-        for (topic, partition, offset) in &txn.rewind {
-            copier.consumer.seek(topic, *partition, *offset);
-        }
-        return None;
-    }
-    for r in &txn.reads {
-        let payload = ValueGen::encode(r.value);
-        if copier
-            .producer
-            .send_to(OUTPUT, r.tp.partition, None, Some(&payload))
-            .await
-            .is_err()
-        {
-            break;
-        }
-    }
-    Some(txn)
+    let watch = CopierWatch::new(history, out);
+    Ok(ExactlyOnce::with_observer(
+        consumer, producer, config, watch,
+    )?)
 }
 
-/// One copier transaction: poll, copy, add the offsets, commit; with
-/// `crash`, the copier crashes at that point instead (and a new incarnation
-/// takes over). Deliveries are recorded in `history` once committed;
-/// outputs in `out`.
+/// The copier's processing: each value of the source topic to the same
+/// partition of the output topic; foreign records produce nothing.
+fn copy_value(record: &ConsumerRecord, out: &mut Vec<Output>) {
+    if let Some(value) = record.value.as_deref().and_then(ValueGen::decode) {
+        let payload = Bytes::from(ValueGen::encode(value));
+        out.push(Output::to_partition(
+            OUTPUT,
+            record.partition,
+            None,
+            Some(payload),
+        ));
+    }
+}
+
+/// One copier step: a transaction if input came; with `crash`, the copier
+/// crashes at that point of it instead (and a new incarnation takes over
+/// on the next step). An incarnation whose transaction's outcome became
+/// unknown is replaced too.
 async fn copier_step(
     client: &Client,
     history: &History,
     out: &History,
     copier: &mut Option<Copier>,
-    crash: Option<CrashPoint>,
+    crash: Option<(CrashPoint, EosPoint)>,
 ) -> ConsumerStep {
     if copier.is_none() {
-        *copier = Copier::start(client, history, out).await.ok();
+        *copier = start_copier(client, history, out).await.ok();
     }
     let Some(c) = copier.as_mut() else {
         return ConsumerStep::Idle;
     };
-    let before = c.consumer.positions();
-    let Some(mut txn) = copier_begin(c, history, out).await else {
-        if c.producer.is_fatal() {
-            *copier = None;
-            return ConsumerStep::Delivered(0);
-        }
-        // Idle only if the poll worked and moved nowhere: a poll that
-        // returned only aborted batches or markers still made progress.
-        return if c.consumer.positions() == before && c.last_poll_ok {
-            ConsumerStep::Idle
-        } else {
-            ConsumerStep::Delivered(0)
-        };
-    };
-    let n = txn.reads.len();
-    let crashed = |txn: CopierTxn, point: CrashPoint| {
-        history.crashed(txn.poll.process(), point);
-        txn.poll
-            .info(vec![Mop::Poll { reads: Vec::new() }], "crashed");
-        txn.send.info(txn.outputs, "crashed");
-    };
-    if crash == Some(CrashPoint::AfterSinkWrite) {
-        crashed(txn, CrashPoint::AfterSinkWrite);
+    let before = c.consumer().positions();
+    c.observer_mut().arm(crash);
+    let step = c.step(copy_value).await;
+    let watch = c.observer();
+    if let Some(point) = watch.crashed {
         *copier = None;
-        return ConsumerStep::Crashed(CrashPoint::AfterSinkWrite);
+        return ConsumerStep::Crashed(point);
     }
-    let positions = c.consumer.positions();
-    let mut result = c.producer.send_offsets(GROUP, &positions).await;
-    if result.is_ok() {
-        if crash == Some(CrashPoint::BeforeCommit) {
-            crashed(txn, CrashPoint::BeforeCommit);
-            *copier = None;
-            return ConsumerStep::Crashed(CrashPoint::BeforeCommit);
+    match step {
+        Ok(Step::Committed { .. }) => ConsumerStep::Delivered(watch.delivered),
+        // Idle only if no poll failed and the position moved nowhere: a
+        // poll that returned only aborted batches or markers still made
+        // progress.
+        Ok(Step::Idle) if !watch.poll_failed && c.consumer().positions() == before => {
+            ConsumerStep::Idle
         }
-        result = c.producer.commit().await;
-    }
-    match result {
-        Ok(()) => {
-            txn.poll.ok(vec![Mop::Poll {
-                reads: std::mem::take(&mut txn.reads),
-            }]);
-            txn.send.ok(txn.outputs);
-            ConsumerStep::Delivered(n)
-        }
-        Err(e) if c.producer.is_fatal() => {
-            txn.poll.info(vec![Mop::Poll { reads: Vec::new() }], &e);
-            txn.send.info(txn.outputs, &e);
+        Err(_) if watch.unknown || c.producer().is_fatal() => {
             *copier = None;
             ConsumerStep::Delivered(0)
         }
-        Err(e) => match c.producer.abort().await {
-            Ok(()) => {
-                txn.poll.fail(vec![Mop::Poll { reads: Vec::new() }], &e);
-                txn.send.fail(txn.outputs, &e);
-                for (topic, partition, offset) in &txn.rewind {
-                    c.consumer.seek(topic, *partition, *offset);
-                }
-                ConsumerStep::Delivered(0)
-            }
-            Err(e) => {
-                txn.poll.info(vec![Mop::Poll { reads: Vec::new() }], &e);
-                txn.send.info(txn.outputs, &e);
-                *copier = None;
-                ConsumerStep::Delivered(0)
-            }
-        },
+        // Aborted and rewound, a failed poll, or progress over markers.
+        _ => ConsumerStep::Delivered(0),
     }
+}
+
+/// The zombie copier: the instance stalls in a transaction with its
+/// outputs sent, a new incarnation fences it, and the stalled one then
+/// goes on to commit. Returns the note for the reader.
+async fn zombie_copier(
+    client: &Client,
+    history: &History,
+    out: &History,
+    copier: &mut Option<Copier>,
+) -> Option<String> {
+    let mut zombie = copier.take()?;
+    zombie.observer_mut().arm(None);
+    zombie.observer_mut().zombie = true;
+    let stalled = zombie.step(copy_value).await;
+    let fresh = start_copier(client, history, out).await;
+    let note = match stalled {
+        Ok(Step::Crashed(_)) => match zombie.resume().await {
+            Ok(Step::Committed { .. }) => "zombie copier committed".to_string(),
+            Err(e) if is_fenced(&e) => "zombie copier fenced".to_string(),
+            Err(e) | Ok(Step::Aborted(e)) => format!("zombie copier: {e}"),
+            Ok(step) => format!("zombie copier: {step:?}"),
+        },
+        _ => "copier had no input to hold open".to_string(),
+    };
+    *copier = fresh.ok();
+    Some(note)
 }
 
 /// Runs `ops` as one cell against a fresh in-process broker.
