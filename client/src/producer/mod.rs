@@ -570,7 +570,12 @@ mod tests {
         let a = producer.send("t", None, Some(b"a")).await.unwrap();
         let b = producer.send_to("t", 1, None, Some(b"b")).await.unwrap();
         let started = std::time::Instant::now();
-        producer.flush().await.unwrap();
+        // The flush waits for both outcomes and reports the two failures.
+        let flushed = producer.flush().await.unwrap_err();
+        assert!(
+            matches!(flushed, ClientError::RecordsFailed { failed: 2, .. }),
+            "{flushed}"
+        );
         for d in [a, b] {
             let err = d.wait().await.unwrap_err();
             assert!(
