@@ -351,8 +351,10 @@ mod tests {
         let mut cfg = BrokerConfig::default();
         cfg.limits.max_members_per_group = crate::group::MAX_GROUP_MEMBERS + 1;
         assert!(cfg.validate().is_err());
-        let mut cfg = BrokerConfig::default();
-        cfg.group_min_session_timeout_ms = 10_000_000;
+        let cfg = BrokerConfig {
+            group_min_session_timeout_ms: 10_000_000,
+            ..BrokerConfig::default()
+        };
         assert!(cfg.validate().is_err());
     }
 

@@ -361,7 +361,19 @@ async fn a_second_process_with_the_same_instance_id_fences_the_first() {
         .into_inner();
     assert_eq!(code(r.error_code), ErrorCode::FencedInstanceId);
     let r = sync(&c, "g", &first, "inst", Vec::new()).await;
-    assert_eq!(code(r.error_code), ErrorCode::UnknownMemberId);
+    assert_eq!(code(r.error_code), ErrorCode::FencedInstanceId);
+    let r = c
+        .raw()
+        .heartbeat(v1::HeartbeatRequest {
+            group: "g".into(),
+            generation_id: first.generation_id,
+            member_id: first.member_id.clone(),
+            group_instance_id: "inst".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(code(r.error_code), ErrorCode::FencedInstanceId);
     let r = c
         .raw()
         .commit_offsets(v1::CommitOffsetsRequest {
@@ -661,4 +673,62 @@ async fn a_deleted_groups_offsets_stay_deleted_after_a_restart() {
         Some(&2),
         "the commit after the delete"
     );
+}
+
+#[tokio::test]
+async fn a_parked_join_of_the_older_process_is_answered_fenced_instance_id() {
+    let (_broker, c) = setup(config()).await;
+    let joins: Vec<_> = ["inst", "", ""]
+        .into_iter()
+        .map(|instance| {
+            let c = c.clone();
+            tokio::spawn(async move { (instance, join(&c, "g", "", instance).await) })
+        })
+        .collect();
+    let mut members = Vec::new();
+    for j in joins {
+        let (instance, r) = j.await.unwrap();
+        assert_eq!(r.error_code, 0, "{}", r.error_message);
+        members.push((instance, r));
+    }
+    let generation = members[0].1.generation_id;
+    assert!(members.iter().all(|(_, m)| m.generation_id == generation));
+    let a = members[0].1.clone();
+    let b = members[1].1.clone();
+    // b rejoins with new metadata: a rebalance that waits for a and c.
+    let b_join = {
+        let c = c.clone();
+        let b = b.clone();
+        tokio::spawn(
+            async move { join_raw(&c, join_request("g", &b.member_id, "", b"changed")).await },
+        )
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The old process of "inst" rejoins and is parked (c has not rejoined).
+    let a_old = {
+        let c = c.clone();
+        let a = a.clone();
+        tokio::spawn(async move { join(&c, "g", &a.member_id, "inst").await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // A new process with the same instance id takes over.
+    let a_new = {
+        let c = c.clone();
+        tokio::spawn(async move { join(&c, "g", "", "inst").await })
+    };
+    let old = a_old.await.unwrap();
+    assert_eq!(code(old.error_code), ErrorCode::FencedInstanceId);
+    // c rejoins: the rebalance completes for b, the new a and c.
+    let cj = join(&c, "g", &members[2].1.member_id, "").await;
+    let new = a_new.await.unwrap();
+    let bj = b_join.await.unwrap();
+    for r in [&cj, &new, &bj] {
+        assert_eq!(r.error_code, 0, "{}", r.error_message);
+        assert_eq!(r.generation_id, generation + 1);
+    }
+    assert_eq!(
+        new.leader_id, new.member_id,
+        "the new process took over the leader"
+    );
+    assert_eq!(new.members.len(), 3);
 }

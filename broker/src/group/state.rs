@@ -551,6 +551,15 @@ fn check_member(
     instance_id: &str,
     generation: i32,
 ) -> Result<usize, GroupError> {
+    // An instance id that now belongs to another member id: a newer
+    // process took it over (KIP-345).
+    if !instance_id.is_empty()
+        && g.members
+            .iter()
+            .any(|m| m.instance_id == instance_id && m.member_id != member_id)
+    {
+        return Err(GroupError::FencedInstanceId(instance_id.to_string()));
+    }
     let i = g
         .index(member_id)
         .ok_or_else(|| GroupError::UnknownMemberId(member_id.to_string()))?;

@@ -562,7 +562,17 @@ fn commit_fencing_rules() {
     c.members[1].instance_id = "i2".into();
     let e = empty();
     let name = |r: Result<(), GroupError>| r.err().map(|e| BrokerErrorName::of(&e));
-    let table: Vec<(&str, Option<&Group>, i32, &str, &str, bool, Option<&str>)> = vec![
+    // (what, group, generation, member id, instance id, transactional, error)
+    type CommitRow<'a> = (
+        &'a str,
+        Option<&'a Group>,
+        i32,
+        &'a str,
+        &'a str,
+        bool,
+        Option<&'a str>,
+    );
+    let table: Vec<CommitRow<'_>> = vec![
         ("simple, unknown group", None, -1, "", "", false, None),
         ("simple, empty group", Some(&e), 0, "", "", false, None),
         (
