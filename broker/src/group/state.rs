@@ -1128,4 +1128,6 @@ pub fn check_commit(
 }
 
 #[cfg(test)]
+mod model;
+#[cfg(test)]
 mod tests;
