@@ -185,6 +185,10 @@ impl GroupCoordinator {
         park: Park,
     ) -> Result<state::Transition, BrokerError> {
         let t = state::apply(&entry.group, &self.settings, event, self.now())?;
+        let earlier = match (t.group.next_deadline(), entry.group.next_deadline()) {
+            (Some(new), Some(old)) => new < old,
+            (new, _) => new.is_some(),
+        };
         if t.effects.contains(&Effect::Persist) {
             self.offsets
                 .write_group(&t.group.name, &codec::encode(&t.group))
@@ -230,7 +234,11 @@ impl GroupCoordinator {
                 }
             }
         }
-        self.timer.notify_one();
+        // The timer sleeps until the earliest deadline it knows; wake it
+        // only if this group's came nearer (a later one it finds itself).
+        if earlier {
+            self.timer.notify_one();
+        }
         Ok(t)
     }
 

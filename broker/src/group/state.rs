@@ -265,7 +265,11 @@ impl Group {
         match self.state {
             GroupState::PreparingRebalance => {
                 at(self.deadline_ms);
-                at(self.not_before_ms);
+                // The initial delay matters only once everyone has joined
+                // (before, a join completes the rebalance, not the clock).
+                if self.members.iter().all(|m| m.joined) {
+                    at(self.not_before_ms);
+                }
             }
             GroupState::CompletingRebalance => at(self.deadline_ms),
             _ => {}

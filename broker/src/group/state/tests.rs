@@ -683,3 +683,29 @@ fn commit_fencing_rules() {
         );
     }
 }
+
+#[test]
+fn the_next_deadline_never_lies_in_the_past_while_waiting_for_joins() {
+    // A new group waits out the initial delay only once everyone joined;
+    // before that, a timer at the (past) delay would fire again and again.
+    let s = Settings {
+        initial_rebalance_delay_ms: 100,
+        ..S
+    };
+    let t = apply(&empty(), &s, join("", "i1"), 0).unwrap();
+    assert_eq!(t.group.state, PreparingRebalance);
+    assert_eq!(t.group.next_deadline(), Some(100), "the delay");
+    let mut g = t.group;
+    g.members.push(member("m9", ""));
+    g.members[1].expires_ms = 5000;
+    assert_eq!(
+        g.next_deadline(),
+        Some(1000),
+        "the rebalance deadline, not the delay"
+    );
+    let t = apply(&g, &s, Event::Tick, 100).unwrap();
+    assert_eq!(t.group.state, PreparingRebalance, "m9 has not joined");
+    let t = apply(&t.group, &s, Event::Tick, 1000).unwrap();
+    assert_eq!(t.group.state, CompletingRebalance, "the deadline drops m9");
+    assert_eq!(t.group.members.len(), 1);
+}
