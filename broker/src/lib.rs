@@ -1,5 +1,6 @@
 //! The Ferry broker: partitions over `ferry-storage` logs, the produce and
-//! fetch paths, consumer-group offsets, transactions, limits, metrics, and
+//! fetch paths, consumer groups and their offsets, transactions, limits,
+//! metrics, and
 //! the gRPC service. [`BrokerState`] is the broker core every front end
 //! calls; [`EmbeddedBroker`] runs one inside another process.
 
