@@ -1,8 +1,7 @@
 //! The Ferry broker: partitions over `ferry-storage` logs, the produce and
 //! fetch paths, consumer groups and their offsets, transactions, limits,
-//! metrics, and
-//! the gRPC service. [`BrokerState`] is the broker core every front end
-//! calls; [`EmbeddedBroker`] runs one inside another process.
+//! metrics, and the gRPC service. [`BrokerState`] is the broker core every
+//! front end calls; [`EmbeddedBroker`] runs one inside another process.
 
 mod codec;
 mod config;
