@@ -51,6 +51,11 @@ impl<'a> Reader<'a> {
         self.array().map(i16::from_le_bytes)
     }
 
+    /// A little-endian `i32`.
+    pub(crate) fn i32(&mut self) -> Option<i32> {
+        self.array().map(i32::from_le_bytes)
+    }
+
     /// A little-endian `i64`.
     pub(crate) fn i64(&mut self) -> Option<i64> {
         self.array().map(i64::from_le_bytes)

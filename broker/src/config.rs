@@ -38,6 +38,12 @@ pub struct Limits {
     pub max_fetch_bytes: usize,
     /// Most concurrent connections; extra connections are closed at once.
     pub max_connections: usize,
+    /// Most consumer groups (`TooManyGroups` past it); at most
+    /// [`crate::MAX_GROUPS`].
+    pub max_groups: usize,
+    /// Most members of one group (`GroupMaxSizeReached` past it); at most
+    /// [`crate::MAX_GROUP_MEMBERS`].
+    pub max_members_per_group: usize,
 }
 
 impl Default for Limits {
@@ -47,6 +53,8 @@ impl Default for Limits {
             max_batch_bytes: DEFAULT_MAX_BATCH_BYTES,
             max_fetch_bytes: DEFAULT_MAX_FETCH_BYTES,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_groups: crate::group::MAX_GROUPS,
+            max_members_per_group: crate::group::MAX_GROUP_MEMBERS,
         }
     }
 }
@@ -68,7 +76,20 @@ pub struct BrokerConfig {
     pub retention_check_interval: Duration,
     /// Idempotent-producer state settings.
     pub producers: ProducerSettings,
+    /// Shortest session timeout a group member may ask for.
+    pub group_min_session_timeout_ms: u32,
+    /// Longest session timeout a group member may ask for.
+    pub group_max_session_timeout_ms: u32,
+    /// How long a new group's first rebalance waits for more members.
+    pub group_initial_rebalance_delay_ms: u32,
 }
+
+/// Default `group_min_session_timeout_ms` (Kafka's).
+pub const DEFAULT_GROUP_MIN_SESSION_TIMEOUT_MS: u32 = 6_000;
+/// Default `group_max_session_timeout_ms` (Kafka's).
+pub const DEFAULT_GROUP_MAX_SESSION_TIMEOUT_MS: u32 = 1_800_000;
+/// Default `group_initial_rebalance_delay_ms` (Kafka's).
+pub const DEFAULT_GROUP_INITIAL_REBALANCE_DELAY_MS: u32 = 3_000;
 
 impl Default for BrokerConfig {
     fn default() -> Self {
@@ -80,6 +101,9 @@ impl Default for BrokerConfig {
             limits: Limits::default(),
             retention_check_interval: Duration::from_secs(60),
             producers: ProducerSettings::default(),
+            group_min_session_timeout_ms: DEFAULT_GROUP_MIN_SESSION_TIMEOUT_MS,
+            group_max_session_timeout_ms: DEFAULT_GROUP_MAX_SESSION_TIMEOUT_MS,
+            group_initial_rebalance_delay_ms: DEFAULT_GROUP_INITIAL_REBALANCE_DELAY_MS,
         }
     }
 }
@@ -87,11 +111,14 @@ impl Default for BrokerConfig {
 impl BrokerConfig {
     /// A config for tests and embedding: loopback, an ephemeral port, and a
     /// data dir chosen by [`crate::EmbeddedBroker`] (a temporary one unless
-    /// set).
+    /// set). Groups rebalance at once and accept session timeouts from
+    /// 100 ms, so tests are fast.
     pub fn ephemeral() -> BrokerConfig {
         BrokerConfig {
             data_dir: PathBuf::new(),
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            group_min_session_timeout_ms: 100,
+            group_initial_rebalance_delay_ms: 0,
             ..BrokerConfig::default()
         }
     }
@@ -150,6 +177,15 @@ impl BrokerConfig {
         if let Some(v) = file.max_producer_ids {
             self.producers.max_per_partition = v;
         }
+        if let Some(v) = file.group_min_session_timeout_ms {
+            self.group_min_session_timeout_ms = v;
+        }
+        if let Some(v) = file.group_max_session_timeout_ms {
+            self.group_max_session_timeout_ms = v;
+        }
+        if let Some(v) = file.group_initial_rebalance_delay_ms {
+            self.group_initial_rebalance_delay_ms = v;
+        }
         if let Some(l) = file.limits {
             if let Some(v) = l.max_request_bytes {
                 self.limits.max_request_bytes = v;
@@ -162,6 +198,12 @@ impl BrokerConfig {
             }
             if let Some(v) = l.max_connections {
                 self.limits.max_connections = v;
+            }
+            if let Some(v) = l.max_groups {
+                self.limits.max_groups = v;
+            }
+            if let Some(v) = l.max_members_per_group {
+                self.limits.max_members_per_group = v;
             }
         }
         Ok(self)
@@ -186,6 +228,32 @@ impl BrokerConfig {
                 "max_connections and max_fetch_bytes must be positive".into(),
             ));
         }
+        if l.max_groups == 0 || l.max_groups > crate::group::MAX_GROUPS {
+            return Err(BrokerError::Config(format!(
+                "max_groups must be in 1..={}",
+                crate::group::MAX_GROUPS
+            )));
+        }
+        if l.max_members_per_group == 0 || l.max_members_per_group > crate::group::MAX_GROUP_MEMBERS
+        {
+            return Err(BrokerError::Config(format!(
+                "max_members_per_group must be in 1..={}",
+                crate::group::MAX_GROUP_MEMBERS
+            )));
+        }
+        if self.group_min_session_timeout_ms == 0
+            || self.group_min_session_timeout_ms > self.group_max_session_timeout_ms
+        {
+            return Err(BrokerError::Config(
+                "group_min_session_timeout_ms must be positive and at most group_max_session_timeout_ms".into(),
+            ));
+        }
+        if self.group_initial_rebalance_delay_ms > crate::group::MAX_REBALANCE_TIMEOUT_MS {
+            return Err(BrokerError::Config(format!(
+                "group_initial_rebalance_delay_ms must be at most {}",
+                crate::group::MAX_REBALANCE_TIMEOUT_MS
+            )));
+        }
         Ok(())
     }
 }
@@ -203,6 +271,9 @@ struct FileConfig {
     retention_ms: Option<u64>,
     producer_id_expiry_ms: Option<i64>,
     max_producer_ids: Option<usize>,
+    group_min_session_timeout_ms: Option<u32>,
+    group_max_session_timeout_ms: Option<u32>,
+    group_initial_rebalance_delay_ms: Option<u32>,
     limits: Option<FileLimits>,
 }
 
@@ -213,6 +284,8 @@ struct FileLimits {
     max_batch_bytes: Option<usize>,
     max_fetch_bytes: Option<usize>,
     max_connections: Option<usize>,
+    max_groups: Option<usize>,
+    max_members_per_group: Option<usize>,
 }
 
 /// Settings for idempotent-producer state.
@@ -248,6 +321,41 @@ mod tests {
         );
         assert_eq!(cfg.limits.max_connections, 7);
         assert_eq!(cfg.listen, BrokerConfig::default().listen);
+        let cfg = BrokerConfig::default()
+            .merge_toml(
+                "group_min_session_timeout_ms = 50\ngroup_max_session_timeout_ms = 900\n\
+                 group_initial_rebalance_delay_ms = 7\n[limits]\nmax_groups = 3\nmax_members_per_group = 2\n",
+            )
+            .unwrap();
+        assert_eq!(cfg.group_min_session_timeout_ms, 50);
+        assert_eq!(cfg.group_max_session_timeout_ms, 900);
+        assert_eq!(cfg.group_initial_rebalance_delay_ms, 7);
+        assert_eq!(
+            (cfg.limits.max_groups, cfg.limits.max_members_per_group),
+            (3, 2)
+        );
+        cfg.validate().unwrap();
+        let d = BrokerConfig::default();
+        assert_eq!(
+            (
+                d.group_min_session_timeout_ms,
+                d.group_max_session_timeout_ms,
+                d.group_initial_rebalance_delay_ms
+            ),
+            (6_000, 1_800_000, 3_000)
+        );
+    }
+
+    #[test]
+    fn group_limits_past_their_ceilings_are_rejected() {
+        let mut cfg = BrokerConfig::default();
+        cfg.limits.max_members_per_group = crate::group::MAX_GROUP_MEMBERS + 1;
+        assert!(cfg.validate().is_err());
+        let cfg = BrokerConfig {
+            group_min_session_timeout_ms: 10_000_000,
+            ..BrokerConfig::default()
+        };
+        assert!(cfg.validate().is_err());
     }
 
     #[test]

@@ -116,6 +116,9 @@ pub enum BrokerError {
     #[doc(hidden)]
     #[error("injected failure at {0}")]
     Injected(&'static str),
+    /// A consumer-group request was refused.
+    #[error(transparent)]
+    Group(#[from] crate::group::GroupError),
     /// The log refused the operation.
     #[error(transparent)]
     Storage(#[from] StorageError),
@@ -173,6 +176,24 @@ impl BrokerError {
                     ErrorCode::UnknownProducerId
                 }
             },
+            BrokerError::Group(e) => {
+                use crate::group::GroupError as G;
+                match e {
+                    G::IllegalGeneration { .. } => ErrorCode::IllegalGeneration,
+                    G::UnknownMemberId(_) => ErrorCode::UnknownMemberId,
+                    G::RebalanceInProgress => ErrorCode::RebalanceInProgress,
+                    G::MemberIdRequired(_) => ErrorCode::MemberIdRequired,
+                    G::InconsistentGroupProtocol(_) => ErrorCode::InconsistentGroupProtocol,
+                    G::GroupIdNotFound(_) => ErrorCode::GroupIdNotFound,
+                    G::NonEmptyGroup(_) => ErrorCode::NonEmptyGroup,
+                    G::FencedInstanceId(_) => ErrorCode::FencedInstanceId,
+                    G::UnstableOffsetCommit(_) => ErrorCode::UnstableOffsetCommit,
+                    G::GroupMaxSizeReached(_) => ErrorCode::GroupMaxSizeReached,
+                    G::InvalidSessionTimeout { .. } => ErrorCode::InvalidSessionTimeout,
+                    G::TooManyGroups(_) => ErrorCode::TooManyGroups,
+                    G::InvalidRequest(_) => ErrorCode::InvalidRequest,
+                }
+            }
             BrokerError::Io { .. } => ErrorCode::Unknown,
             BrokerError::Storage(e) => match e {
                 StorageError::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,

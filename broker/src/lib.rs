@@ -1,12 +1,13 @@
 //! The Ferry broker: partitions over `ferry-storage` logs, the produce and
-//! fetch paths, consumer-group offsets, transactions, limits, metrics, and
-//! the gRPC service. [`BrokerState`] is the broker core every front end
-//! calls; [`EmbeddedBroker`] runs one inside another process.
+//! fetch paths, consumer groups and their offsets, transactions, limits,
+//! metrics, and the gRPC service. [`BrokerState`] is the broker core every
+//! front end calls; [`EmbeddedBroker`] runs one inside another process.
 
 mod codec;
 mod config;
 mod embedded;
 mod error;
+mod group;
 mod names;
 mod offsets;
 mod producer_ids;
@@ -19,12 +20,18 @@ mod topics;
 mod txn;
 
 pub use config::{
-    BrokerConfig, DEFAULT_PORT, Limits, MAX_FETCH_WAIT_MS, MAX_PARTITIONS_PER_TOPIC, MAX_TOPICS,
-    ProducerSettings,
+    BrokerConfig, DEFAULT_GROUP_INITIAL_REBALANCE_DELAY_MS, DEFAULT_GROUP_MAX_SESSION_TIMEOUT_MS,
+    DEFAULT_GROUP_MIN_SESSION_TIMEOUT_MS, DEFAULT_PORT, Limits, MAX_FETCH_WAIT_MS,
+    MAX_PARTITIONS_PER_TOPIC, MAX_TOPICS, ProducerSettings,
 };
 pub use embedded::EmbeddedBroker;
 pub use error::BrokerError;
 pub use ferry_storage::{FlushPolicy, LogConfig};
+pub use group::{
+    CommitFence, Group, GroupError, GroupState, Join, JoinReply, MAX_ASSIGNMENT_BYTES,
+    MAX_GROUP_MEMBERS, MAX_GROUPS, MAX_MEMBER_METADATA_BYTES, MAX_MEMBER_STRING_BYTES,
+    MAX_PROTOCOLS_PER_MEMBER, MAX_REBALANCE_TIMEOUT_MS, Member, SyncReply,
+};
 pub use names::{MAX_NAME_BYTES, NameError, check_name};
 pub use producer_ids::{ID_BLOCK, ProducerIds};
 pub use producer_state::{

@@ -8,7 +8,17 @@
 //! value = u64 offset
 //! ```
 //!
-//! (all integers little-endian). A commit is acknowledged once its batch is
+//! (all integers little-endian). The key's first byte is the record's kind:
+//! `0` is the offset commit above (kind and version in one), `1` a group's
+//! metadata (`group::codec`):
+//!
+//! ```text
+//! key   = u8 kind (1) | u16 group_len | group
+//! value = the group record (versioned), or null: the group was deleted,
+//!         with every offset committed for it before this record
+//! ```
+//!
+//! The offset-commit part: A commit is acknowledged once its batch is
 //! durable under the flush policy, and only then becomes visible to
 //! `FetchOffsets`; a crash before that point may lose the commit, which the
 //! committer never saw succeed. On open the whole log is replayed, later
@@ -36,6 +46,8 @@ use crate::names::check_name;
 /// Most partitions one commit may carry.
 pub const MAX_OFFSETS_PER_COMMIT: usize = 10_000;
 const KEY_VERSION: u8 = 0;
+/// First key byte of a group metadata record.
+const KEY_GROUP: u8 = 1;
 
 type Key = (String, String, u32);
 /// An offset of an open transaction: key, offset, and the log offset of
@@ -51,6 +63,26 @@ pub struct OffsetStore {
     committed: Mutex<HashMap<Key, (u64, u64)>>,
     /// Offsets of open transactions, by producer id: (key, offset, log offset).
     pending: Mutex<HashMap<i64, Vec<Pending>>>,
+    /// Group metadata records found by replay, for the group coordinator
+    /// to take once.
+    replayed_groups: Mutex<HashMap<String, Vec<u8>>>,
+}
+
+fn encode_group_key(group: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(3 + group.len());
+    k.push(KEY_GROUP);
+    k.extend_from_slice(&(group.len() as u16).to_le_bytes());
+    k.extend_from_slice(group.as_bytes());
+    k
+}
+
+fn decode_group_key(k: &[u8]) -> Option<String> {
+    let (&kind, rest) = k.split_first()?;
+    if kind != KEY_GROUP {
+        return None;
+    }
+    let (group, rest) = take_str(rest)?;
+    rest.is_empty().then_some(group)
 }
 
 fn apply(committed: &mut HashMap<Key, (u64, u64)>, key: Key, offset: u64, at: u64) {
@@ -94,6 +126,7 @@ impl OffsetStore {
         let log = Log::open(dir, log_config)?;
         let mut committed = HashMap::new();
         let mut pending: HashMap<i64, Vec<Pending>> = HashMap::new();
+        let mut groups: HashMap<String, Vec<u8>> = HashMap::new();
         crate::replay::replay(&log, 0, |batch| {
             let h = *batch.header();
             if let Some(kind) = marker_type(batch) {
@@ -108,6 +141,18 @@ impl OffsetStore {
             for record in batch.records() {
                 let record = record?;
                 let at = h.base_offset + u64::from(record.offset_delta);
+                if let Some(group) = record.key.and_then(decode_group_key) {
+                    match record.value {
+                        Some(v) => {
+                            groups.insert(group, v.to_vec());
+                        }
+                        None => {
+                            committed.retain(|(g, _, _), _| *g != group);
+                            groups.remove(&group);
+                        }
+                    }
+                    continue;
+                }
                 let (Some(key), Some(value)) = (record.key.and_then(decode_key), record.value)
                 else {
                     tracing::warn!(offset = at, "skipping unreadable offsets record");
@@ -137,7 +182,74 @@ impl OffsetStore {
             log,
             committed: Mutex::new(committed),
             pending: Mutex::new(pending),
+            replayed_groups: Mutex::new(groups),
         })
+    }
+
+    /// The group metadata records replay found (last per group), once.
+    pub(crate) fn take_replayed_groups(&self) -> HashMap<String, Vec<u8>> {
+        std::mem::take(&mut *self.replayed_groups.lock())
+    }
+
+    /// Durably writes a group's metadata record.
+    pub(crate) async fn write_group(&self, group: &str, value: &[u8]) -> Result<(), BrokerError> {
+        self.write_group_record(group, Some(value)).await
+    }
+
+    /// Durably deletes a group: its metadata and every committed offset.
+    pub(crate) async fn delete_group(&self, group: &str) -> Result<(), BrokerError> {
+        self.write_group_record(group, None).await?;
+        self.committed.lock().retain(|(g, _, _), _| g != group);
+        Ok(())
+    }
+
+    async fn write_group_record(
+        &self,
+        group: &str,
+        value: Option<&[u8]>,
+    ) -> Result<(), BrokerError> {
+        let now = ferry_proto::now_ms();
+        let mut builder = BatchBuilder::new(now);
+        builder.push(now, Some(&encode_group_key(group)), value, &[]);
+        let bytes: Bytes = builder.finish();
+        if bytes.len() > ferry_proto::batch::MAX_BATCH_BYTES {
+            return Err(BrokerError::InvalidRequest(format!(
+                "group {group:?} metadata of {} bytes is too large to store",
+                bytes.len()
+            )));
+        }
+        self.log.append_durable(ValidBatch::exact(&bytes)?).await?;
+        Ok(())
+    }
+
+    /// Whether any offset is committed for `group`.
+    pub fn has_offsets(&self, group: &str) -> bool {
+        self.committed.lock().keys().any(|(g, _, _)| g == group)
+    }
+
+    /// Every group with committed offsets.
+    pub fn groups_with_offsets(&self) -> std::collections::BTreeSet<String> {
+        self.committed
+            .lock()
+            .keys()
+            .map(|(g, _, _)| g.clone())
+            .collect()
+    }
+
+    /// The partitions of `topic` for which an open transaction holds
+    /// offsets of `group`.
+    pub fn pending_partitions(&self, group: &str, topic: &str) -> Vec<u32> {
+        let mut out: Vec<u32> = self
+            .pending
+            .lock()
+            .values()
+            .flatten()
+            .filter(|((g, t, _), _, _)| g == group && t == topic)
+            .map(|((_, _, p), _, _)| *p)
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        out
     }
 
     /// Durably commits `offsets` for `group`.

@@ -108,6 +108,10 @@ impl Broker {
         state.recover_transactions().await?;
         let retention = tokio::spawn(retention_loop(state.clone()));
         let txn_timeouts = tokio::spawn(txn_timeout_loop(state.clone()));
+        let group_timers = {
+            let s = state.clone();
+            tokio::spawn(async move { s.run_group_timers().await })
+        };
         let incoming = limited_incoming(listener, limits.max_connections);
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<Stop>();
         let shutdown_state = state.clone();
@@ -151,6 +155,7 @@ impl Broker {
         }
         retention.abort();
         txn_timeouts.abort();
+        group_timers.abort();
         drop(server);
         match how {
             Stop::Graceful => {

@@ -14,6 +14,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::error::BrokerError;
+use crate::group::{CommitFence, GroupError, Join};
 use crate::state::{AckLevel, BrokerState, FetchSpec, Isolation, OffsetSpec};
 
 /// Most produce requests one stream may have awaiting acknowledgement;
@@ -60,6 +61,8 @@ error_fields!(
     v1::AddOffsetsToTxnResponse,
     v1::TxnOffsetCommitResponse,
     v1::AbortTransactionResponse,
+    v1::HeartbeatResponse,
+    v1::DeleteGroupResponse,
 );
 
 /// A response that only reports success or its error.
@@ -440,6 +443,11 @@ impl Ferry for FerryService {
                     epoch,
                     &req.group,
                     &offsets,
+                    &CommitFence {
+                        generation: req.generation_id,
+                        member_id: req.member_id,
+                        instance_id: req.group_instance_id,
+                    },
                 )
                 .await
         }
@@ -523,7 +531,15 @@ impl Ferry for FerryService {
             .into_iter()
             .map(|o| (o.topic, o.partition, o.offset))
             .collect();
-        let r = self.state.commit_offsets(&req.group, &offsets).await;
+        let fence = CommitFence {
+            generation: req.generation_id,
+            member_id: req.member_id,
+            instance_id: req.group_instance_id,
+        };
+        let r = self
+            .state
+            .commit_offsets(&req.group, &offsets, &fence)
+            .await;
         Ok(respond(r))
     }
 
@@ -532,20 +548,226 @@ impl Ferry for FerryService {
         request: Request<v1::FetchOffsetsRequest>,
     ) -> Result<Response<v1::FetchOffsetsResponse>, Status> {
         let req = request.into_inner();
-        let offsets = self
+        let mut resp = v1::FetchOffsetsResponse::default();
+        match self
             .state
-            .fetch_offsets(&req.group, &req.topic)
+            .fetch_offsets(&req.group, &req.topic, req.require_stable)
+        {
+            Ok(offsets) => {
+                resp.offsets = offsets
+                    .into_iter()
+                    .map(|(partition, offset)| v1::PartitionOffset {
+                        topic: req.topic.clone(),
+                        partition,
+                        offset,
+                    })
+                    .collect();
+            }
+            Err(e) => (resp.error_code, resp.error_message) = err_fields(&e),
+        }
+        Ok(Response::new(resp))
+    }
+
+    async fn join_group(
+        &self,
+        request: Request<v1::JoinGroupRequest>,
+    ) -> Result<Response<v1::JoinGroupResponse>, Status> {
+        let _busy = self.state.enter();
+        let host = request
+            .remote_addr()
+            .map(|a| a.ip().to_string())
+            .unwrap_or_default();
+        let req = request.into_inner();
+        let join = Join {
+            member_id: req.member_id,
+            instance_id: req.group_instance_id,
+            client_id: req.client_id,
+            host,
+            session_timeout_ms: req.session_timeout_ms,
+            rebalance_timeout_ms: req.rebalance_timeout_ms,
+            protocol_type: req.protocol_type,
+            protocols: req
+                .protocols
+                .into_iter()
+                .map(|p| (p.name, p.metadata.to_vec()))
+                .collect(),
+            fresh_member_id: String::new(),
+        };
+        let mut resp = v1::JoinGroupResponse::default();
+        match self.state.join_group(&req.group, join).await {
+            Ok(r) => {
+                resp.generation_id = r.generation;
+                resp.protocol_name = r.protocol_name;
+                resp.leader_id = r.leader;
+                resp.member_id = r.member_id;
+                resp.skip_assignment = r.skip_assignment;
+                resp.members = r
+                    .members
+                    .into_iter()
+                    .map(
+                        |(member_id, group_instance_id, metadata)| v1::JoinGroupMember {
+                            member_id,
+                            group_instance_id,
+                            metadata: metadata.into(),
+                        },
+                    )
+                    .collect();
+            }
+            Err(e) => {
+                if let BrokerError::Group(GroupError::MemberIdRequired(id)) = &e {
+                    resp.member_id = id.clone();
+                }
+                (resp.error_code, resp.error_message) = err_fields(&e);
+            }
+        }
+        Ok(Response::new(resp))
+    }
+
+    async fn sync_group(
+        &self,
+        request: Request<v1::SyncGroupRequest>,
+    ) -> Result<Response<v1::SyncGroupResponse>, Status> {
+        let _busy = self.state.enter();
+        let req = request.into_inner();
+        let assignments = req
+            .assignments
             .into_iter()
-            .map(|(partition, offset)| v1::PartitionOffset {
-                topic: req.topic.clone(),
-                partition,
-                offset,
+            .map(|a| (a.member_id, a.assignment.to_vec()))
+            .collect();
+        let r = self
+            .state
+            .sync_group(
+                &req.group,
+                &req.member_id,
+                &req.group_instance_id,
+                req.generation_id,
+                &req.protocol_type,
+                &req.protocol_name,
+                assignments,
+            )
+            .await;
+        let mut resp = v1::SyncGroupResponse::default();
+        match r {
+            Ok(r) => {
+                resp.protocol_name = r.protocol_name;
+                resp.assignment = r.assignment.into();
+            }
+            Err(e) => (resp.error_code, resp.error_message) = err_fields(&e),
+        }
+        Ok(Response::new(resp))
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<v1::HeartbeatRequest>,
+    ) -> Result<Response<v1::HeartbeatResponse>, Status> {
+        let _busy = self.state.enter();
+        let req = request.into_inner();
+        let r = self
+            .state
+            .heartbeat(
+                &req.group,
+                &req.member_id,
+                &req.group_instance_id,
+                req.generation_id,
+            )
+            .await;
+        Ok(respond(r))
+    }
+
+    async fn leave_group(
+        &self,
+        request: Request<v1::LeaveGroupRequest>,
+    ) -> Result<Response<v1::LeaveGroupResponse>, Status> {
+        let _busy = self.state.enter();
+        let req = request.into_inner();
+        let members = req
+            .members
+            .into_iter()
+            .map(|m| (m.member_id, m.group_instance_id))
+            .collect();
+        let mut resp = v1::LeaveGroupResponse::default();
+        match self.state.leave_group(&req.group, members).await {
+            Ok(results) => {
+                resp.members = results
+                    .into_iter()
+                    .map(
+                        |(member_id, group_instance_id, r)| v1::LeaveGroupMemberResult {
+                            member_id,
+                            group_instance_id,
+                            error_code: r.err().map_or(0, |e| BrokerError::from(e).code().as_u32()),
+                        },
+                    )
+                    .collect();
+            }
+            Err(e) => (resp.error_code, resp.error_message) = err_fields(&e),
+        }
+        Ok(Response::new(resp))
+    }
+
+    async fn list_groups(
+        &self,
+        _request: Request<v1::ListGroupsRequest>,
+    ) -> Result<Response<v1::ListGroupsResponse>, Status> {
+        let groups = self
+            .state
+            .list_groups()
+            .await
+            .into_iter()
+            .map(|g| v1::GroupSummary {
+                state: g.state.name().to_string(),
+                members: g.members.len() as u32,
+                protocol_type: g.protocol_type,
+                group: g.name,
             })
             .collect();
-        Ok(Response::new(v1::FetchOffsetsResponse {
-            offsets,
+        Ok(Response::new(v1::ListGroupsResponse {
+            groups,
             ..Default::default()
         }))
+    }
+
+    async fn describe_group(
+        &self,
+        request: Request<v1::DescribeGroupRequest>,
+    ) -> Result<Response<v1::DescribeGroupResponse>, Status> {
+        let req = request.into_inner();
+        let mut resp = v1::DescribeGroupResponse {
+            group: req.group.clone(),
+            ..Default::default()
+        };
+        match self.state.describe_group(&req.group).await {
+            Ok(g) => {
+                resp.state = g.state.name().to_string();
+                resp.generation_id = g.generation;
+                resp.members = g
+                    .members
+                    .iter()
+                    .map(|m| v1::GroupMemberInfo {
+                        member_id: m.member_id.clone(),
+                        group_instance_id: m.instance_id.clone(),
+                        client_id: m.client_id.clone(),
+                        host: m.host.clone(),
+                        metadata: m.metadata(&g.protocol_name).to_vec().into(),
+                        assignment: m.assignment.clone().into(),
+                    })
+                    .collect();
+                resp.protocol_type = g.protocol_type;
+                resp.protocol_name = g.protocol_name;
+                resp.leader_id = g.leader;
+            }
+            Err(e) => (resp.error_code, resp.error_message) = err_fields(&e),
+        }
+        Ok(Response::new(resp))
+    }
+
+    async fn delete_group(
+        &self,
+        request: Request<v1::DeleteGroupRequest>,
+    ) -> Result<Response<v1::DeleteGroupResponse>, Status> {
+        let _busy = self.state.enter();
+        let req = request.into_inner();
+        Ok(respond(self.state.delete_group(&req.group).await))
     }
 }
 

@@ -13,6 +13,7 @@ use tokio::sync::{Notify, watch};
 
 use crate::config::{BrokerConfig, MAX_FETCH_WAIT_MS};
 use crate::error::BrokerError;
+use crate::group::{CommitFence, Group, GroupCoordinator, GroupError, Join, JoinReply, SyncReply};
 use crate::offsets::OffsetStore;
 use crate::producer_ids::ProducerIds;
 use crate::producer_state::AbortedTxn;
@@ -129,6 +130,7 @@ pub struct BrokerState {
     offsets: Arc<OffsetStore>,
     producer_ids: Arc<ProducerIds>,
     coordinator: Coordinator,
+    groups: GroupCoordinator,
     inflight: Arc<Inflight>,
     shutting_down: AtomicBool,
     shutdown_tx: watch::Sender<bool>,
@@ -175,6 +177,16 @@ impl BrokerState {
             offsets.clone(),
             producer_ids.clone(),
         )?;
+        let groups = GroupCoordinator::open(
+            offsets.clone(),
+            crate::group::state::Settings {
+                min_session_timeout_ms: config.group_min_session_timeout_ms,
+                max_session_timeout_ms: config.group_max_session_timeout_ms,
+                initial_rebalance_delay_ms: config.group_initial_rebalance_delay_ms,
+                max_members: config.limits.max_members_per_group,
+            },
+            config.limits.max_groups,
+        );
         let (shutdown_tx, _) = watch::channel(false);
         Ok(BrokerState {
             config,
@@ -182,6 +194,7 @@ impl BrokerState {
             offsets,
             producer_ids,
             coordinator,
+            groups,
             inflight: Arc::default(),
             shutting_down: AtomicBool::new(false),
             shutdown_tx,
@@ -538,22 +551,146 @@ impl BrokerState {
     }
 
     /// `CommitOffsets`: durably commits `offsets` for `group`; every
-    /// partition must exist.
+    /// partition must exist. The commit is fenced by the group
+    /// (`group::state::check_commit`): a simple commit (no generation, no
+    /// member) only while the group has no members, a member's only with
+    /// its current generation. The group stays locked until the offsets
+    /// are durable, so no rebalance completes in between.
     pub async fn commit_offsets(
         &self,
         group: &str,
         offsets: &[(String, u32, u64)],
+        fence: &CommitFence,
     ) -> Result<(), BrokerError> {
         for (topic, partition, _) in offsets {
             self.topics.partition(topic, *partition)?;
         }
+        let _locked = self.groups.fence_commit(group, fence, false).await?;
         self.offsets.commit(group, offsets).await
     }
 
     /// `FetchOffsets`: the committed offsets of `group` for `topic`, by
-    /// partition.
-    pub fn fetch_offsets(&self, group: &str, topic: &str) -> Vec<(u32, u64)> {
-        self.offsets.fetch(group, topic)
+    /// partition (none, and no error, for an unknown group). With
+    /// `require_stable`, `UnstableOffsetCommit` while an open transaction
+    /// holds offsets of the group for a partition of the topic.
+    pub fn fetch_offsets(
+        &self,
+        group: &str,
+        topic: &str,
+        require_stable: bool,
+    ) -> Result<Vec<(u32, u64)>, BrokerError> {
+        if require_stable {
+            let pending = self.offsets.pending_partitions(group, topic);
+            if let Some(p) = pending.first() {
+                return Err(GroupError::UnstableOffsetCommit(format!("{topic}/{p}")).into());
+            }
+        }
+        Ok(self.offsets.fetch(group, topic))
+    }
+
+    /// Waits for `fut` unless shutdown begins first.
+    async fn unless_shutdown<T>(
+        &self,
+        fut: impl std::future::Future<Output = Result<T, BrokerError>>,
+    ) -> Result<T, BrokerError> {
+        let mut shutdown = self.shutdown_signal();
+        tokio::select! {
+            r = fut => r,
+            _ = shutdown_begun(&mut shutdown) => Err(BrokerError::ShuttingDown),
+        }
+    }
+
+    /// `JoinGroup`: resolves when the member's generation is formed, or at
+    /// once with `MemberIdRequired` (carrying the id), an unchanged rejoin,
+    /// or an error. Creates the group on its first join.
+    pub async fn join_group(&self, group: &str, join: Join) -> Result<JoinReply, BrokerError> {
+        if self.is_shutting_down() {
+            return Err(BrokerError::ShuttingDown);
+        }
+        self.unless_shutdown(self.groups.join(group, join)).await
+    }
+
+    /// `SyncGroup`: the member's assignment once the leader has sent it
+    /// (the leader's call carries every member's).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn sync_group(
+        &self,
+        group: &str,
+        member_id: &str,
+        instance_id: &str,
+        generation: i32,
+        protocol_type: &str,
+        protocol_name: &str,
+        assignments: Vec<(String, Vec<u8>)>,
+    ) -> Result<SyncReply, BrokerError> {
+        let event = crate::group::state::Event::Sync {
+            member_id: member_id.to_string(),
+            instance_id: instance_id.to_string(),
+            generation,
+            protocol_type: protocol_type.to_string(),
+            protocol_name: protocol_name.to_string(),
+            assignments,
+        };
+        self.unless_shutdown(self.groups.sync(group, event, member_id))
+            .await
+    }
+
+    /// `Heartbeat`: resets the member's session timer.
+    pub async fn heartbeat(
+        &self,
+        group: &str,
+        member_id: &str,
+        instance_id: &str,
+        generation: i32,
+    ) -> Result<(), BrokerError> {
+        self.groups
+            .heartbeat(group, member_id, instance_id, generation)
+            .await
+    }
+
+    /// `LeaveGroup`: removes each (member id, instance id) at once and
+    /// rebalances; the result per member.
+    pub async fn leave_group(
+        &self,
+        group: &str,
+        members: Vec<(String, String)>,
+    ) -> Result<Vec<(String, String, Result<(), GroupError>)>, BrokerError> {
+        self.groups.leave(group, members).await
+    }
+
+    /// `ListGroups`: every group the coordinator knows, and every group
+    /// with committed offsets only (as `Empty`), by name.
+    pub async fn list_groups(&self) -> Vec<Group> {
+        let mut groups = self.groups.list().await;
+        for name in self.offsets.groups_with_offsets() {
+            if !groups.iter().any(|g| g.name == name) {
+                groups.push(Group::new(&name));
+            }
+        }
+        groups.sort_by(|a, b| a.name.cmp(&b.name));
+        groups
+    }
+
+    /// `DescribeGroup`: the group now (`Empty` for a group with committed
+    /// offsets only), or `GroupIdNotFound`.
+    pub async fn describe_group(&self, group: &str) -> Result<Group, BrokerError> {
+        match self.groups.describe(group).await? {
+            Some(g) => Ok(g),
+            None if self.offsets.has_offsets(group) => Ok(Group::new(group)),
+            None => Err(GroupError::GroupIdNotFound(group.to_string()).into()),
+        }
+    }
+
+    /// `DeleteGroup`: `NonEmptyGroup` while it has members; otherwise its
+    /// metadata and committed offsets are removed, durably.
+    pub async fn delete_group(&self, group: &str) -> Result<(), BrokerError> {
+        self.groups.delete(group).await
+    }
+
+    /// Runs the group timers (session expiry, rebalance deadlines) until
+    /// the future is dropped. The server runs it while serving.
+    pub async fn run_group_timers(&self) {
+        self.groups.run_timers().await;
     }
 
     /// `InitProducerId` without a transactional id: a producer id never
@@ -601,7 +738,9 @@ impl BrokerState {
     }
 
     /// `TxnOffsetCommit`: offsets that take effect if the transaction
-    /// commits.
+    /// commits. With a member or generation it is fenced by the group like
+    /// an offset commit (KIP-447, but not refused during a rebalance);
+    /// without, only the producer epoch fences it.
     pub async fn txn_offset_commit(
         &self,
         transactional_id: &str,
@@ -609,7 +748,14 @@ impl BrokerState {
         epoch: i16,
         group: &str,
         offsets: &[(String, u32, u64)],
+        fence: &CommitFence,
     ) -> Result<(), BrokerError> {
+        let simple = fence.generation <= 0 && fence.member_id.is_empty();
+        let _locked = if simple {
+            None
+        } else {
+            self.groups.fence_commit(group, fence, true).await?
+        };
         self.coordinator
             .txn_offset_commit(transactional_id, producer_id, epoch, group, offsets)
             .await

@@ -228,6 +228,7 @@ impl Client {
             .commit_offsets(v1::CommitOffsetsRequest {
                 group: group.to_owned(),
                 offsets: partition_offsets(offsets),
+                ..Default::default()
             })
             .await?
             .into_inner();
@@ -246,6 +247,7 @@ impl Client {
             .fetch_offsets(v1::FetchOffsetsRequest {
                 group: group.to_owned(),
                 topic: topic.to_owned(),
+                ..Default::default()
             })
             .await?
             .into_inner();

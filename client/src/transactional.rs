@@ -515,6 +515,7 @@ impl TransactionalProducer {
             producer_epoch: i32::from(self.epoch),
             group: group.to_owned(),
             offsets: partition_offsets(offsets),
+            ..Default::default()
         };
         retrying("TxnOffsetCommit", &self.config.producer, || {
             let mut raw = client.raw();

@@ -63,11 +63,35 @@ pub enum ErrorCode {
     PartitionNotInTransaction = 24,
     /// The transaction ran past its timeout and was aborted. Definite.
     TransactionTimedOut = 25,
+    /// The request's group generation is not the current one. Definite.
+    IllegalGeneration = 26,
+    /// The group does not know the member id (never joined, or removed). Definite.
+    UnknownMemberId = 27,
+    /// The group is rebalancing: the member must rejoin. Definite.
+    RebalanceInProgress = 28,
+    /// A first join: rejoin with the member id in this response (KIP-394). Definite.
+    MemberIdRequired = 29,
+    /// The member's protocol type or assignors share nothing with the group's. Definite.
+    InconsistentGroupProtocol = 30,
+    /// The group does not exist. Definite.
+    GroupIdNotFound = 31,
+    /// The group still has members. Definite.
+    NonEmptyGroup = 32,
+    /// A newer member with the same group instance id fenced this one. Definite.
+    FencedInstanceId = 33,
+    /// A transaction holds pending offsets for the partition. Definite.
+    UnstableOffsetCommit = 34,
+    /// The group has as many members as it allows. Definite.
+    GroupMaxSizeReached = 35,
+    /// The session timeout is outside the broker's bounds. Definite.
+    InvalidSessionTimeout = 36,
+    /// The broker tracks as many groups as it allows. Definite.
+    TooManyGroups = 37,
 }
 
 impl ErrorCode {
     /// Every code, in numeric order.
-    pub const ALL: [ErrorCode; 26] = [
+    pub const ALL: [ErrorCode; 38] = [
         ErrorCode::None,
         ErrorCode::Unknown,
         ErrorCode::CorruptMessage,
@@ -94,6 +118,18 @@ impl ErrorCode {
         ErrorCode::NetworkError,
         ErrorCode::PartitionNotInTransaction,
         ErrorCode::TransactionTimedOut,
+        ErrorCode::IllegalGeneration,
+        ErrorCode::UnknownMemberId,
+        ErrorCode::RebalanceInProgress,
+        ErrorCode::MemberIdRequired,
+        ErrorCode::InconsistentGroupProtocol,
+        ErrorCode::GroupIdNotFound,
+        ErrorCode::NonEmptyGroup,
+        ErrorCode::FencedInstanceId,
+        ErrorCode::UnstableOffsetCommit,
+        ErrorCode::GroupMaxSizeReached,
+        ErrorCode::InvalidSessionTimeout,
+        ErrorCode::TooManyGroups,
     ];
 
     /// The code's wire number.
@@ -134,6 +170,7 @@ impl ErrorCode {
                 | ErrorCode::TooManyConnections
                 | ErrorCode::NetworkError
                 | ErrorCode::ConcurrentTransactions
+                | ErrorCode::UnstableOffsetCommit
         )
     }
 
@@ -166,6 +203,18 @@ impl ErrorCode {
             ErrorCode::NetworkError => "network_error",
             ErrorCode::PartitionNotInTransaction => "partition_not_in_transaction",
             ErrorCode::TransactionTimedOut => "transaction_timed_out",
+            ErrorCode::IllegalGeneration => "illegal_generation",
+            ErrorCode::UnknownMemberId => "unknown_member_id",
+            ErrorCode::RebalanceInProgress => "rebalance_in_progress",
+            ErrorCode::MemberIdRequired => "member_id_required",
+            ErrorCode::InconsistentGroupProtocol => "inconsistent_group_protocol",
+            ErrorCode::GroupIdNotFound => "group_id_not_found",
+            ErrorCode::NonEmptyGroup => "non_empty_group",
+            ErrorCode::FencedInstanceId => "fenced_instance_id",
+            ErrorCode::UnstableOffsetCommit => "unstable_offset_commit",
+            ErrorCode::GroupMaxSizeReached => "group_max_size_reached",
+            ErrorCode::InvalidSessionTimeout => "invalid_session_timeout",
+            ErrorCode::TooManyGroups => "too_many_groups",
         }
     }
 }
@@ -198,6 +247,8 @@ mod tests {
         assert_eq!(ErrorCode::OutOfOrderSequence as u32, 16);
         assert_eq!(ErrorCode::ProducerFenced as u32, 18);
         assert_eq!(ErrorCode::TransactionTimedOut as u32, 25);
+        assert_eq!(ErrorCode::IllegalGeneration as u32, 26);
+        assert_eq!(ErrorCode::TooManyGroups as u32, 37);
     }
 
     #[test]

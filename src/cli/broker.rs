@@ -36,6 +36,15 @@ pub struct BrokerArgs {
     /// Delete segments whose newest record is older than this.
     #[arg(long)]
     retention_ms: Option<u64>,
+    /// Shortest session timeout a group member may ask for [default: 6000].
+    #[arg(long)]
+    group_min_session_timeout_ms: Option<u32>,
+    /// Longest session timeout a group member may ask for [default: 1800000].
+    #[arg(long)]
+    group_max_session_timeout_ms: Option<u32>,
+    /// How long a new group's first rebalance waits for more members [default: 3000].
+    #[arg(long)]
+    group_initial_rebalance_delay_ms: Option<u32>,
 }
 
 pub fn run(args: BrokerArgs) -> Result<ExitCode, CliError> {
@@ -64,6 +73,15 @@ pub fn run(args: BrokerArgs) -> Result<ExitCode, CliError> {
     }
     if let Some(v) = args.retention_ms {
         config.log.retention_ms = Some(v);
+    }
+    if let Some(v) = args.group_min_session_timeout_ms {
+        config.group_min_session_timeout_ms = v;
+    }
+    if let Some(v) = args.group_max_session_timeout_ms {
+        config.group_max_session_timeout_ms = v;
+    }
+    if let Some(v) = args.group_initial_rebalance_delay_ms {
+        config.group_initial_rebalance_delay_ms = v;
     }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

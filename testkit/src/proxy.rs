@@ -89,11 +89,25 @@ pub enum RpcKind {
     CommitOffsets,
     /// `FetchOffsets`.
     FetchOffsets,
+    /// `JoinGroup`.
+    JoinGroup,
+    /// `SyncGroup`.
+    SyncGroup,
+    /// `Heartbeat`.
+    Heartbeat,
+    /// `LeaveGroup`.
+    LeaveGroup,
+    /// `ListGroups`.
+    ListGroups,
+    /// `DescribeGroup`.
+    DescribeGroup,
+    /// `DeleteGroup`.
+    DeleteGroup,
 }
 
 impl RpcKind {
     /// Every kind, in declaration order.
-    pub const ALL: [RpcKind; 17] = [
+    pub const ALL: [RpcKind; 24] = [
         RpcKind::CreateTopic,
         RpcKind::DeleteTopic,
         RpcKind::ListTopics,
@@ -111,6 +125,13 @@ impl RpcKind {
         RpcKind::AbortTransaction,
         RpcKind::CommitOffsets,
         RpcKind::FetchOffsets,
+        RpcKind::JoinGroup,
+        RpcKind::SyncGroup,
+        RpcKind::Heartbeat,
+        RpcKind::LeaveGroup,
+        RpcKind::ListGroups,
+        RpcKind::DescribeGroup,
+        RpcKind::DeleteGroup,
     ];
 
     fn bit(self) -> u32 {
@@ -697,6 +718,13 @@ forward_unary! {
     abort_transaction(AbortTransactionRequest) -> AbortTransactionResponse as AbortTransaction;
     commit_offsets(CommitOffsetsRequest) -> CommitOffsetsResponse as CommitOffsets;
     fetch_offsets(FetchOffsetsRequest) -> FetchOffsetsResponse as FetchOffsets;
+    join_group(JoinGroupRequest) -> JoinGroupResponse as JoinGroup;
+    sync_group(SyncGroupRequest) -> SyncGroupResponse as SyncGroup;
+    heartbeat(HeartbeatRequest) -> HeartbeatResponse as Heartbeat;
+    leave_group(LeaveGroupRequest) -> LeaveGroupResponse as LeaveGroup;
+    list_groups(ListGroupsRequest) -> ListGroupsResponse as ListGroups;
+    describe_group(DescribeGroupRequest) -> DescribeGroupResponse as DescribeGroup;
+    delete_group(DeleteGroupRequest) -> DeleteGroupResponse as DeleteGroup;
 }
 
 /// Forwards a `ProduceStream`, deciding a fault per message. Requests go

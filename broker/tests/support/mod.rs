@@ -79,6 +79,7 @@ impl Client {
             .fetch_offsets(v1::FetchOffsetsRequest {
                 group: group.into(),
                 topic: topic.into(),
+                ..Default::default()
             })
             .await
             .unwrap()
@@ -277,6 +278,7 @@ pub async fn send_offsets(client: &Client, t: &Txn, offset: u64) -> [(u32, Strin
                 partition: 0,
                 offset,
             }],
+            ..Default::default()
         })
         .await
         .unwrap()
