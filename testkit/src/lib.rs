@@ -57,8 +57,8 @@ pub use proxy::{
     Fault, FaultKind, FaultPlan, FaultProxy, FaultStats, InjectedFault, RpcKind, Targets,
 };
 pub use workload::{
-    ConsumerStep, CrashPoint, CrashSchedule, CrashingConsumer, RecordingProducer, decode_reads,
-    drain,
+    ConsumerStep, CrashPoint, CrashSchedule, CrashingConsumer, PATIENCE, RecordingProducer,
+    decode_reads, drain, is_fenced, patiently,
 };
 
 /// Environment variable holding the seed of a run.

@@ -22,9 +22,11 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+use ferry_client::retry::{Backoff, retry_until};
 use ferry_client::{
     Client, ClientError, CommitMode, Consumer, ConsumerConfig, ConsumerRecord, Producer, StartFrom,
 };
+use ferry_proto::ErrorCode;
 use parking_lot::Mutex;
 use tokio::task::JoinHandle;
 
@@ -481,4 +483,34 @@ pub fn decode_reads(records: &[ConsumerRecord]) -> Vec<Read> {
             })
         })
         .collect()
+}
+
+/// How long [`patiently`] waits for the broker.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+/// Retries `f` for up to [`PATIENCE`], every 50 ms, while the broker may
+/// still be coming back (a restart, a crash test); a fenced producer is
+/// final.
+pub async fn patiently<T, F, Fut>(f: F) -> Result<T, ClientError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, ClientError>>,
+{
+    retry_until(
+        "a call to a restarting broker",
+        tokio::time::Instant::now() + PATIENCE,
+        Backoff::fixed(Duration::from_millis(50)),
+        |e| !is_fenced(e),
+        f,
+    )
+    .await
+}
+
+/// Whether `e` says a newer producer with the same transactional id took
+/// over.
+pub fn is_fenced(e: &ClientError) -> bool {
+    matches!(
+        e.code(),
+        ErrorCode::ProducerFenced | ErrorCode::InvalidProducerEpoch
+    )
 }

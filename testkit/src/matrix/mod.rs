@@ -35,13 +35,12 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ferry_broker::{BrokerConfig, BrokerError, EmbeddedBroker};
-use ferry_client::retry::{Backoff, retry_until};
+
 use ferry_client::{
     Client, ClientError, CommitMode, Consumer, ConsumerConfig, ConsumerRecord, Control, Delivery,
     EosObserver, EosPoint, ExactlyOnce, ExactlyOnceConfig, IsolationLevel, Output, Producer,
     ProducerConfig, StartFrom, Step, TransactionalConfig, TransactionalProducer, TxnOutcome,
 };
-use ferry_proto::ErrorCode;
 use ferry_storage::FlushPolicy;
 
 use super::checker::{AnomalyKind, CheckOptions, DeliveryMode, Report, Verdict, check};
@@ -50,7 +49,7 @@ use super::history::{History, Invocation, Mop, OpKind, ProcessId, Read, Tp, Valu
 use super::proxy::{Fault, FaultPlan, FaultProxy, RpcKind, Targets, splitmix64};
 use super::workload::{
     ConsumerStep, CrashPoint, CrashSchedule, CrashingConsumer, RecordingProducer, decode_reads,
-    drain,
+    drain, is_fenced, patiently,
 };
 
 mod broker;
@@ -224,33 +223,6 @@ fn copier_consumer_config() -> ConsumerConfig {
         max_wait: POLL_WAIT,
         ..ConsumerConfig::default()
     }
-}
-
-/// How long [`patiently`] waits for the broker.
-const PATIENCE: Duration = Duration::from_secs(20);
-
-/// Retries `f` for up to [`PATIENCE`], every 50 ms, while the broker may still be
-/// coming back; a fenced producer is final.
-async fn patiently<T, F, Fut>(f: F) -> Result<T, ClientError>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, ClientError>>,
-{
-    retry_until(
-        "a call to a restarting broker",
-        tokio::time::Instant::now() + PATIENCE,
-        Backoff::fixed(Duration::from_millis(50)),
-        |e| !is_fenced(e),
-        f,
-    )
-    .await
-}
-
-fn is_fenced(e: &ClientError) -> bool {
-    matches!(
-        e.code(),
-        ErrorCode::ProducerFenced | ErrorCode::InvalidProducerEpoch
-    )
 }
 
 impl Run {
