@@ -473,20 +473,9 @@ fn init(
         TxnState::PrepareCommit => finish(meta, true, now_ms),
         _ => {
             let needs_fresh = meta.producer_id < 0 || meta.epoch >= MAX_EPOCH;
-            let mut next = meta.clone();
-            match (needs_fresh, fresh) {
-                (true, None) => {
-                    return Ok(Transition {
-                        state: meta.clone(),
-                        effects: vec![Effect::AllocateProducerId],
-                    });
-                }
-                (true, Some(id)) => {
-                    next.producer_id = id;
-                    next.epoch = 0;
-                }
-                (false, _) => next.epoch += 1,
-            }
+            let Some(mut next) = bumped(meta, needs_fresh, fresh) else {
+                return Ok(allocate_first(meta));
+            };
             next.state = TxnState::Empty;
             next.partitions.clear();
             next.groups.clear();
@@ -649,20 +638,9 @@ fn complete(
             meta.state.name()
         )));
     }
-    let mut next = meta.clone();
-    match (meta.epoch >= MAX_EPOCH, fresh) {
-        (true, None) => {
-            return Ok(Transition {
-                state: meta.clone(),
-                effects: vec![Effect::AllocateProducerId],
-            });
-        }
-        (true, Some(id)) => {
-            next.producer_id = id;
-            next.epoch = 0;
-        }
-        (false, _) => next.epoch += 1,
-    }
+    let Some(mut next) = bumped(meta, meta.epoch >= MAX_EPOCH, fresh) else {
+        return Ok(allocate_first(meta));
+    };
     next.state = TxnState::complete(commit);
     next.partitions.clear();
     next.groups.clear();
@@ -676,6 +654,31 @@ fn complete(
             Effect::Adopt,
         ],
     })
+}
+
+/// `meta` with its epoch bumped; or, when `needs_fresh` (no producer id
+/// yet, or the epoch is used up), with the `fresh` producer id at epoch 0.
+/// `None` while there is no fresh id yet: see [`allocate_first`].
+fn bumped(meta: &TxnMeta, needs_fresh: bool, fresh: Option<i64>) -> Option<TxnMeta> {
+    let mut next = meta.clone();
+    match (needs_fresh, fresh) {
+        (true, None) => return None,
+        (true, Some(id)) => {
+            next.producer_id = id;
+            next.epoch = 0;
+        }
+        (false, _) => next.epoch += 1,
+    }
+    Some(next)
+}
+
+/// The transition that asks the coordinator for a fresh producer id; it
+/// then applies the event again with it.
+fn allocate_first(meta: &TxnMeta) -> Transition {
+    Transition {
+        state: meta.clone(),
+        effects: vec![Effect::AllocateProducerId],
+    }
 }
 
 #[cfg(test)]
