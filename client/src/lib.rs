@@ -72,6 +72,7 @@ mod consumer;
 mod delivery_mode;
 mod eos;
 mod error;
+pub mod group;
 mod idempotence;
 pub mod partitioner;
 mod producer;
