@@ -5,7 +5,7 @@ use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::protocol::Subscription;
-use super::{RangeAssignor, RoundRobinAssignor};
+use super::{CooperativeStickyAssignor, RangeAssignor, RoundRobinAssignor};
 
 /// A member id, as the group coordinator hands it out in JoinGroup.
 pub type MemberId = String;
@@ -82,7 +82,7 @@ pub trait Assignor: Send + Sync + std::fmt::Debug {
 
 /// The assignors a consumer offers by default, in order of preference:
 /// Kafka's default `partition.assignment.strategy`.
-pub const DEFAULT_ASSIGNORS: [&str; 1] = ["range"];
+pub const DEFAULT_ASSIGNORS: [&str; 2] = ["range", "cooperative-sticky"];
 
 /// The assignor called `name` (`"range"`, `"roundrobin"` or
 /// `"cooperative-sticky"`), or `None`.
@@ -90,6 +90,7 @@ pub fn by_name(name: &str) -> Option<Box<dyn Assignor>> {
     match name {
         "range" => Some(Box::new(RangeAssignor)),
         "roundrobin" => Some(Box::new(RoundRobinAssignor)),
+        "cooperative-sticky" => Some(Box::new(CooperativeStickyAssignor)),
         _ => None,
     }
 }
@@ -194,7 +195,7 @@ mod tests {
 
     #[test]
     fn by_name_knows_the_three_kafka_names_and_nothing_else() {
-        for name in ["range", "roundrobin"] {
+        for name in ["range", "roundrobin", "cooperative-sticky"] {
             assert_eq!(by_name(name).unwrap().name(), name);
         }
         assert!(by_name("sticky").is_none());
@@ -202,9 +203,13 @@ mod tests {
     }
 
     #[test]
-    fn the_defaults_are_the_default_names_built() {
+    fn the_defaults_are_range_then_cooperative_sticky() {
         let names: Vec<_> = default_assignors().iter().map(|a| a.name()).collect();
         assert_eq!(names, DEFAULT_ASSIGNORS);
+        assert_eq!(
+            by_name("cooperative-sticky").unwrap().rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
         assert_eq!(
             by_name("range").unwrap().rebalance_protocol(),
             RebalanceProtocol::Eager

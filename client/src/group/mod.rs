@@ -4,6 +4,7 @@ mod assignor;
 mod protocol;
 mod range;
 mod roundrobin;
+mod sticky;
 #[cfg(test)]
 mod testing;
 
@@ -18,3 +19,4 @@ pub use protocol::{
 };
 pub use range::RangeAssignor;
 pub use roundrobin::RoundRobinAssignor;
+pub use sticky::CooperativeStickyAssignor;

@@ -30,6 +30,23 @@ pub(crate) fn topics(counts: &[(&str, u32)]) -> BTreeMap<String, u32> {
     counts.iter().map(|(t, n)| ((*t).to_owned(), *n)).collect()
 }
 
+/// The members as they would join the next generation: each owning what
+/// `assignment` gave it.
+pub(crate) fn after(
+    members: &[MemberSubscription],
+    assignment: &GroupAssignment,
+) -> Vec<MemberSubscription> {
+    members
+        .iter()
+        .map(|m| {
+            let mut next = m.clone();
+            let owned = assignment.get(&m.member_id).cloned().unwrap_or_default();
+            next.subscription = Subscription::new(m.subscription.topics.clone(), &owned);
+            next
+        })
+        .collect()
+}
+
 /// A random group and its topics' partition counts.
 #[derive(Debug, Clone)]
 pub(crate) struct Group {
@@ -218,6 +235,33 @@ pub(crate) fn check_balanced_by_subscription(
         let (lo, hi) = (counts.iter().min(), counts.iter().max());
         if let (Some(lo), Some(hi)) = (lo, hi) {
             prop_assert!(hi - lo <= 1, "{class:?}: {counts:?}");
+        }
+    }
+    Ok(())
+}
+
+/// No partition could move from a member to one with two or more fewer
+/// partitions that subscribes to its topic (Kafka's balance check for
+/// sticky assignors); this implies [`check_balanced_by_subscription`].
+pub(crate) fn check_no_improving_move(
+    group: &Group,
+    out: &GroupAssignment,
+) -> Result<(), TestCaseError> {
+    check_balanced_by_subscription(group, out)?;
+    for a in &group.members {
+        for b in &group.members {
+            if load(out, a) >= load(out, b) + 2 {
+                let movable = out[&a.member_id].iter().find(|(t, _)| b.subscribes_to(t));
+                prop_assert!(
+                    movable.is_none(),
+                    "{:?} could move from {} ({}) to {} ({})",
+                    movable,
+                    a.member_id,
+                    load(out, a),
+                    b.member_id,
+                    load(out, b)
+                );
+            }
         }
     }
     Ok(())
