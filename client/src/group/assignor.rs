@@ -114,7 +114,10 @@ pub fn assignors<S: AsRef<str>>(names: &[S]) -> Result<Vec<Box<dyn Assignor>>, U
 
 /// [`DEFAULT_ASSIGNORS`], built.
 pub fn default_assignors() -> Vec<Box<dyn Assignor>> {
-    DEFAULT_ASSIGNORS.iter().filter_map(|n| by_name(n)).collect()
+    DEFAULT_ASSIGNORS
+        .iter()
+        .filter_map(|n| by_name(n))
+        .collect()
 }
 
 /// What a member does when its assignment arrives: stop consuming (after

@@ -29,6 +29,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+/// The JoinGroup protocol type of consumers, whose member metadata is a
+/// [`Subscription`] and whose assignments are [`Assignment`]s.
+pub const PROTOCOL_TYPE: &str = "consumer";
+
 /// The subscription version Ferry writes: topics, user data and owned
 /// partitions, which cooperative rebalancing needs.
 pub const SUBSCRIPTION_VERSION: i16 = 1;
@@ -168,7 +172,11 @@ impl Subscription {
     pub fn encode(&self) -> Result<Vec<u8>, ProtocolError> {
         let mut w = Writer::default();
         w.i16(SUBSCRIPTION_VERSION);
-        w.count(self.topics.len(), "topic count", MAX_TOPICS_PER_SUBSCRIPTION)?;
+        w.count(
+            self.topics.len(),
+            "topic count",
+            MAX_TOPICS_PER_SUBSCRIPTION,
+        )?;
         for topic in &self.topics {
             w.string(topic, "topic name", MAX_NAME_BYTES)?;
         }
@@ -455,8 +463,7 @@ impl<'a> Reader<'a> {
         if len == -1 {
             return Ok(None);
         }
-        let len =
-            usize::try_from(len).map_err(|_| ProtocolError::NegativeLength { what, len })?;
+        let len = usize::try_from(len).map_err(|_| ProtocolError::NegativeLength { what, len })?;
         check_max(what, len, max)?;
         Ok(Some(self.take(len, what)?.to_vec()))
     }
@@ -579,7 +586,10 @@ mod tests {
         // Truncating the rack id is an error: v3 fields are required.
         assert!(matches!(
             Subscription::decode(&bytes[..bytes.len() - 1]),
-            Err(ProtocolError::Truncated { what: "rack id", .. })
+            Err(ProtocolError::Truncated {
+                what: "rack id",
+                ..
+            })
         ));
         // A null rack id is allowed.
         let mut null_rack = bytes[..bytes.len() - 4].to_vec();
@@ -814,11 +824,9 @@ mod tests {
     }
 
     fn assignment() -> impl Strategy<Value = Assignment> {
-        (topic_partitions(), user_data()).prop_map(|(assigned_partitions, user_data)| {
-            Assignment {
-                assigned_partitions,
-                user_data,
-            }
+        (topic_partitions(), user_data()).prop_map(|(assigned_partitions, user_data)| Assignment {
+            assigned_partitions,
+            user_data,
         })
     }
 

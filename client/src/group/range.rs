@@ -61,7 +61,11 @@ mod tests {
 
     #[test]
     fn seven_partitions_over_three_members_are_three_two_two() {
-        let members = [member("m1", &["t"]), member("m2", &["t"]), member("m3", &["t"])];
+        let members = [
+            member("m1", &["t"]),
+            member("m2", &["t"]),
+            member("m3", &["t"]),
+        ];
         let out = RangeAssignor.assign(&members, &testing::topics(&[("t", 7)]));
         assert_eq!(out["m1"], partitions_of("t", &[0, 1, 2]));
         assert_eq!(out["m2"], partitions_of("t", &[3, 4]));
@@ -108,7 +112,11 @@ mod tests {
 
     #[test]
     fn members_with_nothing_to_do_get_an_empty_entry() {
-        let members = [member("m1", &["t"]), member("m2", &["t"]), member("m3", &["gone"])];
+        let members = [
+            member("m1", &["t"]),
+            member("m2", &["t"]),
+            member("m3", &["gone"]),
+        ];
         let out = RangeAssignor.assign(&members, &testing::topics(&[("t", 1)]));
         assert_eq!(out["m1"], partitions_of("t", &[0]));
         assert!(out["m2"].is_empty());

@@ -324,7 +324,11 @@ mod tests {
 
     #[test]
     fn a_new_group_is_assigned_in_one_round_balanced() {
-        let members = [member("m1", &["t"]), member("m2", &["t"]), member("m3", &["t"])];
+        let members = [
+            member("m1", &["t"]),
+            member("m2", &["t"]),
+            member("m3", &["t"]),
+        ];
         let out = assign(&members, &[("t", 7)]);
         let counts: Vec<usize> = out.values().map(Vec::len).collect();
         assert_eq!(counts, [3, 2, 2]);

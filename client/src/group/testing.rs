@@ -70,58 +70,63 @@ pub(crate) fn group() -> impl Strategy<Value = Group> {
                 Just(counts),
                 prop::collection::btree_set("[a-z]{1,3}", n_members),
                 prop::collection::vec(prop::option::weighted(0.3, "[a-c]"), n_members),
-                prop::collection::vec(prop::collection::vec(any::<bool>(), n_topics + 1), n_members),
+                prop::collection::vec(
+                    prop::collection::vec(any::<bool>(), n_topics + 1),
+                    n_members,
+                ),
                 prop::collection::vec(prop::option::weighted(0.6, 0..n_members), total),
                 prop::collection::vec((0..n_members, 0..total.max(1)), 0..4),
             )
         })
-        .prop_map(|(counts, ids, instances, subscribed, owner, extra_claims)| {
-            let partitions: BTreeMap<String, u32> = counts
-                .iter()
-                .enumerate()
-                .map(|(i, n)| (format!("t{i}"), *n))
-                .collect();
-            let all: Vec<(String, u32)> = partitions
-                .iter()
-                .flat_map(|(t, n)| (0..*n).map(move |p| (t.clone(), p)))
-                .collect();
-            let mut owned: Vec<Vec<(String, u32)>> = vec![Vec::new(); ids.len()];
-            for (tp, o) in all.iter().zip(&owner) {
-                if let Some(o) = o {
-                    owned[*o].push(tp.clone());
-                }
-            }
-            for (m, i) in extra_claims {
-                if let Some(tp) = all.get(i) {
-                    owned[m].push(tp.clone());
-                }
-            }
-            let members = ids
-                .into_iter()
-                .zip(instances)
-                .zip(subscribed)
-                .zip(owned)
-                .map(|(((id, instance), subscribed), mut owned)| {
-                    let mut topics: Vec<String> = (0..counts.len())
-                        .filter(|i| subscribed[*i])
-                        .map(|i| format!("t{i}"))
-                        .collect();
-                    if subscribed[counts.len()] {
-                        topics.push(GHOST.to_owned());
-                        owned.push((GHOST.to_owned(), 0));
+        .prop_map(
+            |(counts, ids, instances, subscribed, owner, extra_claims)| {
+                let partitions: BTreeMap<String, u32> = counts
+                    .iter()
+                    .enumerate()
+                    .map(|(i, n)| (format!("t{i}"), *n))
+                    .collect();
+                let all: Vec<(String, u32)> = partitions
+                    .iter()
+                    .flat_map(|(t, n)| (0..*n).map(move |p| (t.clone(), p)))
+                    .collect();
+                let mut owned: Vec<Vec<(String, u32)>> = vec![Vec::new(); ids.len()];
+                for (tp, o) in all.iter().zip(&owner) {
+                    if let Some(o) = o {
+                        owned[*o].push(tp.clone());
                     }
-                    MemberSubscription {
-                        member_id: id,
-                        group_instance_id: instance,
-                        subscription: Subscription::new(topics, &owned),
+                }
+                for (m, i) in extra_claims {
+                    if let Some(tp) = all.get(i) {
+                        owned[m].push(tp.clone());
                     }
-                })
-                .collect();
-            Group {
-                members,
-                partitions,
-            }
-        })
+                }
+                let members = ids
+                    .into_iter()
+                    .zip(instances)
+                    .zip(subscribed)
+                    .zip(owned)
+                    .map(|(((id, instance), subscribed), mut owned)| {
+                        let mut topics: Vec<String> = (0..counts.len())
+                            .filter(|i| subscribed[*i])
+                            .map(|i| format!("t{i}"))
+                            .collect();
+                        if subscribed[counts.len()] {
+                            topics.push(GHOST.to_owned());
+                            owned.push((GHOST.to_owned(), 0));
+                        }
+                        MemberSubscription {
+                            member_id: id,
+                            group_instance_id: instance,
+                            subscription: Subscription::new(topics, &owned),
+                        }
+                    })
+                    .collect();
+                Group {
+                    members,
+                    partitions,
+                }
+            },
+        )
 }
 
 /// `group` with every member subscribed to the first member's topics (its
@@ -181,7 +186,10 @@ pub(crate) fn check_assignment(
     let mut seen = BTreeSet::new();
     for m in &group.members {
         let list = &out[&m.member_id];
-        prop_assert!(list.windows(2).all(|w| w[0] < w[1]), "{list:?} is not in order");
+        prop_assert!(
+            list.windows(2).all(|w| w[0] < w[1]),
+            "{list:?} is not in order"
+        );
         for (topic, p) in list {
             prop_assert!(m.subscribes_to(topic), "{} got {topic}", m.member_id);
             prop_assert!(group.partitions.get(topic).is_some_and(|n| p < n));
