@@ -17,6 +17,9 @@
 //!   exactly-once, with the producer and consumer settings of each.
 //! - [`ExactlyOnce`]: the consume → process → produce → commit loop, in
 //!   transactions of N records or T milliseconds.
+//! - [`group`]: consumer groups' client side: the consumer protocol's
+//!   subscription and assignment bytes (as Kafka's), and the `range`,
+//!   `roundrobin` and `cooperative-sticky` partition assignors.
 //! - [`sink`]: idempotent sinks that make at-least-once delivery apply each
 //!   event once ([`DedupCache`], and with the `sqlite` feature `UniqueSink`
 //!   and `UpsertSink`), and [`TransactionalSink`] for exactly-once output.
@@ -72,6 +75,7 @@ mod consumer;
 mod delivery_mode;
 mod eos;
 mod error;
+pub mod group;
 mod idempotence;
 pub mod partitioner;
 mod producer;
