@@ -9,7 +9,7 @@
 //! from msync under a [`FlushPolicy`]; recovery scans only past the last
 //! checkpoint. The byte formats and the crash analysis are in
 //! `docs/format.md`; the reasoning for each piece is in the module docs of
-//! [`mmap`](crate::mmap) (soundness of the two maps), `segment` (torn
+//! `mmap` (soundness of the two maps), `segment` (torn
 //! writes), `index` (atomic checkpoints), `log::flusher` (flush, roll and
 //! seal) and `log::recovery` (open after a crash).
 

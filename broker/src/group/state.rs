@@ -253,7 +253,7 @@ impl Group {
         self.members.iter().position(|m| m.member_id == member_id)
     }
 
-    /// The next time a [`Event::Tick`] may change the group.
+    /// The next time a `Event::Tick` may change the group.
     pub fn next_deadline(&self) -> Option<i64> {
         let mut next = self.pending.values().copied().min();
         let mut at = |t: i64| next = Some(next.map_or(t, |n| n.min(t)));

@@ -18,7 +18,7 @@ pub struct RecordMetadata {
     pub topic: Arc<str>,
     /// Partition.
     pub partition: u32,
-    /// The record's offset; `None` under [`Acks::None`], which gets no
+    /// The record's offset; `None` under [`Acks::None`](crate::Acks::None), which gets no
     /// answer from the broker.
     pub offset: Option<u64>,
 }
@@ -63,7 +63,7 @@ impl BatchCompletion {
     }
 }
 
-/// The pending outcome of one [`Producer::send`].
+/// The pending outcome of one [`Producer::send`](crate::Producer::send).
 ///
 /// Dropping it does not cancel the send.
 pub struct Delivery {
