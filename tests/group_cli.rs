@@ -108,6 +108,7 @@ fn describe_shows_committed_offsets_log_end_and_lag_and_lag_grows_with_new_recor
     // A group with offsets only: empty, never rebalanced, no members.
     assert_eq!(d["state"], "empty");
     assert_eq!(d["generation"], 0);
+    assert_eq!(d["protocol"], "");
     assert_eq!(d["members"], json!([]));
     assert_eq!(d["offsets"][0]["topic"], "t");
     assert_eq!(offsets(&d), vec![(0, 5, 5, 0), (1, 3, 3, 0)]);
