@@ -8,7 +8,7 @@ use ferry_proto::v1::{self, ferry_client::FerryClient};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::error::{ClientError, check};
-use crate::{PartitionInfo, TopicSummary};
+use crate::{GroupSummary, PartitionInfo, TopicSummary};
 
 /// How long [`Client::connect`] waits for the TCP connection.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -70,6 +70,49 @@ pub struct TopicDescription {
     pub name: String,
     /// One entry per partition, in partition order.
     pub partitions: Vec<PartitionInfo>,
+}
+
+/// A consumer group as [`Client::describe_group`] shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupDescription {
+    /// Group name.
+    pub group: String,
+    /// `empty`, `preparing_rebalance`, `completing_rebalance` or `stable`
+    /// (`dead` only in a race with a delete).
+    pub state: String,
+    /// The generation: 0 for a group that never completed a rebalance
+    /// (such as one with committed offsets only).
+    pub generation: i32,
+    /// The members' protocol type (`"consumer"` for consumers); empty if
+    /// no member ever joined.
+    pub protocol_type: String,
+    /// The assignor chosen for the current generation; empty if none.
+    pub protocol: String,
+    /// The leader's member id; empty without members.
+    pub leader: String,
+    /// The members, in the broker's order.
+    pub members: Vec<GroupMember>,
+}
+
+/// One member of a consumer group.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupMember {
+    /// The member id the broker gave it.
+    pub member_id: String,
+    /// Its static instance id (KIP-345); `None` for a dynamic member.
+    pub instance_id: Option<String>,
+    /// The client id it joined with.
+    pub client_id: String,
+    /// Its address as the broker saw it.
+    pub host: String,
+    /// Its current assignment: topics, each with its partitions, decoded
+    /// from Kafka's `ConsumerProtocolAssignment`. Empty before the leader
+    /// assigned anything, and when the bytes could not be decoded (then
+    /// [`GroupMember::assignment_undecodable`] is set).
+    pub assignment: Vec<(String, Vec<u32>)>,
+    /// The member's assignment bytes were not a `ConsumerProtocolAssignment`
+    /// (another protocol type, or corrupt), so `assignment` is empty.
+    pub assignment_undecodable: bool,
 }
 
 fn endpoint(addr: &str) -> Result<Endpoint, ClientError> {
@@ -258,6 +301,79 @@ impl Client {
             .map(|o| (o.partition, o.offset))
             .collect())
     }
+
+    /// Lists every consumer group the broker knows, by name, including
+    /// groups that have only committed offsets (as `empty`, 0 members).
+    pub async fn list_groups(&self) -> Result<Vec<GroupSummary>, ClientError> {
+        let r = self
+            .raw()
+            .list_groups(v1::ListGroupsRequest {})
+            .await?
+            .into_inner();
+        check(r.error_code, &r.error_message)?;
+        Ok(r.groups)
+    }
+
+    /// Describes a consumer group: its state, generation, protocol and
+    /// members with their decoded assignments. A group with committed
+    /// offsets only is `empty` with no members; an unknown group fails
+    /// with [`ErrorCode::GroupIdNotFound`](ferry_proto::ErrorCode::GroupIdNotFound).
+    pub async fn describe_group(&self, group: &str) -> Result<GroupDescription, ClientError> {
+        let r = self
+            .raw()
+            .describe_group(v1::DescribeGroupRequest {
+                group: group.to_owned(),
+            })
+            .await?
+            .into_inner();
+        check(r.error_code, &r.error_message)?;
+        let members = r
+            .members
+            .into_iter()
+            .map(|m| {
+                let (assignment, assignment_undecodable) = match decode_assignment(&m.assignment) {
+                    Some(a) => (a, false),
+                    None => (Vec::new(), true),
+                };
+                GroupMember {
+                    member_id: m.member_id,
+                    instance_id: Some(m.group_instance_id).filter(|id| !id.is_empty()),
+                    client_id: m.client_id,
+                    host: m.host,
+                    assignment,
+                    assignment_undecodable,
+                }
+            })
+            .collect();
+        Ok(GroupDescription {
+            group: if r.group.is_empty() {
+                group.to_owned()
+            } else {
+                r.group
+            },
+            state: r.state,
+            generation: r.generation_id,
+            protocol_type: r.protocol_type,
+            protocol: r.protocol_name,
+            leader: r.leader_id,
+            members,
+        })
+    }
+
+    /// Deletes a consumer group: its metadata and every committed offset.
+    /// Refused with [`ErrorCode::NonEmptyGroup`](ferry_proto::ErrorCode::NonEmptyGroup)
+    /// while it has members; [`ErrorCode::GroupIdNotFound`](ferry_proto::ErrorCode::GroupIdNotFound)
+    /// for a group with neither metadata nor offsets.
+    pub async fn delete_group(&self, group: &str) -> Result<(), ClientError> {
+        let r = self
+            .raw()
+            .delete_group(v1::DeleteGroupRequest {
+                group: group.to_owned(),
+            })
+            .await?
+            .into_inner();
+        check(r.error_code, &r.error_message)
+    }
 }
 
 /// An error and its sources, joined, because tonic's transport error says
@@ -285,9 +401,179 @@ pub(crate) fn partition_offsets(offsets: &[(String, u32, u64)]) -> Vec<v1::Parti
         .collect()
 }
 
+// A temporary, assignment-only reader of Kafka's consumer protocol, until
+// the shared codec (`client/src/group/`) lands; then `decode_assignment`
+// becomes a call to it.
+
+/// The topics and partitions of a `ConsumerProtocolAssignment`:
+///
+/// ```text
+/// version:int16 [topic:string(int16 len) partitions:[int32]] user_data:nullable_bytes
+/// ```
+///
+/// big-endian, arrays with an int32 count. Every version so far has these
+/// fields; bytes after them (a later version's fields) are ignored. Empty
+/// bytes are a member with nothing assigned yet. `None` if the bytes are
+/// not such an assignment: truncated, a negative version, count or
+/// partition, or a topic name that is not UTF-8. Never panics, and no
+/// count is trusted beyond what the remaining bytes could hold.
+fn decode_assignment(bytes: &[u8]) -> Option<Vec<(String, Vec<u32>)>> {
+    if bytes.is_empty() {
+        return Some(Vec::new());
+    }
+    let mut r = AssignmentReader { rest: bytes };
+    if r.i16()? < 0 {
+        return None;
+    }
+    // Each topic takes at least a 2-byte name length and a 4-byte count.
+    let topics = r.count(6)?;
+    let mut out = Vec::with_capacity(topics);
+    for _ in 0..topics {
+        let len = usize::try_from(r.i16()?).ok()?;
+        let topic = std::str::from_utf8(r.take(len)?).ok()?.to_owned();
+        let n = r.count(4)?;
+        let mut partitions = Vec::with_capacity(n);
+        for _ in 0..n {
+            partitions.push(u32::try_from(r.i32()?).ok()?);
+        }
+        out.push((topic, partitions));
+    }
+    // User data: -1 for null, else that many bytes.
+    match r.i32()? {
+        -1 => {}
+        len => {
+            r.take(usize::try_from(len).ok()?)?;
+        }
+    }
+    Some(out)
+}
+
+/// A cursor over assignment bytes whose reads fail instead of running
+/// past the end.
+struct AssignmentReader<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> AssignmentReader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if n > self.rest.len() {
+            return None;
+        }
+        let (head, tail) = self.rest.split_at(n);
+        self.rest = tail;
+        Some(head)
+    }
+
+    fn i16(&mut self) -> Option<i16> {
+        Some(i16::from_be_bytes(self.take(2)?.try_into().ok()?))
+    }
+
+    fn i32(&mut self) -> Option<i32> {
+        Some(i32::from_be_bytes(self.take(4)?.try_into().ok()?))
+    }
+
+    /// An int32 array count, refused if negative or if `min_item_bytes`
+    /// per item would not fit in the bytes left.
+    fn count(&mut self, min_item_bytes: usize) -> Option<usize> {
+        let n = usize::try_from(self.i32()?).ok()?;
+        (n <= self.rest.len() / min_item_bytes).then_some(n)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Encodes a `ConsumerProtocolAssignment` by hand.
+    fn assignment(version: i16, topics: &[(&str, &[i32])], user_data: Option<&[u8]>) -> Vec<u8> {
+        let mut b = version.to_be_bytes().to_vec();
+        b.extend_from_slice(&(topics.len() as i32).to_be_bytes());
+        for (topic, partitions) in topics {
+            b.extend_from_slice(&(topic.len() as i16).to_be_bytes());
+            b.extend_from_slice(topic.as_bytes());
+            b.extend_from_slice(&(partitions.len() as i32).to_be_bytes());
+            for p in *partitions {
+                b.extend_from_slice(&p.to_be_bytes());
+            }
+        }
+        match user_data {
+            None => b.extend_from_slice(&(-1i32).to_be_bytes()),
+            Some(d) => {
+                b.extend_from_slice(&(d.len() as i32).to_be_bytes());
+                b.extend_from_slice(d);
+            }
+        }
+        b
+    }
+
+    #[test]
+    fn an_assignment_decodes_to_its_topics_and_partitions() {
+        let b = assignment(1, &[("a", &[0, 2]), ("b", &[])], Some(b"ud"));
+        assert_eq!(
+            decode_assignment(&b),
+            Some(vec![("a".to_owned(), vec![0, 2]), ("b".to_owned(), vec![])])
+        );
+        let b = assignment(0, &[("t", &[5])], None);
+        assert_eq!(decode_assignment(&b), Some(vec![("t".to_owned(), vec![5])]));
+    }
+
+    #[test]
+    fn empty_assignment_bytes_are_an_empty_assignment() {
+        assert_eq!(decode_assignment(&[]), Some(vec![]));
+    }
+
+    #[test]
+    fn bytes_after_the_known_fields_are_ignored() {
+        let mut b = assignment(7, &[("t", &[1])], None);
+        b.extend_from_slice(b"later fields");
+        assert_eq!(decode_assignment(&b), Some(vec![("t".to_owned(), vec![1])]));
+    }
+
+    #[test]
+    fn every_truncation_of_an_assignment_is_refused() {
+        let b = assignment(1, &[("topic", &[0, 1, 2])], Some(b"xyz"));
+        for len in 1..b.len() {
+            assert_eq!(decode_assignment(&b[..len]), None, "{len} bytes");
+        }
+    }
+
+    #[test]
+    fn huge_or_negative_counts_are_refused_without_allocating() {
+        let mut b = 1i16.to_be_bytes().to_vec();
+        b.extend_from_slice(&i32::MAX.to_be_bytes());
+        assert_eq!(decode_assignment(&b), None);
+        let mut b = 1i16.to_be_bytes().to_vec();
+        b.extend_from_slice(&(-2i32).to_be_bytes());
+        assert_eq!(decode_assignment(&b), None);
+        // One topic whose partition count claims more than the bytes left.
+        let mut b = assignment(1, &[("t", &[])], None);
+        let count_at = 2 + 4 + 2 + 1;
+        b[count_at..count_at + 4].copy_from_slice(&1_000_000i32.to_be_bytes());
+        assert_eq!(decode_assignment(&b), None);
+    }
+
+    #[test]
+    fn negative_versions_partitions_and_lengths_are_refused() {
+        assert_eq!(decode_assignment(&assignment(-1, &[], None)), None);
+        assert_eq!(
+            decode_assignment(&assignment(1, &[("t", &[-1])], None)),
+            None
+        );
+        let mut b = assignment(1, &[], None);
+        let at = b.len() - 4;
+        b[at..].copy_from_slice(&(-5i32).to_be_bytes());
+        assert_eq!(decode_assignment(&b), None);
+        let mut b = assignment(1, &[("t", &[])], None);
+        b[6..8].copy_from_slice(&(-3i16).to_be_bytes());
+        assert_eq!(decode_assignment(&b), None);
+    }
+
+    #[test]
+    fn a_topic_name_that_is_not_utf8_is_refused() {
+        let mut b = assignment(1, &[("ab", &[0])], None);
+        b[8] = 0xff;
+        assert_eq!(decode_assignment(&b), None);
+    }
 
     #[test]
     fn addresses_without_a_scheme_get_http() {

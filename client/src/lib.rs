@@ -1,7 +1,7 @@
 //! Async Rust client for the Ferry broker.
 //!
 //! - [`Client`]: one HTTP/2 connection to a broker, cheap to clone, with the
-//!   topic admin and consumer-offset calls.
+//!   topic admin, consumer-offset and consumer-group admin calls.
 //! - [`Producer`]: batches records per partition and pipelines the batches
 //!   over one bidirectional `ProduceStream`, retrying what is safe to retry
 //!   until the delivery timeout. Idempotent by default: producer id, epoch
@@ -85,7 +85,8 @@ mod topic_table;
 mod transactional;
 
 pub use client::{
-    CONNECT_TIMEOUT, Client, MAX_FRAME_BYTES, MAX_MESSAGE_BYTES, OffsetSpec, TopicDescription,
+    CONNECT_TIMEOUT, Client, GroupDescription, GroupMember, MAX_FRAME_BYTES, MAX_MESSAGE_BYTES,
+    OffsetSpec, TopicDescription,
 };
 pub use consumer::{
     CommitMode, Consumer, ConsumerConfig, ConsumerEvent, ConsumerRecord, IsolationLevel, StartFrom,
@@ -96,7 +97,9 @@ pub use eos::{
     TxnOutcome,
 };
 pub use error::ClientError;
-pub use ferry_proto::v1::{PartitionInfo, TopicPartition, TopicSummary, TransactionInfo};
+pub use ferry_proto::v1::{
+    GroupSummary, PartitionInfo, TopicPartition, TopicSummary, TransactionInfo,
+};
 pub use idempotence::MAX_IN_FLIGHT_IDEMPOTENT;
 pub use producer::{Acks, Delivery, Producer, ProducerConfig, RecordMetadata};
 pub use sink::{DedupCache, Sink, SinkError, TransactionalSink, Written};

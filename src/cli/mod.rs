@@ -5,6 +5,7 @@ mod bench;
 mod broker;
 mod consume;
 mod copy;
+mod group;
 mod lab;
 mod lines;
 mod produce;
@@ -65,6 +66,13 @@ enum Command {
         #[command(flatten)]
         broker: BrokerAddr,
     },
+    /// List, describe and delete consumer groups, or reset their offsets.
+    Group {
+        #[command(subcommand)]
+        command: group::GroupCommand,
+        #[command(flatten)]
+        broker: BrokerAddr,
+    },
     /// Measure throughput and latency against this machine's baselines.
     Bench {
         #[command(subcommand)]
@@ -92,6 +100,9 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Lab(args) => lab::run(args),
         Command::Copy(args) => client_runtime()?.block_on(copy::run(args)),
         Command::Txn { command, broker } => client_runtime()?.block_on(txn::run(command, broker)),
+        Command::Group { command, broker } => {
+            client_runtime()?.block_on(group::run(command, broker))
+        }
     }
 }
 
