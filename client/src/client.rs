@@ -8,7 +8,7 @@ use ferry_proto::v1::{self, ferry_client::FerryClient};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::error::{ClientError, check};
-use crate::{GroupSummary, PartitionInfo, TopicSummary};
+use crate::{GroupSummary, PartitionInfo, TopicSummary, group};
 
 /// How long [`Client::connect`] waits for the TCP connection.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -401,83 +401,22 @@ pub(crate) fn partition_offsets(offsets: &[(String, u32, u64)]) -> Vec<v1::Parti
         .collect()
 }
 
-// A temporary, assignment-only reader of Kafka's consumer protocol, until
-// the shared codec (`client/src/group/`) lands; then `decode_assignment`
-// becomes a call to it.
-
-/// The topics and partitions of a `ConsumerProtocolAssignment`:
-///
-/// ```text
-/// version:int16 [topic:string(int16 len) partitions:[int32]] user_data:nullable_bytes
-/// ```
-///
-/// big-endian, arrays with an int32 count. Every version so far has these
-/// fields; bytes after them (a later version's fields) are ignored. Empty
+/// The topics and partitions of a member's assignment bytes (Kafka's
+/// `ConsumerProtocolAssignment`, decoded by [`group::Assignment`]). Empty
 /// bytes are a member with nothing assigned yet. `None` if the bytes are
-/// not such an assignment: truncated, a negative version, count or
-/// partition, or a topic name that is not UTF-8. Never panics, and no
-/// count is trusted beyond what the remaining bytes could hold.
+/// not such an assignment.
 fn decode_assignment(bytes: &[u8]) -> Option<Vec<(String, Vec<u32>)>> {
     if bytes.is_empty() {
         return Some(Vec::new());
     }
-    let mut r = AssignmentReader { rest: bytes };
-    if r.i16()? < 0 {
-        return None;
-    }
-    // Each topic takes at least a 2-byte name length and a 4-byte count.
-    let topics = r.count(6)?;
-    let mut out = Vec::with_capacity(topics);
-    for _ in 0..topics {
-        let len = usize::try_from(r.i16()?).ok()?;
-        let topic = std::str::from_utf8(r.take(len)?).ok()?.to_owned();
-        let n = r.count(4)?;
-        let mut partitions = Vec::with_capacity(n);
-        for _ in 0..n {
-            partitions.push(u32::try_from(r.i32()?).ok()?);
-        }
-        out.push((topic, partitions));
-    }
-    // User data: -1 for null, else that many bytes.
-    match r.i32()? {
-        -1 => {}
-        len => {
-            r.take(usize::try_from(len).ok()?)?;
-        }
-    }
-    Some(out)
-}
-
-/// A cursor over assignment bytes whose reads fail instead of running
-/// past the end.
-struct AssignmentReader<'a> {
-    rest: &'a [u8],
-}
-
-impl<'a> AssignmentReader<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        if n > self.rest.len() {
-            return None;
-        }
-        let (head, tail) = self.rest.split_at(n);
-        self.rest = tail;
-        Some(head)
-    }
-
-    fn i16(&mut self) -> Option<i16> {
-        Some(i16::from_be_bytes(self.take(2)?.try_into().ok()?))
-    }
-
-    fn i32(&mut self) -> Option<i32> {
-        Some(i32::from_be_bytes(self.take(4)?.try_into().ok()?))
-    }
-
-    /// An int32 array count, refused if negative or if `min_item_bytes`
-    /// per item would not fit in the bytes left.
-    fn count(&mut self, min_item_bytes: usize) -> Option<usize> {
-        let n = usize::try_from(self.i32()?).ok()?;
-        (n <= self.rest.len() / min_item_bytes).then_some(n)
-    }
+    let assignment = group::Assignment::decode(bytes).ok()?;
+    Some(
+        assignment
+            .assigned_partitions
+            .into_iter()
+            .map(|tp| (tp.topic, tp.partitions))
+            .collect(),
+    )
 }
 
 #[cfg(test)]
