@@ -1,5 +1,8 @@
 //! The client against a real broker running in this process.
 
+mod common;
+
+use common::broker;
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
@@ -10,16 +13,6 @@ use ferry_client::{
     IsolationLevel, OffsetSpec, Producer, ProducerConfig, StartFrom,
 };
 use ferry_proto::ErrorCode;
-
-async fn broker() -> (EmbeddedBroker, Client) {
-    let broker = EmbeddedBroker::start(BrokerConfig::ephemeral())
-        .await
-        .expect("broker starts");
-    let client = Client::connect(&broker.addr_string())
-        .await
-        .expect("client connects");
-    (broker, client)
-}
 
 fn earliest(group: Option<&str>, commit_mode: CommitMode) -> ConsumerConfig {
     ConsumerConfig {

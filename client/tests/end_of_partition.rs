@@ -1,23 +1,15 @@
 //! Telling "caught up" from "nothing yet": `Consumer::at_end` and the
 //! `PartitionEof` events of `poll_events`, under both isolation levels.
 
+mod common;
+
+use common::broker;
 use std::time::{Duration, Instant};
 
-use ferry_broker::{BrokerConfig, EmbeddedBroker};
 use ferry_client::{
     Client, Consumer, ConsumerConfig, ConsumerEvent, IsolationLevel, Producer, ProducerConfig,
     StartFrom, TransactionalConfig, TransactionalProducer,
 };
-
-async fn broker() -> (EmbeddedBroker, Client) {
-    let broker = EmbeddedBroker::start(BrokerConfig::ephemeral())
-        .await
-        .expect("broker starts");
-    let client = Client::connect(&broker.addr_string())
-        .await
-        .expect("client connects");
-    (broker, client)
-}
 
 async fn produce_to(client: &Client, topic: &str, partition: u32, n: usize) {
     let producer = Producer::new(client.clone(), ProducerConfig::default())

@@ -2,19 +2,11 @@
 //! against a broker in this process, with a member joined by hand through
 //! the raw gRPC client.
 
-use ferry_broker::{BrokerConfig, EmbeddedBroker};
+mod common;
+
+use common::broker;
 use ferry_client::Client;
 use ferry_proto::{ErrorCode, v1};
-
-async fn broker() -> (EmbeddedBroker, Client) {
-    let broker = EmbeddedBroker::start(BrokerConfig::ephemeral())
-        .await
-        .expect("broker starts");
-    let client = Client::connect(&broker.addr_string())
-        .await
-        .expect("client connects");
-    (broker, client)
-}
 
 fn join(group: &str, member_id: &str) -> v1::JoinGroupRequest {
     v1::JoinGroupRequest {

@@ -1,10 +1,13 @@
 //! The transactional producer, read_committed consumers and the
 //! exactly-once loop against a real broker running in this process.
 
+mod common;
+
+use common::broker;
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
-use ferry_broker::{BrokerConfig, EmbeddedBroker};
+use ferry_broker::EmbeddedBroker;
 use ferry_client::partitioner::partition_for_key;
 use ferry_client::{
     Client, ClientError, CommitMode, Consumer, ConsumerConfig, ConsumerRecord, Control,
@@ -13,16 +16,6 @@ use ferry_client::{
     TxnOutcome, list_transactions,
 };
 use ferry_proto::ErrorCode;
-
-async fn broker() -> (EmbeddedBroker, Client) {
-    let broker = EmbeddedBroker::start(BrokerConfig::ephemeral())
-        .await
-        .expect("broker starts");
-    let client = Client::connect(&broker.addr_string())
-        .await
-        .expect("client connects");
-    (broker, client)
-}
 
 fn txn_config(id: &str) -> TransactionalConfig {
     TransactionalConfig {
