@@ -41,8 +41,8 @@ pub use producer_state::{
 pub use server::{Broker, MAX_FRAME_BYTES, Stop};
 pub use service::{FerryService, MAX_IN_FLIGHT_PER_STREAM};
 pub use state::{
-    AckLevel, BrokerState, FetchResult, FetchSpec, InflightGuard, Isolation, MAX_FETCH_PARTITIONS,
-    OffsetSpec,
+    AckLevel, BrokerState, ConsumerLag, FetchResult, FetchSpec, InflightGuard, Isolation,
+    MAX_FETCH_PARTITIONS, OffsetSpec,
 };
 pub use topics::{Partition, Topic};
 pub use txn::{

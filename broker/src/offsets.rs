@@ -370,6 +370,17 @@ impl OffsetStore {
         Ok(Some(info))
     }
 
+    /// Every committed offset: (group, topic, partition, offset), sorted.
+    pub fn all_committed(&self) -> Vec<(String, String, u32, u64)> {
+        let committed = self.committed.lock();
+        let mut out: Vec<_> = committed
+            .iter()
+            .map(|((g, t, p), (offset, _))| (g.clone(), t.clone(), *p, *offset))
+            .collect();
+        out.sort_unstable();
+        out
+    }
+
     /// The committed offsets of `group` for `topic`, by partition.
     pub fn fetch(&self, group: &str, topic: &str) -> Vec<(u32, u64)> {
         let committed = self.committed.lock();

@@ -108,6 +108,7 @@ impl Broker {
         state.recover_transactions().await?;
         let retention = tokio::spawn(retention_loop(state.clone()));
         let txn_timeouts = tokio::spawn(txn_timeout_loop(state.clone()));
+        let lag = tokio::spawn(lag_metrics_loop(state.clone()));
         let group_timers = {
             let s = state.clone();
             tokio::spawn(async move { s.run_group_timers().await })
@@ -155,6 +156,7 @@ impl Broker {
         }
         retention.abort();
         txn_timeouts.abort();
+        lag.abort();
         group_timers.abort();
         drop(server);
         match how {
@@ -177,6 +179,29 @@ async fn retention_loop(state: Arc<BrokerState>) {
         tokio::time::sleep(every).await;
         let s = state.clone();
         let _ = tokio::task::spawn_blocking(move || s.apply_retention()).await;
+    }
+}
+
+/// How often `ferry_consumer_lag` is brought up to date.
+pub const LAG_METRICS_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Publishes every group's lag per partition as the gauge
+/// `ferry_consumer_lag{group, topic, partition}`.
+async fn lag_metrics_loop(state: Arc<BrokerState>) {
+    loop {
+        tokio::time::sleep(LAG_METRICS_INTERVAL).await;
+        if state.is_shutting_down() {
+            return;
+        }
+        for l in state.consumer_lag() {
+            metrics::gauge!(
+                "ferry_consumer_lag",
+                "group" => l.group,
+                "topic" => l.topic,
+                "partition" => l.partition.to_string()
+            )
+            .set(l.lag as f64);
+        }
     }
 }
 
@@ -214,7 +239,11 @@ fn install_metrics(addr: SocketAddr) -> Result<(), BrokerError> {
 }
 
 fn describe_metrics() {
-    use metrics::{Unit, describe_counter, describe_histogram};
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_gauge!(
+        "ferry_consumer_lag",
+        "Records between a group's committed offset and the partition's high watermark"
+    );
     describe_counter!(
         "ferry_bytes_in_total",
         Unit::Bytes,

@@ -57,6 +57,20 @@ pub enum Isolation {
     ReadCommitted,
 }
 
+/// One group's position in one partition against the partition's end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerLag {
+    pub group: String,
+    pub topic: String,
+    pub partition: u32,
+    /// The group's committed offset: the next one it reads.
+    pub committed: u64,
+    /// The partition's high watermark (its visible end).
+    pub log_end: u64,
+    /// `log_end - committed`, never negative.
+    pub lag: u64,
+}
+
 /// One partition's fetch result.
 #[derive(Debug)]
 pub struct FetchResult {
@@ -567,6 +581,32 @@ impl BrokerState {
         }
         let _locked = self.groups.fence_commit(group, fence, false).await?;
         self.offsets.commit(group, offsets).await
+    }
+
+    /// Every group's lag per partition it has committed offsets for: the
+    /// partition's high watermark (its visible end) less the committed
+    /// offset, never negative. Partitions that no longer exist are left
+    /// out.
+    pub fn consumer_lag(&self) -> Vec<ConsumerLag> {
+        self.offsets
+            .all_committed()
+            .into_iter()
+            .filter_map(|(group, topic, partition, committed)| {
+                let log_end = self
+                    .topics
+                    .partition(&topic, partition)
+                    .ok()?
+                    .visible_offset();
+                Some(ConsumerLag {
+                    lag: log_end.saturating_sub(committed),
+                    group,
+                    topic,
+                    partition,
+                    committed,
+                    log_end,
+                })
+            })
+            .collect()
     }
 
     /// `FetchOffsets`: the committed offsets of `group` for `topic`, by
