@@ -419,6 +419,31 @@ fn decode_assignment(bytes: &[u8]) -> Option<Vec<(String, Vec<u32>)>> {
     )
 }
 
+/// Every open or hanging transaction the coordinator knows
+/// (`ListTransactions`).
+pub async fn list_transactions(client: &Client) -> Result<Vec<v1::TransactionInfo>, ClientError> {
+    let r = client
+        .raw()
+        .list_transactions(v1::ListTransactionsRequest {})
+        .await?
+        .into_inner();
+    check(r.error_code, &r.error_message)?;
+    Ok(r.transactions)
+}
+
+/// Aborts the open transaction of `transactional_id` by hand
+/// (`AbortTransaction`), for a producer that is gone and left it hanging.
+pub async fn abort_transaction(client: &Client, transactional_id: &str) -> Result<(), ClientError> {
+    let r = client
+        .raw()
+        .abort_transaction(v1::AbortTransactionRequest {
+            transactional_id: transactional_id.to_owned(),
+        })
+        .await?
+        .into_inner();
+    check(r.error_code, &r.error_message)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -86,7 +86,7 @@ mod transactional;
 
 pub use client::{
     CONNECT_TIMEOUT, Client, GroupDescription, GroupMember, MAX_FRAME_BYTES, MAX_MESSAGE_BYTES,
-    OffsetSpec, TopicDescription,
+    OffsetSpec, TopicDescription, abort_transaction, list_transactions,
 };
 pub use consumer::{
     CommitMode, Consumer, ConsumerConfig, ConsumerEvent, ConsumerRecord, IsolationLevel, StartFrom,
@@ -106,6 +106,5 @@ pub use sink::{DedupCache, Sink, SinkError, TransactionalSink, Written};
 #[cfg(feature = "sqlite")]
 pub use sink::{UniqueSink, UpsertSink};
 pub use transactional::{
-    DEFAULT_TRANSACTION_TIMEOUT, TransactionalConfig, TransactionalProducer, abort_transaction,
-    is_fatal, list_transactions,
+    DEFAULT_TRANSACTION_TIMEOUT, TransactionalConfig, TransactionalProducer, is_fatal,
 };
