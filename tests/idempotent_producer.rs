@@ -39,7 +39,7 @@ async fn read_all(client: &Client, topic: &str) -> Vec<ConsumerRecord> {
         ..ConsumerConfig::default()
     };
     let mut consumer = Consumer::new(client.clone(), config).await.unwrap();
-    consumer.subscribe(topic).await.unwrap();
+    consumer.assign_topic(topic).await.unwrap();
     let mut out = Vec::new();
     let mut last_new = Instant::now();
     while last_new.elapsed() < Duration::from_millis(1500) {

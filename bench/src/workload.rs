@@ -893,7 +893,7 @@ async fn new_consumer(config: &WorkloadConfig, session: &Session) -> Result<Cons
         },
     )
     .await?;
-    consumer.subscribe(&session.topic).await?;
+    consumer.assign_topic(&session.topic).await?;
     Ok(consumer)
 }
 

@@ -8,7 +8,7 @@ use ferry_proto::v1::{self, ferry_client::FerryClient};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::error::{ClientError, check};
-use crate::{GroupSummary, PartitionInfo, TopicSummary, group};
+use crate::{GroupMetadata, GroupSummary, PartitionInfo, TopicSummary, group};
 
 /// How long [`Client::connect`] waits for the TCP connection.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -278,6 +278,29 @@ impl Client {
         check(r.error_code, &r.error_message)
     }
 
+    /// Commits `offsets` as a member of its group: the commit carries the
+    /// member's generation and ids, and the coordinator refuses it
+    /// (`IllegalGeneration`, `UnknownMemberId`, `FencedInstanceId`) once
+    /// they are stale.
+    pub async fn commit_member_offsets(
+        &self,
+        member: &GroupMetadata,
+        offsets: &[(String, u32, u64)],
+    ) -> Result<(), ClientError> {
+        let r = self
+            .raw()
+            .commit_offsets(v1::CommitOffsetsRequest {
+                group: member.group.clone(),
+                offsets: partition_offsets(offsets),
+                generation_id: member.generation,
+                member_id: member.member_id.clone(),
+                group_instance_id: member.instance_id.clone().unwrap_or_default(),
+            })
+            .await?
+            .into_inner();
+        check(r.error_code, &r.error_message)
+    }
+
     /// The offsets `group` committed for `topic`, by partition. Partitions
     /// without a committed offset are absent.
     pub async fn fetch_offsets(
@@ -285,12 +308,33 @@ impl Client {
         group: &str,
         topic: &str,
     ) -> Result<HashMap<u32, u64>, ClientError> {
+        self.fetch_offsets_with(group, topic, false).await
+    }
+
+    /// Like [`fetch_offsets`](Self::fetch_offsets), but fails with the
+    /// retriable `UnstableOffsetCommit` while an open transaction holds
+    /// offsets of the group for a partition of the topic: the answer a new
+    /// owner of a partition needs, since the transaction may still commit.
+    pub async fn fetch_offsets_stable(
+        &self,
+        group: &str,
+        topic: &str,
+    ) -> Result<HashMap<u32, u64>, ClientError> {
+        self.fetch_offsets_with(group, topic, true).await
+    }
+
+    async fn fetch_offsets_with(
+        &self,
+        group: &str,
+        topic: &str,
+        require_stable: bool,
+    ) -> Result<HashMap<u32, u64>, ClientError> {
         let r = self
             .raw()
             .fetch_offsets(v1::FetchOffsetsRequest {
                 group: group.to_owned(),
                 topic: topic.to_owned(),
-                ..Default::default()
+                require_stable,
             })
             .await?
             .into_inner();

@@ -31,6 +31,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
+use ferry_proto::ErrorCode;
 use tokio::time::Instant;
 
 use crate::consumer::{CommitMode, Consumer, ConsumerRecord, IsolationLevel};
@@ -397,6 +398,14 @@ impl<O: EosObserver> ExactlyOnce<O> {
                 "the consumer group name is empty".into(),
             ));
         }
+        if let Some(member) = consumer.group_metadata()
+            && member.group != config.group
+        {
+            return Err(ClientError::InvalidArgument(format!(
+                "the consumer is a member of group {}, not {}",
+                member.group, config.group
+            )));
+        }
         if config.max_records == 0 || config.max_interval.is_zero() {
             return Err(ClientError::InvalidArgument(
                 "max_records and max_interval must be positive".into(),
@@ -452,7 +461,7 @@ impl<O: EosObserver> ExactlyOnce<O> {
     {
         self.stalled = None;
         let mut txn = Txn {
-            rewind_to: self.consumer.positions(),
+            rewind_to: Vec::new(),
             records: 0,
             outputs: 0,
         };
@@ -464,7 +473,21 @@ impl<O: EosObserver> ExactlyOnce<O> {
             if now >= deadline || txn.records >= self.config.max_records {
                 break;
             }
-            let polled = match self.consumer.poll(deadline - now).await {
+            // An open transaction holds the current assignment: a rebalance
+            // waits until it commits, which happens now if one is pending.
+            let in_txn = first_record_at.is_some();
+            if in_txn && self.consumer.rebalance_pending() {
+                break;
+            }
+            if !in_txn {
+                txn.rewind_to = self.consumer.positions();
+            }
+            let polled = if in_txn {
+                self.consumer.poll_deferring_rebalance(deadline - now).await
+            } else {
+                self.consumer.poll(deadline - now).await
+            };
+            let polled = match polled {
                 Ok(polled) => polled,
                 Err(e) => {
                     self.observer.poll_failed(&e);
@@ -541,11 +564,15 @@ impl<O: EosObserver> ExactlyOnce<O> {
             }
             let positions = self.consumer.positions();
             self.observer.committing(&positions);
-            if let Err(e) = self
-                .producer
-                .send_offsets(&self.config.group, &positions)
-                .await
-            {
+            let sent = match self.consumer.group_metadata() {
+                Some(member) => self.producer.send_member_offsets(&member, &positions).await,
+                None => {
+                    self.producer
+                        .send_offsets(&self.config.group, &positions)
+                        .await
+                }
+            };
+            if let Err(e) = sent {
                 return self.abort_and_rewind(e, &txn.rewind_to).await;
             }
             if let Some(step) = self.crash_at(EosPoint::BeforeCommit, Some(&txn)) {
@@ -611,6 +638,8 @@ impl<O: EosObserver> ExactlyOnce<O> {
             return Err(error);
         }
         tracing::warn!(%error, "aborting the transaction and rewinding the consumer");
+        // A stale generation: the consumer joins again on its next poll.
+        self.consumer.note_commit_error(&error);
         if let Err(e) = self.producer.abort().await {
             self.observer.ended(TxnOutcome::Unknown(&e));
             return Err(e);
@@ -654,7 +683,8 @@ impl<O: EosObserver> ExactlyOnce<O> {
                 Step::Aborted(e) => {
                     totals.aborted += 1;
                     last_input = Instant::now();
-                    if !e.is_retriable() {
+                    // Fenced by the group: the next step rejoins it.
+                    if !e.is_retriable() && !is_group_fencing(&e) {
                         aborts_in_a_row += 1;
                         if aborts_in_a_row >= MAX_ABORTS_IN_A_ROW {
                             return Err(e);
@@ -666,6 +696,16 @@ impl<O: EosObserver> ExactlyOnce<O> {
             }
         }
     }
+}
+
+/// Whether `e` says the consumer's group membership is stale (a rebalance
+/// moved on without it): the transaction aborts, and the consumer joins
+/// again.
+fn is_group_fencing(e: &ClientError) -> bool {
+    matches!(
+        e.code(),
+        ErrorCode::IllegalGeneration | ErrorCode::UnknownMemberId | ErrorCode::RebalanceInProgress
+    )
 }
 
 #[cfg(test)]

@@ -89,7 +89,8 @@ pub use client::{
     OffsetSpec, TopicDescription, abort_transaction, list_transactions,
 };
 pub use consumer::{
-    CommitMode, Consumer, ConsumerConfig, ConsumerEvent, ConsumerRecord, IsolationLevel, StartFrom,
+    CommitMode, Consumer, ConsumerConfig, ConsumerEvent, ConsumerRecord, GroupMetadata,
+    IsolationLevel, StartFrom,
 };
 pub use delivery_mode::DeliveryMode;
 pub use eos::{

@@ -50,6 +50,7 @@ use ferry_proto::v1;
 use tokio::time::Instant;
 
 use crate::client::{Client, partition_offsets};
+use crate::consumer::GroupMetadata;
 use crate::error::{ClientError, check};
 use crate::producer::{Delivery, Producer, ProducerConfig};
 use crate::retry::{retry_until, timed};
@@ -462,11 +463,36 @@ impl TransactionalProducer {
     /// Adds consumer offsets to the open transaction: `group`'s committed
     /// offset of each `(topic, partition)` becomes `offset` (the next
     /// offset to read) if, and when, the transaction commits.
+    ///
+    /// This commit is not fenced by the group, only by the producer epoch;
+    /// a member of a group passes its [`GroupMetadata`] to
+    /// [`send_member_offsets`](Self::send_member_offsets) instead.
     pub async fn send_offsets(
         &mut self,
         group: &str,
         offsets: &[(String, u32, u64)],
     ) -> Result<(), ClientError> {
+        let member = GroupMetadata {
+            group: group.to_owned(),
+            generation: -1,
+            member_id: String::new(),
+            instance_id: None,
+        };
+        self.send_member_offsets(&member, offsets).await
+    }
+
+    /// Like [`send_offsets`](Self::send_offsets), as a member of the group
+    /// (KIP-447): the coordinator refuses the offsets
+    /// (`IllegalGeneration`, `UnknownMemberId`, `FencedInstanceId`) if the
+    /// member's generation or ids are stale, so a consumer that lost its
+    /// partitions cannot commit them in its transaction. The transaction is
+    /// then abortable.
+    pub async fn send_member_offsets(
+        &mut self,
+        member: &GroupMetadata,
+        offsets: &[(String, u32, u64)],
+    ) -> Result<(), ClientError> {
+        let group = member.group.as_str();
         self.require_open()?;
         if group.is_empty() {
             let e = ClientError::InvalidArgument("the consumer group name is empty".into());
@@ -476,7 +502,7 @@ impl TransactionalProducer {
         if offsets.is_empty() {
             return Ok(());
         }
-        let result = self.try_send_offsets(group, offsets).await;
+        let result = self.try_send_offsets(member, offsets).await;
         if let Err(e) = &result {
             self.fail(e.clone());
         }
@@ -485,9 +511,10 @@ impl TransactionalProducer {
 
     async fn try_send_offsets(
         &mut self,
-        group: &str,
+        member: &GroupMetadata,
         offsets: &[(String, u32, u64)],
     ) -> Result<(), ClientError> {
+        let group = member.group.as_str();
         let client = self.client.clone();
         if !self.txn.groups.iter().any(|g| g == group) {
             let request = v1::AddOffsetsToTxnRequest {
@@ -515,7 +542,9 @@ impl TransactionalProducer {
             producer_epoch: i32::from(self.epoch),
             group: group.to_owned(),
             offsets: partition_offsets(offsets),
-            ..Default::default()
+            generation_id: member.generation,
+            member_id: member.member_id.clone(),
+            group_instance_id: member.instance_id.clone().unwrap_or_default(),
         };
         retrying("TxnOffsetCommit", &self.config.producer, || {
             let mut raw = client.raw();

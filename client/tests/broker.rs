@@ -39,7 +39,7 @@ async fn read_topic(client: &Client, topic: &str, want: usize) -> Vec<ConsumerRe
     let mut consumer = Consumer::new(client.clone(), earliest(None, CommitMode::None))
         .await
         .unwrap();
-    consumer.subscribe(topic).await.unwrap();
+    consumer.assign_topic(topic).await.unwrap();
     read(&mut consumer, want).await
 }
 
@@ -186,7 +186,7 @@ async fn a_long_poll_wakes_when_data_arrives() {
         ..ConsumerConfig::default()
     };
     let mut consumer = Consumer::new(client.clone(), config).await.unwrap();
-    consumer.subscribe("wake").await.unwrap();
+    consumer.assign_topic("wake").await.unwrap();
     let producer = Producer::new(client.clone(), ProducerConfig::default())
         .await
         .unwrap();
@@ -219,7 +219,7 @@ async fn a_poll_with_nothing_to_read_returns_empty_after_the_timeout() {
     let mut consumer = Consumer::new(client, ConsumerConfig::default())
         .await
         .unwrap();
-    consumer.subscribe("quiet").await.unwrap();
+    consumer.assign_topic("quiet").await.unwrap();
     let started = Instant::now();
     assert!(
         consumer
@@ -258,13 +258,13 @@ async fn commit_after_redelivers_what_a_crashed_consumer_did_not_commit() {
 
     // Processes everything, then "crashes" before committing.
     let mut first = Consumer::new(client.clone(), config.clone()).await.unwrap();
-    first.subscribe("after").await.unwrap();
+    first.assign_topic("after").await.unwrap();
     assert_eq!(read(&mut first, 20).await.len(), 20);
     drop(first);
 
     // The replacement gets every record again, and commits this time.
     let mut second = Consumer::new(client.clone(), config.clone()).await.unwrap();
-    second.subscribe("after").await.unwrap();
+    second.assign_topic("after").await.unwrap();
     let again = read(&mut second, 20).await;
     assert_eq!(again.len(), 20);
     assert_eq!(again[0].offset, 0);
@@ -272,7 +272,7 @@ async fn commit_after_redelivers_what_a_crashed_consumer_did_not_commit() {
     drop(second);
 
     let mut third = Consumer::new(client.clone(), config).await.unwrap();
-    third.subscribe("after").await.unwrap();
+    third.assign_topic("after").await.unwrap();
     assert_eq!(third.position("after", 0), Some(20));
     assert!(
         third
@@ -296,7 +296,7 @@ async fn commit_before_never_redelivers_after_a_crash() {
 
     // Receives the records and "crashes" before processing them.
     let mut first = Consumer::new(client.clone(), config.clone()).await.unwrap();
-    first.subscribe("before").await.unwrap();
+    first.assign_topic("before").await.unwrap();
     let got = read(&mut first, 20).await;
     assert_eq!(got.len(), 20);
     drop(first);
@@ -307,7 +307,7 @@ async fn commit_before_never_redelivers_after_a_crash() {
 
     produce_values(&client, "before", 5).await;
     let mut second = Consumer::new(client.clone(), config).await.unwrap();
-    second.subscribe("before").await.unwrap();
+    second.assign_topic("before").await.unwrap();
     let next = read(&mut second, 5).await;
     let values: Vec<_> = next.iter().map(|r| r.offset).collect();
     assert_eq!(values, vec![20, 21, 22, 23, 24], "no record is seen twice");
@@ -331,7 +331,7 @@ async fn a_missing_topic_or_partition_is_a_definite_error() {
     let mut consumer = Consumer::new(client, ConsumerConfig::default())
         .await
         .unwrap();
-    let err = consumer.subscribe("nope").await.unwrap_err();
+    let err = consumer.assign_topic("nope").await.unwrap_err();
     assert_eq!(err.code(), ErrorCode::UnknownTopicOrPartition);
     producer.close().await.unwrap();
     let err = producer.send("two", None, Some(b"x")).await.unwrap_err();

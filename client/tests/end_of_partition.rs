@@ -43,7 +43,7 @@ async fn consumer(client: &Client, topic: &str, isolation: IsolationLevel) -> Co
     )
     .await
     .unwrap();
-    consumer.subscribe(topic).await.unwrap();
+    consumer.assign_topic(topic).await.unwrap();
     consumer
 }
 
@@ -64,6 +64,7 @@ async fn drain_to_end(consumer: &mut Consumer) -> (usize, Vec<(u32, u64)>) {
                 ConsumerEvent::PartitionEof {
                     partition, offset, ..
                 } => eofs.push((partition, offset)),
+                other => panic!("no group, so no rebalance: {other:?}"),
             }
         }
     }
@@ -185,6 +186,7 @@ async fn under_read_committed_the_end_is_the_last_stable_offset() {
                     assert_eq!(offset, 8);
                     return;
                 }
+                other => panic!("no group, so no rebalance: {other:?}"),
             }
         }
     }

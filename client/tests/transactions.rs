@@ -55,7 +55,7 @@ async fn records(client: &Client, topic: &str, isolation: IsolationLevel) -> Vec
     )
     .await
     .unwrap();
-    consumer.subscribe(topic).await.unwrap();
+    consumer.assign_topic(topic).await.unwrap();
     let mut out = Vec::new();
     let mut last = Instant::now();
     while last.elapsed() < Duration::from_millis(400) {
@@ -366,7 +366,7 @@ async fn copier(client: &Client, src: &str) -> ExactlyOnce {
     )
     .await
     .unwrap();
-    consumer.subscribe(src).await.unwrap();
+    consumer.assign_topic(src).await.unwrap();
     ExactlyOnce::new(
         consumer,
         producer,

@@ -420,7 +420,7 @@ async fn subscribe(
     topic: &str,
 ) -> Result<Consumer, ClientError> {
     let mut consumer = Consumer::new(client.clone(), config.clone()).await?;
-    consumer.subscribe(topic).await?;
+    consumer.assign_topic(topic).await?;
     Ok(consumer)
 }
 

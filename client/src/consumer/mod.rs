@@ -24,8 +24,40 @@
 //!
 //! Under both, control batches (transaction markers) are never returned,
 //! but positions move past them.
+//!
+//! # Groups
+//!
+//! With a [`ConsumerConfig::group`], [`Consumer::subscribe`] makes the
+//! consumer a member of the group: the coordinator and the group's leader
+//! split the subscribed topics' partitions between the members, and move
+//! them when a member joins, leaves, stops heartbeating for its session
+//! timeout or stops polling for its maximum poll interval. Heartbeats run
+//! on a task of their own, so a slow handler does not cost the membership.
+//! Everything that changes the assignment happens inside `poll`:
+//!
+//! - a poll that takes part in a rebalance returns no records; its
+//!   [`poll_events`](Consumer::poll_events) report what changed, as
+//!   [`ConsumerEvent::Assigned`], [`ConsumerEvent::Revoked`] and
+//!   [`ConsumerEvent::Lost`] (the rebalance callbacks);
+//! - revoked partitions are not handed to their next owner before the next
+//!   `poll`: an application that stores offsets itself stores the
+//!   positions the `Revoked` event carries first. Under
+//!   [`CommitMode::After`] the consumer commits them itself before it
+//!   revokes, since calling `poll` says the records it returned before were
+//!   processed;
+//! - lost partitions (the member was dropped from the group) may have a new
+//!   owner already; nothing of them can be committed any more;
+//! - every commit carries the member's generation and id, and the
+//!   coordinator refuses it once they are stale, so a consumer that lost
+//!   its partitions cannot commit over their new owner.
+//!
+//! [`Consumer::assign`] and [`Consumer::assign_topic`] are the manual mode:
+//! no membership, and commits that the coordinator only accepts while the
+//! group has no members. [`Consumer::close`] leaves the group, so that the
+//! others take its partitions at once; a consumer dropped without it is
+//! noticed after its session timeout, as a crashed one would be.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,10 +70,20 @@ use ferry_proto::v1;
 
 use crate::client::{Client, OffsetSpec};
 use crate::error::{ClientError, check};
+use crate::group::{AssignmentChange, DEFAULT_ASSIGNORS, RebalanceProtocol, assignors};
+use crate::retry::{Backoff, retry_until};
 
 mod decode;
+mod membership;
 
 use decode::{AbortedFilter, decode_into};
+pub use membership::GroupMetadata;
+use membership::{Membership, Phase};
+
+/// Longest a newly assigned partition waits for a transaction that holds
+/// offsets for it to end before the poll fails (the committed offset is
+/// not final until then).
+const MAX_STABLE_OFFSETS_WAIT: Duration = Duration::from_secs(60);
 
 /// Extra time a fetch RPC gets beyond its long-poll wait before the client
 /// gives up on it.
@@ -142,6 +184,23 @@ pub struct ConsumerConfig {
     pub partition_max_bytes: u32,
     /// Longest long-poll wait of one fetch. Default 500 ms.
     pub max_wait: Duration,
+    /// Group membership: the assignors offered, most preferred first, by
+    /// name (Kafka's `partition.assignment.strategy`). Default
+    /// [`DEFAULT_ASSIGNORS`].
+    pub assignors: Vec<String>,
+    /// Static membership (KIP-345, Kafka's `group.instance.id`): a member
+    /// that comes back with the same id within its session timeout keeps
+    /// its partitions with no rebalance. Default `None` (dynamic).
+    pub group_instance_id: Option<String>,
+    /// How long the coordinator keeps a member that stopped heartbeating.
+    /// Default 10 s; the broker bounds it.
+    pub session_timeout: Duration,
+    /// Pause between heartbeats; below the session timeout. Default 3 s.
+    pub heartbeat_interval: Duration,
+    /// Longest the application may go between polls before the consumer
+    /// leaves the group; also how long a rebalance waits for the members
+    /// to join again. Default 5 min.
+    pub max_poll_interval: Duration,
 }
 
 impl Default for ConsumerConfig {
@@ -154,6 +213,11 @@ impl Default for ConsumerConfig {
             fetch_max_bytes: 8 * 1024 * 1024,
             partition_max_bytes: 1024 * 1024,
             max_wait: Duration::from_millis(500),
+            assignors: DEFAULT_ASSIGNORS.iter().map(|&a| a.to_owned()).collect(),
+            group_instance_id: None,
+            session_timeout: Duration::from_secs(10),
+            heartbeat_interval: Duration::from_secs(3),
+            max_poll_interval: Duration::from_secs(300),
         }
     }
 }
@@ -214,6 +278,28 @@ pub enum ConsumerEvent {
         /// The position, which equals the end it reached.
         offset: u64,
     },
+    /// The group gave these partitions to this consumer; their positions
+    /// are resolved (from the committed offsets, under
+    /// [`StartFrom::Committed`]) and the next poll fetches them.
+    Assigned {
+        /// (topic, partition), in order.
+        partitions: Vec<(String, u32)>,
+    },
+    /// These partitions were taken away in a rebalance, with the positions
+    /// they had (committed first under [`CommitMode::After`]). They go to
+    /// their next owner only after the next poll.
+    Revoked {
+        /// (topic, partition, position), in order.
+        partitions: Vec<(String, u32, u64)>,
+    },
+    /// The consumer was dropped from the group (its session expired, its
+    /// generation went stale, or it stopped polling for too long), and
+    /// with it these partitions, which may have another owner already.
+    /// The next poll joins again.
+    Lost {
+        /// (topic, partition), in order.
+        partitions: Vec<(String, u32)>,
+    },
 }
 
 /// Reads records from assigned partitions.
@@ -246,6 +332,19 @@ pub struct Consumer {
     client: Client,
     config: ConsumerConfig,
     assignments: Vec<Assignment>,
+    group: Option<GroupState>,
+}
+
+/// A subscribed consumer's part in its group.
+#[derive(Debug)]
+struct GroupState {
+    membership: Membership,
+    /// The subscribed topics.
+    topics: Vec<String>,
+    /// The partitions the group assigned and this consumer still holds.
+    owned: BTreeSet<(String, u32)>,
+    /// The chosen assignor's protocol, once joined.
+    protocol: Option<RebalanceProtocol>,
 }
 
 impl std::fmt::Debug for Consumer {
@@ -279,16 +378,87 @@ impl Consumer {
                 "the consumer group name is empty".into(),
             ));
         }
+        if config.group_instance_id.as_deref() == Some("") {
+            return Err(ClientError::InvalidArgument(
+                "the group instance id is empty".into(),
+            ));
+        }
+        if config.heartbeat_interval.is_zero()
+            || config.heartbeat_interval >= config.session_timeout
+        {
+            return Err(ClientError::InvalidArgument(format!(
+                "the heartbeat interval ({} ms) must be positive and below the session timeout ({} ms)",
+                config.heartbeat_interval.as_millis(),
+                config.session_timeout.as_millis()
+            )));
+        }
+        if config.assignors.is_empty() {
+            return Err(ClientError::InvalidArgument(
+                "a group consumer needs at least one assignor".into(),
+            ));
+        }
+        assignors(&config.assignors).map_err(|e| ClientError::InvalidArgument(e.to_string()))?;
         Ok(Consumer {
             client,
             config,
             assignments: Vec::new(),
+            group: None,
         })
     }
 
-    /// Adds every partition of `topic` to the assignment. Fails with
-    /// `UnknownTopicOrPartition` if the topic does not exist.
+    /// Subscribes to `topic`. With a group, the consumer joins it (on the
+    /// next poll) and reads the partitions the group assigns it (see the
+    /// module docs); without one, it reads every partition of the topic,
+    /// as [`assign_topic`](Self::assign_topic) does. Fails with
+    /// `UnknownTopicOrPartition` if the topic does not exist, and with
+    /// `InvalidArgument` after a manual assignment.
     pub async fn subscribe(&mut self, topic: &str) -> Result<(), ClientError> {
+        let Some(group) = self.config.group.clone() else {
+            return self.assign_topic(topic).await;
+        };
+        if !self.assignments.is_empty() && self.group.is_none() {
+            return Err(ClientError::InvalidArgument(
+                "subscribe after a manual assignment: use one or the other".into(),
+            ));
+        }
+        let description = self.client.describe_topic(topic).await?;
+        if description.partitions.is_empty() {
+            return Err(ClientError::broker(
+                ErrorCode::UnknownTopicOrPartition,
+                format!("topic {topic} has no partitions"),
+            ));
+        }
+        let state = match &mut self.group {
+            Some(state) => state,
+            None => {
+                let settings = membership::Settings {
+                    group,
+                    instance_id: self.config.group_instance_id.clone(),
+                    session_timeout: self.config.session_timeout,
+                    heartbeat_interval: self.config.heartbeat_interval,
+                    max_poll_interval: self.config.max_poll_interval,
+                };
+                let offered = assignors(&self.config.assignors)
+                    .map_err(|e| ClientError::InvalidArgument(e.to_string()))?;
+                self.group.insert(GroupState {
+                    membership: Membership::new(self.client.clone(), settings, offered),
+                    topics: Vec::new(),
+                    owned: BTreeSet::new(),
+                    protocol: None,
+                })
+            }
+        };
+        if !state.topics.iter().any(|t| t == topic) {
+            state.topics.push(topic.to_owned());
+            state.membership.request_rejoin();
+        }
+        Ok(())
+    }
+
+    /// Adds every partition of `topic` to the assignment by hand (no group
+    /// membership). Fails with `UnknownTopicOrPartition` if the topic does
+    /// not exist.
+    pub async fn assign_topic(&mut self, topic: &str) -> Result<(), ClientError> {
         let description = self.client.describe_topic(topic).await?;
         let partitions: Vec<(String, u32)> = description
             .partitions
@@ -304,10 +474,27 @@ impl Consumer {
         self.assign(&partitions).await
     }
 
-    /// Adds partitions to the assignment, each starting where
-    /// [`ConsumerConfig::start_from`] says. A partition assigned already
-    /// has its position resolved again.
+    /// Adds partitions to the assignment by hand (no group membership),
+    /// each starting where [`ConsumerConfig::start_from`] says. A partition
+    /// assigned already has its position resolved again. Fails with
+    /// `InvalidArgument` on a subscribed group member.
     pub async fn assign(&mut self, partitions: &[(String, u32)]) -> Result<(), ClientError> {
+        if self.group.is_some() {
+            return Err(ClientError::InvalidArgument(
+                "assign on a subscribed group member: use one or the other".into(),
+            ));
+        }
+        self.resolve_and_seek(partitions, false).await
+    }
+
+    /// Seeks each partition to where [`ConsumerConfig::start_from`] says.
+    /// `stable`: read committed offsets only once no open transaction holds
+    /// offsets for them, as a new owner in a group must.
+    async fn resolve_and_seek(
+        &mut self,
+        partitions: &[(String, u32)],
+        stable: bool,
+    ) -> Result<(), ClientError> {
         let mut committed: HashMap<&str, HashMap<u32, u64>> = HashMap::new();
         let mut resolved = Vec::with_capacity(partitions.len());
         for (topic, partition) in partitions {
@@ -323,7 +510,11 @@ impl Consumer {
                         (None, _) => None,
                         (Some(_), Some(offsets)) => Some(offsets),
                         (Some(group), None) => {
-                            let offsets = self.client.fetch_offsets(group, topic).await?;
+                            let offsets = if stable {
+                                self.stable_offsets(group, topic).await?
+                            } else {
+                                self.client.fetch_offsets(group, topic).await?
+                            };
                             Some(&*committed.entry(topic).or_insert(offsets))
                         }
                     };
@@ -339,6 +530,28 @@ impl Consumer {
             self.seek(topic, partition, position);
         }
         Ok(())
+    }
+
+    /// The group's committed offsets for `topic`, once no open transaction
+    /// holds offsets for them (`UnstableOffsetCommit` is retried).
+    async fn stable_offsets(
+        &self,
+        group: &str,
+        topic: &str,
+    ) -> Result<HashMap<u32, u64>, ClientError> {
+        retry_until(
+            "FetchOffsets",
+            tokio::time::Instant::now() + MAX_STABLE_OFFSETS_WAIT,
+            Backoff::new(Duration::from_millis(20), Duration::from_millis(500)),
+            ClientError::is_retriable,
+            || async {
+                if let Some(g) = &self.group {
+                    g.membership.touch();
+                }
+                self.client.fetch_offsets_stable(group, topic).await
+            },
+        )
+        .await
     }
 
     async fn earliest(&self, topic: &str, partition: u32) -> Result<u64, ClientError> {
@@ -404,8 +617,11 @@ impl Consumer {
         &mut self,
         timeout: Duration,
     ) -> Result<Vec<ConsumerEvent>, ClientError> {
+        if let Some(events) = self.rebalance().await? {
+            return Ok(events);
+        }
         let before: Vec<u64> = self.assignments.iter().map(|a| a.position).collect();
-        let records = self.poll(timeout).await?;
+        let records = self.fetch(timeout).await?;
         let mut events: Vec<ConsumerEvent> =
             records.into_iter().map(ConsumerEvent::Record).collect();
         for (a, before) in self.assignments.iter_mut().zip(before) {
@@ -455,7 +671,194 @@ impl Consumer {
     /// A partition whose position fell out of the log is reset (to the
     /// latest offset under `StartFrom::Latest`, else the earliest) with a
     /// warning.
+    ///
+    /// A group member's poll first takes part in any rebalance the group
+    /// is in; such a poll returns no records (its
+    /// [`poll_events`](Self::poll_events) says what changed).
     pub async fn poll(&mut self, timeout: Duration) -> Result<Vec<ConsumerRecord>, ClientError> {
+        if self.rebalance().await?.is_some() {
+            return Ok(Vec::new());
+        }
+        self.fetch(timeout).await
+    }
+
+    /// A poll that leaves any rebalance for a later one: for a caller that
+    /// holds an open transaction over the current assignment, which it
+    /// commits first ([`rebalance_pending`](Self::rebalance_pending)).
+    pub(crate) async fn poll_deferring_rebalance(
+        &mut self,
+        timeout: Duration,
+    ) -> Result<Vec<ConsumerRecord>, ClientError> {
+        if let Some(g) = &self.group {
+            g.membership.touch();
+        }
+        self.fetch(timeout).await
+    }
+
+    /// Whether the group wants this member to take part in a rebalance
+    /// (or has dropped it): the next [`poll`](Self::poll) will. False
+    /// without a group.
+    pub fn rebalance_pending(&self) -> bool {
+        self.group
+            .as_ref()
+            .is_some_and(|g| g.membership.phase() != Phase::Stable)
+    }
+
+    /// Whether the consumer holds its assignment: a group member that has
+    /// joined and is not rebalancing, or any consumer without a group.
+    pub fn joined(&self) -> bool {
+        !self.rebalance_pending()
+    }
+
+    /// The member's generation and ids, for commits made elsewhere (a
+    /// transactional producer's offsets: KIP-447). `None` without a
+    /// subscribed group.
+    pub fn group_metadata(&self) -> Option<GroupMetadata> {
+        self.group.as_ref().map(|g| g.membership.metadata())
+    }
+
+    /// Takes note of an error that a commit made with
+    /// [`group_metadata`](Self::group_metadata) got, so that a stale
+    /// member joins again on the next poll.
+    pub fn note_commit_error(&self, error: &ClientError) {
+        if let Some(g) = &self.group {
+            g.membership.note_commit_error(error);
+        }
+    }
+
+    /// Leaves the group (if subscribed to one), so that the other members
+    /// take its partitions at once. Commits nothing: commit first under
+    /// [`CommitMode::After`].
+    pub async fn close(mut self) -> Result<(), ClientError> {
+        match self.group.take() {
+            Some(g) => g.membership.leave().await,
+            None => Ok(()),
+        }
+    }
+
+    /// One step of the group protocol, if the group needs one: the events
+    /// it caused, or `None` when the member is stable (or has no group).
+    async fn rebalance(&mut self) -> Result<Option<Vec<ConsumerEvent>>, ClientError> {
+        let Some(g) = &self.group else {
+            return Ok(None);
+        };
+        g.membership.touch();
+        match g.membership.phase() {
+            Phase::Stable => return Ok(None),
+            Phase::Fenced => {
+                return Err(ClientError::broker(
+                    ErrorCode::FencedInstanceId,
+                    format!(
+                        "another consumer joined group {} with instance id {}",
+                        g.membership.group(),
+                        self.config.group_instance_id.as_deref().unwrap_or("")
+                    ),
+                ));
+            }
+            Phase::Lost(why) => {
+                let lost: Vec<(String, u32)> = g.owned.iter().cloned().collect();
+                g.membership.reset();
+                if !lost.is_empty() {
+                    tracing::warn!(
+                        group = %g.membership.group(),
+                        partitions = lost.len(),
+                        reason = %why,
+                        "the consumer is no longer in the group; its partitions are lost"
+                    );
+                    self.drop_partitions(&lost.iter().cloned().collect());
+                    if let Some(g) = &mut self.group {
+                        g.owned.clear();
+                    }
+                    return Ok(Some(vec![ConsumerEvent::Lost { partitions: lost }]));
+                }
+            }
+            Phase::Rejoin | Phase::Unjoined => {
+                // Eager: give everything up before joining, and let the
+                // application see it before the partitions move on.
+                if g.protocol == Some(RebalanceProtocol::Eager) && !g.owned.is_empty() {
+                    let all = g.owned.clone();
+                    let event = self.revoke(&all).await;
+                    return Ok(Some(vec![event]));
+                }
+            }
+        }
+        self.join().await.map(Some)
+    }
+
+    /// Joins the group and takes over the assignment it gives.
+    async fn join(&mut self) -> Result<Vec<ConsumerEvent>, ClientError> {
+        let g = self.group.as_ref().expect("a group member");
+        let joined = g.membership.join(&g.topics, &g.owned).await?;
+        let change = AssignmentChange::between(&g.owned, &joined.assigned);
+        if let Some(g) = &mut self.group {
+            g.protocol = Some(joined.protocol);
+        }
+        let mut events = Vec::new();
+        if !change.revoked.is_empty() {
+            // Cooperative: what moves is only revoked in this round; its
+            // new owner gets it in the next, which this member's rejoin
+            // starts.
+            events.push(self.revoke(&change.revoked).await);
+            if let Some(g) = &self.group {
+                g.membership.request_rejoin();
+            }
+        }
+        if !change.added.is_empty() {
+            let added: Vec<(String, u32)> = change.added.iter().cloned().collect();
+            if let Err(e) = self.resolve_and_seek(&added, true).await {
+                self.drop_partitions(&change.added);
+                if let Some(g) = &self.group {
+                    g.membership.request_rejoin();
+                }
+                return Err(e);
+            }
+            if let Some(g) = &mut self.group {
+                g.owned.extend(change.added.iter().cloned());
+            }
+            tracing::info!(
+                group = ?self.config.group,
+                partitions = ?added,
+                "partitions assigned"
+            );
+            events.push(ConsumerEvent::Assigned { partitions: added });
+        }
+        Ok(events)
+    }
+
+    /// Stops reading `partitions`, committing their positions first under
+    /// [`CommitMode::After`].
+    async fn revoke(&mut self, partitions: &BTreeSet<(String, u32)>) -> ConsumerEvent {
+        let positions: Vec<(String, u32, u64)> = partitions
+            .iter()
+            .filter_map(|(t, p)| self.position(t, *p).map(|o| (t.clone(), *p, o)))
+            .collect();
+        if self.config.commit_mode == CommitMode::After
+            && !positions.is_empty()
+            && let Err(e) = self.commit_list(&positions).await
+        {
+            tracing::warn!(
+                error = %e,
+                "could not commit the positions of revoked partitions; their next owner reads from the last commit"
+            );
+        }
+        self.drop_partitions(partitions);
+        if let Some(g) = &mut self.group {
+            for tp in partitions {
+                g.owned.remove(tp);
+            }
+        }
+        tracing::info!(group = ?self.config.group, partitions = ?positions, "partitions revoked");
+        ConsumerEvent::Revoked {
+            partitions: positions,
+        }
+    }
+
+    fn drop_partitions(&mut self, partitions: &BTreeSet<(String, u32)>) {
+        self.assignments
+            .retain(|a| !partitions.contains(&(a.topic.to_string(), a.partition)));
+    }
+
+    async fn fetch(&mut self, timeout: Duration) -> Result<Vec<ConsumerRecord>, ClientError> {
         let wait = timeout.min(self.config.max_wait);
         if self.assignments.is_empty() {
             tokio::time::sleep(wait).await;
@@ -590,11 +993,25 @@ impl Consumer {
         self.commit_list(&offsets).await
     }
 
+    /// Commits `offsets` for the group: as the member, with its generation,
+    /// when subscribed; as a simple commit otherwise.
     async fn commit_list(&self, offsets: &[(String, u32, u64)]) -> Result<(), ClientError> {
         let group = self.config.group.as_deref().ok_or_else(|| {
             ClientError::InvalidArgument("committing offsets needs a consumer group".into())
         })?;
-        self.client.commit_offsets(group, offsets).await
+        match &self.group {
+            Some(g) => {
+                let result = self
+                    .client
+                    .commit_member_offsets(&g.membership.metadata(), offsets)
+                    .await;
+                if let Err(e) = &result {
+                    g.membership.note_commit_error(e);
+                }
+                result
+            }
+            None => self.client.commit_offsets(group, offsets).await,
+        }
     }
 }
 

@@ -23,7 +23,7 @@ async fn exactly_once<O: EosObserver>(
             consumer_config(&names.group, LabMode::ExactlyOnce),
         )
         .await?;
-        c.subscribe(&names.input).await?;
+        c.assign_topic(&names.input).await?;
         Ok(c)
     })
     .await?;

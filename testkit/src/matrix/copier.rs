@@ -176,7 +176,7 @@ pub(super) async fn start_copier(
             .await?;
     let consumer = patiently(|| async {
         let mut c = Consumer::new(client.clone(), copier_consumer_config()).await?;
-        c.subscribe(SOURCE).await?;
+        c.assign_topic(SOURCE).await?;
         Ok(c)
     })
     .await?;
