@@ -652,7 +652,8 @@ impl<O: EosObserver> ExactlyOnce<O> {
     }
 
     /// Runs steps until `idle_timeout` passes without input (forever with
-    /// `None`), or a step fails; also stops after
+    /// `None`; a rebalance of the consumer's group starts the clock
+    /// again), or a step fails; also stops after
     /// 3 aborted transactions in a row whose error is not retriable, and
     /// after a step the observer crashed.
     pub async fn run<F>(
@@ -666,8 +667,15 @@ impl<O: EosObserver> ExactlyOnce<O> {
         let mut totals = Totals::default();
         let mut last_input = Instant::now();
         let mut aborts_in_a_row = 0u32;
+        let mut rebalances = self.consumer.rebalances();
         loop {
-            match self.step(&mut process).await? {
+            let step = self.step(&mut process).await?;
+            // Time spent joining the group is not idle time.
+            if self.consumer.rebalances() != rebalances || !self.consumer.joined() {
+                rebalances = self.consumer.rebalances();
+                last_input = Instant::now();
+            }
+            match step {
                 Step::Committed { records, outputs } => {
                     totals.records += records;
                     totals.outputs += outputs;

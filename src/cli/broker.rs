@@ -104,17 +104,6 @@ pub fn run(args: BrokerArgs) -> Result<ExitCode, CliError> {
 }
 
 async fn stop_signal() -> Stop {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stop with kill -9");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
-    }
+    super::terminated().await;
     Stop::Graceful
 }

@@ -5,19 +5,25 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use ferry_client::{
-    Client, CommitMode, Consumer, ConsumerConfig, ConsumerRecord, IsolationLevel, StartFrom,
+    Client, CommitMode, Consumer, ConsumerConfig, ConsumerEvent, ConsumerRecord, IsolationLevel,
+    StartFrom,
 };
 
+use super::membership::MemberArgs;
 use super::{BrokerAddr, CliError};
 
 /// Print records as {"partition":P,"offset":O,"key":K,"value":V,"timestamp":T}
 /// lines. Exits after --max-records, after --idle-timeout with no new
-/// records, or with --exit-at-end once caught up.
+/// records, or with --exit-at-end once caught up. With --group (and no
+/// --partition) it joins the group and reads only the partitions the group
+/// assigns it, and leaves the group when it exits (SIGINT and SIGTERM
+/// included).
 #[derive(Debug, clap::Args)]
 pub struct ConsumeArgs {
     /// Topic to read.
     topic: String,
-    /// Consumer group, for committed offsets.
+    /// Consumer group: join it and read the partitions it assigns (with
+    /// --partition: only commit its offsets).
     #[arg(long)]
     group: Option<String>,
     /// Where to start: earliest, latest, or committed (the group's
@@ -34,7 +40,8 @@ pub struct ConsumeArgs {
     /// Stop after printing this many records.
     #[arg(long)]
     max_records: Option<u64>,
-    /// Stop after this many milliseconds without a new record.
+    /// Stop after this many milliseconds without a new record, counted
+    /// from the moment the consumer holds its assignment.
     #[arg(long)]
     idle_timeout: Option<u64>,
     /// Exit 0 once every partition read has reached its end (its last
@@ -45,6 +52,8 @@ pub struct ConsumeArgs {
     /// Read only this partition.
     #[arg(long)]
     partition: Option<u32>,
+    #[command(flatten)]
+    member: MemberArgs,
     #[command(flatten)]
     broker: BrokerAddr,
 }
@@ -58,19 +67,36 @@ pub async fn run(args: ConsumeArgs) -> Result<ExitCode, CliError> {
     if commit_mode != CommitMode::None && args.group.is_none() {
         return Err("--commit before/after needs --group".into());
     }
-    let client = Client::connect(&args.broker.broker).await?;
-    let config = ConsumerConfig {
+    let config = args.member.apply(ConsumerConfig {
         group: args.group.clone(),
         commit_mode,
         isolation: args.isolation,
         start_from: args.from,
         ..ConsumerConfig::default()
-    };
+    })?;
+    let client = Client::connect(&args.broker.broker).await?;
     let mut consumer = Consumer::new(client, config).await?;
     match args.partition {
         Some(p) => consumer.assign(&[(args.topic.clone(), p)]).await?,
         None => consumer.subscribe(&args.topic).await?,
     }
+    let outcome = tokio::select! {
+        outcome = consume(&mut consumer, &args, commit_mode) => outcome,
+        () = super::terminated() => Ok(()),
+    };
+    // Leave the group whatever ended the run, so the others take over at
+    // once.
+    let left = consumer.close().await;
+    outcome?;
+    left?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn consume(
+    consumer: &mut Consumer,
+    args: &ConsumeArgs,
+    commit_mode: CommitMode,
+) -> Result<(), CliError> {
     let idle = args.idle_timeout.map(Duration::from_millis);
     let max = args.max_records.unwrap_or(u64::MAX);
     let mut printed = 0u64;
@@ -79,6 +105,10 @@ pub async fn run(args: ConsumeArgs) -> Result<ExitCode, CliError> {
     while printed < max {
         if args.exit_at_end && consumer.at_end() {
             break;
+        }
+        // Joining or rebalancing is not idleness.
+        if !consumer.joined() {
+            last_record = Instant::now();
         }
         let wait = match idle {
             Some(idle) => {
@@ -90,7 +120,16 @@ pub async fn run(args: ConsumeArgs) -> Result<ExitCode, CliError> {
             }
             None => Duration::from_millis(500),
         };
-        let records = consumer.poll(wait).await?;
+        let mut records = Vec::new();
+        for event in consumer.poll_events(wait).await? {
+            match event {
+                ConsumerEvent::Record(r) => records.push(r),
+                ConsumerEvent::Assigned { .. }
+                | ConsumerEvent::Revoked { .. }
+                | ConsumerEvent::Lost { .. } => last_record = Instant::now(),
+                ConsumerEvent::PartitionEof { .. } => {}
+            }
+        }
         if records.is_empty() {
             continue;
         }
@@ -120,7 +159,7 @@ pub async fn run(args: ConsumeArgs) -> Result<ExitCode, CliError> {
             consumer.commit().await?;
         }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 fn text(b: &Option<bytes::Bytes>) -> serde_json::Value {

@@ -10,11 +10,14 @@ use ferry_client::{
 };
 use serde_json::json;
 
+use super::membership::MemberArgs;
 use super::{BrokerAddr, CliError};
 
 /// Copy SRC to DST exactly once: each transaction writes a batch of
 /// records to DST and commits the group's SRC offsets with them, so a
-/// restart resumes where the last commit left off. Keys are kept; a record
+/// restart resumes where the last commit left off. Copiers with the same
+/// --group (and each its own --transactional-id) split SRC's partitions
+/// between them; a copier that lost its partitions cannot commit them. Keys are kept; a record
 /// goes to the DST partition its key hashes to, or, without a key, to its
 /// SRC partition modulo DST's partition count. Prints
 /// {"copied":N,"transactions":M} at the end.
@@ -24,8 +27,8 @@ pub struct CopyArgs {
     src: String,
     /// Topic to write.
     dst: String,
-    /// Consumer group whose SRC offsets commit with each transaction; the
-    /// copy resumes from them.
+    /// Consumer group to join; its SRC offsets commit with each
+    /// transaction, and the copy resumes from them.
     #[arg(long)]
     group: String,
     /// Transactional id. A new copier with the same id fences the old one.
@@ -38,10 +41,13 @@ pub struct CopyArgs {
     /// the latest.
     #[arg(long, default_value_t = 100)]
     txn_ms: u64,
-    /// Exit 0 after this many milliseconds without new input (default: run
-    /// until killed).
+    /// Exit 0 after this many milliseconds without new input, counted from
+    /// the moment the copier holds its assignment (default: run until
+    /// killed).
     #[arg(long)]
     idle_timeout: Option<u64>,
+    #[command(flatten)]
+    member: MemberArgs,
     #[command(flatten)]
     broker: BrokerAddr,
 }
@@ -62,17 +68,14 @@ pub async fn run(args: CopyArgs) -> Result<ExitCode, CliError> {
         TransactionalConfig::new(args.transactional_id.clone()),
     )
     .await?;
-    let mut consumer = Consumer::new(
-        client,
-        ConsumerConfig {
-            group: Some(args.group.clone()),
-            commit_mode: CommitMode::None,
-            isolation: IsolationLevel::ReadCommitted,
-            start_from: StartFrom::Committed,
-            ..ConsumerConfig::default()
-        },
-    )
-    .await?;
+    let config = args.member.apply(ConsumerConfig {
+        group: Some(args.group.clone()),
+        commit_mode: CommitMode::None,
+        isolation: IsolationLevel::ReadCommitted,
+        start_from: StartFrom::Committed,
+        ..ConsumerConfig::default()
+    })?;
+    let mut consumer = Consumer::new(client, config).await?;
     consumer.subscribe(&args.src).await?;
     let config = ExactlyOnceConfig {
         max_records: args.txn_records,
@@ -81,14 +84,28 @@ pub async fn run(args: CopyArgs) -> Result<ExitCode, CliError> {
     };
     let mut eos = ExactlyOnce::new(consumer, producer, config)?;
     let dst = args.dst.clone();
-    let totals = eos
-        .run(
-            |record, out| out.push(copy_of(record, &dst, dst_partitions)),
-            args.idle_timeout.map(Duration::from_millis),
-        )
-        .await?;
-    let (_, producer) = eos.into_parts();
-    producer.close().await?;
+    let idle = args.idle_timeout.map(Duration::from_millis);
+    let outcome = tokio::select! {
+        totals = eos.run(|record, out| out.push(copy_of(record, &dst, dst_partitions)), idle) => {
+            Some(totals)
+        }
+        () = super::terminated() => None,
+    };
+    let (consumer, producer) = eos.into_parts();
+    // An interrupted transaction aborts; then the copier leaves the group
+    // so that the others take its partitions at once.
+    let closed = producer.close().await;
+    let left = consumer.close().await;
+    let totals = match outcome {
+        Some(totals) => totals?,
+        None => {
+            closed?;
+            left?;
+            return Ok(ExitCode::SUCCESS);
+        }
+    };
+    closed?;
+    left?;
     println!(
         "{}",
         json!({ "copied": totals.records, "transactions": totals.transactions })

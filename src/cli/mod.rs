@@ -8,6 +8,7 @@ mod copy;
 mod group;
 mod lab;
 mod lines;
+mod membership;
 mod produce;
 mod topic;
 mod torture;
@@ -124,4 +125,21 @@ fn init_tracing(default: &str) {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
+}
+
+/// Resolves on SIGTERM or SIGINT (never, if the handlers cannot be
+/// installed): how long-running commands end cleanly.
+pub(crate) async fn terminated() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop with kill -9");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
 }

@@ -345,6 +345,8 @@ struct GroupState {
     owned: BTreeSet<(String, u32)>,
     /// The chosen assignor's protocol, once joined.
     protocol: Option<RebalanceProtocol>,
+    /// Polls that took part in a rebalance.
+    rebalances: u64,
 }
 
 impl std::fmt::Debug for Consumer {
@@ -445,6 +447,7 @@ impl Consumer {
                     topics: Vec::new(),
                     owned: BTreeSet::new(),
                     protocol: None,
+                    rebalances: 0,
                 })
             }
         };
@@ -704,6 +707,13 @@ impl Consumer {
             .is_some_and(|g| g.membership.phase() != Phase::Stable)
     }
 
+    /// How many polls took part in a rebalance of the group (0 without a
+    /// group): a caller that times idleness restarts its clock when this
+    /// changes, so that joining never counts as idle.
+    pub fn rebalances(&self) -> u64 {
+        self.group.as_ref().map_or(0, |g| g.rebalances)
+    }
+
     /// Whether the consumer holds its assignment: a group member that has
     /// joined and is not rebalancing, or any consumer without a group.
     pub fn joined(&self) -> bool {
@@ -739,6 +749,14 @@ impl Consumer {
     /// One step of the group protocol, if the group needs one: the events
     /// it caused, or `None` when the member is stable (or has no group).
     async fn rebalance(&mut self) -> Result<Option<Vec<ConsumerEvent>>, ClientError> {
+        let result = self.rebalance_step().await;
+        if let (Ok(Some(_)), Some(g)) = (&result, &mut self.group) {
+            g.rebalances += 1;
+        }
+        result
+    }
+
+    async fn rebalance_step(&mut self) -> Result<Option<Vec<ConsumerEvent>>, ClientError> {
         let Some(g) = &self.group else {
             return Ok(None);
         };
