@@ -85,12 +85,7 @@ async fn create_topics(addr: &str, src_partitions: u32) {
 /// Feeds the source topic a little at a time, so the copier always has
 /// work while it and the broker are being killed. The idempotent producer
 /// rides through broker restarts.
-async fn produce_input(
-    addr: String,
-    history: History,
-    src_partitions: u32,
-    per_partition: usize,
-) {
+async fn produce_input(addr: String, history: History, src_partitions: u32, per_partition: usize) {
     let client = Client::connect(&addr).await.unwrap();
     let producer = Producer::new(client, ProducerConfig::default())
         .await

@@ -14,6 +14,7 @@
 
 pub mod baseline;
 pub mod matrix;
+pub mod rebalance;
 pub mod workload;
 
 use hdrhistogram::Histogram;

@@ -67,7 +67,9 @@ impl Member {
                 let mut seen = log.lock();
                 for event in events {
                     match event {
-                        ConsumerEvent::Record(r) => *seen.records.entry(r.partition).or_default() += 1,
+                        ConsumerEvent::Record(r) => {
+                            *seen.records.entry(r.partition).or_default() += 1
+                        }
                         ConsumerEvent::Assigned { partitions } => {
                             let ps: Vec<u32> = partitions.iter().map(|p| p.1).collect();
                             seen.owned.extend(&ps);
@@ -148,7 +150,10 @@ async fn members_split_the_partitions_and_a_leaving_member_hands_them_over() {
         .unwrap();
     for p in 0..6 {
         for _ in 0..10 {
-            producer.send_to("orders", p, None, Some(b"x")).await.unwrap();
+            producer
+                .send_to("orders", p, None, Some(b"x"))
+                .await
+                .unwrap();
         }
     }
     producer.flush().await.unwrap();
@@ -161,7 +166,10 @@ async fn members_split_the_partitions_and_a_leaving_member_hands_them_over() {
     })
     .await;
     for p in a.owned() {
-        assert!(!b.seen.lock().records.contains_key(&p), "b read a's partition {p}");
+        assert!(
+            !b.seen.lock().records.contains_key(&p),
+            "b read a's partition {p}"
+        );
     }
 
     // A member that leaves (LeaveGroup) gives its partitions up at once,
@@ -228,7 +236,13 @@ async fn a_member_paused_past_its_session_timeout_cannot_commit() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), ErrorCode::UnknownMemberId);
-    assert!(client.fetch_offsets("fenced", "t").await.unwrap().is_empty());
+    assert!(
+        client
+            .fetch_offsets("fenced", "t")
+            .await
+            .unwrap()
+            .is_empty()
+    );
 
     // The live member's commit goes through.
     let mut live = b.stop().await;

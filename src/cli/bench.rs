@@ -35,6 +35,35 @@ pub enum BenchCommand {
     /// Every mode × 100 B and 1 KiB × fsync never and always, as ratios to
     /// at-least-once; a markdown (or JSON) table and an SVG chart.
     Matrix(MatrixArgs),
+    /// Rebalance time of a consumer group: one member leaves, and the clock
+    /// runs until every partition is consumed again by the others.
+    Rebalance(RebalanceArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RebalanceArgs {
+    /// Members before one leaves.
+    #[arg(long, default_value_t = 3)]
+    members: usize,
+    /// Partitions of the topic.
+    #[arg(long, default_value_t = 6)]
+    partitions: u32,
+    /// Rounds (fresh topic and group each); the median is reported.
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
+    /// Assignors to measure, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values = ["range", "cooperative-sticky"])]
+    assignors: Vec<String>,
+    /// The members' session timeout in milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    session_timeout_ms: u64,
+    /// The members' heartbeat interval in milliseconds: the members that
+    /// stay learn of the rebalance from their next heartbeat.
+    #[arg(long, default_value_t = 3_000)]
+    heartbeat_interval_ms: u64,
+    /// Print one JSON object per assignor instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Flags every subcommand takes.
@@ -171,7 +200,52 @@ pub fn run(command: BenchCommand) -> Result<ExitCode, CliError> {
         BenchCommand::E2e(args) => run_workload(Kind::E2e, args),
         BenchCommand::Baseline(args) => run_baseline(args),
         BenchCommand::Matrix(args) => run_matrix(args),
+        BenchCommand::Rebalance(args) => run_rebalance(args),
     }
+}
+
+fn run_rebalance(args: RebalanceArgs) -> Result<ExitCode, CliError> {
+    if ferry_client::group::assignors(&args.assignors).is_err() || args.assignors.is_empty() {
+        return Err(format!(
+            "--assignors: expected names among range, roundrobin, cooperative-sticky, got {:?}",
+            args.assignors
+        )
+        .into());
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    for assignor in &args.assignors {
+        let config = ferry_bench::rebalance::RebalanceConfig {
+            members: args.members,
+            partitions: args.partitions,
+            rounds: args.rounds,
+            assignor: assignor.clone(),
+            session_timeout: Duration::from_millis(args.session_timeout_ms),
+            heartbeat_interval: Duration::from_millis(args.heartbeat_interval_ms),
+        };
+        let r = runtime.block_on(ferry_bench::rebalance::measure(&config))?;
+        if args.json {
+            println!("{}", serde_json::to_string(&r)?);
+        } else {
+            println!(
+                "{}: {} members, {} partitions, one leaves: median {:.1} ms (min {:.1}, max {:.1}, {} rounds) \
+                 = {:.0} x one unary RPC round trip ({:.3} ms); heartbeats every {} ms",
+                r.assignor,
+                r.members,
+                r.partitions,
+                r.median_ms,
+                r.min_ms,
+                r.max_ms,
+                r.rounds_ms.len(),
+                r.rebalance_per_rtt,
+                r.rpc_rtt_ms,
+                r.heartbeat_interval_ms
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 impl Common {

@@ -286,11 +286,9 @@ impl Membership {
         };
         // The coordinator parks a join until the rebalance completes,
         // which takes up to the rebalance timeout.
-        let join = timed(
-            "JoinGroup",
-            rebalance_timeout + GROUP_RPC_TIMEOUT,
-            async { Ok(self.client.raw().join_group(request).await?.into_inner()) },
-        )
+        let join = timed("JoinGroup", rebalance_timeout + GROUP_RPC_TIMEOUT, async {
+            Ok(self.client.raw().join_group(request).await?.into_inner())
+        })
         .await?;
         if !join.member_id.is_empty() {
             self.shared.lock().member_id = join.member_id.clone();
@@ -303,7 +301,10 @@ impl Membership {
             .ok_or_else(|| {
                 ClientError::broker(
                     ErrorCode::InconsistentGroupProtocol,
-                    format!("the group chose assignor {:?}, which this consumer did not offer", join.protocol_name),
+                    format!(
+                        "the group chose assignor {:?}, which this consumer did not offer",
+                        join.protocol_name
+                    ),
                 )
             })?;
         let assignments = if join.leader_id == join.member_id && !join.skip_assignment {
@@ -320,11 +321,9 @@ impl Membership {
             protocol_name: join.protocol_name.clone(),
             assignments,
         };
-        let sync = timed(
-            "SyncGroup",
-            rebalance_timeout + GROUP_RPC_TIMEOUT,
-            async { Ok(self.client.raw().sync_group(sync).await?.into_inner()) },
-        )
+        let sync = timed("SyncGroup", rebalance_timeout + GROUP_RPC_TIMEOUT, async {
+            Ok(self.client.raw().sync_group(sync).await?.into_inner())
+        })
         .await?;
         check(sync.error_code, &sync.error_message)?;
         let assigned = if sync.assignment.is_empty() {
