@@ -365,11 +365,12 @@ async fn cooperative_members_only_revoke_the_partitions_that_move() {
     .await;
     // Every revocation gave up only what went to someone else: a member
     // never revoked everything it held at once (eager would).
-    let seen = a.seen.lock();
-    assert_eq!(seen.assigned[0].len(), 6);
-    let revoked: usize = seen.revoked.iter().map(Vec::len).sum();
-    assert_eq!(revoked, 4, "a gave up 3 to b, then 1 to c: {seen:?}");
-    drop(seen);
+    {
+        let seen = a.seen.lock();
+        assert_eq!(seen.assigned[0].len(), 6);
+        let revoked: usize = seen.revoked.iter().map(Vec::len).sum();
+        assert_eq!(revoked, 4, "a gave up 3 to b, then 1 to c: {seen:?}");
+    }
     for m in [a, b, c] {
         m.stop().await.close().await.unwrap();
     }

@@ -188,16 +188,14 @@ impl Membership {
     pub(crate) fn note_commit_error(&self, error: &ClientError) {
         let mut shared = self.shared.lock();
         match error.code() {
-            ErrorCode::IllegalGeneration | ErrorCode::UnknownMemberId => {
-                if !matches!(shared.phase, Phase::Fenced) {
-                    shared.phase = Phase::Lost(error.to_string());
-                }
+            ErrorCode::IllegalGeneration | ErrorCode::UnknownMemberId
+                if shared.phase != Phase::Fenced =>
+            {
+                shared.phase = Phase::Lost(error.to_string());
             }
             ErrorCode::FencedInstanceId => shared.phase = Phase::Fenced,
-            ErrorCode::RebalanceInProgress => {
-                if shared.phase == Phase::Stable {
-                    shared.phase = Phase::Rejoin;
-                }
+            ErrorCode::RebalanceInProgress if shared.phase == Phase::Stable => {
+                shared.phase = Phase::Rejoin;
             }
             _ => {}
         }
