@@ -79,13 +79,83 @@ fn reset(addr: &str, group: &str, topic: &str, extra: &[&str]) -> Output {
 }
 
 /// A topic `t` of two partitions holding 5 and 3 records, read to its end
-/// by group `g` (which commits with a simple commit and does not join).
+/// by group `g`, one partition at a time with `--partition` (manual
+/// assignment: simple commits, no membership).
 fn consumed_by_g(addr: &str) {
     create_topic(addr, "t", 2);
     produce(addr, "t", 0, 5);
     produce(addr, "t", 1, 3);
-    let read = consume_from_earliest(addr, "t", &["--group", "g", "--exit-at-end"]);
-    assert_eq!(read.len(), 8);
+    let mut read = 0;
+    for p in ["0", "1"] {
+        let args = ["--group", "g", "--partition", p, "--exit-at-end"];
+        read += consume_from_earliest(addr, "t", &args).len();
+    }
+    assert_eq!(read, 8);
+}
+
+#[test]
+fn two_consumers_in_a_group_split_the_partitions_and_leave_when_they_exit() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start_broker(&dir);
+    let addr = broker.addr();
+    create_topic(addr, "split", 4);
+    let spawn = || {
+        std::process::Command::new(FERRY)
+            .args(["consume", "split", "--group", "pair", "--from", "earliest"])
+            .args(["--idle-timeout", "3000", "--broker", addr])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let (first, second) = (spawn(), spawn());
+    // Both members hold two partitions before any record arrives.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let out = ferry(addr, &["group", "describe", "pair"], None);
+        // Not there until the first member joins.
+        let d = json_lines(&out.stdout).pop().unwrap_or_default();
+        let members = d["members"].as_array().cloned().unwrap_or_default();
+        let split = members.len() == 2
+            && members
+                .iter()
+                .all(|m| m["assignment"][0]["partitions"].as_array().map(Vec::len) == Some(2));
+        if d["state"] == "stable" && split {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never split: {d}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    for p in 0..4 {
+        produce(addr, "split", p, 25);
+    }
+    let mut seen = std::collections::BTreeMap::<u64, std::collections::BTreeSet<String>>::new();
+    let mut mine = Vec::new();
+    for child in [first, second] {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success());
+        let lines = json_lines(&out.stdout);
+        let partitions: std::collections::BTreeSet<u64> = lines
+            .iter()
+            .map(|r| r["partition"].as_u64().unwrap())
+            .collect();
+        for r in &lines {
+            let value = r["value"].as_str().unwrap().to_owned();
+            let fresh = seen
+                .entry(r["partition"].as_u64().unwrap())
+                .or_default()
+                .insert(value);
+            assert!(fresh, "a record was printed twice: {r}");
+        }
+        mine.push(partitions);
+    }
+    assert_eq!(mine[0].len(), 2, "{mine:?}");
+    assert!(mine[0].is_disjoint(&mine[1]), "{mine:?}");
+    assert!(seen.values().all(|values| values.len() == 25), "{seen:?}");
+    // Both left the group on exit.
+    let d = describe(addr, "pair");
+    assert_eq!(d["members"], json!([]));
+    assert_eq!(d["state"], "empty");
 }
 
 #[test]
