@@ -274,7 +274,18 @@ async fn a_member_that_stops_polling_leaves_and_rejoins_when_it_polls_again() {
     let before = slow.group_metadata().unwrap();
     // The handler takes longer than the maximum poll interval: the
     // heartbeat task leaves the group, and a commit is refused.
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let deadline = Instant::now() + PATIENCE;
+    while !client
+        .describe_group("slow")
+        .await
+        .unwrap()
+        .members
+        .is_empty()
+    {
+        assert!(Instant::now() < deadline, "the idle member never left");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let err = slow.commit().await.unwrap_err();
     assert!(
         matches!(

@@ -27,7 +27,9 @@ pub struct ConsumeArgs {
     #[arg(long)]
     group: Option<String>,
     /// Where to start: earliest, latest, or committed (the group's
-    /// committed offset, else earliest).
+    /// committed offset, else earliest). A group member resumes from the
+    /// group's committed offsets wherever there are some; this says where
+    /// the partitions without start.
     #[arg(long, default_value = "committed")]
     from: StartFrom,
     /// none; before (commit, then print: at-most-once); after (print, then

@@ -111,6 +111,12 @@ pub enum IsolationLevel {
 }
 
 /// Where a newly assigned partition starts.
+///
+/// For a partition the group assigned to a subscribed member, the group's
+/// committed offset always wins (partitions moving between members resume
+/// where the last owner committed, as Kafka's `auto.offset.reset` works);
+/// `Earliest` and `Latest` then only say where a partition with no
+/// committed offset starts. For a manual assignment they apply as they say.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StartFrom {
     /// The log start offset.
@@ -491,41 +497,40 @@ impl Consumer {
     }
 
     /// Seeks each partition to where [`ConsumerConfig::start_from`] says.
-    /// `stable`: read committed offsets only once no open transaction holds
-    /// offsets for them, as a new owner in a group must.
+    /// `member`: the group assigned them, so the group's committed offset
+    /// wins wherever there is one, read only once no open transaction
+    /// holds offsets for them (as a new owner must).
     async fn resolve_and_seek(
         &mut self,
         partitions: &[(String, u32)],
-        stable: bool,
+        member: bool,
     ) -> Result<(), ClientError> {
         let mut committed: HashMap<&str, HashMap<u32, u64>> = HashMap::new();
         let mut resolved = Vec::with_capacity(partitions.len());
         for (topic, partition) in partitions {
-            let position = match self.config.start_from {
-                StartFrom::Earliest => self.earliest(topic, *partition).await?,
-                StartFrom::Latest => {
+            // A group member always resumes where the group left off; a
+            // manual assignment reads the committed offset only when told.
+            let use_committed = member || self.config.start_from == StartFrom::Committed;
+            let offsets = match (&self.config.group, committed.get(topic.as_str())) {
+                (Some(_), Some(offsets)) if use_committed => Some(offsets),
+                (Some(group), None) if use_committed => {
+                    let offsets = if member {
+                        self.stable_offsets(group, topic).await?
+                    } else {
+                        self.client.fetch_offsets(group, topic).await?
+                    };
+                    Some(&*committed.entry(topic).or_insert(offsets))
+                }
+                _ => None,
+            };
+            let position = match offsets.and_then(|o| o.get(partition)) {
+                Some(offset) => *offset,
+                None if self.config.start_from == StartFrom::Latest => {
                     self.client
                         .list_offsets(topic, *partition, OffsetSpec::Latest)
                         .await?
                 }
-                StartFrom::Committed => {
-                    let offsets = match (&self.config.group, committed.get(topic.as_str())) {
-                        (None, _) => None,
-                        (Some(_), Some(offsets)) => Some(offsets),
-                        (Some(group), None) => {
-                            let offsets = if stable {
-                                self.stable_offsets(group, topic).await?
-                            } else {
-                                self.client.fetch_offsets(group, topic).await?
-                            };
-                            Some(&*committed.entry(topic).or_insert(offsets))
-                        }
-                    };
-                    match offsets.and_then(|o| o.get(partition)) {
-                        Some(offset) => *offset,
-                        None => self.earliest(topic, *partition).await?,
-                    }
-                }
+                None => self.earliest(topic, *partition).await?,
             };
             resolved.push((topic, *partition, position));
         }
@@ -610,6 +615,7 @@ impl Consumer {
     ///             ConsumerEvent::PartitionEof { partition, offset, .. } => {
     ///                 println!("partition {partition} caught up at {offset}")
     ///             }
+    ///             other => println!("rebalance: {other:?}"),
     ///         }
     ///     }
     /// }
