@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use ferry_proto::{ErrorCode, v1};
 use parking_lot::Mutex;
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -100,6 +101,9 @@ pub(crate) struct Membership {
     settings: Settings,
     assignors: Vec<Box<dyn Assignor>>,
     shared: Arc<Mutex<Shared>>,
+    /// Wakes the heartbeat task when the member (re)joins, so that its
+    /// timers start from the join rather than from its last sleep.
+    joined: Arc<Notify>,
     heartbeat: JoinHandle<()>,
 }
 
@@ -136,16 +140,19 @@ impl Membership {
             phase: Phase::Unjoined,
             last_poll: Instant::now(),
         }));
+        let joined = Arc::new(Notify::new());
         let heartbeat = tokio::spawn(heartbeats(
             client.clone(),
             settings.clone(),
             Arc::clone(&shared),
+            Arc::clone(&joined),
         ));
         Membership {
             client,
             settings,
             assignors,
             shared,
+            joined,
             heartbeat,
         }
     }
@@ -237,6 +244,7 @@ impl Membership {
             match self.join_round(&metadata).await {
                 Ok(joined) => {
                     self.shared.lock().phase = Phase::Stable;
+                    self.joined.notify_one();
                     return Ok(joined);
                 }
                 Err(e) => {
@@ -440,7 +448,12 @@ async fn leave_group(
 
 /// The heartbeat task: every `heartbeat_interval` while the member holds
 /// a generation, a Heartbeat, and what its answer means into the phase.
-async fn heartbeats(client: Client, settings: Settings, shared: Arc<Mutex<Shared>>) {
+async fn heartbeats(
+    client: Client,
+    settings: Settings,
+    shared: Arc<Mutex<Shared>>,
+    joined: Arc<Notify>,
+) {
     let mut next_heartbeat = Instant::now() + settings.heartbeat_interval;
     loop {
         // Wake for the next heartbeat, or sooner when the poll interval
@@ -454,7 +467,14 @@ async fn heartbeats(client: Client, settings: Settings, shared: Arc<Mutex<Shared
                 next_heartbeat
             }
         };
-        tokio::time::sleep_until(wake).await;
+        tokio::select! {
+            () = tokio::time::sleep_until(wake) => {}
+            () = joined.notified() => {
+                // A new generation: heartbeat from now on.
+                next_heartbeat = Instant::now() + settings.heartbeat_interval;
+                continue;
+            }
+        }
         let (generation, member_id, idle) = {
             let s = shared.lock();
             if !matches!(s.phase, Phase::Stable | Phase::Rejoin) {
