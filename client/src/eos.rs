@@ -34,7 +34,7 @@ use bytes::Bytes;
 use ferry_proto::ErrorCode;
 use tokio::time::Instant;
 
-use crate::consumer::{CommitMode, Consumer, ConsumerRecord, IsolationLevel};
+use crate::consumer::{CommitMode, Consumer, ConsumerEvent, ConsumerRecord, IsolationLevel};
 use crate::error::ClientError;
 use crate::transactional::TransactionalProducer;
 
@@ -166,14 +166,17 @@ pub enum TxnOutcome<'a> {
 /// Within one transaction the calls come in this order: [`polled`] once
 /// per poll that returned records (with [`at`]`(AfterPoll)` after each),
 /// [`sent`] once per output handed to the producer, [`at`]`(AfterSends)`,
-/// [`committing`], [`at`]`(BeforeCommit)`, and last [`ended`]. A step
-/// without input only reports failed polls.
+/// [`committing`], [`at`]`(BeforeCommit)`, and last [`ended`]. Before the
+/// first of them, [`rebalanced`] reports each poll that took part in a
+/// rebalance of the group. A step without input only reports failed polls
+/// and rebalances.
 ///
 /// [`polled`]: EosObserver::polled
 /// [`at`]: EosObserver::at
 /// [`sent`]: EosObserver::sent
 /// [`committing`]: EosObserver::committing
 /// [`ended`]: EosObserver::ended
+/// [`rebalanced`]: EosObserver::rebalanced
 pub trait EosObserver {
     /// A poll returned these records (never empty), before any is
     /// processed.
@@ -208,6 +211,15 @@ pub trait EosObserver {
     fn ended(&mut self, outcome: TxnOutcome<'_>) {
         let _ = outcome;
     }
+
+    /// A poll between transactions took part in a rebalance of the
+    /// consumer's group: these [`Assigned`](ConsumerEvent::Assigned),
+    /// [`Revoked`](ConsumerEvent::Revoked) and [`Lost`](ConsumerEvent::Lost)
+    /// events (never empty). Records polled after it are read under the new
+    /// assignment; a rebalance never happens inside a transaction.
+    fn rebalanced(&mut self, events: &[ConsumerEvent]) {
+        let _ = events;
+    }
 }
 
 /// Watches nothing.
@@ -238,6 +250,10 @@ impl<O: EosObserver + ?Sized> EosObserver for &mut O {
 
     fn ended(&mut self, outcome: TxnOutcome<'_>) {
         (**self).ended(outcome);
+    }
+
+    fn rebalanced(&mut self, events: &[ConsumerEvent]) {
+        (**self).rebalanced(events);
     }
 }
 
@@ -485,7 +501,7 @@ impl<O: EosObserver> ExactlyOnce<O> {
             let polled = if in_txn {
                 self.consumer.poll_deferring_rebalance(deadline - now).await
             } else {
-                self.consumer.poll(deadline - now).await
+                self.poll_between_transactions(deadline - now).await
             };
             let polled = match polled {
                 Ok(polled) => polled,
@@ -589,6 +605,27 @@ impl<O: EosObserver> ExactlyOnce<O> {
             }
             Err(e) => self.abort_and_rewind(e, &txn.rewind_to).await,
         }
+    }
+
+    /// A poll that may take part in a rebalance, which the observer hears
+    /// of before any record polled under the new assignment.
+    async fn poll_between_transactions(
+        &mut self,
+        timeout: Duration,
+    ) -> Result<Vec<ConsumerRecord>, ClientError> {
+        let mut records = Vec::new();
+        let mut changes = Vec::new();
+        for event in self.consumer.poll_events(timeout).await? {
+            match event {
+                ConsumerEvent::Record(r) => records.push(r),
+                ConsumerEvent::PartitionEof { .. } => {}
+                change => changes.push(change),
+            }
+        }
+        if !changes.is_empty() {
+            self.observer.rebalanced(&changes);
+        }
+        Ok(records)
     }
 
     /// Sends the outputs the process closure appended; returns how many.

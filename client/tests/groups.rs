@@ -519,3 +519,104 @@ async fn a_copier_that_lost_its_partitions_cannot_commit_them_in_its_transaction
     consumer.close().await.unwrap();
     broker.shutdown().await.unwrap();
 }
+
+/// What the loop reported of the group's rebalances.
+#[derive(Default)]
+struct Rebalances {
+    events: Vec<ConsumerEvent>,
+    in_txn: bool,
+    during_txn: usize,
+}
+
+impl Rebalances {
+    fn assigned(&self) -> usize {
+        self.events
+            .iter()
+            .filter_map(|e| match e {
+                ConsumerEvent::Assigned { partitions } => Some(partitions.len()),
+                _ => None,
+            })
+            .sum()
+    }
+
+    fn revoked(&self) -> bool {
+        self.events
+            .iter()
+            .any(|e| matches!(e, ConsumerEvent::Revoked { .. }))
+    }
+}
+
+impl EosObserver for Rebalances {
+    fn polled(&mut self, _: &[ferry_client::ConsumerRecord]) {
+        self.in_txn = true;
+    }
+
+    fn ended(&mut self, _: ferry_client::TxnOutcome<'_>) {
+        self.in_txn = false;
+    }
+
+    fn rebalanced(&mut self, events: &[ConsumerEvent]) {
+        if self.in_txn {
+            self.during_txn += 1;
+        }
+        self.events.extend_from_slice(events);
+    }
+}
+
+#[tokio::test]
+async fn the_copier_loop_tells_its_observer_of_each_rebalance_between_transactions() {
+    let (broker, client) = broker().await;
+    client.create_topic("src", 2).await.unwrap();
+    client.create_topic("dst", 2).await.unwrap();
+    let producer = Producer::new(client.clone(), ProducerConfig::default())
+        .await
+        .unwrap();
+    for i in 0..20u32 {
+        producer
+            .send_to("src", i % 2, None, Some(b"x"))
+            .await
+            .unwrap();
+    }
+    producer.flush().await.unwrap();
+
+    let max_poll = Duration::from_secs(30);
+    let mut a = copier(&client, "rebalances-a", Rebalances::default(), max_poll).await;
+    let deadline = Instant::now() + PATIENCE;
+    while a.observer().assigned() < 2 {
+        assert!(Instant::now() < deadline, "a was never assigned both");
+        a.step(copy).await.unwrap();
+    }
+    // A second member joins: a gives its partitions up (eager) and gets
+    // one back, and hears of each change. Each polls on its own, as
+    // separate processes would: a join waits for every member's.
+    let mut b = copier(&client, "rebalances-b", Rebalances::default(), max_poll).await;
+    let deadline = Instant::now() + PATIENCE;
+    let a_loop = async {
+        while !(a.observer().revoked() && a.observer().assigned() == 3) {
+            assert!(Instant::now() < deadline, "a: {:?}", a.observer().events);
+            a.step(copy).await.unwrap();
+        }
+    };
+    let b_loop = async {
+        while b.observer().assigned() != 1 {
+            assert!(Instant::now() < deadline, "b: {:?}", b.observer().events);
+            b.step(copy).await.unwrap();
+        }
+    };
+    tokio::join!(a_loop, b_loop);
+    assert_eq!(
+        a.observer().during_txn,
+        0,
+        "a rebalance inside a transaction"
+    );
+    assert_eq!(
+        b.observer().during_txn,
+        0,
+        "a rebalance inside a transaction"
+    );
+    for c in [a.into_parts(), b.into_parts()] {
+        c.1.close().await.unwrap();
+        c.0.close().await.unwrap();
+    }
+    broker.shutdown().await.unwrap();
+}
