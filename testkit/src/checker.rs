@@ -741,8 +741,22 @@ fn count_outcome(sends: &BTreeMap<Value, SendRecord>, outcome: SendOutcome) -> u
 
 /// Every sent value with its outcome: the completion's, or indeterminate
 /// for an invocation that never completed.
+///
+/// A value sent by more than one operation (a copier's input copied again
+/// by the member that took its partition over, after the first attempt
+/// aborted) takes the most definite success: acknowledged if any send was,
+/// failed only if every send failed. A failed attempt next to an
+/// acknowledged one is therefore no aborted read; had it become visible
+/// after all, the value would be stored twice (a duplicate).
 fn collect_sends(ops: &[Op]) -> BTreeMap<Value, SendRecord> {
-    let mut sends = BTreeMap::new();
+    fn rank(o: SendOutcome) -> u8 {
+        match o {
+            SendOutcome::Failed => 0,
+            SendOutcome::Indeterminate => 1,
+            SendOutcome::Acked => 2,
+        }
+    }
+    let mut sends: BTreeMap<Value, SendRecord> = BTreeMap::new();
     for op in ops.iter().filter(|o| o.kind == OpKind::Send) {
         let outcome = match op.typ {
             OpType::Invoke => SendOutcome::Indeterminate,
@@ -750,9 +764,17 @@ fn collect_sends(ops: &[Op]) -> BTreeMap<Value, SendRecord> {
             OpType::Fail => SendOutcome::Failed,
             OpType::Info => SendOutcome::Indeterminate,
         };
+        let invoked = op.invoke_index.unwrap_or(op.index);
         for m in &op.mops {
             if let Mop::Send { tp, value, offset } = m {
-                // Completions come after their invocation and replace it.
+                // A completion comes after its invocation and replaces it;
+                // another operation's send only if it is no less definite.
+                if let Some(prev) = sends.get(value)
+                    && prev.invoked != invoked
+                    && rank(prev.outcome) > rank(outcome)
+                {
+                    continue;
+                }
                 sends.insert(
                     *value,
                     SendRecord {
@@ -761,7 +783,7 @@ fn collect_sends(ops: &[Op]) -> BTreeMap<Value, SendRecord> {
                         offset: *offset,
                         outcome,
                         op: op.index,
-                        invoked: op.invoke_index.unwrap_or(op.index),
+                        invoked,
                     },
                 );
             }
@@ -979,6 +1001,22 @@ mod tests {
         for mode in DeliveryMode::ALL {
             assert!(!r.verdict(mode).is_valid());
         }
+    }
+
+    #[test]
+    fn a_value_copied_again_after_a_failed_attempt_counts_as_acked() {
+        let h = H::new();
+        let a = tp(0);
+        // The new owner's copy commits; the old one's aborts afterwards.
+        h.sent(1, &a, 7, 0);
+        h.send_failed(0, &a, 7);
+        h.polled(2, None, &[(&a, 0, 7)]);
+        let r = h.check(true);
+        assert!(r.anomalies.is_empty(), "{:?}", r.anomalies);
+        assert_eq!(r.stats.acked, 1);
+        // Had the aborted attempt become visible, the value is stored twice.
+        h.polled(2, None, &[(&a, 1, 7)]);
+        assert_eq!(only(&h.check(true)), vec![AnomalyKind::Duplicate]);
     }
 
     #[test]
