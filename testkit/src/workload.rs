@@ -18,13 +18,25 @@
 //! The history records a poll as `Ok`, that is *delivered*, only once the
 //! sink write is done; a poll whose process crashed before the sink write
 //! completes as `Fail`, because nothing came of it.
+//!
+//! # Group members
+//!
+//! [`CrashingConsumer::new`] assigns itself every partition by hand (no
+//! membership); [`CrashingConsumer::member`] subscribes as a member of the
+//! group, which splits the partitions between its members and moves them
+//! in rebalances. A member's polls are recorded under a new process each
+//! time a poll takes part in a rebalance: within one assignment a process
+//! must read each partition forwards without gaps, but across assignments
+//! another member may have read on (a jump) or the partition may come back
+//! from an older committed offset (a redelivery).
 
 use std::future::Future;
 use std::time::{Duration, Instant};
 
 use ferry_client::retry::{Backoff, retry_until};
 use ferry_client::{
-    Client, ClientError, CommitMode, Consumer, ConsumerConfig, ConsumerRecord, Producer, StartFrom,
+    Client, ClientError, CommitMode, Consumer, ConsumerConfig, ConsumerEvent, ConsumerRecord,
+    Producer, StartFrom,
 };
 use ferry_proto::ErrorCode;
 use parking_lot::Mutex;
@@ -232,7 +244,8 @@ impl CrashSchedule {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConsumerStep {
     /// Delivered this many records to the sink (and committed, under
-    /// `CommitMode::After`).
+    /// `CommitMode::After`); `Delivered(0)` for a poll that made progress
+    /// without records (a rebalance).
     Delivered(usize),
     /// The poll returned nothing.
     Idle,
@@ -250,6 +263,8 @@ pub struct CrashingConsumer {
     history: History,
     schedule: CrashSchedule,
     consumer: Consumer,
+    /// A group member (`subscribe`), not a manual assignment.
+    member: bool,
     process: ProcessId,
     steps: u64,
     crashes: Vec<(ProcessId, u64, CrashPoint)>,
@@ -267,8 +282,8 @@ impl std::fmt::Debug for CrashingConsumer {
 }
 
 impl CrashingConsumer {
-    /// Subscribes a consumer with `config` (which needs a group) to
-    /// `topic`.
+    /// Assigns a consumer with `config` (which needs a group, for its
+    /// commits) every partition of `topic`, with no group membership.
     pub async fn new(
         client: Client,
         config: ConsumerConfig,
@@ -276,12 +291,36 @@ impl CrashingConsumer {
         history: History,
         schedule: CrashSchedule,
     ) -> Result<CrashingConsumer, ClientError> {
+        CrashingConsumer::start(client, config, topic, history, schedule, false).await
+    }
+
+    /// Subscribes a consumer with `config` (which needs a group) to `topic`
+    /// as a member of the group; its incarnations after a crash join as new
+    /// members.
+    pub async fn member(
+        client: Client,
+        config: ConsumerConfig,
+        topic: &str,
+        history: History,
+        schedule: CrashSchedule,
+    ) -> Result<CrashingConsumer, ClientError> {
+        CrashingConsumer::start(client, config, topic, history, schedule, true).await
+    }
+
+    async fn start(
+        client: Client,
+        config: ConsumerConfig,
+        topic: &str,
+        history: History,
+        schedule: CrashSchedule,
+        member: bool,
+    ) -> Result<CrashingConsumer, ClientError> {
         if config.group.is_none() {
             return Err(ClientError::InvalidArgument(
                 "a crashing consumer needs a consumer group to come back to".into(),
             ));
         }
-        let consumer = subscribe(&client, &config, topic).await?;
+        let consumer = consumer_for(&client, &config, topic, member).await?;
         let process = history.process();
         Ok(CrashingConsumer {
             client,
@@ -290,10 +329,43 @@ impl CrashingConsumer {
             history,
             schedule,
             consumer,
+            member,
             process,
             steps: 0,
             crashes: Vec::new(),
         })
+    }
+
+    /// The consumer of the current incarnation.
+    pub fn consumer(&self) -> &Consumer {
+        &self.consumer
+    }
+
+    /// Leaves the group (a clean exit); commits nothing.
+    pub async fn close(self) -> Result<(), ClientError> {
+        self.consumer.close().await
+    }
+
+    /// A new consumer like this one (same settings, topic and history; no
+    /// crashes scheduled), as a new process: for a member, a new member of
+    /// the group.
+    pub async fn another(&self) -> Result<CrashingConsumer, ClientError> {
+        CrashingConsumer::start(
+            self.client.clone(),
+            self.config.clone(),
+            &self.topic,
+            self.history.clone(),
+            CrashSchedule::never(),
+            self.member,
+        )
+        .await
+    }
+
+    /// Crashes between steps: the consumer is dropped without committing
+    /// or leaving its group, and a new incarnation starts as a new process
+    /// (a new member, for a member).
+    pub async fn kill(&mut self) -> Result<(), ClientError> {
+        self.crash_as("killed between steps").await
     }
 
     /// The current process id.
@@ -338,13 +410,32 @@ impl CrashingConsumer {
             group.as_deref(),
             vec![Mop::Poll { reads: Vec::new() }],
         );
-        let records = match self.consumer.poll(timeout).await {
-            Ok(r) => r,
+        let events = match self.consumer.poll_events(timeout).await {
+            Ok(events) => events,
             Err(e) => {
                 invocation.fail(vec![Mop::Poll { reads: Vec::new() }], &e);
                 return Err(e);
             }
         };
+        let mut records = Vec::new();
+        let mut rebalanced = false;
+        for event in events {
+            match event {
+                ConsumerEvent::Record(r) => records.push(r),
+                ConsumerEvent::PartitionEof { .. } => {}
+                ConsumerEvent::Assigned { .. }
+                | ConsumerEvent::Revoked { .. }
+                | ConsumerEvent::Lost { .. } => rebalanced = true,
+            }
+        }
+        if rebalanced {
+            // A rebalancing poll returns no records; what this member
+            // reads next, it reads under a new assignment.
+            invocation.ok(vec![Mop::Poll { reads: Vec::new() }]);
+            self.process = self.history.process();
+            // Not idle: the group moved on.
+            return Ok(ConsumerStep::Delivered(0));
+        }
         if records.is_empty() {
             invocation.ok(vec![Mop::Poll { reads: Vec::new() }]);
             return Ok(ConsumerStep::Idle);
@@ -401,26 +492,40 @@ impl CrashingConsumer {
         Ok(ConsumerStep::Delivered(n))
     }
 
-    /// Drops the consumer without committing and subscribes a new one as a
-    /// new process.
+    /// Drops the consumer without committing (a member without leaving the
+    /// group) and starts a new one as a new process.
     async fn crash(&mut self, point: CrashPoint) -> Result<ConsumerStep, ClientError> {
-        self.history.crashed(self.process, point);
         self.crashes.push((self.process, self.steps, point));
-        tracing::debug!(process = self.process, %point, "consumer crashes");
-        let consumer = subscribe(&self.client, &self.config, &self.topic).await?;
+        self.crash_as(point).await?;
+        Ok(ConsumerStep::Crashed(point))
+    }
+
+    async fn crash_as(&mut self, what: impl std::fmt::Display) -> Result<(), ClientError> {
+        self.history.crashed(self.process, &what);
+        tracing::debug!(process = self.process, %what, "consumer crashes");
+        let consumer = consumer_for(&self.client, &self.config, &self.topic, self.member).await?;
+        // The old incarnation goes only now, as a dead process's
+        // connection would: without a commit or a LeaveGroup.
         self.consumer = consumer;
         self.process = self.history.process();
-        Ok(ConsumerStep::Crashed(point))
+        Ok(())
     }
 }
 
-async fn subscribe(
+/// A consumer of every partition of `topic` (no membership), or with
+/// `member` a group member subscribed to it.
+async fn consumer_for(
     client: &Client,
     config: &ConsumerConfig,
     topic: &str,
+    member: bool,
 ) -> Result<Consumer, ClientError> {
     let mut consumer = Consumer::new(client.clone(), config.clone()).await?;
-    consumer.assign_topic(topic).await?;
+    if member {
+        consumer.subscribe(topic).await?;
+    } else {
+        consumer.assign_topic(topic).await?;
+    }
     Ok(consumer)
 }
 
@@ -442,7 +547,7 @@ pub async fn drain(
         max_wait: idle.min(Duration::from_millis(200)),
         ..ConsumerConfig::default()
     };
-    let mut consumer = subscribe(client, &config, topic).await?;
+    let mut consumer = consumer_for(client, &config, topic, false).await?;
     let process = history.process();
     let mut all = Vec::new();
     let mut last_new = Instant::now();
