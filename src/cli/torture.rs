@@ -27,8 +27,9 @@ injecting the faults, then drains every topic and checks the history:
 
 Fault classes: lost-response, broker-kill (kill -9), torn-tail (kill -9 and \
 garbage past each log's end), consumer-crash (before its commit), \
-zombie-producer (a second instance keeps going). Exits 1 if the mode's \
-guarantee broke; repeat a run with --seed.")]
+zombie-producer (a second instance keeps going), group-rebalance (the \
+consumers, or copiers, are a group: one member killed or paused, a new one \
+joining). Exits 1 if the mode's guarantee broke; repeat a run with --seed.")]
 pub struct TortureArgs {
     /// Delivery mode: at-most-once, at-least-once, idempotent or exactly-once.
     #[arg(long, value_parser = ferry_testkit::parse_mode)]

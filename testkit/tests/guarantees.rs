@@ -10,6 +10,11 @@
 //! - exactly-once: no anomaly at all (no loss, duplicate, redelivery,
 //!   aborted read, inconsistent offsets).
 //!
+//! Under `group-rebalance` the consuming side is a consumer group (copiers,
+//! for exactly-once) that loses a killed or paused member and gains a new
+//! one; those cells run half the cases, since each fault waits out a
+//! session timeout or a maximum poll interval.
+//!
 //! The run prints `FERRY_SEED=<n>` and the matrix. `FERRY_SEED=<n>` repeats
 //! a run exactly (same cases, same faults); a failure shrinks to a minimal
 //! op and fault sequence, printed with the cell. `FERRY_CELL=mode/fault`
@@ -172,13 +177,16 @@ fn run_cell(
 }
 
 /// Runs every selected cell on two threads, prints the matrix, and fails
-/// with every invalid cell's minimal case.
-fn matrix(cases: u32, max_ops: usize, max_records: u8) {
+/// with every invalid cell's minimal case. The group-rebalance cells run
+/// `group_cases` cases: each of their faults waits for a session timeout
+/// or a maximum poll interval.
+fn matrix(cases: u32, group_cases: u32, max_ops: usize, max_records: u8) {
     let seed = ferry_testkit::seed();
-    let cases = std::env::var("FERRY_CASES")
+    let forced: Option<u32> = std::env::var("FERRY_CASES")
         .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(cases);
+        .and_then(|s| s.parse().ok());
+    let cases = forced.unwrap_or(cases);
+    let group_cases = forced.unwrap_or(group_cases);
     let only = std::env::var("FERRY_CELL").ok().filter(|c| !c.is_empty());
     let cells: Vec<(DeliveryMode, FaultClass)> = DeliveryMode::ALL
         .into_iter()
@@ -198,7 +206,12 @@ fn matrix(cases: u32, max_ops: usize, max_records: u8) {
                     let Some((mode, fault)) = queue.lock().unwrap().pop() else {
                         return;
                     };
-                    let r = run_cell(seed, mode, fault, cases, max_ops, max_records);
+                    let n = if fault == FaultClass::GroupRebalance {
+                        group_cases
+                    } else {
+                        cases
+                    };
+                    let r = run_cell(seed, mode, fault, n, max_ops, max_records);
                     results.lock().unwrap().push(((mode, fault), r));
                 }
             });
@@ -229,7 +242,7 @@ fn matrix(cases: u32, max_ops: usize, max_records: u8) {
         }
     }
     println!(
-        "guarantee matrix (FERRY_SEED={seed}, {cases} cases per cell, sums over the cases):\n{}",
+        "guarantee matrix (FERRY_SEED={seed}, {cases} cases per cell ({group_cases} for group-rebalance), sums over the cases):\n{}",
         MatrixRow::table(&rows)
     );
     if !failures.is_empty() {
@@ -247,13 +260,13 @@ fn matrix(cases: u32, max_ops: usize, max_records: u8) {
 
 #[test]
 fn every_mode_keeps_its_guarantee_under_every_fault_class() {
-    matrix(6, 4, 10);
+    matrix(6, 3, 4, 10);
 }
 
 #[test]
 #[ignore = "long run: a few minutes per cell"]
 fn every_mode_keeps_its_guarantee_under_every_fault_class_long() {
-    matrix(24, 12, 40);
+    matrix(24, 24, 12, 40);
 }
 
 #[test]
@@ -265,6 +278,10 @@ fn fault_class_lists_parse() {
     assert_eq!(
         FaultClass::parse_list("torn-tail, broker-kill,torn-tail").unwrap(),
         vec![FaultClass::TornTail, FaultClass::BrokerKill]
+    );
+    assert_eq!(
+        FaultClass::parse_list("group-rebalance").unwrap(),
+        vec![FaultClass::GroupRebalance]
     );
     assert!(FaultClass::parse_list("meteor").is_err());
     assert_eq!(

@@ -38,9 +38,20 @@ impl BrokerUnderTest {
         })
     }
 
-    /// `bin broker --data-dir DIR --listen 127.0.0.1:0 --fsync FLUSH`.
+    /// `bin broker --data-dir DIR --listen 127.0.0.1:0 --fsync FLUSH`, with
+    /// the group settings of [`BrokerConfig::ephemeral`] (sessions from
+    /// 100 ms, no initial rebalance delay) for the group members'
+    /// short sessions.
     pub fn process(bin: &Path, dir: &Path, fsync: &str) -> std::io::Result<BrokerUnderTest> {
-        let broker = BrokerProcess::start_with_args(bin, dir, "127.0.0.1:0", ["--fsync", fsync])?;
+        let args = [
+            "--fsync",
+            fsync,
+            "--group-min-session-timeout-ms",
+            "100",
+            "--group-initial-rebalance-delay-ms",
+            "0",
+        ];
+        let broker = BrokerProcess::start_with_args(bin, dir, "127.0.0.1:0", args)?;
         Ok(BrokerUnderTest {
             addr: broker.addr().to_string(),
             inner: Some(Inner::Process(broker)),

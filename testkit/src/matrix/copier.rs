@@ -2,16 +2,46 @@
 
 use super::*;
 
-/// The exactly-once copier: the client's [`ExactlyOnce`] loop, one poll
-/// per transaction, copying each value of the source topic to the same
-/// partition of the output topic, watched by a [`CopierWatch`]. Its
-/// transactional id is shared across incarnations.
+/// The exactly-once copier: the client's [`ExactlyOnce`] loop, copying
+/// each value of the source topic to the same partition of the output
+/// topic, watched by a [`CopierWatch`]. Its transactional id is shared
+/// across incarnations.
 pub(super) type Copier = ExactlyOnce<CopierWatch>;
+
+/// What a copier is started as.
+#[derive(Clone, Debug)]
+pub(super) struct CopierSpec {
+    /// The transactional id, shared by its incarnations.
+    pub id: String,
+    /// Its consumer's settings.
+    pub consumer: ConsumerConfig,
+    /// A member of the group (`subscribe`), not a manual assignment of
+    /// every partition.
+    pub member: bool,
+    /// Input records per transaction, at most (a little more if one poll
+    /// brings more).
+    pub max_records: u64,
+}
+
+impl CopierSpec {
+    /// The copier of a run without a group fault: the one instance, every
+    /// partition assigned by hand, one poll per transaction.
+    pub fn single() -> CopierSpec {
+        CopierSpec {
+            id: COPIER_ID.to_owned(),
+            consumer: copier_consumer_config(),
+            member: false,
+            max_records: 1,
+        }
+    }
+}
 
 /// Records a copier incarnation's transactions in the histories and
 /// injects its faults: a delivery of the source topic counts (its poll is
 /// `ok` with the reads) once its transaction commits; the outputs are one
-/// send op in the output topic's history.
+/// send op in the output topic's history. A transaction's polls are one
+/// poll op. After each rebalance its deliveries are recorded under a new
+/// process (see [`workload`](super::super::workload)'s group members).
 pub(super) struct CopierWatch {
     history: History,
     out: History,
@@ -75,10 +105,20 @@ impl CopierWatch {
 }
 
 impl EosObserver for CopierWatch {
-    // One poll per transaction (`max_records` 1): the poll and the sends
-    // are invoked here, before anything is sent.
+    // The transaction's poll and sends are invoked at its first poll,
+    // before anything is sent; later polls of the same transaction add to
+    // them.
     fn polled(&mut self, records: &[ConsumerRecord]) {
         let reads = decode_reads(records);
+        if let Some(txn) = self.txn.as_mut() {
+            txn.outputs.extend(
+                reads
+                    .iter()
+                    .map(|r| send_mop(&Tp::new(OUTPUT, r.tp.partition), r.value, None)),
+            );
+            txn.reads.extend(reads);
+            return;
+        }
         let poll = self.history.invoke(
             self.process,
             OpKind::Poll,
@@ -102,6 +142,10 @@ impl EosObserver for CopierWatch {
 
     fn poll_failed(&mut self, _: &ClientError) {
         self.poll_failed = true;
+    }
+
+    fn rebalanced(&mut self, _: &[ConsumerEvent]) {
+        self.process = self.history.process();
     }
 
     fn at(&mut self, point: EosPoint) -> Control {
@@ -170,18 +214,23 @@ pub(super) async fn start_copier(
     client: &Client,
     history: &History,
     out: &History,
+    spec: &CopierSpec,
 ) -> Result<Copier, RunError> {
     let producer =
-        patiently(|| TransactionalProducer::new(client.clone(), transactional_config(COPIER_ID)))
+        patiently(|| TransactionalProducer::new(client.clone(), transactional_config(&spec.id)))
             .await?;
     let consumer = patiently(|| async {
-        let mut c = Consumer::new(client.clone(), copier_consumer_config()).await?;
-        c.assign_topic(SOURCE).await?;
+        let mut c = Consumer::new(client.clone(), spec.consumer.clone()).await?;
+        if spec.member {
+            c.subscribe(SOURCE).await?;
+        } else {
+            c.assign_topic(SOURCE).await?;
+        }
         Ok(c)
     })
     .await?;
     let config = ExactlyOnceConfig {
-        max_records: 1,
+        max_records: spec.max_records,
         max_interval: POLL_WAIT,
         ..ExactlyOnceConfig::new(GROUP)
     };
@@ -213,11 +262,12 @@ pub(super) async fn copier_step(
     client: &Client,
     history: &History,
     out: &History,
+    spec: &CopierSpec,
     copier: &mut Option<Copier>,
     crash: Option<(CrashPoint, EosPoint)>,
 ) -> ConsumerStep {
     if copier.is_none() {
-        *copier = start_copier(client, history, out).await.ok();
+        *copier = start_copier(client, history, out, spec).await.ok();
     }
     let Some(c) = copier.as_mut() else {
         return ConsumerStep::Idle;
@@ -254,13 +304,14 @@ pub(super) async fn zombie_copier(
     client: &Client,
     history: &History,
     out: &History,
+    spec: &CopierSpec,
     copier: &mut Option<Copier>,
 ) -> Option<String> {
     let mut zombie = copier.take()?;
     zombie.observer_mut().arm(None);
     zombie.observer_mut().zombie = true;
     let stalled = zombie.step(copy_value).await;
-    let fresh = start_copier(client, history, out).await;
+    let fresh = start_copier(client, history, out, spec).await;
     let note = match stalled {
         Ok(Step::Crashed(_)) => match zombie.resume().await {
             Ok(Step::Committed { .. }) => "zombie copier committed".to_string(),
@@ -272,4 +323,30 @@ pub(super) async fn zombie_copier(
     };
     *copier = fresh.ok();
     Some(note)
+}
+
+/// Pauses a copier in the middle of its next transaction, as a process
+/// that stops (a long GC pause, a stalled disk) after sending its outputs
+/// and before adding its offsets. Returns whether it holds a transaction
+/// open (false: it had no input, and is only not polling).
+pub(super) async fn pause_copier(copier: &mut Copier) -> bool {
+    copier.observer_mut().arm(None);
+    copier.observer_mut().zombie = true;
+    let stalled = copier.step(copy_value).await;
+    copier.observer_mut().zombie = false;
+    matches!(stalled, Ok(Step::Crashed(EosPoint::AfterSends)))
+}
+
+/// Wakes a copier paused by [`pause_copier`] with a transaction open: it
+/// adds its offsets and commits, which the group must refuse once its
+/// partitions moved on. Returns the note for the reader, and whether the
+/// copier can go on (it is replaced otherwise).
+pub(super) async fn wake_copier(copier: &mut Copier) -> (String, bool) {
+    copier.observer_mut().arm(None);
+    match copier.resume().await {
+        Ok(Step::Committed { .. }) => ("paused copier committed on waking".to_string(), true),
+        Ok(Step::Aborted(e)) => (format!("paused copier's transaction refused: {e}"), true),
+        Ok(step) => (format!("paused copier woke: {step:?}"), true),
+        Err(e) => (format!("paused copier: {e}"), false),
+    }
 }

@@ -15,6 +15,10 @@
 //!   its history and injects its crashes);
 //! - [`WorkOp::Fault`] injects one of the run's [`FaultClass`]es.
 //!
+//! Without [`FaultClass::GroupRebalance`] the consuming side is one
+//! consumer (or copier) that assigns itself every partition; with it, a
+//! consumer group of several members (see [`group`]).
+//!
 //! [`Run::finish`] turns faults off, lets the consumers catch up, drains
 //! every topic and returns a [`CellReport`]: the checker's report, the
 //! verdict for the mode and a [`MatrixRow`].
@@ -37,9 +41,10 @@ use bytes::Bytes;
 use ferry_broker::{BrokerConfig, BrokerError, EmbeddedBroker};
 
 use ferry_client::{
-    Client, ClientError, CommitMode, Consumer, ConsumerConfig, ConsumerRecord, Control, Delivery,
-    EosObserver, EosPoint, ExactlyOnce, ExactlyOnceConfig, IsolationLevel, Output, Producer,
-    ProducerConfig, StartFrom, Step, TransactionalConfig, TransactionalProducer, TxnOutcome,
+    Client, ClientError, CommitMode, Consumer, ConsumerConfig, ConsumerEvent, ConsumerRecord,
+    Control, Delivery, EosObserver, EosPoint, ExactlyOnce, ExactlyOnceConfig, IsolationLevel,
+    Output, Producer, ProducerConfig, StartFrom, Step, TransactionalConfig, TransactionalProducer,
+    TxnOutcome,
 };
 use ferry_storage::FlushPolicy;
 
@@ -54,11 +59,13 @@ use super::workload::{
 
 mod broker;
 mod copier;
+pub mod group;
 mod ops;
 mod row;
 
 pub use broker::{BrokerUnderTest, RunError};
-use copier::{Copier, copier_step, start_copier, zombie_copier};
+use copier::CopierSpec;
+use group::{CopierSlot, Member, Until};
 pub use ops::{FaultClass, WorkOp, parse_mode};
 pub use row::{CellReport, MatrixRow};
 
@@ -70,7 +77,8 @@ pub const SOURCE: &str = "in";
 pub const OUTPUT: &str = "out";
 /// The consumer group of every mode.
 pub const GROUP: &str = "g";
-/// The copier's transactional id.
+/// The copier's transactional id (the first copier's, with the group
+/// fault).
 const COPIER_ID: &str = "copier";
 /// The source producer's transactional id.
 const SOURCE_ID: &str = "source";
@@ -116,6 +124,12 @@ impl RunConfig {
             FlushPolicy::Always => "always".into(),
         }
     }
+
+    /// Whether the consuming side is a group of members
+    /// ([`FaultClass::GroupRebalance`]) rather than one consumer.
+    pub fn group_members(&self) -> bool {
+        self.faults.contains(&FaultClass::GroupRebalance)
+    }
 }
 
 /// A producer instance of a non-transactional mode.
@@ -135,19 +149,19 @@ struct OpenSource {
 enum Side {
     Plain {
         producers: Vec<Plain>,
-        consumer: Option<Box<CrashingConsumer>>,
+        /// One consumer, or the members of the group.
+        consumers: Vec<CrashingConsumer>,
         next_partition: u32,
     },
     Exactly {
         source: Option<TransactionalProducer>,
         source_process: ProcessId,
         open: Option<OpenSource>,
-        copier: Option<Copier>,
+        /// One copier, or the members of the group.
+        copiers: Vec<CopierSlot>,
         /// The output topic's history.
         out: History,
         next_partition: u32,
-        /// Crash the copier at this point of its next step with input.
-        crash_next: Option<(CrashPoint, EosPoint)>,
     },
 }
 
@@ -244,7 +258,7 @@ impl Run {
         let mut run = Run {
             side: Side::Plain {
                 producers: Vec::new(),
-                consumer: None,
+                consumers: Vec::new(),
                 next_partition: 0,
             },
             config,
@@ -263,31 +277,45 @@ impl Run {
                 TransactionalProducer::new(run.client.clone(), transactional_config(SOURCE_ID))
                     .await?;
             let out = History::new();
-            let copier = start_copier(&run.client, &run.history, &out).await?;
+            let copiers = if run.config.group_members() {
+                group::start_copiers(&run.client, &run.history, &out, run.config.seed).await?
+            } else {
+                let spec = CopierSpec::single();
+                vec![CopierSlot::start(&run.client, &run.history, &out, spec).await?]
+            };
             run.side = Side::Exactly {
                 source: Some(source),
                 source_process: run.history.process(),
                 open: None,
-                copier: Some(copier),
+                copiers,
                 out,
                 next_partition: 0,
-                crash_next: None,
             };
         } else {
             let producer = run.new_plain_producer().await?;
-            let consumer = CrashingConsumer::new(
-                run.client.clone(),
-                group_consumer_config(run.config.mode),
-                TOPIC,
-                run.history.clone(),
-                CrashSchedule::never(),
-            )
-            .await?;
+            let consumers = if run.config.group_members() {
+                let mode = run.config.mode;
+                group::start_consumers(&run.client, &run.history, mode, run.config.seed).await?
+            } else {
+                let consumer = CrashingConsumer::new(
+                    run.client.clone(),
+                    group_consumer_config(run.config.mode),
+                    TOPIC,
+                    run.history.clone(),
+                    CrashSchedule::never(),
+                )
+                .await?;
+                vec![consumer]
+            };
             run.side = Side::Plain {
                 producers: vec![producer],
-                consumer: Some(Box::new(consumer)),
+                consumers,
                 next_partition: 0,
             };
+        }
+        if run.config.group_members() {
+            // The members join before the workload begins.
+            run.step_all(0).await;
         }
         Ok(run)
     }
@@ -489,30 +517,37 @@ impl Run {
     }
 
     /// One consumer (or copier) step; errors are recorded and skipped.
+    /// Group members step together, until the group settles.
     async fn consume_step(&mut self) -> ConsumerStep {
+        if self.config.group_members() {
+            return self.step_all(1).await;
+        }
         match &mut self.side {
-            Side::Plain { consumer, .. } => match consumer.as_mut() {
-                Some(c) => c
-                    .step(Duration::from_millis(100), |_, _| async {})
-                    .await
-                    // A failed poll is not idleness: the caller keeps going.
-                    .unwrap_or(ConsumerStep::Delivered(0)),
+            Side::Plain { consumers, .. } => match consumers.first_mut() {
+                Some(c) => Member::step(c).await,
                 None => ConsumerStep::Idle,
             },
-            Side::Exactly {
-                copier,
-                out,
-                crash_next,
-                ..
-            } => {
+            Side::Exactly { copiers, .. } => match copiers.first_mut() {
                 // A scheduled crash waits for a step with input.
-                let step = copier_step(&self.client, &self.history, out, copier, *crash_next).await;
-                if matches!(step, ConsumerStep::Crashed(_)) {
-                    *crash_next = None;
-                }
-                step
-            }
+                Some(c) => c.step().await,
+                None => ConsumerStep::Idle,
+            },
         }
+    }
+
+    /// `steps` steps of every group member, together, then more until the
+    /// group settled; idle if it settled and every member's last step was.
+    async fn step_all(&mut self, steps: u32) -> ConsumerStep {
+        let client = &self.client;
+        let together = match &mut self.side {
+            Side::Plain { consumers, .. } => {
+                group::step_together(client, consumers, steps, Until::Settled).await
+            }
+            Side::Exactly { copiers, .. } => {
+                group::step_together(client, copiers, steps, Until::Settled).await
+            }
+        };
+        together.combined()
     }
 
     async fn fault(&mut self, class: FaultClass, choice: u8) -> Result<(), RunError> {
@@ -560,6 +595,7 @@ impl Run {
             }
             FaultClass::ConsumerCrash => self.consumer_crash(choice).await,
             FaultClass::ZombieProducer => self.zombie().await?,
+            FaultClass::GroupRebalance => self.group_fault(choice).await,
         };
         tracing::debug!(%class, %what, "fault");
         self.injected.push(format!("{class}: {what}"));
@@ -581,26 +617,51 @@ impl Run {
 
     async fn consumer_crash(&mut self, choice: u8) -> String {
         match &mut self.side {
-            Side::Plain { consumer, .. } => {
-                let Some(c) = consumer.as_mut() else {
+            Side::Plain { consumers, .. } => {
+                if consumers.is_empty() {
                     return "no consumer".into();
-                };
+                }
                 let point = CrashPoint::ALL[choice as usize % CrashPoint::ALL.len()];
+                let i = choice as usize / CrashPoint::ALL.len() % consumers.len();
+                let c = &mut consumers[i];
                 // The crash fires on the next step that polls records.
                 let step = c.steps() + 1;
                 let schedule = std::mem::take(c.schedule_mut()).at(step, point);
                 *c.schedule_mut() = schedule;
-                format!("consumer crashes {point} at step {step}")
+                format!("consumer {i} crashes {point} at step {step}")
             }
-            Side::Exactly { crash_next, .. } => {
+            Side::Exactly { copiers, .. } => {
+                if copiers.is_empty() {
+                    return "no copier".into();
+                }
                 let (point, at) = if choice.is_multiple_of(3) {
                     (CrashPoint::AfterSinkWrite, EosPoint::AfterSends)
                 } else {
                     (CrashPoint::BeforeCommit, EosPoint::BeforeCommit)
                 };
-                *crash_next = Some((point, at));
-                format!("copier crashes {point} in its next transaction")
+                let i = choice as usize / 3 % copiers.len();
+                copiers[i].crash_next((point, at));
+                format!("copier {i} crashes {point} in its next transaction")
             }
+        }
+    }
+
+    /// [`FaultClass::GroupRebalance`]: a member killed or paused, a new
+    /// one joining (see [`group`]).
+    async fn group_fault(&mut self, choice: u8) -> String {
+        if !self.config.group_members() {
+            return "no group".into();
+        }
+        // Fresh input on every partition, readable before the fault, so
+        // that the member it hits is in the middle of its work.
+        let _ = self.produce(2 * PARTITIONS as u8, false).await;
+        self.await_acks().await;
+        let client = &self.client;
+        match &mut self.side {
+            Side::Plain { consumers, .. } => {
+                group::rebalance_fault(client, consumers, choice).await
+            }
+            Side::Exactly { copiers, .. } => group::rebalance_fault(client, copiers, choice).await,
         }
     }
 
@@ -614,8 +675,7 @@ impl Run {
             source,
             source_process,
             open,
-            copier,
-            out,
+            copiers,
             ..
         } = &mut self.side
         else {
@@ -633,7 +693,9 @@ impl Run {
             *source = Some(fresh);
             *source_process = history.process();
         }
-        notes.extend(zombie_copier(&client, &history, out, copier).await);
+        if let Some(c) = copiers.first_mut() {
+            notes.extend(c.zombie().await);
+        }
         Ok(notes.join("; "))
     }
 
@@ -685,13 +747,13 @@ impl Run {
         match &mut self.side {
             Side::Plain {
                 producers,
-                consumer,
+                consumers,
                 ..
             } => {
                 for p in producers.iter() {
                     let _ = p.producer.flush().await;
                 }
-                if let Some(c) = consumer.as_mut() {
+                for c in consumers.iter_mut() {
                     *c.schedule_mut() = CrashSchedule::never();
                 }
             }

@@ -21,16 +21,22 @@ pub enum FaultClass {
     /// the other modes, a stale producer keeps sending after a broker
     /// restart, next to its replacement.
     ZombieProducer,
+    /// The consuming side is a group of several members (consumers, or
+    /// copiers with their own transactional ids) sharing the partitions;
+    /// one member is killed or paused past its maximum poll interval, and
+    /// a new one joins. See [`group`](super::group).
+    GroupRebalance,
 }
 
 impl FaultClass {
     /// Every class.
-    pub const ALL: [FaultClass; 5] = [
+    pub const ALL: [FaultClass; 6] = [
         FaultClass::LostResponse,
         FaultClass::BrokerKill,
         FaultClass::TornTail,
         FaultClass::ConsumerCrash,
         FaultClass::ZombieProducer,
+        FaultClass::GroupRebalance,
     ];
 
     /// The class's name on the command line and in tables.
@@ -41,6 +47,7 @@ impl FaultClass {
             FaultClass::TornTail => "torn-tail",
             FaultClass::ConsumerCrash => "consumer-crash",
             FaultClass::ZombieProducer => "zombie-producer",
+            FaultClass::GroupRebalance => "group-rebalance",
         }
     }
 
