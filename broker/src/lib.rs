@@ -5,6 +5,7 @@
 
 mod codec;
 mod config;
+mod data_dir;
 mod embedded;
 mod error;
 mod group;

@@ -1,6 +1,6 @@
 //! The broker's request handling, independent of the transport.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -12,6 +12,7 @@ use futures::future::select_all;
 use tokio::sync::{Notify, watch};
 
 use crate::config::{BrokerConfig, MAX_FETCH_WAIT_MS};
+use crate::data_dir;
 use crate::error::BrokerError;
 use crate::group::{CommitFence, Group, GroupCoordinator, GroupError, Join, JoinReply, SyncReply};
 use crate::offsets::OffsetStore;
@@ -173,7 +174,8 @@ impl BrokerState {
             path: dir.display().to_string(),
             source,
         })?;
-        let lock = lock_data_dir(dir)?;
+        let lock = data_dir::lock(dir)?;
+        data_dir::check_format(dir)?;
         let topics = Arc::new(Topics::open(
             &dir.join("topics"),
             config.log.clone(),
@@ -841,26 +843,4 @@ impl BrokerState {
 /// dropped here, so callers can hold this future across awaits.
 pub(crate) async fn shutdown_begun(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await;
-}
-
-/// Takes an exclusive lock on the data dir, so two brokers never share it.
-fn lock_data_dir(dir: &Path) -> Result<std::fs::File, BrokerError> {
-    let path = dir.join(".lock");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|source| BrokerError::Io {
-            op: "open lock file",
-            path: path.display().to_string(),
-            source,
-        })?;
-    file.try_lock().map_err(|e| {
-        BrokerError::Config(format!(
-            "data dir {} is in use by another broker ({e})",
-            dir.display()
-        ))
-    })?;
-    Ok(file)
 }
