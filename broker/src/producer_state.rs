@@ -592,6 +592,7 @@ mod tests {
             batch_len: 100,
             crc: 0,
             attributes: 0,
+            leader_epoch: 0,
             producer_epoch: epoch,
             last_offset_delta: count - 1,
             first_timestamp: 0,

@@ -1,27 +1,38 @@
 //! The record batch: the unit of append, flush, fetch and transfer.
 //!
-//! One byte layout serves the client, the wire and the disk (see
-//! `docs/format.md`). A producer builds a batch with [`BatchBuilder`]; the
-//! broker checks it with [`ValidBatch::new`], copies it into the log
-//! unchanged and patches only the 8-byte base offset, which sits before the
-//! CRC so that patching never invalidates the checksum.
+//! One byte layout serves the client, the wire and the disk: Kafka's
+//! RecordBatch v2 (magic 2), byte for byte, so that a batch produced by a
+//! Kafka client is stored and served as it came, and a Kafka fetch is a
+//! copy of the log (see `docs/format.md`). A producer builds a batch with
+//! [`BatchBuilder`]; the broker checks it with [`ValidBatch::new`], copies
+//! it into the log unchanged and patches only the base offset and the
+//! partition leader epoch, which sit before the CRC so that patching never
+//! invalidates the checksum.
 //!
 //! ```text
 //! offset size field
-//!      0    8 base_offset        u64 LE   assigned by the broker; not covered by the CRC
-//!      8    4 batch_len          u32 LE   whole batch, header included
-//!     12    4 crc                u32 LE   CRC-32 (IEEE) of bytes [16, batch_len)
-//!     16    1 magic              u8       = 1
-//!     17    1 attributes         u8       bits 0-2 compression (0 = none), bit 4 transactional, bit 5 control
-//!     18    2 producer_epoch     i16 LE   -1 when there is no producer id
-//!     20    4 last_offset_delta  u32 LE   offset of the last record minus base_offset
-//!     24    8 first_timestamp    i64 LE   milliseconds since the Unix epoch
-//!     32    8 max_timestamp      i64 LE
-//!     40    8 producer_id        i64 LE   -1 when not idempotent
-//!     48    4 base_sequence      i32 LE   -1 when not idempotent
-//!     52    4 record_count       u32 LE
-//!     56    . records
+//!      0    8 base_offset             i64 BE  assigned by the broker; not covered by the CRC
+//!      8    4 batch_length            i32 BE  bytes after this field (the whole batch less 12)
+//!     12    4 partition_leader_epoch  i32 BE  set by the broker (0); not covered by the CRC
+//!     16    1 magic                   i8      = 2
+//!     17    4 crc                     u32 BE  CRC-32C (Castagnoli) of bytes [21, end)
+//!     21    2 attributes              i16 BE  bits 0-2 compression (0 = none), 3 timestamp type,
+//!                                             4 transactional, 5 control
+//!     23    4 last_offset_delta       i32 BE  offset of the last record minus base_offset
+//!     27    8 base_timestamp          i64 BE  milliseconds since the Unix epoch
+//!     35    8 max_timestamp           i64 BE
+//!     43    8 producer_id             i64 BE  -1 when not idempotent
+//!     51    2 producer_epoch          i16 BE  -1 when there is no producer id
+//!     53    4 base_sequence           i32 BE  -1 when not idempotent
+//!     57    4 record_count            i32 BE
+//!     61    . records
 //! ```
+//!
+//! Each record is `length varint, attributes i8 (0), timestamp_delta
+//! varlong, offset_delta varint, key_length varint (-1 = null), key,
+//! value_length varint (-1 = null), value, header_count varint`, then per
+//! header `key_length varint, key, value_length varint (-1 = null),
+//! value`; every varint zigzag-encoded, as Kafka writes them.
 //!
 //! Decoding never trusts a length: every length is checked against the
 //! bytes actually present and against a named `MAX_*` limit before use, so a
@@ -35,9 +46,12 @@ use crate::varint::{self, VarintError};
 pub mod sequence;
 
 /// Size of the fixed batch header.
-pub const HEADER_LEN: usize = 56;
-/// The only batch format version this code reads and writes.
-pub const MAGIC: u8 = 1;
+pub const HEADER_LEN: usize = 61;
+/// The only batch format version this code reads and writes: Kafka's v2.
+pub const MAGIC: u8 = 2;
+/// Bytes before (and including) the length field, which the length does
+/// not count (Kafka's `LOG_OVERHEAD`).
+pub const LENGTH_OVERHEAD: usize = 12;
 /// Largest batch accepted anywhere: on the wire, by the broker, on disk.
 pub const MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
 /// Most records one batch may hold.
@@ -47,32 +61,40 @@ pub const MAX_HEADERS_PER_RECORD: u64 = 1024;
 /// Smallest possible encoded record: length, attributes, two deltas, null
 /// key, null value, zero headers — one byte each.
 pub const MIN_RECORD_LEN: usize = 7;
+/// The bytes at the start of a batch that [`patch_base_offset`] rewrites
+/// (base offset, length, leader epoch), none of them covered by the CRC.
+pub const PATCHED_PREFIX: usize = layout::MAGIC;
+/// The partition leader epoch the broker writes: a single broker leads
+/// every partition in epoch 0.
+pub const LEADER_EPOCH: i32 = 0;
 
 /// Field offsets, each derived from the one before it.
 pub mod layout {
-    /// `base_offset: u64`.
+    /// `base_offset: i64`.
     pub const BASE_OFFSET: usize = 0;
-    /// `batch_len: u32`.
+    /// `batch_length: i32`.
     pub const BATCH_LEN: usize = BASE_OFFSET + 8;
+    /// `partition_leader_epoch: i32`.
+    pub const LEADER_EPOCH: usize = BATCH_LEN + 4;
+    /// `magic: i8`.
+    pub const MAGIC: usize = LEADER_EPOCH + 4;
     /// `crc: u32`.
-    pub const CRC: usize = BATCH_LEN + 4;
-    /// `magic: u8`; the CRC covers this byte and everything after it.
-    pub const MAGIC: usize = CRC + 4;
-    /// `attributes: u8`.
-    pub const ATTRIBUTES: usize = MAGIC + 1;
-    /// `producer_epoch: i16`.
-    pub const PRODUCER_EPOCH: usize = ATTRIBUTES + 1;
-    /// `last_offset_delta: u32`.
-    pub const LAST_OFFSET_DELTA: usize = PRODUCER_EPOCH + 2;
-    /// `first_timestamp: i64`.
+    pub const CRC: usize = MAGIC + 1;
+    /// `attributes: i16`; the CRC covers this field and everything after.
+    pub const ATTRIBUTES: usize = CRC + 4;
+    /// `last_offset_delta: i32`.
+    pub const LAST_OFFSET_DELTA: usize = ATTRIBUTES + 2;
+    /// `base_timestamp: i64`.
     pub const FIRST_TIMESTAMP: usize = LAST_OFFSET_DELTA + 4;
     /// `max_timestamp: i64`.
     pub const MAX_TIMESTAMP: usize = FIRST_TIMESTAMP + 8;
     /// `producer_id: i64`.
     pub const PRODUCER_ID: usize = MAX_TIMESTAMP + 8;
+    /// `producer_epoch: i16`.
+    pub const PRODUCER_EPOCH: usize = PRODUCER_ID + 8;
     /// `base_sequence: i32`.
-    pub const BASE_SEQUENCE: usize = PRODUCER_ID + 8;
-    /// `record_count: u32`.
+    pub const BASE_SEQUENCE: usize = PRODUCER_EPOCH + 2;
+    /// `record_count: i32`.
     pub const RECORD_COUNT: usize = BASE_SEQUENCE + 4;
     /// First byte after the header.
     pub const RECORDS: usize = RECORD_COUNT + 4;
@@ -80,13 +102,19 @@ pub mod layout {
 
 const _: () = assert!(layout::RECORDS == HEADER_LEN);
 const _: () = assert!(layout::MAGIC == 16);
-const _: () = assert!(MAX_BATCH_BYTES <= u32::MAX as usize);
+const _: () = assert!(layout::ATTRIBUTES == 21);
+const _: () = assert!(LENGTH_OVERHEAD == layout::LEADER_EPOCH);
+const _: () = assert!(MAX_BATCH_BYTES <= i32::MAX as usize);
 const _: () = assert!((MAX_RECORDS_PER_BATCH as usize) * MIN_RECORD_LEN > MAX_BATCH_BYTES / 8);
 
-const COMPRESSION_MASK: u8 = 0b0000_0111;
-const TRANSACTIONAL_BIT: u8 = 1 << 4;
-const CONTROL_BIT: u8 = 1 << 5;
-const KNOWN_ATTRIBUTES: u8 = COMPRESSION_MASK | TRANSACTIONAL_BIT | CONTROL_BIT;
+const COMPRESSION_MASK: u16 = 0b0000_0111;
+/// Set when the broker stamped the timestamps (LogAppendTime); Ferry
+/// accepts and keeps it, and writes CreateTime (0).
+const TIMESTAMP_TYPE_BIT: u16 = 1 << 3;
+const TRANSACTIONAL_BIT: u16 = 1 << 4;
+const CONTROL_BIT: u16 = 1 << 5;
+const KNOWN_ATTRIBUTES: u16 =
+    COMPRESSION_MASK | TIMESTAMP_TYPE_BIT | TRANSACTIONAL_BIT | CONTROL_BIT;
 
 /// No producer id: the batch is not idempotent.
 pub const NO_PRODUCER_ID: i64 = -1;
@@ -129,8 +157,8 @@ pub enum BatchError {
         computed: u32,
     },
     /// Attribute bits this version does not know, or a compression codec.
-    #[error("unsupported batch attributes {0:#04x}")]
-    BadAttributes(u8),
+    #[error("unsupported batch attributes {0:#06x}")]
+    BadAttributes(u16),
     /// The records do not agree with the header or with their own lengths.
     #[error("corrupt record {index}: {reason}")]
     CorruptRecord {
@@ -154,7 +182,9 @@ pub struct BatchHeader {
     /// Stored CRC.
     pub crc: u32,
     /// Raw attribute bits.
-    pub attributes: u8,
+    pub attributes: u16,
+    /// The partition leader epoch (outside the CRC).
+    pub leader_epoch: i32,
     /// Producer epoch, or [`NO_PRODUCER_EPOCH`].
     pub producer_epoch: i16,
     /// Offset of the last record minus the base offset.
@@ -172,15 +202,18 @@ pub struct BatchHeader {
 }
 
 fn read_u16(buf: &[u8], at: usize) -> u16 {
-    u16::from_le_bytes([buf[at], buf[at + 1]])
+    u16::from_be_bytes([buf[at], buf[at + 1]])
 }
 fn read_u32(buf: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]])
+    u32::from_be_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]])
 }
 fn read_u64(buf: &[u8], at: usize) -> u64 {
     let mut b = [0u8; 8];
     b.copy_from_slice(&buf[at..at + 8]);
-    u64::from_le_bytes(b)
+    u64::from_be_bytes(b)
+}
+fn write(buf: &mut [u8], at: usize, bytes: &[u8]) {
+    buf[at..at + bytes.len()].copy_from_slice(bytes);
 }
 
 impl BatchHeader {
@@ -195,19 +228,23 @@ impl BatchHeader {
                 available: buf.len(),
             });
         }
-        let batch_len = read_u32(buf, layout::BATCH_LEN);
-        if (batch_len as usize) < HEADER_LEN || batch_len as usize > MAX_BATCH_BYTES {
+        // The field counts the bytes after itself; read as i32, a
+        // negative length is as bad as a huge one.
+        let field = i64::from(read_u32(buf, layout::BATCH_LEN) as i32);
+        let total = field + LENGTH_OVERHEAD as i64;
+        if total < HEADER_LEN as i64 || total > MAX_BATCH_BYTES as i64 {
             return Err(BatchError::BadLength {
-                len: u64::from(batch_len),
+                len: total.max(0) as u64,
                 min: HEADER_LEN,
                 max: MAX_BATCH_BYTES,
             });
         }
+        let batch_len = total as u32;
         let magic = buf[layout::MAGIC];
         if magic != MAGIC {
             return Err(BatchError::BadMagic(magic));
         }
-        let attributes = buf[layout::ATTRIBUTES];
+        let attributes = read_u16(buf, layout::ATTRIBUTES);
         if attributes & !KNOWN_ATTRIBUTES != 0 || attributes & COMPRESSION_MASK != 0 {
             return Err(BatchError::BadAttributes(attributes));
         }
@@ -215,13 +252,28 @@ impl BatchHeader {
         if record_count == 0 || record_count > MAX_RECORDS_PER_BATCH {
             return Err(BatchError::BadRecordCount(record_count));
         }
+        let last_offset_delta = read_u32(buf, layout::LAST_OFFSET_DELTA);
+        if last_offset_delta > i32::MAX as u32 {
+            return Err(BatchError::CorruptRecord {
+                index: 0,
+                reason: "negative last offset delta",
+            });
+        }
+        let base_offset = read_u64(buf, layout::BASE_OFFSET);
+        if base_offset > i64::MAX as u64 {
+            return Err(BatchError::CorruptRecord {
+                index: 0,
+                reason: "negative base offset",
+            });
+        }
         Ok(BatchHeader {
-            base_offset: read_u64(buf, layout::BASE_OFFSET),
+            base_offset,
             batch_len,
             crc: read_u32(buf, layout::CRC),
             attributes,
+            leader_epoch: read_u32(buf, layout::LEADER_EPOCH) as i32,
             producer_epoch: read_u16(buf, layout::PRODUCER_EPOCH) as i16,
-            last_offset_delta: read_u32(buf, layout::LAST_OFFSET_DELTA),
+            last_offset_delta,
             first_timestamp: read_u64(buf, layout::FIRST_TIMESTAMP) as i64,
             max_timestamp: read_u64(buf, layout::MAX_TIMESTAMP) as i64,
             producer_id: read_u64(buf, layout::PRODUCER_ID) as i64,
@@ -259,16 +311,18 @@ impl BatchHeader {
     }
 }
 
-/// CRC of a batch's covered bytes: everything after the CRC field.
+/// CRC-32C of a batch's covered bytes: everything from the attributes on.
 pub fn compute_crc(batch: &[u8]) -> u32 {
-    crc32fast::hash(&batch[layout::MAGIC..])
+    crc32c::crc32c(&batch[layout::ATTRIBUTES..])
 }
 
-/// Overwrites the base offset of the batch at the start of `buf`.
+/// Overwrites the base offset of the batch at the start of `buf`, and its
+/// partition leader epoch with [`LEADER_EPOCH`].
 ///
-/// The base offset is outside the CRC, so the batch stays valid.
+/// Both are outside the CRC, so the batch stays valid.
 pub fn patch_base_offset(buf: &mut [u8], base_offset: u64) {
-    buf[layout::BASE_OFFSET..layout::BASE_OFFSET + 8].copy_from_slice(&base_offset.to_le_bytes());
+    write(buf, layout::BASE_OFFSET, &base_offset.to_be_bytes());
+    write(buf, layout::LEADER_EPOCH, &LEADER_EPOCH.to_be_bytes());
 }
 
 /// Returns a copy of `batch` carrying `stamp` (producer id, epoch and base
@@ -283,14 +337,23 @@ pub fn patch_base_offset(buf: &mut [u8], base_offset: u64) {
 pub fn restamp(batch: &[u8], stamp: ProducerStamp) -> Bytes {
     assert!(batch.len() >= HEADER_LEN, "a batch has a full header");
     let mut b = batch.to_vec();
-    b[layout::PRODUCER_EPOCH..layout::PRODUCER_EPOCH + 2]
-        .copy_from_slice(&stamp.producer_epoch.to_le_bytes());
-    b[layout::PRODUCER_ID..layout::PRODUCER_ID + 8]
-        .copy_from_slice(&stamp.producer_id.to_le_bytes());
-    b[layout::BASE_SEQUENCE..layout::BASE_SEQUENCE + 4]
-        .copy_from_slice(&stamp.base_sequence.to_le_bytes());
+    write(
+        &mut b,
+        layout::PRODUCER_EPOCH,
+        &stamp.producer_epoch.to_be_bytes(),
+    );
+    write(
+        &mut b,
+        layout::PRODUCER_ID,
+        &stamp.producer_id.to_be_bytes(),
+    );
+    write(
+        &mut b,
+        layout::BASE_SEQUENCE,
+        &stamp.base_sequence.to_be_bytes(),
+    );
     let crc = compute_crc(&b);
-    b[layout::CRC..layout::CRC + 4].copy_from_slice(&crc.to_le_bytes());
+    write(&mut b, layout::CRC, &crc.to_be_bytes());
     Bytes::from(b)
 }
 
@@ -472,8 +535,12 @@ impl<'a> RecordIter<'a> {
             VarintError::Truncated => corrupt("truncated varint"),
             VarintError::Overlong => corrupt("overlong varint"),
         };
-        let len = varint::get_uvarint(self.buf, &mut self.pos).map_err(varint_err)?;
+        let len = varint::get_varint(self.buf, &mut self.pos).map_err(varint_err)?;
         let remaining = self.buf.len() - self.pos;
+        if len < 0 {
+            return Err(corrupt("negative record length"));
+        }
+        let len = len as u64;
         if len > remaining as u64 {
             return Err(corrupt("record length exceeds the batch"));
         }
@@ -486,9 +553,11 @@ impl<'a> RecordIter<'a> {
         }
         pos += 1;
         let timestamp_delta = varint::get_varint(rec, &mut pos).map_err(varint_err)?;
-        let offset_delta = varint::get_uvarint(rec, &mut pos).map_err(varint_err)?;
-        let offset_delta =
-            u32::try_from(offset_delta).map_err(|_| corrupt("offset delta exceeds u32"))?;
+        let offset_delta = varint::get_varint(rec, &mut pos).map_err(varint_err)?;
+        let offset_delta = u32::try_from(offset_delta)
+            .ok()
+            .filter(|d| *d <= i32::MAX as u32)
+            .ok_or(corrupt("offset delta outside [0, i32::MAX]"))?;
         if let Some(prev) = self.prev_offset_delta
             && offset_delta <= prev
         {
@@ -501,7 +570,11 @@ impl<'a> RecordIter<'a> {
         }
         let key = get_bytes(rec, &mut pos).map_err(corrupt)?;
         let value = get_bytes(rec, &mut pos).map_err(corrupt)?;
-        let header_count = varint::get_uvarint(rec, &mut pos).map_err(varint_err)?;
+        let header_count = varint::get_varint(rec, &mut pos).map_err(varint_err)?;
+        if header_count < 0 {
+            return Err(corrupt("negative header count"));
+        }
+        let header_count = header_count as u64;
         if header_count > MAX_HEADERS_PER_RECORD {
             return Err(corrupt("too many headers"));
         }
@@ -608,7 +681,7 @@ pub struct BatchBuilder {
     max_timestamp: i64,
     count: u32,
     stamp: ProducerStamp,
-    attributes: u8,
+    attributes: u16,
 }
 
 impl BatchBuilder {
@@ -666,7 +739,7 @@ impl BatchBuilder {
         headers: &[(&[u8], Option<&[u8]>)],
     ) -> usize {
         let body = Self::body_len(offset_delta, timestamp_delta, key, value, headers);
-        varint::uvarint_len(body as u64) + body
+        varint::varint_len(body as i64) + body
     }
 
     fn bytes_len(b: Option<&[u8]>) -> usize {
@@ -684,10 +757,10 @@ impl BatchBuilder {
         headers: &[(&[u8], Option<&[u8]>)],
     ) -> usize {
         1 + varint::varint_len(timestamp_delta)
-            + varint::uvarint_len(u64::from(offset_delta))
+            + varint::varint_len(i64::from(offset_delta))
             + Self::bytes_len(key)
             + Self::bytes_len(value)
-            + varint::uvarint_len(headers.len() as u64)
+            + varint::varint_len(headers.len() as i64)
             + headers
                 .iter()
                 .map(|(k, v)| Self::bytes_len(Some(k)) + Self::bytes_len(*v))
@@ -707,13 +780,13 @@ impl BatchBuilder {
         let timestamp_delta = timestamp.wrapping_sub(self.first_timestamp);
         let body = Self::body_len(offset_delta, timestamp_delta, key, value, headers);
         let out = &mut self.buf;
-        varint::put_uvarint(out, body as u64);
+        varint::put_varint(out, body as i64);
         out.push(0);
         varint::put_varint(out, timestamp_delta);
-        varint::put_uvarint(out, u64::from(offset_delta));
+        varint::put_varint(out, i64::from(offset_delta));
         put_bytes(out, key);
         put_bytes(out, value);
-        varint::put_uvarint(out, headers.len() as u64);
+        varint::put_varint(out, headers.len() as i64);
         for (k, v) in headers {
             put_bytes(out, Some(k));
             put_bytes(out, *v);
@@ -743,28 +816,42 @@ impl BatchBuilder {
     /// If no record was pushed: an empty batch cannot be represented.
     pub fn finish(mut self) -> Bytes {
         assert!(self.count > 0, "a batch needs at least one record");
-        let len = self.buf.len() as u32;
+        let length = (self.buf.len() - LENGTH_OVERHEAD) as u32;
         let b = &mut self.buf;
-        b[layout::BASE_OFFSET..layout::BASE_OFFSET + 8].copy_from_slice(&0u64.to_le_bytes());
-        b[layout::BATCH_LEN..layout::BATCH_LEN + 4].copy_from_slice(&len.to_le_bytes());
+        write(b, layout::BASE_OFFSET, &0u64.to_be_bytes());
+        write(b, layout::BATCH_LEN, &length.to_be_bytes());
+        write(b, layout::LEADER_EPOCH, &(-1i32).to_be_bytes());
         b[layout::MAGIC] = MAGIC;
-        b[layout::ATTRIBUTES] = self.attributes;
-        b[layout::PRODUCER_EPOCH..layout::PRODUCER_EPOCH + 2]
-            .copy_from_slice(&self.stamp.producer_epoch.to_le_bytes());
-        b[layout::LAST_OFFSET_DELTA..layout::LAST_OFFSET_DELTA + 4]
-            .copy_from_slice(&(self.count - 1).to_le_bytes());
-        b[layout::FIRST_TIMESTAMP..layout::FIRST_TIMESTAMP + 8]
-            .copy_from_slice(&self.first_timestamp.to_le_bytes());
-        b[layout::MAX_TIMESTAMP..layout::MAX_TIMESTAMP + 8]
-            .copy_from_slice(&self.max_timestamp.to_le_bytes());
-        b[layout::PRODUCER_ID..layout::PRODUCER_ID + 8]
-            .copy_from_slice(&self.stamp.producer_id.to_le_bytes());
-        b[layout::BASE_SEQUENCE..layout::BASE_SEQUENCE + 4]
-            .copy_from_slice(&self.stamp.base_sequence.to_le_bytes());
-        b[layout::RECORD_COUNT..layout::RECORD_COUNT + 4]
-            .copy_from_slice(&self.count.to_le_bytes());
+        write(b, layout::ATTRIBUTES, &self.attributes.to_be_bytes());
+        write(
+            b,
+            layout::LAST_OFFSET_DELTA,
+            &(self.count - 1).to_be_bytes(),
+        );
+        write(
+            b,
+            layout::FIRST_TIMESTAMP,
+            &self.first_timestamp.to_be_bytes(),
+        );
+        write(b, layout::MAX_TIMESTAMP, &self.max_timestamp.to_be_bytes());
+        write(
+            b,
+            layout::PRODUCER_ID,
+            &self.stamp.producer_id.to_be_bytes(),
+        );
+        write(
+            b,
+            layout::PRODUCER_EPOCH,
+            &self.stamp.producer_epoch.to_be_bytes(),
+        );
+        write(
+            b,
+            layout::BASE_SEQUENCE,
+            &self.stamp.base_sequence.to_be_bytes(),
+        );
+        write(b, layout::RECORD_COUNT, &self.count.to_be_bytes());
         let crc = compute_crc(b);
-        b[layout::CRC..layout::CRC + 4].copy_from_slice(&crc.to_le_bytes());
+        write(b, layout::CRC, &crc.to_be_bytes());
         Bytes::from(self.buf)
     }
 }
@@ -849,6 +936,63 @@ mod tests {
         );
     }
 
+    /// The batch `sample` describes, as kafka-python 3.0 (an independent
+    /// implementation of RecordBatch v2) encodes it; only the partition
+    /// leader epoch differs (it writes 0, Ferry's builder -1 as the Java
+    /// client does).
+    const KAFKA_PYTHON_SAMPLE: &str = "0000000000000000000000560000000002db9ee0ee0010000000020000018bcfe568000000018bcfe568050000000000000007000200000028000000031c000000046b31047631020268027810000a02010476320018000104000104026101026200";
+
+    fn from_hex(hex: &str) -> Vec<u8> {
+        (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn the_bytes_are_kafkas_record_batch_v2() {
+        let theirs = from_hex(KAFKA_PYTHON_SAMPLE);
+        let batch = ValidBatch::exact(&theirs).unwrap();
+        let h = batch.header();
+        assert_eq!(
+            (h.producer_id, h.producer_epoch, h.base_sequence),
+            (7, 2, 40)
+        );
+        assert!(h.is_transactional() && !h.is_control());
+        assert_eq!(h.first_timestamp, 1_700_000_000_000);
+        assert_eq!(h.max_timestamp, 1_700_000_000_005);
+        let records: Vec<_> = batch.records().map(Result::unwrap).collect();
+        assert_eq!(
+            records[0].headers().collect::<Vec<_>>(),
+            vec![(&b"h"[..], Some(&b"x"[..]))]
+        );
+        assert_eq!(records[2].timestamp_delta, -1);
+
+        let mut b = BatchBuilder::new(1_700_000_000_000)
+            .producer(ProducerStamp {
+                producer_id: 7,
+                producer_epoch: 2,
+                base_sequence: 40,
+            })
+            .transactional(true);
+        b.push(
+            1_700_000_000_000,
+            Some(b"k1"),
+            Some(b"v1"),
+            &[(b"h", Some(b"x"))],
+        );
+        b.push(1_700_000_000_005, None, Some(b"v2"), &[]);
+        b.push(
+            1_699_999_999_999,
+            Some(b""),
+            None,
+            &[(b"a", None), (b"b", Some(b""))],
+        );
+        let mut ours = b.finish().to_vec();
+        ours[layout::LEADER_EPOCH..layout::MAGIC].copy_from_slice(&0i32.to_be_bytes());
+        assert_eq!(ours, theirs);
+    }
+
     #[test]
     fn patching_the_base_offset_keeps_the_crc_valid() {
         let mut bytes = sample().to_vec();
@@ -856,6 +1000,11 @@ mod tests {
         let batch = ValidBatch::exact(&bytes).unwrap();
         assert_eq!(batch.header().base_offset, 123_456);
         assert_eq!(batch.header().last_offset(), 123_458);
+        assert_eq!(batch.header().leader_epoch, LEADER_EPOCH);
+        assert_eq!(
+            ValidBatch::exact(&sample()).unwrap().header().leader_epoch,
+            -1
+        );
     }
 
     #[test]
@@ -901,9 +1050,13 @@ mod tests {
     }
 
     #[test]
-    fn every_flipped_bit_after_the_base_offset_is_detected() {
+    fn every_flipped_bit_outside_the_patched_fields_is_detected() {
         let bytes = sample();
-        for byte in layout::BATCH_LEN..bytes.len() {
+        // The leader epoch is outside the CRC, as the base offset is: the
+        // broker patches it (see the patching test).
+        let covered = (layout::BATCH_LEN..bytes.len())
+            .filter(|b| !(layout::LEADER_EPOCH..layout::MAGIC).contains(b));
+        for byte in covered {
             for bit in 0..8 {
                 let mut bad = bytes.to_vec();
                 bad[byte] ^= 1 << bit;
@@ -929,21 +1082,26 @@ mod tests {
     #[test]
     fn a_length_beyond_the_limit_is_rejected_before_use() {
         let mut bytes = sample().to_vec();
-        bytes[layout::BATCH_LEN..layout::BATCH_LEN + 4].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert!(matches!(
-            BatchHeader::decode(&bytes),
-            Err(BatchError::BadLength { .. })
-        ));
+        for len in [i32::MAX, -1, i32::MIN] {
+            bytes[layout::BATCH_LEN..layout::BATCH_LEN + 4].copy_from_slice(&len.to_be_bytes());
+            assert!(matches!(
+                BatchHeader::decode(&bytes),
+                Err(BatchError::BadLength { .. })
+            ));
+        }
     }
 
     #[test]
     fn compression_and_unknown_attributes_are_rejected() {
-        let mut bytes = sample().to_vec();
-        bytes[layout::ATTRIBUTES] = 1;
-        assert_eq!(
-            BatchHeader::decode(&bytes),
-            Err(BatchError::BadAttributes(1))
-        );
+        for attributes in [1u16, 4, 1 << 6, 1 << 15] {
+            let mut bytes = sample().to_vec();
+            bytes[layout::ATTRIBUTES..layout::ATTRIBUTES + 2]
+                .copy_from_slice(&attributes.to_be_bytes());
+            assert_eq!(
+                BatchHeader::decode(&bytes),
+                Err(BatchError::BadAttributes(attributes))
+            );
+        }
     }
 
     #[test]
@@ -971,13 +1129,13 @@ mod tests {
             // the record decoder is the only line of defence here.
             let mut buf = vec![0u8; HEADER_LEN];
             buf.extend_from_slice(&body);
-            let len = buf.len() as u32;
-            buf[layout::BATCH_LEN..layout::BATCH_LEN + 4].copy_from_slice(&len.to_le_bytes());
+            let len = (buf.len() - LENGTH_OVERHEAD) as u32;
+            write(&mut buf, layout::BATCH_LEN, &len.to_be_bytes());
             buf[layout::MAGIC] = MAGIC;
-            buf[layout::LAST_OFFSET_DELTA..layout::LAST_OFFSET_DELTA + 4].copy_from_slice(&last.to_le_bytes());
-            buf[layout::RECORD_COUNT..layout::RECORD_COUNT + 4].copy_from_slice(&count.to_le_bytes());
+            write(&mut buf, layout::LAST_OFFSET_DELTA, &last.to_be_bytes());
+            write(&mut buf, layout::RECORD_COUNT, &count.to_be_bytes());
             let crc = compute_crc(&buf);
-            buf[layout::CRC..layout::CRC + 4].copy_from_slice(&crc.to_le_bytes());
+            write(&mut buf, layout::CRC, &crc.to_be_bytes());
             let _ = ValidBatch::new(&buf);
         }
 

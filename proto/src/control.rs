@@ -3,15 +3,21 @@
 //!
 //! A control batch has the control and transactional attribute bits set,
 //! carries the transaction's producer id and epoch, no sequence number, and
-//! exactly one record whose key is
+//! exactly one record in Kafka's control record layout, whose key is
 //!
 //! ```text
-//! u16 version (0) | u16 type (0 = ABORT, 1 = COMMIT)     little-endian
+//! i16 version (0) | i16 type (0 = ABORT, 1 = COMMIT)            big-endian
 //! ```
 //!
-//! and whose value is null. Consumers never return control records to the
-//! application; `read_committed` consumers use ABORT markers to end the
-//! span of a producer's aborted batches.
+//! and whose value is Kafka's end-transaction marker:
+//!
+//! ```text
+//! i16 version (0) | i32 coordinator epoch (0: one coordinator)  big-endian
+//! ```
+//!
+//! Consumers never return control records to the application;
+//! `read_committed` consumers use ABORT markers to end the span of a
+//! producer's aborted batches.
 
 use bytes::Bytes;
 
@@ -29,6 +35,9 @@ pub enum ControlType {
 
 const CONTROL_KEY_VERSION: u16 = 0;
 const CONTROL_KEY_LEN: usize = 4;
+const MARKER_VALUE_VERSION: u16 = 0;
+/// The coordinator epoch Ferry's single transaction coordinator writes.
+const COORDINATOR_EPOCH: i32 = 0;
 
 impl ControlType {
     fn code(self) -> u16 {
@@ -41,18 +50,26 @@ impl ControlType {
     /// The control record's key.
     pub fn key(self) -> [u8; CONTROL_KEY_LEN] {
         let mut k = [0u8; CONTROL_KEY_LEN];
-        k[..2].copy_from_slice(&CONTROL_KEY_VERSION.to_le_bytes());
-        k[2..].copy_from_slice(&self.code().to_le_bytes());
+        k[..2].copy_from_slice(&CONTROL_KEY_VERSION.to_be_bytes());
+        k[2..].copy_from_slice(&self.code().to_be_bytes());
         k
+    }
+
+    /// The control record's value: the end-transaction marker.
+    pub fn marker_value() -> [u8; 6] {
+        let mut v = [0u8; 6];
+        v[..2].copy_from_slice(&MARKER_VALUE_VERSION.to_be_bytes());
+        v[2..].copy_from_slice(&COORDINATOR_EPOCH.to_be_bytes());
+        v
     }
 
     /// Parses a control record's key; `None` if it is not one.
     pub fn from_key(key: &[u8]) -> Option<ControlType> {
         let key: &[u8; CONTROL_KEY_LEN] = key.try_into().ok()?;
-        if u16::from_le_bytes([key[0], key[1]]) != CONTROL_KEY_VERSION {
+        if u16::from_be_bytes([key[0], key[1]]) != CONTROL_KEY_VERSION {
             return None;
         }
-        match u16::from_le_bytes([key[2], key[3]]) {
+        match u16::from_be_bytes([key[2], key[3]]) {
             0 => Some(ControlType::Abort),
             1 => Some(ControlType::Commit),
             _ => None,
@@ -70,7 +87,12 @@ pub fn marker_batch(producer_id: i64, epoch: i16, kind: ControlType, timestamp_m
         })
         .transactional(true)
         .control(true);
-    b.push(timestamp_ms, Some(&kind.key()), None, &[]);
+    b.push(
+        timestamp_ms,
+        Some(&kind.key()),
+        Some(&ControlType::marker_value()),
+        &[],
+    );
     b.finish()
 }
 
@@ -102,8 +124,12 @@ mod tests {
 
     #[test]
     fn unknown_control_keys_are_not_markers() {
-        assert_eq!(ControlType::from_key(&[0, 0, 7, 0]), None);
-        assert_eq!(ControlType::from_key(&[1, 0, 0, 0]), None);
+        assert_eq!(ControlType::from_key(&[0, 0, 0, 7]), None);
+        assert_eq!(ControlType::from_key(&[0, 1, 0, 0]), None);
         assert_eq!(ControlType::from_key(&[0, 0, 0]), None);
+        assert_eq!(
+            ControlType::from_key(&[0, 0, 0, 1]),
+            Some(ControlType::Commit)
+        );
     }
 }

@@ -12,8 +12,9 @@
 //!   inside the memcpy. On a filesystem without `fallocate`, `set_len`
 //!   makes a sparse file and that guarantee is lost (documented).
 //! * Recovery ([`scan`]) accepts a batch only if its header and CRC are
-//!   valid ([`check_framing`]), it lies inside the file, and its base offset
-//!   equals the offset the previous batch ended at. The first failure is the
+//!   valid ([`check_framing`]), it lies inside the file, its leader epoch is
+//!   the broker's (the CRC covers neither it nor the base offset), and its
+//!   base offset equals the offset the previous batch ended at. The first failure is the
 //!   end of the log. A torn write therefore always ends the log at a batch
 //!   boundary, never inside one, and a stale batch left over from an
 //!   earlier, longer life of the file cannot be mistaken for a new one
@@ -32,7 +33,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64};
 
 use bytes::Bytes;
-use ferry_proto::batch::{BatchHeader, HEADER_LEN, MAX_BATCH_BYTES, check_framing};
+use ferry_proto::batch::{BatchHeader, HEADER_LEN, LEADER_EPOCH, MAX_BATCH_BYTES, check_framing};
 use parking_lot::{Mutex, RwLock};
 use rustix::fs::{FallocateFlags, SeekFrom};
 use rustix::io::Errno;
@@ -138,6 +139,11 @@ pub fn scan(
             Ok(h) => h,
             Err(e) => break Some(e.to_string()),
         };
+        // The CRC does not cover the leader epoch; the log always holds
+        // the one the broker wrote, so any other value is damage.
+        if header.leader_epoch != LEADER_EPOCH {
+            break Some(format!("leader epoch {}", header.leader_epoch));
+        }
         if header.base_offset != next {
             break Some(format!(
                 "base offset {} where {next} was expected",

@@ -43,7 +43,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 
 use bytes::Bytes;
-use ferry_proto::batch::ValidBatch;
+use ferry_proto::batch::{PATCHED_PREFIX, ValidBatch, patch_base_offset};
 use parking_lot::{Condvar, Mutex, RwLock};
 use tokio::sync::watch;
 
@@ -224,9 +224,14 @@ impl Log {
         }
         let pos = app.writer.read_map().published();
         let seg = app.active.clone();
+        // The batch as sent, then its patched prefix: the base offset and
+        // the leader epoch, which the CRC does not cover.
+        let mut prefix = [0u8; PATCHED_PREFIX];
+        prefix.copy_from_slice(&bytes[..PATCHED_PREFIX]);
+        patch_base_offset(&mut prefix, base);
         app.writer
             .write(pos, bytes)
-            .and_then(|()| app.writer.write(pos, &base.to_le_bytes()))
+            .and_then(|()| app.writer.write(pos, &prefix))
             .map_err(|e| StorageError::io("append", &seg.log_path, e))?;
         index_batch(&seg, base, pos, inner.config.index_interval_bytes);
         debug_assert!(next > base, "offsets strictly increase on append");

@@ -1,6 +1,6 @@
 use std::time::Duration;
 
-use ferry_proto::batch::{BatchBuilder, BatchIter, ValidBatch};
+use ferry_proto::batch::{BatchBuilder, BatchIter, PATCHED_PREFIX, ValidBatch};
 
 use super::recovery::seal_finished;
 use super::*;
@@ -64,8 +64,13 @@ fn appends_get_consecutive_offsets_and_read_back_byte_for_byte() {
     );
     assert_eq!(log.next_offset(), 5);
     let got = log.read(0, usize::MAX, u64::MAX).unwrap();
-    assert_eq!(&got[8..a.len()], &a[8..]);
-    assert_eq!(&got[a.len() + 8..], &b[8..]);
+    // Byte for byte but the patched base offset and leader epoch.
+    let (len, rest) = (8..12, PATCHED_PREFIX);
+    assert_eq!(&got[len.clone()], &a[len.clone()]);
+    assert_eq!(&got[rest..a.len()], &a[rest..]);
+    let got_b = &got[a.len()..];
+    assert_eq!(&got_b[len.clone()], &b[len]);
+    assert_eq!(&got_b[rest..], &b[rest..]);
     // An offset inside a batch returns the whole batch it belongs to.
     let mid = log.read(4, 1, u64::MAX).unwrap();
     assert_eq!(ValidBatch::exact(&mid).unwrap().header().base_offset, 3);
