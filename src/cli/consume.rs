@@ -171,12 +171,71 @@ fn text(b: &Option<bytes::Bytes>) -> serde_json::Value {
     }
 }
 
+/// One record as a JSON object; `headers` only when the record has any,
+/// as a list (a key may appear twice).
 fn to_json(r: &ConsumerRecord) -> serde_json::Value {
-    serde_json::json!({
+    let mut v = serde_json::json!({
         "partition": r.partition,
         "offset": r.offset,
         "key": text(&r.key),
         "value": text(&r.value),
         "timestamp": r.timestamp,
-    })
+    });
+    if !r.headers.is_empty() {
+        v["headers"] = r
+            .headers
+            .iter()
+            .map(|(key, value)| {
+                serde_json::json!({
+                    "key": String::from_utf8_lossy(key),
+                    "value": text(value),
+                })
+            })
+            .collect();
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+
+    use super::*;
+
+    fn record(headers: Vec<(Bytes, Option<Bytes>)>) -> ConsumerRecord {
+        ConsumerRecord {
+            topic: Arc::from("t"),
+            partition: 1,
+            offset: 7,
+            timestamp: 1000,
+            key: None,
+            value: Some(Bytes::from_static(b"v")),
+            headers,
+        }
+    }
+
+    #[test]
+    fn headers_print_as_a_list_only_when_there_are_some() {
+        let plain = to_json(&record(Vec::new()));
+        assert!(plain.get("headers").is_none());
+        let h = |k: &'static [u8], v: Option<&'static [u8]>| {
+            (Bytes::from_static(k), v.map(Bytes::from_static))
+        };
+        let with = to_json(&record(vec![
+            h(b"a", Some(b"1")),
+            h(b"a", None),
+            h(b"b", Some(b"")),
+        ]));
+        assert_eq!(
+            with["headers"],
+            serde_json::json!([
+                {"key": "a", "value": "1"},
+                {"key": "a", "value": null},
+                {"key": "b", "value": ""},
+            ])
+        );
+        assert_eq!(with["value"], "v");
+    }
 }
