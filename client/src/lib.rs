@@ -102,7 +102,7 @@ pub use ferry_proto::v1::{
     GroupSummary, PartitionInfo, TopicPartition, TopicSummary, TransactionInfo,
 };
 pub use idempotence::MAX_IN_FLIGHT_IDEMPOTENT;
-pub use producer::{Acks, Delivery, Producer, ProducerConfig, RecordMetadata};
+pub use producer::{Acks, Delivery, Producer, ProducerConfig, ProducerRecord, RecordMetadata};
 pub use sink::{DedupCache, Sink, SinkError, TransactionalSink, Written};
 #[cfg(feature = "sqlite")]
 pub use sink::{UniqueSink, UpsertSink};

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use bytes::Bytes;
 use ferry_proto::ErrorCode;
 use ferry_proto::batch::{BatchBuilder, ProducerStamp};
+use ferry_proto::varint;
 use parking_lot::Mutex;
 use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
@@ -28,6 +29,8 @@ use crate::topic_table::{Named, TopicTable};
 /// length (5), attributes (1), timestamp delta (10), offset delta (5), key
 /// and value lengths (5 + 5), header count (1).
 const MAX_RECORD_OVERHEAD: usize = 32;
+/// Most bytes one header's framing takes: two varint lengths.
+const MAX_HEADER_OVERHEAD: usize = 2 * varint::MAX_VARINT_LEN_U64;
 /// Smallest buffer a new batch reserves.
 const MIN_BATCH_CAPACITY: usize = 1024;
 
@@ -156,12 +159,26 @@ pub(super) struct Record<'a> {
     pub(super) partition: Option<u32>,
     pub(super) key: Option<&'a [u8]>,
     pub(super) value: Option<&'a [u8]>,
+    pub(super) headers: &'a [(&'a [u8], Option<&'a [u8]>)],
+    /// The record's timestamp, or `None` for the time it is batched.
+    pub(super) timestamp: Option<i64>,
 }
 
 impl Record<'_> {
-    /// Key and value bytes.
+    /// Key, value and header bytes.
     pub(super) fn payload(&self) -> usize {
-        self.key.map_or(0, <[u8]>::len) + self.value.map_or(0, <[u8]>::len)
+        self.key.map_or(0, <[u8]>::len)
+            + self.value.map_or(0, <[u8]>::len)
+            + self
+                .headers
+                .iter()
+                .map(|(k, v)| k.len() + v.map_or(0, <[u8]>::len))
+                .sum::<usize>()
+    }
+
+    /// An upper bound on the encoded size beyond [`payload`](Self::payload).
+    pub(super) fn overhead(&self) -> usize {
+        MAX_RECORD_OVERHEAD + self.headers.len() * MAX_HEADER_OVERHEAD
     }
 }
 
@@ -290,7 +307,9 @@ impl Shared {
         );
         let offset_delta = open.builder.len();
         let before = open.builder.size();
-        open.builder.push(now_ms, record.key, record.value, &[]);
+        let timestamp = record.timestamp.unwrap_or(now_ms);
+        open.builder
+            .push(timestamp, record.key, record.value, record.headers);
         let added = open.builder.size() - before;
         open.record_bytes += added;
         self.unacked_bytes.fetch_add(added, Ordering::AcqRel);
@@ -316,14 +335,17 @@ impl Shared {
         let batch_bytes = self.config.batch_bytes;
         // The exact size costs a second pass over the varints; the upper
         // bound settles nearly every record.
-        open.builder.size() + record.payload() + MAX_RECORD_OVERHEAD <= batch_bytes
+        open.builder.size() + record.payload() + record.overhead() <= batch_bytes
             || open.builder.size()
                 + BatchBuilder::record_size(
                     open.builder.len(),
-                    now_ms.wrapping_sub(open.first_ts),
+                    record
+                        .timestamp
+                        .unwrap_or(now_ms)
+                        .wrapping_sub(open.first_ts),
                     record.key,
                     record.value,
-                    &[],
+                    record.headers,
                 )
                 <= batch_bytes
     }

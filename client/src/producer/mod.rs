@@ -73,13 +73,14 @@ mod config;
 mod conn;
 mod delivery;
 mod inflight;
+mod record;
 mod sender;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use ferry_proto::ErrorCode;
-use ferry_proto::batch::{HEADER_LEN, MAX_BATCH_BYTES};
+use ferry_proto::batch::{HEADER_LEN, MAX_BATCH_BYTES, MAX_HEADERS_PER_RECORD};
 use ferry_proto::v1;
 use parking_lot::Mutex;
 use tokio::sync::{Notify, mpsc, oneshot};
@@ -90,6 +91,7 @@ use self::accumulator::{
 };
 pub use self::config::{Acks, ProducerConfig};
 pub use self::delivery::{Delivery, RecordMetadata};
+pub use self::record::ProducerRecord;
 use self::sender::SenderTask;
 use crate::client::Client;
 use crate::error::{ClientError, check};
@@ -231,7 +233,8 @@ impl Producer {
         key: Option<&[u8]>,
         value: Option<&[u8]>,
     ) -> Result<Delivery, ClientError> {
-        self.send_inner(topic, None, key, value).await
+        self.send_record(ProducerRecord::new(topic, key, value))
+            .await
     }
 
     /// Sends a record to an explicit partition.
@@ -242,23 +245,42 @@ impl Producer {
         key: Option<&[u8]>,
         value: Option<&[u8]>,
     ) -> Result<Delivery, ClientError> {
-        self.send_inner(topic, Some(partition), key, value).await
+        self.send_record(ProducerRecord::new(topic, key, value).to_partition(partition))
+            .await
     }
 
-    async fn send_inner(
-        &self,
-        topic: &str,
-        partition: Option<u32>,
-        key: Option<&[u8]>,
-        value: Option<&[u8]>,
-    ) -> Result<Delivery, ClientError> {
+    /// Sends a record with everything a record can carry: headers (in
+    /// order; a key may repeat) and its own timestamp. Partitioned as
+    /// [`send`](Self::send) does unless it names a partition.
+    ///
+    /// ```no_run
+    /// # use ferry_client::{Producer, ProducerRecord};
+    /// # async fn demo(producer: Producer) -> Result<(), ferry_client::ClientError> {
+    /// let headers: &[(&[u8], Option<&[u8]>)] = &[(b"trace-id", Some(b"abc123"))];
+    /// let record = ProducerRecord::new("orders", Some(b"order-17"), Some(b"{}"))
+    ///     .with_headers(headers)
+    ///     .with_timestamp(1_700_000_000_000);
+    /// producer.send_record(record).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn send_record(&self, record: ProducerRecord<'_>) -> Result<Delivery, ClientError> {
+        if record.headers.len() as u64 > MAX_HEADERS_PER_RECORD {
+            return Err(ClientError::InvalidArgument(format!(
+                "a record may carry at most {MAX_HEADERS_PER_RECORD} headers, not {}",
+                record.headers.len()
+            )));
+        }
+        let topic = record.topic;
         let record = Record {
-            partition,
-            key,
-            value,
+            partition: record.partition,
+            key: record.key,
+            value: record.value,
+            headers: record.headers,
+            timestamp: record.timestamp,
         };
         let max_record = MAX_BATCH_BYTES - HEADER_LEN;
-        let approx = record.payload();
+        let approx = record.payload() + record.overhead();
         if approx > max_record {
             return Err(ClientError::InvalidArgument(format!(
                 "a record of {approx} bytes exceeds the batch limit of {max_record} bytes"
