@@ -763,6 +763,9 @@ impl TransactionalProducer {
         let mut config = TransactionalConfig::new("t");
         // Nothing answers: give up on the metadata soon.
         config.producer.delivery_timeout = Duration::from_millis(200);
+        // Batches seal when full, never on a timer: what a test sees does
+        // not depend on how fast the machine runs it.
+        config.producer.linger = Duration::from_secs(3600);
         let producer =
             Producer::start_transactional(client.clone(), config.producer.clone(), 5, 0).unwrap();
         TransactionalProducer {
