@@ -70,20 +70,16 @@ use ferry_proto::v1;
 
 use crate::client::{Client, OffsetSpec};
 use crate::error::{ClientError, check};
-use crate::group::{AssignmentChange, DEFAULT_ASSIGNORS, RebalanceProtocol, assignors};
-use crate::retry::{Backoff, retry_until};
+use crate::group::{DEFAULT_ASSIGNORS, assignors};
 
 mod decode;
 mod membership;
+mod rebalance;
 
 use decode::{AbortedFilter, decode_into};
 pub use membership::GroupMetadata;
 use membership::{Membership, Phase};
-
-/// Longest a newly assigned partition waits for a transaction that holds
-/// offsets for it to end before the poll fails (the committed offset is
-/// not final until then).
-const MAX_STABLE_OFFSETS_WAIT: Duration = Duration::from_secs(60);
+use rebalance::GroupState;
 
 /// Extra time a fetch RPC gets beyond its long-poll wait before the client
 /// gives up on it.
@@ -341,20 +337,6 @@ pub struct Consumer {
     group: Option<GroupState>,
 }
 
-/// A subscribed consumer's part in its group.
-#[derive(Debug)]
-struct GroupState {
-    membership: Membership,
-    /// The subscribed topics.
-    topics: Vec<String>,
-    /// The partitions the group assigned and this consumer still holds.
-    owned: BTreeSet<(String, u32)>,
-    /// The chosen assignor's protocol, once joined.
-    protocol: Option<RebalanceProtocol>,
-    /// Polls that took part in a rebalance.
-    rebalances: u64,
-}
-
 impl std::fmt::Debug for Consumer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Consumer")
@@ -538,28 +520,6 @@ impl Consumer {
             self.seek(topic, partition, position);
         }
         Ok(())
-    }
-
-    /// The group's committed offsets for `topic`, once no open transaction
-    /// holds offsets for them (`UnstableOffsetCommit` is retried).
-    async fn stable_offsets(
-        &self,
-        group: &str,
-        topic: &str,
-    ) -> Result<HashMap<u32, u64>, ClientError> {
-        retry_until(
-            "FetchOffsets",
-            tokio::time::Instant::now() + MAX_STABLE_OFFSETS_WAIT,
-            Backoff::new(Duration::from_millis(20), Duration::from_millis(500)),
-            ClientError::is_retriable,
-            || async {
-                if let Some(g) = &self.group {
-                    g.membership.touch();
-                }
-                self.client.fetch_offsets_stable(group, topic).await
-            },
-        )
-        .await
     }
 
     async fn earliest(&self, topic: &str, partition: u32) -> Result<u64, ClientError> {
@@ -750,136 +710,6 @@ impl Consumer {
             Some(g) => g.membership.leave().await,
             None => Ok(()),
         }
-    }
-
-    /// One step of the group protocol, if the group needs one: the events
-    /// it caused, or `None` when the member is stable (or has no group).
-    async fn rebalance(&mut self) -> Result<Option<Vec<ConsumerEvent>>, ClientError> {
-        let result = self.rebalance_step().await;
-        if let (Ok(Some(_)), Some(g)) = (&result, &mut self.group) {
-            g.rebalances += 1;
-        }
-        result
-    }
-
-    async fn rebalance_step(&mut self) -> Result<Option<Vec<ConsumerEvent>>, ClientError> {
-        let Some(g) = &self.group else {
-            return Ok(None);
-        };
-        g.membership.touch();
-        match g.membership.phase() {
-            Phase::Stable => return Ok(None),
-            Phase::Fenced => {
-                return Err(ClientError::broker(
-                    ErrorCode::FencedInstanceId,
-                    format!(
-                        "another consumer joined group {} with instance id {}",
-                        g.membership.group(),
-                        self.config.group_instance_id.as_deref().unwrap_or("")
-                    ),
-                ));
-            }
-            Phase::Lost(why) => {
-                let lost: Vec<(String, u32)> = g.owned.iter().cloned().collect();
-                g.membership.reset();
-                if !lost.is_empty() {
-                    tracing::warn!(
-                        group = %g.membership.group(),
-                        partitions = lost.len(),
-                        reason = %why,
-                        "the consumer is no longer in the group; its partitions are lost"
-                    );
-                    self.drop_partitions(&lost.iter().cloned().collect());
-                    if let Some(g) = &mut self.group {
-                        g.owned.clear();
-                    }
-                    return Ok(Some(vec![ConsumerEvent::Lost { partitions: lost }]));
-                }
-            }
-            Phase::Rejoin | Phase::Unjoined => {
-                // Eager: give everything up before joining, and let the
-                // application see it before the partitions move on.
-                if g.protocol == Some(RebalanceProtocol::Eager) && !g.owned.is_empty() {
-                    let all = g.owned.clone();
-                    let event = self.revoke(&all).await;
-                    return Ok(Some(vec![event]));
-                }
-            }
-        }
-        self.join().await.map(Some)
-    }
-
-    /// Joins the group and takes over the assignment it gives.
-    async fn join(&mut self) -> Result<Vec<ConsumerEvent>, ClientError> {
-        let g = self.group.as_ref().expect("a group member");
-        let joined = g.membership.join(&g.topics, &g.owned).await?;
-        let change = AssignmentChange::between(&g.owned, &joined.assigned);
-        if let Some(g) = &mut self.group {
-            g.protocol = Some(joined.protocol);
-        }
-        let mut events = Vec::new();
-        if !change.revoked.is_empty() {
-            // Cooperative: what moves is only revoked in this round; its
-            // new owner gets it in the next, which this member's rejoin
-            // starts.
-            events.push(self.revoke(&change.revoked).await);
-            if let Some(g) = &self.group {
-                g.membership.request_rejoin();
-            }
-        }
-        if !change.added.is_empty() {
-            let added: Vec<(String, u32)> = change.added.iter().cloned().collect();
-            if let Err(e) = self.resolve_and_seek(&added, true).await {
-                self.drop_partitions(&change.added);
-                if let Some(g) = &self.group {
-                    g.membership.request_rejoin();
-                }
-                return Err(e);
-            }
-            if let Some(g) = &mut self.group {
-                g.owned.extend(change.added.iter().cloned());
-            }
-            tracing::info!(
-                group = ?self.config.group,
-                partitions = ?added,
-                "partitions assigned"
-            );
-            events.push(ConsumerEvent::Assigned { partitions: added });
-        }
-        Ok(events)
-    }
-
-    /// Stops reading `partitions`, committing their positions first under
-    /// [`CommitMode::After`].
-    async fn revoke(&mut self, partitions: &BTreeSet<(String, u32)>) -> ConsumerEvent {
-        let positions: Vec<(String, u32, u64)> = partitions
-            .iter()
-            .filter_map(|(t, p)| self.position(t, *p).map(|o| (t.clone(), *p, o)))
-            .collect();
-        if self.config.commit_mode == CommitMode::After
-            && !positions.is_empty()
-            && let Err(e) = self.commit_list(&positions).await
-        {
-            tracing::warn!(
-                error = %e,
-                "could not commit the positions of revoked partitions; their next owner reads from the last commit"
-            );
-        }
-        self.drop_partitions(partitions);
-        if let Some(g) = &mut self.group {
-            for tp in partitions {
-                g.owned.remove(tp);
-            }
-        }
-        tracing::info!(group = ?self.config.group, partitions = ?positions, "partitions revoked");
-        ConsumerEvent::Revoked {
-            partitions: positions,
-        }
-    }
-
-    fn drop_partitions(&mut self, partitions: &BTreeSet<(String, u32)>) {
-        self.assignments
-            .retain(|a| !partitions.contains(&(a.topic.to_string(), a.partition)));
     }
 
     async fn fetch(&mut self, timeout: Duration) -> Result<Vec<ConsumerRecord>, ClientError> {
