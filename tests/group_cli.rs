@@ -16,7 +16,12 @@ fn start_broker(dir: &tempfile::TempDir) -> BrokerProcess {
         FERRY,
         dir.path().join("data"),
         "127.0.0.1:0",
-        ["--group-initial-rebalance-delay-ms", "0"],
+        [
+            "--group-initial-rebalance-delay-ms",
+            "0",
+            "--group-min-session-timeout-ms",
+            "500",
+        ],
     )
     .expect("start ferry broker")
 }
@@ -102,7 +107,10 @@ fn two_consumers_in_a_group_split_the_partitions_and_leave_when_they_exit() {
     let spawn = || {
         std::process::Command::new(FERRY)
             .args(["consume", "split", "--group", "pair", "--from", "earliest"])
-            .args(["--idle-timeout", "3000", "--broker", addr])
+            // Heartbeats every 333 ms: the first member learns of the
+            // second's join long before its idle timeout.
+            .args(["--session-timeout-ms", "1000", "--idle-timeout", "4000"])
+            .args(["--broker", addr])
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())
             .spawn()
