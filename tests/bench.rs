@@ -160,3 +160,52 @@ fn bad_settings_fail_with_one_clear_line() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--record-size must be at least 8"), "{err}");
 }
+
+#[test]
+fn rebalance_measures_each_round_from_the_leave_to_every_partition_consumed_again() {
+    let out = Command::new(FERRY)
+        .args(["bench", "rebalance", "--members", "2", "--partitions", "3"])
+        .args(["--rounds", "2", "--assignors", "range,cooperative-sticky"])
+        .args([
+            "--session-timeout-ms",
+            "1000",
+            "--heartbeat-interval-ms",
+            "100",
+        ])
+        .arg("--json")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reports: Vec<Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let assignors: Vec<&str> = reports
+        .iter()
+        .map(|r| r["assignor"].as_str().unwrap())
+        .collect();
+    assert_eq!(assignors, ["range", "cooperative-sticky"]);
+    for r in &reports {
+        assert_eq!(r["rounds_ms"].as_array().unwrap().len(), 2, "{r}");
+        let median = positive(r, "/median_ms");
+        assert!(positive(r, "/min_ms") <= median && median <= positive(r, "/max_ms"));
+        let rtt = positive(r, "/rpc_rtt_ms");
+        let ratio = positive(r, "/rebalance_per_rtt");
+        assert!((ratio - median / rtt).abs() < 1e-6 * ratio.max(1.0), "{r}");
+        assert_eq!(r["members"], 2);
+        assert_eq!(r["heartbeat_interval_ms"], 100);
+    }
+
+    // Bad input is one clear error.
+    let out = Command::new(FERRY)
+        .args(["bench", "rebalance", "--assignors", "fastest"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("fastest"));
+}
