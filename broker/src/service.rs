@@ -373,7 +373,7 @@ impl Ferry for FerryService {
         } else {
             let _busy = self.state.enter();
             self.state
-                .init_producer_id(&req.transactional_id, req.transaction_timeout_ms)
+                .init_producer_id(&req.transactional_id, req.transaction_timeout_ms, false)
                 .await
         };
         match r {

@@ -630,6 +630,16 @@ impl BrokerState {
         Ok(self.offsets.fetch(group, topic))
     }
 
+    /// Every committed offset of `group`: (topic, partition, offset).
+    pub fn group_offsets(&self, group: &str) -> Vec<(String, u32, u64)> {
+        self.offsets
+            .all_committed()
+            .into_iter()
+            .filter(|(g, ..)| g == group)
+            .map(|(_, topic, partition, offset)| (topic, partition, offset))
+            .collect()
+    }
+
     /// Waits for `fut` unless shutdown begins first.
     async fn unless_shutdown<T>(
         &self,
@@ -743,13 +753,17 @@ impl BrokerState {
 
     /// `InitProducerId` with a transactional id: finishes or aborts its
     /// open transaction and bumps the epoch, fencing older producers.
+    /// Ferry's own client bumps the epoch with every transaction it ends;
+    /// a producer with `keep_epoch` (a Kafka client before transaction
+    /// version 2) keeps it across them.
     pub async fn init_producer_id(
         &self,
         transactional_id: &str,
         timeout_ms: u32,
+        keep_epoch: bool,
     ) -> Result<(i64, i16), BrokerError> {
         self.coordinator
-            .init_producer_id(transactional_id, timeout_ms)
+            .init_producer_id(transactional_id, timeout_ms, keep_epoch)
             .await
     }
 

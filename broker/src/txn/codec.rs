@@ -7,7 +7,10 @@ use crate::codec::{Reader, put_str};
 
 use super::state::{MAX_PARTITIONS_PER_TXN, TxnMeta, TxnState};
 
-const META_VERSION: u8 = 0;
+/// Version 1 adds the `keep_epoch` flag after the partitions and groups;
+/// version 0 records (without it) decode with the flag off.
+const META_VERSION: u8 = 1;
+const META_VERSION_0: u8 = 0;
 
 fn state_code(s: TxnState) -> u8 {
     match s {
@@ -52,6 +55,7 @@ pub(crate) fn encode(meta: &TxnMeta) -> Vec<u8> {
     for g in &meta.groups {
         put_str(&mut v, g);
     }
+    v.push(u8::from(meta.keep_epoch));
     v
 }
 
@@ -59,7 +63,8 @@ pub(crate) fn encode(meta: &TxnMeta) -> Vec<u8> {
 /// overlong or of an unknown version.
 pub(crate) fn decode(transactional_id: &str, b: &[u8]) -> Option<TxnMeta> {
     let mut r = Reader::new(b);
-    if r.u8()? != META_VERSION {
+    let version = r.u8()?;
+    if version != META_VERSION && version != META_VERSION_0 {
         return None;
     }
     let producer_id = r.i64()?;
@@ -86,6 +91,14 @@ pub(crate) fn decode(transactional_id: &str, b: &[u8]) -> Option<TxnMeta> {
     for _ in 0..n {
         groups.insert(r.str()?);
     }
+    let keep_epoch = match version {
+        META_VERSION_0 => false,
+        _ => match r.u8()? {
+            0 => false,
+            1 => true,
+            _ => return None,
+        },
+    };
     r.is_done().then(|| TxnMeta {
         transactional_id: transactional_id.to_string(),
         producer_id,
@@ -96,6 +109,7 @@ pub(crate) fn decode(transactional_id: &str, b: &[u8]) -> Option<TxnMeta> {
         timeout_ms,
         started_ms,
         updated_ms,
+        keep_epoch,
     })
 }
 
@@ -117,11 +131,22 @@ mod tests {
             timeout_ms: 60_000,
             started_ms: 5,
             updated_ms: 9,
+            keep_epoch: true,
         };
         let enc = encode(&meta);
-        assert_eq!(decode("copier", &enc), Some(meta));
+        assert_eq!(decode("copier", &enc), Some(meta.clone()));
         for len in 0..enc.len() {
             assert!(decode("copier", &enc[..len]).is_none());
         }
+        // A version 0 record (no flag) reads with the flag off.
+        let mut v0 = enc[..enc.len() - 1].to_vec();
+        v0[0] = META_VERSION_0;
+        assert_eq!(
+            decode("copier", &v0),
+            Some(TxnMeta {
+                keep_epoch: false,
+                ..meta
+            })
+        );
     }
 }

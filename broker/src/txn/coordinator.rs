@@ -254,11 +254,13 @@ impl Coordinator {
 
     /// `InitProducerId` with a transactional id: finishes or aborts any
     /// open transaction, then bumps the epoch, which fences every older
-    /// producer of this id.
+    /// producer of this id. `keep_epoch`: the producer keeps that epoch
+    /// across its transactions ([`TxnMeta::keep_epoch`]).
     pub(crate) async fn init_producer_id(
         &self,
         tid: &str,
         timeout_ms: u32,
+        keep_epoch: bool,
     ) -> Result<(i64, i16), BrokerError> {
         check_name(tid).map_err(|reason| {
             BrokerError::InvalidRequest(format!("transactional id {tid:?}: {reason}"))
@@ -292,6 +294,7 @@ impl Coordinator {
             timeout_ms,
             now_ms: now_ms(),
             fresh_producer_id: None,
+            keep_epoch,
         };
         let meta = self.run(&entry, event).await?;
         Ok((meta.producer_id, meta.epoch))

@@ -42,7 +42,12 @@
 //! [`Event::Complete`]: `Complete*` with the epoch bumped (a fresh id at
 //! the last epoch), persisted, mapped and adopted. Every transaction bumps
 //! the epoch (KIP-890 style), so sequences restart at 0 and a late request
-//! of a finished transaction can never join the next one.
+//! of a finished transaction can never join the next one; except for a
+//! producer that keeps its epoch ([`TxnMeta::keep_epoch`], Kafka clients
+//! before transaction version 2), whose own EndTxn leaves the epoch as it
+//! is and whose sequences continue. What protects those producers from a
+//! late request is the registration check: a transactional append to a
+//! partition the open transaction has not added is refused.
 
 use std::collections::BTreeSet;
 
@@ -129,6 +134,14 @@ pub struct TxnMeta {
     pub started_ms: i64,
     /// Last change.
     pub updated_ms: i64,
+    /// The producer keeps its epoch across transactions: a Kafka client
+    /// before transaction version 2 (EndTxn v0–4), which never learns a
+    /// new epoch from EndTxn and continues its sequences. Ferry's own
+    /// client leaves it off, and every transaction it ends bumps the
+    /// epoch. A transaction the coordinator ends itself (timeout, a new
+    /// `Init`, an abort by hand) bumps the epoch either way, fencing the
+    /// producer that left it open.
+    pub keep_epoch: bool,
 }
 
 impl TxnMeta {
@@ -144,6 +157,7 @@ impl TxnMeta {
             timeout_ms,
             started_ms: 0,
             updated_ms: 0,
+            keep_epoch: false,
         }
     }
 
@@ -167,6 +181,9 @@ pub enum Event {
         now_ms: i64,
         /// A newly allocated producer id, if one was asked for.
         fresh_producer_id: Option<i64>,
+        /// The producer keeps its epoch across transactions
+        /// ([`TxnMeta::keep_epoch`]).
+        keep_epoch: bool,
     },
     /// `AddPartitionsToTxn`.
     AddPartitions {
@@ -211,7 +228,7 @@ pub enum Event {
         now_ms: i64,
     },
     /// The second half of finishing: the markers are written; move to
-    /// `Complete*` with the epoch bumped.
+    /// `Complete*` with the epoch bumped (or kept, see `keep_epoch`).
     Complete {
         /// Commit (`true`) or abort.
         commit: bool,
@@ -219,6 +236,8 @@ pub enum Event {
         now_ms: i64,
         /// A newly allocated producer id, if one was asked for.
         fresh_producer_id: Option<i64>,
+        /// The producer ended the transaction itself and keeps its epoch.
+        keep_epoch: bool,
     },
     /// The timeout sweep found the transaction hanging.
     Timeout {
@@ -347,7 +366,8 @@ pub fn apply(meta: &TxnMeta, event: Event) -> Result<Transition, BrokerError> {
             timeout_ms,
             now_ms,
             fresh_producer_id,
-        } => init(meta, timeout_ms, now_ms, fresh_producer_id),
+            keep_epoch,
+        } => init(meta, timeout_ms, now_ms, fresh_producer_id, keep_epoch),
         Event::AddPartitions {
             producer_id,
             epoch,
@@ -384,24 +404,28 @@ pub fn apply(meta: &TxnMeta, event: Event) -> Result<Transition, BrokerError> {
             commit,
             now_ms,
             fresh_producer_id,
-        } => complete(meta, commit, now_ms, fresh_producer_id),
+            keep_epoch,
+        } => complete(meta, commit, now_ms, fresh_producer_id, keep_epoch),
         Event::Timeout { now_ms } => Ok(if meta.is_hanging(now_ms) {
-            finish(meta, false, now_ms)
+            finish(meta, false, now_ms, false)
         } else {
             Transition::unchanged(meta)
         }),
         Event::Abort { now_ms } => match meta.state {
-            TxnState::Ongoing | TxnState::PrepareAbort => Ok(finish(meta, false, now_ms)),
-            TxnState::PrepareCommit => Ok(finish(meta, true, now_ms)),
+            TxnState::Ongoing | TxnState::PrepareAbort => Ok(finish(meta, false, now_ms, false)),
+            TxnState::PrepareCommit => Ok(finish(meta, true, now_ms, false)),
             s => Err(BrokerError::InvalidTxnState(format!(
                 "{:?} has no open transaction (state {})",
                 meta.transactional_id,
                 s.name()
             ))),
         },
+        // Only the producer commits, so a recovered commit keeps the epoch
+        // if the producer does; a recovered abort may have been the
+        // coordinator's (a timeout) and bumps it.
         Event::Recover { now_ms } => Ok(match meta.state {
-            TxnState::PrepareCommit => finish(meta, true, now_ms),
-            TxnState::PrepareAbort => finish(meta, false, now_ms),
+            TxnState::PrepareCommit => finish(meta, true, now_ms, meta.keep_epoch),
+            TxnState::PrepareAbort => finish(meta, false, now_ms, false),
             _ => Transition::unchanged(meta),
         }),
     }
@@ -462,15 +486,17 @@ fn init(
     timeout_ms: u32,
     now_ms: i64,
     fresh: Option<i64>,
+    keep_epoch: bool,
 ) -> Result<Transition, BrokerError> {
     let again = Event::Init {
         timeout_ms,
         now_ms,
         fresh_producer_id: None,
+        keep_epoch,
     };
     let mut t = match meta.state {
-        TxnState::Ongoing | TxnState::PrepareAbort => finish(meta, false, now_ms),
-        TxnState::PrepareCommit => finish(meta, true, now_ms),
+        TxnState::Ongoing | TxnState::PrepareAbort => finish(meta, false, now_ms, false),
+        TxnState::PrepareCommit => finish(meta, true, now_ms, false),
         _ => {
             let needs_fresh = meta.producer_id < 0 || meta.epoch >= MAX_EPOCH;
             let Some(mut next) = bumped(meta, needs_fresh, fresh) else {
@@ -481,6 +507,7 @@ fn init(
             next.groups.clear();
             next.timeout_ms = timeout_ms;
             next.updated_ms = now_ms;
+            next.keep_epoch = keep_epoch;
             return Ok(Transition {
                 state: next,
                 effects: vec![
@@ -548,8 +575,12 @@ fn end_txn(
     commit: bool,
     now_ms: i64,
 ) -> Result<Transition, BrokerError> {
+    // A retry of the EndTxn that completed the last transaction: one
+    // epoch behind, or at the same epoch for a producer that keeps it.
+    let behind =
+        epoch.checked_add(1) == Some(meta.epoch) || (meta.keep_epoch && epoch == meta.epoch);
     let retry_of_completed = pid == meta.producer_id
-        && epoch.checked_add(1) == Some(meta.epoch)
+        && behind
         && matches!(
             meta.state,
             TxnState::CompleteCommit | TxnState::CompleteAbort
@@ -576,13 +607,14 @@ fn end_txn(
             )));
         }
     }
-    let mut t = finish(meta, commit, now_ms);
+    let mut t = finish(meta, commit, now_ms, meta.keep_epoch);
     t.effects.push(Effect::Failpoint("txn::before_reply"));
     Ok(t)
 }
 
-/// Steps 1–3 of the commit protocol, then [`Event::Complete`] for step 4.
-fn finish(meta: &TxnMeta, commit: bool, now_ms: i64) -> Transition {
+/// Steps 1–3 of the commit protocol, then [`Event::Complete`] for step 4,
+/// which keeps the epoch if `keep_epoch`.
+fn finish(meta: &TxnMeta, commit: bool, now_ms: i64, keep_epoch: bool) -> Transition {
     let mut next = meta.clone();
     if matches!(next.state, TxnState::Ongoing | TxnState::Empty) {
         next.state = TxnState::prepare(commit);
@@ -618,6 +650,7 @@ fn finish(meta: &TxnMeta, commit: bool, now_ms: i64) -> Transition {
             commit,
             now_ms,
             fresh_producer_id: None,
+            keep_epoch,
         }),
     ]);
     Transition {
@@ -631,6 +664,7 @@ fn complete(
     commit: bool,
     now_ms: i64,
     fresh: Option<i64>,
+    keep_epoch: bool,
 ) -> Result<Transition, BrokerError> {
     if meta.state != TxnState::prepare(commit) {
         return Err(BrokerError::InvalidTxnState(format!(
@@ -638,7 +672,12 @@ fn complete(
             meta.state.name()
         )));
     }
-    let Some(mut next) = bumped(meta, meta.epoch >= MAX_EPOCH, fresh) else {
+    let next = if keep_epoch {
+        Some(meta.clone())
+    } else {
+        bumped(meta, meta.epoch >= MAX_EPOCH, fresh)
+    };
+    let Some(mut next) = next else {
         return Ok(allocate_first(meta));
     };
     next.state = TxnState::complete(commit);

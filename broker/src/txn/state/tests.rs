@@ -19,6 +19,7 @@ fn meta(state: TxnState, epoch: i16) -> TxnMeta {
         timeout_ms: 1_000,
         started_ms: 40_000,
         updated_ms: 40_000,
+        keep_epoch: false,
     }
 }
 
@@ -48,6 +49,7 @@ fn init(fresh: Option<i64>) -> Event {
         timeout_ms: 2_000,
         now_ms: NOW,
         fresh_producer_id: fresh,
+        keep_epoch: false,
     }
 }
 
@@ -91,6 +93,7 @@ fn complete(commit: bool, fresh: Option<i64>) -> Event {
         commit,
         now_ms: NOW,
         fresh_producer_id: fresh,
+        keep_epoch: false,
     }
 }
 
@@ -759,6 +762,7 @@ fn a_transaction_is_hanging_only_when_open_past_its_timeout() {
         timeout_ms: 100,
         started_ms: 1_000,
         updated_ms: 1_000,
+        keep_epoch: false,
     };
     assert!(!meta.is_hanging(1_050));
     assert!(meta.is_hanging(1_101));
@@ -773,7 +777,8 @@ fn an_emitted_event_can_be_restamped_and_given_a_fresh_producer_id() {
         Event::Init {
             timeout_ms: 2_000,
             now_ms: 7,
-            fresh_producer_id: Some(3)
+            fresh_producer_id: Some(3),
+            keep_epoch: false,
         }
     );
     assert_eq!(
