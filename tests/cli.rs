@@ -194,7 +194,14 @@ fn a_second_broker_on_the_same_data_dir_is_refused() {
     let data = dir.path().join("d");
     let _first = start_broker(&data, "127.0.0.1:0");
     let out = Command::new(FERRY)
-        .args(["broker", "--listen", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "broker",
+            "--listen",
+            "127.0.0.1:0",
+            "--kafka-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
         .arg(&data)
         .output()
         .unwrap();
@@ -283,7 +290,14 @@ fn broker_logs_to_a_pipe_are_plain_text_and_a_fresh_start_and_restart_warn_of_no
     let data = dir.path().join("data");
     let run = |data: &Path, topic: &str| {
         let mut child = Command::new(FERRY)
-            .args(["broker", "--listen", "127.0.0.1:0", "--data-dir"])
+            .args([
+                "broker",
+                "--listen",
+                "127.0.0.1:0",
+                "--kafka-listen",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
             .arg(data)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -68,6 +68,19 @@ pub struct BrokerConfig {
     pub listen: SocketAddr,
     /// Address of the Prometheus `/metrics` endpoint, if any.
     pub metrics_listen: Option<SocketAddr>,
+    /// Address the Kafka listener binds, or `None` for no Kafka listener;
+    /// port 0 picks a free port.
+    pub kafka_listen: Option<SocketAddr>,
+    /// `host:port` that Kafka Metadata and FindCoordinator announce; by
+    /// default the Kafka listener's bound address.
+    pub kafka_advertise: Option<String>,
+    /// Whether a Kafka client's Metadata request creates a topic it names
+    /// that does not exist (when the request allows it), as Kafka's
+    /// `auto.create.topics.enable`.
+    pub auto_create_topics: bool,
+    /// Partitions of an automatically created topic, and of a Kafka
+    /// CreateTopics that asks for the default (Kafka's `num.partitions`).
+    pub default_partitions: u32,
     /// Log settings used for every partition.
     pub log: LogConfig,
     /// Request limits.
@@ -97,6 +110,13 @@ impl Default for BrokerConfig {
             data_dir: PathBuf::from("ferry-data"),
             listen: SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)),
             metrics_listen: None,
+            kafka_listen: Some(SocketAddr::from((
+                [127, 0, 0, 1],
+                crate::kafka::DEFAULT_KAFKA_PORT,
+            ))),
+            kafka_advertise: None,
+            auto_create_topics: true,
+            default_partitions: 1,
             log: LogConfig::default(),
             limits: Limits::default(),
             retention_check_interval: Duration::from_secs(60),
@@ -109,7 +129,8 @@ impl Default for BrokerConfig {
 }
 
 impl BrokerConfig {
-    /// A config for tests and embedding: loopback, an ephemeral port, and a
+    /// A config for tests and embedding: loopback, ephemeral ports (gRPC
+    /// and Kafka), and a
     /// data dir chosen by [`crate::EmbeddedBroker`] (a temporary one unless
     /// set). Groups rebalance at once and accept session timeouts from
     /// 100 ms, so tests are fast.
@@ -117,6 +138,7 @@ impl BrokerConfig {
         BrokerConfig {
             data_dir: PathBuf::new(),
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            kafka_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
             group_min_session_timeout_ms: 100,
             group_initial_rebalance_delay_ms: 0,
             ..BrokerConfig::default()
@@ -158,6 +180,26 @@ impl BrokerConfig {
                 v.parse()
                     .map_err(|e| format!("metrics_listen = {v:?}: {e}"))?,
             );
+        }
+        if let Some(v) = file.kafka_listen {
+            self.kafka_listen = if v == "off" {
+                None
+            } else {
+                Some(
+                    v.parse()
+                        .map_err(|e| format!("kafka_listen = {v:?}: {e}"))?,
+                )
+            };
+        }
+        if let Some(v) = file.kafka_advertise {
+            crate::kafka::Advertised::parse(&v).map_err(|e| format!("kafka_advertise: {e}"))?;
+            self.kafka_advertise = Some(v);
+        }
+        if let Some(v) = file.auto_create_topics {
+            self.auto_create_topics = v;
+        }
+        if let Some(v) = file.default_partitions {
+            self.default_partitions = v;
         }
         if let Some(v) = file.fsync {
             self.log.flush = v.parse().map_err(|e| format!("fsync = {v:?}: {e}"))?;
@@ -248,6 +290,15 @@ impl BrokerConfig {
                 "group_min_session_timeout_ms must be positive and at most group_max_session_timeout_ms".into(),
             ));
         }
+        if self.default_partitions == 0 || self.default_partitions > MAX_PARTITIONS_PER_TOPIC {
+            return Err(BrokerError::Config(format!(
+                "default_partitions must be in 1..={MAX_PARTITIONS_PER_TOPIC}"
+            )));
+        }
+        if let Some(a) = &self.kafka_advertise {
+            crate::kafka::Advertised::parse(a)
+                .map_err(|e| BrokerError::Config(format!("kafka_advertise: {e}")))?;
+        }
         if self.group_initial_rebalance_delay_ms > crate::group::MAX_REBALANCE_TIMEOUT_MS {
             return Err(BrokerError::Config(format!(
                 "group_initial_rebalance_delay_ms must be at most {}",
@@ -265,6 +316,10 @@ struct FileConfig {
     data_dir: Option<PathBuf>,
     listen: Option<String>,
     metrics_listen: Option<String>,
+    kafka_listen: Option<String>,
+    kafka_advertise: Option<String>,
+    auto_create_topics: Option<bool>,
+    default_partitions: Option<u32>,
     fsync: Option<String>,
     segment_bytes: Option<u64>,
     retention_bytes: Option<u64>,

@@ -26,6 +26,7 @@ use crate::state::BrokerState;
 #[derive(Debug)]
 pub struct EmbeddedBroker {
     addr: SocketAddr,
+    kafka_addr: Option<SocketAddr>,
     data_dir: PathBuf,
     config: BrokerConfig,
     tmp: Option<Arc<tempfile::TempDir>>,
@@ -85,20 +86,21 @@ impl EmbeddedBroker {
                             return Ok(());
                         }
                     };
-                    let listener = match broker.bind().await {
+                    let listeners = match broker.bind().await {
                         Ok(l) => l,
                         Err(e) => {
                             let _ = ready_tx.send(Err(e));
                             return Ok(());
                         }
                     };
-                    let addr = listener
-                        .local_addr()
+                    let addr = listeners
+                        .grpc_addr()
                         .expect("bound listener has an address");
-                    let _ = ready_tx.send(Ok((addr, broker.state().clone())));
+                    let kafka_addr = listeners.kafka_addr();
+                    let _ = ready_tx.send(Ok((addr, kafka_addr, broker.state().clone())));
                     broker
                         .serve(
-                            listener,
+                            listeners,
                             async move { stop_rx.await.unwrap_or(Stop::Graceful) },
                         )
                         .await
@@ -109,11 +111,12 @@ impl EmbeddedBroker {
                 path: String::new(),
                 source,
             })?;
-        let (addr, state) = ready_rx.await.map_err(|_| {
+        let (addr, kafka_addr, state) = ready_rx.await.map_err(|_| {
             BrokerError::Config("embedded broker thread died while starting".into())
         })??;
         Ok(EmbeddedBroker {
             addr,
+            kafka_addr,
             data_dir: config.data_dir.clone(),
             config,
             tmp,
@@ -126,6 +129,11 @@ impl EmbeddedBroker {
     /// The address the broker listens on.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The Kafka listener's address, unless the config turned it off.
+    pub fn kafka_addr(&self) -> Option<SocketAddr> {
+        self.kafka_addr
     }
 
     /// The address as `host:port`, as clients and the CLI take it.
@@ -189,6 +197,7 @@ impl EmbeddedBroker {
         self.stop(Stop::Crash).await?;
         let mut config = self.config.clone();
         config.listen = self.addr;
+        config.kafka_listen = self.kafka_addr;
         Ok((config, self.tmp.take()))
     }
 
@@ -204,6 +213,7 @@ impl EmbeddedBroker {
     async fn start_again(&mut self) -> Result<EmbeddedBroker, BrokerError> {
         let mut config = self.config.clone();
         config.listen = self.addr;
+        config.kafka_listen = self.kafka_addr;
         Self::start_in(config, self.tmp.clone()).await
     }
 }

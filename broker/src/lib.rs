@@ -9,6 +9,7 @@ mod data_dir;
 mod embedded;
 mod error;
 mod group;
+mod kafka;
 mod names;
 mod offsets;
 mod producer_ids;
@@ -33,13 +34,16 @@ pub use group::{
     MAX_GROUP_MEMBERS, MAX_GROUPS, MAX_MEMBER_METADATA_BYTES, MAX_MEMBER_STRING_BYTES,
     MAX_PROTOCOLS_PER_MEMBER, MAX_REBALANCE_TIMEOUT_MS, Member, SyncReply,
 };
+pub use kafka::{
+    Advertised, DEFAULT_KAFKA_PORT, KAFKA_IDLE_TIMEOUT, MAX_PENDING_RESPONSES, NODE_ID,
+};
 pub use names::{MAX_NAME_BYTES, NameError, check_name};
 pub use producer_ids::{ID_BLOCK, ProducerIds};
 pub use producer_state::{
     AbortedTxn, BatchMeta, MAX_BATCHES_PER_PRODUCER, ProducerEntry, ProducerTable, SeqCheck,
     SeqError, check_sequence,
 };
-pub use server::{Broker, MAX_FRAME_BYTES, Stop};
+pub use server::{Broker, Listeners, MAX_FRAME_BYTES, Stop};
 pub use service::{FerryService, MAX_IN_FLIGHT_PER_STREAM};
 pub use state::{
     AckLevel, BrokerState, ConsumerLag, FetchResult, FetchSpec, InflightGuard, Isolation,

@@ -36,6 +36,27 @@ pub enum Stop {
     Crash,
 }
 
+/// The bound listeners of a broker: gRPC, and Kafka unless it is off.
+#[derive(Debug)]
+pub struct Listeners {
+    /// The gRPC listener.
+    pub grpc: TcpListener,
+    /// The Kafka listener.
+    pub kafka: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// The gRPC address.
+    pub fn grpc_addr(&self) -> std::io::Result<SocketAddr> {
+        self.grpc.local_addr()
+    }
+
+    /// The Kafka address, if the Kafka listener is on.
+    pub fn kafka_addr(&self) -> Option<SocketAddr> {
+        self.kafka.as_ref().and_then(|l| l.local_addr().ok())
+    }
+}
+
 /// An opened broker, ready to serve.
 #[derive(Debug, Clone)]
 pub struct Broker {
@@ -56,24 +77,37 @@ impl Broker {
         &self.state
     }
 
-    /// Binds the configured listen address.
-    pub async fn bind(&self) -> Result<TcpListener, BrokerError> {
-        let addr = self.state.config().listen;
-        TcpListener::bind(addr)
-            .await
-            .map_err(|source| BrokerError::Io {
-                op: "bind",
-                path: addr.to_string(),
-                source,
-            })
+    /// Binds the configured listen addresses (gRPC, then Kafka). A busy
+    /// address is an error naming the setting it came from.
+    pub async fn bind(&self) -> Result<Listeners, BrokerError> {
+        let config = self.state.config();
+        let bind = |addr: SocketAddr, flag: &'static str| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| BrokerError::Io {
+                    op: flag,
+                    path: addr.to_string(),
+                    source,
+                })
+        };
+        let grpc = bind(config.listen, "bind --listen").await?;
+        let kafka = match config.kafka_listen {
+            Some(addr) => Some(bind(addr, "bind --kafka-listen").await?),
+            None => None,
+        };
+        Ok(Listeners { grpc, kafka })
     }
 
     /// Serves on `listener` until `stop` resolves, then stops as it says.
     pub async fn serve(
         self,
-        listener: TcpListener,
+        listeners: Listeners,
         stop: impl std::future::Future<Output = Stop> + Send,
     ) -> Result<(), BrokerError> {
+        let Listeners {
+            grpc: listener,
+            kafka,
+        } = listeners;
         let state = self.state.clone();
         let limits = state.config().limits;
         if let Some(addr) = state.config().metrics_listen {
@@ -112,6 +146,25 @@ impl Broker {
         let group_timers = {
             let s = state.clone();
             tokio::spawn(async move { s.run_group_timers().await })
+        };
+        let kafka = match kafka {
+            Some(l) => {
+                let bound = l.local_addr().map_err(|source| BrokerError::Io {
+                    op: "kafka listener address",
+                    path: String::new(),
+                    source,
+                })?;
+                let advertised =
+                    crate::kafka::advertised_for(state.config().kafka_advertise.as_deref(), bound)
+                        .map_err(BrokerError::Config)?;
+                tracing::info!(addr = %bound, advertised = %format!("{}:{}", advertised.host, advertised.port), "serving Kafka clients");
+                Some(tokio::spawn(crate::kafka::serve(
+                    l,
+                    state.clone(),
+                    advertised,
+                )))
+            }
+            None => None,
         };
         let incoming = limited_incoming(listener, limits.max_connections);
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<Stop>();
@@ -158,6 +211,9 @@ impl Broker {
         txn_timeouts.abort();
         lag.abort();
         group_timers.abort();
+        if let Some(k) = kafka {
+            k.abort();
+        }
         drop(server);
         match how {
             Stop::Graceful => {

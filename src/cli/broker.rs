@@ -24,6 +24,20 @@ pub struct BrokerArgs {
     /// Serve Prometheus metrics at http://HOST:PORT/metrics.
     #[arg(long)]
     metrics_listen: Option<SocketAddr>,
+    /// Kafka protocol listener, HOST:PORT, or `off` [default: 127.0.0.1:9092].
+    #[arg(long, value_parser = parse_kafka_listen)]
+    kafka_listen: Option<KafkaListen>,
+    /// HOST:PORT that Kafka clients are told to connect to [default: the
+    /// Kafka listen address].
+    #[arg(long, value_parser = parse_advertise)]
+    kafka_advertise: Option<String>,
+    /// Create a topic when a Kafka client's metadata request names a
+    /// missing one: true or false [default: true].
+    #[arg(long)]
+    auto_create_topics: Option<bool>,
+    /// Partitions of an automatically created topic [default: 1].
+    #[arg(long)]
+    default_partitions: Option<u32>,
     /// TOML config file; flags override its settings.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -47,6 +61,23 @@ pub struct BrokerArgs {
     group_initial_rebalance_delay_ms: Option<u32>,
 }
 
+/// `--kafka-listen`: an address, or off.
+#[derive(Debug, Clone, Copy)]
+pub struct KafkaListen(Option<SocketAddr>);
+
+fn parse_kafka_listen(s: &str) -> Result<KafkaListen, String> {
+    if s == "off" {
+        return Ok(KafkaListen(None));
+    }
+    s.parse()
+        .map(|a| KafkaListen(Some(a)))
+        .map_err(|e| format!("{e}: expected HOST:PORT (an IP address and port) or off"))
+}
+
+fn parse_advertise(s: &str) -> Result<String, String> {
+    ferry_broker::Advertised::parse(s).map(|_| s.to_string())
+}
+
 pub fn run(args: BrokerArgs) -> Result<ExitCode, CliError> {
     super::init_tracing("info");
     let mut config = BrokerConfig::default();
@@ -64,6 +95,18 @@ pub fn run(args: BrokerArgs) -> Result<ExitCode, CliError> {
     }
     if let Some(v) = args.metrics_listen {
         config.metrics_listen = Some(v);
+    }
+    if let Some(KafkaListen(v)) = args.kafka_listen {
+        config.kafka_listen = v;
+    }
+    if let Some(v) = args.kafka_advertise {
+        config.kafka_advertise = Some(v);
+    }
+    if let Some(v) = args.auto_create_topics {
+        config.auto_create_topics = v;
+    }
+    if let Some(v) = args.default_partitions {
+        config.default_partitions = v;
     }
     if let Some(v) = args.segment_bytes {
         config.log.segment_bytes = v;
@@ -90,14 +133,18 @@ pub fn run(args: BrokerArgs) -> Result<ExitCode, CliError> {
         let data_dir = config.data_dir.clone();
         let flush = config.log.flush;
         let broker = tokio::task::spawn_blocking(move || Broker::open(config)).await??;
-        let listener = broker.bind().await?;
-        let addr = listener.local_addr()?;
-        tracing::info!(%addr, data_dir = %data_dir.display(), fsync = %flush, "broker ready");
+        let listeners = broker.bind().await?;
+        let addr = listeners.grpc_addr()?;
+        let kafka = listeners.kafka_addr();
+        tracing::info!(%addr, kafka = ?kafka, data_dir = %data_dir.display(), fsync = %flush, "broker ready");
         let mut out = std::io::stdout().lock();
         writeln!(out, "ferry broker listening on {addr}")?;
+        if let Some(k) = kafka {
+            writeln!(out, "ferry broker serving Kafka clients on {k}")?;
+        }
         out.flush()?;
         drop(out);
-        broker.serve(listener, stop_signal()).await?;
+        broker.serve(listeners, stop_signal()).await?;
         Ok::<_, CliError>(())
     })?;
     Ok(ExitCode::SUCCESS)

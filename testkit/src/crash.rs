@@ -54,6 +54,7 @@ pub const MAX_GARBAGE_BYTES: usize = 512;
 pub struct BrokerProcess {
     child: Child,
     addr: String,
+    kafka_addr: Option<String>,
     bin: PathBuf,
     data_dir: PathBuf,
     extra_args: Vec<OsString>,
@@ -81,10 +82,18 @@ impl BrokerProcess {
         let bin = bin.as_ref().to_path_buf();
         let data_dir = data_dir.as_ref().to_path_buf();
         let extra_args: Vec<OsString> = extra_args.into_iter().map(Into::into).collect();
+        // The Kafka listener takes a free port too, unless the caller
+        // chose one (or `off`): tests run brokers side by side.
+        let kafka_default: &[&str] = if extra_args.iter().any(|a| a == "--kafka-listen") {
+            &[]
+        } else {
+            &["--kafka-listen", "127.0.0.1:0"]
+        };
         let mut child = Command::new(&bin)
             .args(["broker", "--data-dir"])
             .arg(&data_dir)
             .args(["--listen", listen])
+            .args(kafka_default)
             .args(&extra_args)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -94,8 +103,22 @@ impl BrokerProcess {
             .stdout
             .take()
             .ok_or_else(|| std::io::Error::other("no stdout"))?;
-        BufReader::new(stdout).read_line(&mut line)?;
+        let mut stdout = BufReader::new(stdout);
+        stdout.read_line(&mut line)?;
         let addr = line.trim().rsplit(' ').next().unwrap_or("").to_string();
+        let kafka_off = extra_args
+            .windows(2)
+            .any(|w| w[0] == "--kafka-listen" && w[1] == "off");
+        let kafka_addr = if addr.contains(':') && !kafka_off {
+            let mut kafka_line = String::new();
+            stdout.read_line(&mut kafka_line)?;
+            kafka_line
+                .trim()
+                .strip_prefix("ferry broker serving Kafka clients on ")
+                .map(str::to_string)
+        } else {
+            None
+        };
         if !addr.contains(':') {
             let _ = child.kill();
             let status = child.wait()?;
@@ -106,6 +129,7 @@ impl BrokerProcess {
         Ok(BrokerProcess {
             child,
             addr,
+            kafka_addr,
             bin,
             data_dir,
             extra_args,
@@ -115,6 +139,24 @@ impl BrokerProcess {
     /// The address it serves on, `host:port`.
     pub fn addr(&self) -> &str {
         &self.addr
+    }
+
+    /// The Kafka listener's address, `host:port`, unless it is off.
+    pub fn kafka_addr(&self) -> Option<&str> {
+        self.kafka_addr.as_deref()
+    }
+
+    /// The flags for a restart: the same ones, with the Kafka listener on
+    /// the port it had, so Kafka clients find it again.
+    fn restart_args(&mut self) -> Vec<OsString> {
+        let mut args = std::mem::take(&mut self.extra_args);
+        if let Some(k) = &self.kafka_addr {
+            if let Some(i) = args.iter().position(|a| a == "--kafka-listen") {
+                args.drain(i..(i + 2).min(args.len()));
+            }
+            args.extend(["--kafka-listen".into(), k.into()]);
+        }
+        args
     }
 
     /// The process id.
@@ -142,12 +184,8 @@ impl BrokerProcess {
     /// `kill -9`, then a new broker on the same data dir, port and flags.
     pub fn kill9_and_restart(mut self) -> std::io::Result<BrokerProcess> {
         self.kill_now()?;
-        Self::start_with_args(
-            &self.bin,
-            &self.data_dir,
-            &self.addr,
-            std::mem::take(&mut self.extra_args),
-        )
+        let args = self.restart_args();
+        Self::start_with_args(&self.bin, &self.data_dir, &self.addr, args)
     }
 
     /// `kill -9`, [`tear_tails`] on the data dir, then a new broker on the
@@ -160,12 +198,8 @@ impl BrokerProcess {
     ) -> std::io::Result<(BrokerProcess, TearReport)> {
         self.kill_now()?;
         let report = tear_tails(&self.data_dir, damage, floors, seed)?;
-        let broker = Self::start_with_args(
-            &self.bin,
-            &self.data_dir,
-            &self.addr,
-            std::mem::take(&mut self.extra_args),
-        )?;
+        let args = self.restart_args();
+        let broker = Self::start_with_args(&self.bin, &self.data_dir, &self.addr, args)?;
         Ok((broker, report))
     }
 

@@ -1,0 +1,302 @@
+//! Topic administration and configs: CreateTopics, DeleteTopics and
+//! DescribeConfigs. One broker holds one copy of every partition, so a
+//! replication factor above 1 is accepted and reported as 1.
+
+use kafka_protocol::messages::create_topics_request::CreateTopicsRequest;
+use kafka_protocol::messages::create_topics_response::{
+    CreatableTopicResult, CreateTopicsResponse,
+};
+use kafka_protocol::messages::delete_topics_request::DeleteTopicsRequest;
+use kafka_protocol::messages::delete_topics_response::{
+    DeletableTopicResult, DeleteTopicsResponse,
+};
+use kafka_protocol::messages::describe_configs_request::DescribeConfigsRequest;
+use kafka_protocol::messages::describe_configs_response::{
+    DescribeConfigsResourceResult, DescribeConfigsResponse, DescribeConfigsResult,
+};
+
+use super::conn::Ctx;
+use super::errors::code;
+use super::metadata::{str, topic_name};
+use crate::error::BrokerError;
+
+/// DescribeConfigs resource types.
+const RESOURCE_TOPIC: i8 = 2;
+const RESOURCE_BROKER: i8 = 4;
+/// DescribeConfigs config sources.
+const SOURCE_STATIC_BROKER: i8 = 4;
+const SOURCE_DEFAULT: i8 = 5;
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, BrokerError> + Send + 'static,
+) -> Result<T, BrokerError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| BrokerError::InvalidRequest(format!("admin task: {e}")))?
+}
+
+pub(crate) async fn create_topics(cx: &Ctx<'_>, req: CreateTopicsRequest) -> CreateTopicsResponse {
+    let mut resp = CreateTopicsResponse::default();
+    let default = cx.state().config().default_partitions;
+    let _busy = cx.state().enter();
+    for t in req.topics {
+        let name = t.name.0.to_string();
+        let mut r = CreatableTopicResult::default();
+        r.name = t.name.clone();
+        let partitions = match t.num_partitions {
+            -1 => Ok(default),
+            n => u32::try_from(n).map_err(|_| BrokerError::InvalidPartitions {
+                count: 0,
+                max: crate::config::MAX_PARTITIONS_PER_TOPIC,
+            }),
+        };
+        let outcome = if !t.assignments.is_empty() {
+            r.error_code = cx.raw(code::INVALID_REQUEST);
+            r.error_message = Some(str(
+                "replica assignments are not supported: one broker holds every partition",
+            ));
+            None
+        } else if t.replication_factor == 0 || t.replication_factor < -1 {
+            r.error_code = cx.raw(code::INVALID_REPLICATION_FACTOR);
+            r.error_message = Some(str("replication factor must be -1 or positive"));
+            None
+        } else if !t.configs.is_empty() {
+            r.error_code = cx.raw(code::INVALID_CONFIG);
+            r.error_message = Some(str(&format!(
+                "topic configs are not supported yet: {}",
+                t.configs
+                    .iter()
+                    .map(|c| c.name.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+            None
+        } else {
+            Some(partitions)
+        };
+        if let Some(partitions) = outcome {
+            let result = match partitions {
+                Err(e) => Err(e),
+                Ok(n) if req.validate_only => crate::names::check_name(&name)
+                    .map_err(|reason| BrokerError::InvalidTopic {
+                        name: name.clone(),
+                        reason,
+                    })
+                    .and_then(|()| match cx.state().topic(&name) {
+                        Ok(_) => Err(BrokerError::TopicAlreadyExists(name.clone())),
+                        Err(_) if n == 0 || n > crate::config::MAX_PARTITIONS_PER_TOPIC => {
+                            Err(BrokerError::InvalidPartitions {
+                                count: n,
+                                max: crate::config::MAX_PARTITIONS_PER_TOPIC,
+                            })
+                        }
+                        Err(_) => Ok(()),
+                    }),
+                Ok(n) => {
+                    let s = cx.state().clone();
+                    let owned = name.clone();
+                    blocking(move || s.create_topic(&owned, n)).await
+                }
+            };
+            match result {
+                Ok(()) => {
+                    if cx.version >= 5 {
+                        r.num_partitions = partitions_of(cx, &name, t.num_partitions, default);
+                        r.replication_factor = 1;
+                    }
+                }
+                Err(e) => {
+                    r.error_code = cx.code(&e);
+                    r.error_message = Some(str(&e.to_string()));
+                }
+            }
+        }
+        resp.topics.push(r);
+    }
+    resp
+}
+
+fn partitions_of(cx: &Ctx<'_>, name: &str, asked: i32, default: u32) -> i32 {
+    cx.state()
+        .topic(name)
+        .map(|t| t.partitions.len() as i32)
+        .unwrap_or(if asked == -1 { default as i32 } else { asked })
+}
+
+pub(crate) async fn delete_topics(cx: &Ctx<'_>, req: DeleteTopicsRequest) -> DeleteTopicsResponse {
+    let mut resp = DeleteTopicsResponse::default();
+    let names: Vec<Option<String>> = if cx.version >= 6 {
+        req.topics
+            .iter()
+            .map(|t| t.name.as_ref().map(|n| n.0.to_string()))
+            .collect()
+    } else {
+        req.topic_names
+            .iter()
+            .map(|n| Some(n.0.to_string()))
+            .collect()
+    };
+    let _busy = cx.state().enter();
+    for name in names {
+        let mut r = DeletableTopicResult::default();
+        match name {
+            None => {
+                r.error_code = cx.raw(code::INVALID_REQUEST);
+                if cx.version >= 5 {
+                    r.error_message =
+                        Some(str("topics are deleted by name; Ferry has no topic ids"));
+                }
+            }
+            Some(name) => {
+                r.name = Some(topic_name(&name));
+                let s = cx.state().clone();
+                let owned = name.clone();
+                let result = blocking(move || s.delete_topic(&owned)).await;
+                if let Err(e) = result {
+                    r.error_code = cx.code(&e);
+                    if cx.version >= 5 {
+                        r.error_message = Some(str(&e.to_string()));
+                    }
+                }
+            }
+        }
+        resp.responses.push(r);
+    }
+    resp
+}
+
+/// The settings DescribeConfigs reports, by Kafka's names: (name, value,
+/// source).
+fn topic_configs(cx: &Ctx<'_>) -> Vec<(&'static str, String, i8)> {
+    let c = cx.state().config();
+    let log = &c.log;
+    vec![
+        ("cleanup.policy", "delete".to_string(), SOURCE_DEFAULT),
+        (
+            "segment.bytes",
+            log.segment_bytes.to_string(),
+            SOURCE_STATIC_BROKER,
+        ),
+        (
+            "retention.bytes",
+            log.retention_bytes
+                .map_or("-1".to_string(), |b| b.to_string()),
+            SOURCE_STATIC_BROKER,
+        ),
+        (
+            "retention.ms",
+            log.retention_ms.map_or("-1".to_string(), |m| m.to_string()),
+            SOURCE_STATIC_BROKER,
+        ),
+        (
+            "max.message.bytes",
+            c.limits.max_batch_bytes.to_string(),
+            SOURCE_STATIC_BROKER,
+        ),
+        (
+            "message.timestamp.type",
+            "CreateTime".to_string(),
+            SOURCE_DEFAULT,
+        ),
+        ("compression.type", "producer".to_string(), SOURCE_DEFAULT),
+    ]
+}
+
+fn broker_configs(cx: &Ctx<'_>) -> Vec<(&'static str, String, i8)> {
+    let c = cx.state().config();
+    let mut v = vec![
+        (
+            "broker.id",
+            super::NODE_ID.to_string(),
+            SOURCE_STATIC_BROKER,
+        ),
+        (
+            "auto.create.topics.enable",
+            c.auto_create_topics.to_string(),
+            SOURCE_STATIC_BROKER,
+        ),
+        (
+            "num.partitions",
+            c.default_partitions.to_string(),
+            SOURCE_STATIC_BROKER,
+        ),
+        (
+            "group.min.session.timeout.ms",
+            c.group_min_session_timeout_ms.to_string(),
+            SOURCE_STATIC_BROKER,
+        ),
+        (
+            "group.max.session.timeout.ms",
+            c.group_max_session_timeout_ms.to_string(),
+            SOURCE_STATIC_BROKER,
+        ),
+        (
+            "group.initial.rebalance.delay.ms",
+            c.group_initial_rebalance_delay_ms.to_string(),
+            SOURCE_STATIC_BROKER,
+        ),
+        (
+            "transaction.max.timeout.ms",
+            crate::txn::MAX_TXN_TIMEOUT_MS.to_string(),
+            SOURCE_DEFAULT,
+        ),
+    ];
+    v.extend(topic_configs(cx));
+    v
+}
+
+pub(crate) async fn describe_configs(
+    cx: &Ctx<'_>,
+    req: DescribeConfigsRequest,
+) -> DescribeConfigsResponse {
+    let mut resp = DescribeConfigsResponse::default();
+    for res in req.resources {
+        let mut out = DescribeConfigsResult::default();
+        out.resource_type = res.resource_type;
+        out.resource_name = res.resource_name.clone();
+        let configs = match res.resource_type {
+            RESOURCE_TOPIC => match cx.state().topic(res.resource_name.as_str()) {
+                Ok(_) => Some(topic_configs(cx)),
+                Err(e) => {
+                    out.error_code = cx.code(&e);
+                    out.error_message = Some(str(&e.to_string()));
+                    None
+                }
+            },
+            RESOURCE_BROKER
+                if res.resource_name.is_empty()
+                    || res.resource_name.as_str() == super::NODE_ID.to_string() =>
+            {
+                Some(broker_configs(cx))
+            }
+            other => {
+                out.error_code = cx.raw(code::INVALID_REQUEST);
+                out.error_message = Some(str(&format!(
+                    "resource type {other} named {:?} is not described here",
+                    res.resource_name.as_str()
+                )));
+                None
+            }
+        };
+        if let Some(configs) = configs {
+            out.configs = configs
+                .into_iter()
+                .filter(|(name, ..)| {
+                    res.configuration_keys
+                        .as_ref()
+                        .is_none_or(|keys| keys.iter().any(|k| k.as_str() == *name))
+                })
+                .map(|(name, value, source)| {
+                    let mut c = DescribeConfigsResourceResult::default();
+                    c.name = str(name);
+                    c.value = Some(str(&value));
+                    c.read_only = true;
+                    c.config_source = source;
+                    c
+                })
+                .collect();
+        }
+        resp.results.push(out);
+    }
+    resp
+}

@@ -1,0 +1,367 @@
+//! One Kafka connection: frames in, responses out in request order.
+//!
+//! A request is read (4-byte size, then at most `max_request_bytes`),
+//! its key and version are checked against [`versions::SUPPORTED`], its
+//! header and body are decoded, and it is handled. Requests are handled
+//! one at a time in arrival order, as a Kafka broker does, with one
+//! exception that keeps pipelined producers fast: a produce is appended
+//! at once, and only its wait for durability runs while later requests
+//! are read. Responses leave in request order.
+//!
+//! A frame over the limit, an unknown key, an unsupported version (other
+//! than ApiVersions, which gets a v0 UNSUPPORTED_VERSION answer listing
+//! the ranges, KIP-511) or a body that does not decode closes this
+//! connection with a log line and `ferry_kafka_closed_total{reason}`; it
+//! never affects another connection.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Instant;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use futures::StreamExt;
+use futures::stream::FuturesOrdered;
+use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
+use kafka_protocol::protocol::{Decodable, Encodable};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::sync::mpsc;
+
+use super::errors;
+use super::versions::{self, PRODUCE_MIN_DECODED};
+use super::{Advertised, KAFKA_IDLE_TIMEOUT, MAX_PENDING_RESPONSES};
+use crate::error::BrokerError;
+use crate::state::BrokerState;
+
+/// Smallest frame: API key, API version and correlation id.
+const MIN_FRAME_BYTES: usize = 8;
+
+/// A response still being computed (a produce waiting for durability);
+/// `None` when no response is due.
+pub(crate) type Deferred = Pin<Box<dyn Future<Output = Option<Bytes>> + Send>>;
+
+/// What handling one request produced.
+pub(crate) enum Reply {
+    /// The encoded response frame.
+    Now(Bytes),
+    /// A response that completes later.
+    Later(Deferred),
+    /// No response (a produce with acks = 0).
+    Nothing,
+}
+
+/// Why a connection is closed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Close {
+    #[error("frame of {0} bytes is outside [{MIN_FRAME_BYTES}, the request limit {1}]")]
+    FrameSize(i64, usize),
+    #[error("unknown API key {0}")]
+    UnknownKey(i16),
+    #[error("{0:?} v{1} is not supported")]
+    Unsupported(ApiKey, i16),
+    #[error(
+        "Produce v{0} carries message format v0/v1, which Ferry does not store; use Produce v{PRODUCE_MIN_DECODED} or later"
+    )]
+    OldProduce(i16),
+    #[error("{0:?} v{1} did not decode: {2}")]
+    Malformed(ApiKey, i16, String),
+    #[error("{0:?} v{1} response did not encode: {2}")]
+    Encode(ApiKey, i16, String),
+}
+
+impl Close {
+    fn reason(&self) -> &'static str {
+        match self {
+            Close::FrameSize(..) => "frame_size",
+            Close::UnknownKey(_) => "unknown_key",
+            Close::Unsupported(..) | Close::OldProduce(_) => "unsupported_version",
+            Close::Malformed(..) => "malformed",
+            Close::Encode(..) => "encode",
+        }
+    }
+}
+
+/// One connection's context.
+pub(crate) struct Conn {
+    pub state: Arc<BrokerState>,
+    pub advertised: Arc<Advertised>,
+    pub peer: SocketAddr,
+}
+
+/// One request's context: the connection, the version, the client id,
+/// and a count of the errors its response carries (for metrics).
+pub(crate) struct Ctx<'a> {
+    pub conn: &'a Conn,
+    pub version: i16,
+    pub client_id: String,
+    errors: AtomicU32,
+}
+
+impl Ctx<'_> {
+    /// The broker core.
+    pub fn state(&self) -> &Arc<BrokerState> {
+        &self.conn.state
+    }
+
+    /// Kafka's number for `e`, counted as one error of this request.
+    pub fn code(&self, e: &BrokerError) -> i16 {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        errors::of(e)
+    }
+
+    /// Kafka's number for a result.
+    pub fn code_of<T>(&self, r: &Result<T, BrokerError>) -> i16 {
+        match r {
+            Ok(_) => errors::code::NONE,
+            Err(e) => self.code(e),
+        }
+    }
+
+    /// Counts a Kafka error number decided by the front end itself.
+    pub fn raw(&self, code: i16) -> i16 {
+        if code != errors::code::NONE {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        code
+    }
+}
+
+/// Serves one connection until the client closes it, it idles past
+/// [`KAFKA_IDLE_TIMEOUT`], it sends something the broker refuses, or the
+/// broker shuts down.
+pub(crate) async fn run(
+    stream: TcpStream,
+    peer: SocketAddr,
+    state: Arc<BrokerState>,
+    advertised: Arc<Advertised>,
+) {
+    metrics::gauge!("ferry_kafka_connections").increment(1.0);
+    let (rd, wr) = stream.into_split();
+    let (tx, rx) = mpsc::channel::<Deferred>(MAX_PENDING_RESPONSES);
+    let writer = tokio::spawn(write_loop(wr, rx));
+    let max = state.config().limits.max_request_bytes;
+    let conn = Conn {
+        state,
+        advertised,
+        peer,
+    };
+    let mut rd = BufReader::with_capacity(64 * 1024, rd);
+    let mut shutdown = conn.state.shutdown_signal();
+    loop {
+        let frame = tokio::select! {
+            f = tokio::time::timeout(KAFKA_IDLE_TIMEOUT, read_frame(&mut rd, max)) => f,
+            _ = crate::state::shutdown_begun(&mut shutdown) => break,
+        };
+        let frame = match frame {
+            Err(_) => {
+                tracing::debug!(%peer, "closing idle Kafka connection");
+                break;
+            }
+            Ok(Ok(Some(f))) => f,
+            Ok(Ok(None)) => break,
+            Ok(Err(FrameError::Io(e))) => {
+                tracing::debug!(%peer, error = %e, "Kafka connection failed");
+                break;
+            }
+            Ok(Err(FrameError::Close(c))) => {
+                refuse(&peer, &c);
+                break;
+            }
+        };
+        match handle_frame(&conn, frame).await {
+            Ok(Reply::Now(b)) => {
+                if tx
+                    .send(Box::pin(std::future::ready(Some(b))))
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+            Ok(Reply::Later(f)) => {
+                if tx.send(f).await.is_err() {
+                    break;
+                }
+            }
+            Ok(Reply::Nothing) => {}
+            Err(c) => {
+                refuse(&peer, &c);
+                break;
+            }
+        }
+    }
+    // Responses already due are still written, then the socket closes.
+    drop(tx);
+    let _ = writer.await;
+    metrics::gauge!("ferry_kafka_connections").decrement(1.0);
+}
+
+fn refuse(peer: &SocketAddr, c: &Close) {
+    metrics::counter!("ferry_kafka_closed_total", "reason" => c.reason()).increment(1);
+    tracing::warn!(%peer, error = %c, "closing Kafka connection");
+}
+
+enum FrameError {
+    Io(std::io::Error),
+    Close(Close),
+}
+
+/// Reads one frame; `None` at a clean end of stream between frames.
+async fn read_frame<R: AsyncReadExt + Unpin>(
+    rd: &mut R,
+    max: usize,
+) -> Result<Option<Bytes>, FrameError> {
+    let mut len = [0u8; 4];
+    match rd.read_exact(&mut len).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(FrameError::Io(e)),
+    }
+    let n = i64::from(i32::from_be_bytes(len));
+    if n < MIN_FRAME_BYTES as i64 || n > max as i64 {
+        return Err(FrameError::Close(Close::FrameSize(n, max)));
+    }
+    let mut buf = BytesMut::zeroed(n as usize);
+    rd.read_exact(&mut buf).await.map_err(FrameError::Io)?;
+    Ok(Some(buf.freeze()))
+}
+
+async fn write_loop(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Deferred>) {
+    let mut pending = FuturesOrdered::new();
+    let mut open = true;
+    loop {
+        tokio::select! {
+            f = rx.recv(), if open && pending.len() < MAX_PENDING_RESPONSES => match f {
+                Some(f) => pending.push_back(f),
+                None => open = false,
+            },
+            Some(resp) = pending.next(), if !pending.is_empty() => {
+                if let Some(b) = resp
+                    && wr.write_all(&b).await.is_err()
+                {
+                    return;
+                }
+            }
+            else => break,
+        }
+    }
+    let _ = wr.shutdown().await;
+}
+
+fn be_i16(b: &[u8], at: usize) -> i16 {
+    i16::from_be_bytes([b[at], b[at + 1]])
+}
+
+/// Decodes and handles one request frame.
+async fn handle_frame(conn: &Conn, frame: Bytes) -> Result<Reply, Close> {
+    let raw_key = be_i16(&frame, 0);
+    let version = be_i16(&frame, 2);
+    let correlation_id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
+    let key = ApiKey::try_from(raw_key).map_err(|_| Close::UnknownKey(raw_key))?;
+    if key == ApiKey::ApiVersions {
+        let (resp, v) = versions::answer_api_versions(version);
+        if v != version {
+            // The header of an unknown version cannot be trusted to
+            // decode; the v0 answer needs only the correlation id.
+            metrics::counter!("ferry_kafka_requests_total", "api" => "ApiVersions", "version" => version.to_string()).increment(1);
+            return encode(correlation_id, key, 0, &resp).map(Reply::Now);
+        }
+    }
+    if !versions::supported(key, version) {
+        return Err(Close::Unsupported(key, version));
+    }
+    if key == ApiKey::Produce && version < PRODUCE_MIN_DECODED {
+        return Err(Close::OldProduce(version));
+    }
+    let mut body = frame;
+    let header = RequestHeader::decode(&mut body, key.request_header_version(version))
+        .map_err(|e| Close::Malformed(key, version, e.to_string()))?;
+    let api = api_name(key);
+    metrics::counter!("ferry_kafka_requests_total", "api" => api, "version" => version.to_string())
+        .increment(1);
+    let cx = Ctx {
+        conn,
+        version,
+        client_id: header
+            .client_id
+            .as_ref()
+            .map(|s| s.to_string())
+            .unwrap_or_default(),
+        errors: AtomicU32::new(0),
+    };
+    let started = Instant::now();
+    let reply = super::dispatch(&cx, key, correlation_id, body).await?;
+    if let Reply::Now(_) = reply {
+        metrics::histogram!("ferry_kafka_request_seconds", "api" => api)
+            .record(started.elapsed().as_secs_f64());
+    }
+    let errors = cx.errors.load(Ordering::Relaxed);
+    if errors > 0 {
+        metrics::counter!("ferry_kafka_request_errors_total", "api" => api)
+            .increment(u64::from(errors));
+    }
+    Ok(reply)
+}
+
+/// Decodes a request body of type `T` at the context's version.
+pub(crate) fn decode<T: Decodable>(key: ApiKey, version: i16, mut body: Bytes) -> Result<T, Close> {
+    T::decode(&mut body, version).map_err(|e| Close::Malformed(key, version, e.to_string()))
+}
+
+/// Encodes a response frame: size, response header, body.
+pub(crate) fn encode<R: Encodable>(
+    correlation_id: i32,
+    key: ApiKey,
+    version: i16,
+    resp: &R,
+) -> Result<Bytes, Close> {
+    let mut buf = BytesMut::with_capacity(256);
+    buf.put_i32(0);
+    let mut header = ResponseHeader::default();
+    header.correlation_id = correlation_id;
+    header
+        .encode(&mut buf, key.response_header_version(version))
+        .and_then(|()| resp.encode(&mut buf, version))
+        .map_err(|e| Close::Encode(key, version, e.to_string()))?;
+    let n = (buf.len() - 4) as i32;
+    buf[..4].copy_from_slice(&n.to_be_bytes());
+    Ok(buf.freeze())
+}
+
+/// The key's name, for metric labels.
+pub(crate) fn api_name(key: ApiKey) -> &'static str {
+    match key {
+        ApiKey::Produce => "Produce",
+        ApiKey::Fetch => "Fetch",
+        ApiKey::ListOffsets => "ListOffsets",
+        ApiKey::Metadata => "Metadata",
+        ApiKey::OffsetCommit => "OffsetCommit",
+        ApiKey::OffsetFetch => "OffsetFetch",
+        ApiKey::FindCoordinator => "FindCoordinator",
+        ApiKey::JoinGroup => "JoinGroup",
+        ApiKey::Heartbeat => "Heartbeat",
+        ApiKey::LeaveGroup => "LeaveGroup",
+        ApiKey::SyncGroup => "SyncGroup",
+        ApiKey::DescribeGroups => "DescribeGroups",
+        ApiKey::ListGroups => "ListGroups",
+        ApiKey::ApiVersions => "ApiVersions",
+        ApiKey::CreateTopics => "CreateTopics",
+        ApiKey::DeleteTopics => "DeleteTopics",
+        ApiKey::InitProducerId => "InitProducerId",
+        ApiKey::OffsetForLeaderEpoch => "OffsetForLeaderEpoch",
+        ApiKey::AddPartitionsToTxn => "AddPartitionsToTxn",
+        ApiKey::AddOffsetsToTxn => "AddOffsetsToTxn",
+        ApiKey::EndTxn => "EndTxn",
+        ApiKey::TxnOffsetCommit => "TxnOffsetCommit",
+        ApiKey::DescribeConfigs => "DescribeConfigs",
+        ApiKey::DeleteGroups => "DeleteGroups",
+        ApiKey::DescribeCluster => "DescribeCluster",
+        ApiKey::DescribeTransactions => "DescribeTransactions",
+        ApiKey::ListTransactions => "ListTransactions",
+        _ => "other",
+    }
+}

@@ -1,0 +1,263 @@
+//! Fetch, ListOffsets and OffsetForLeaderEpoch: reading, and finding
+//! where to read. A fetch returns the stored batches as they are; under
+//! read_committed it stops at the last stable offset and lists the
+//! aborted transactions in range, which Kafka clients use to drop those
+//! records.
+
+use std::time::Duration;
+
+use kafka_protocol::messages::ProducerId;
+use kafka_protocol::messages::fetch_request::FetchRequest;
+use kafka_protocol::messages::fetch_response::{
+    AbortedTransaction, FetchResponse, FetchableTopicResponse, PartitionData,
+};
+use kafka_protocol::messages::list_offsets_request::ListOffsetsRequest;
+use kafka_protocol::messages::list_offsets_response::{
+    ListOffsetsPartitionResponse, ListOffsetsResponse, ListOffsetsTopicResponse,
+};
+use kafka_protocol::messages::offset_for_leader_epoch_request::OffsetForLeaderEpochRequest;
+use kafka_protocol::messages::offset_for_leader_epoch_response::{
+    EpochEndOffset, OffsetForLeaderEpochResponse, OffsetForLeaderTopicResult,
+};
+
+use super::conn::Ctx;
+use super::errors::code;
+use super::metadata::topic_name;
+use crate::config::MAX_FETCH_WAIT_MS;
+use crate::error::BrokerError;
+use crate::state::{FetchSpec, Isolation, OffsetSpec};
+
+/// ListOffsets timestamps with a meaning of their own.
+const LATEST_TIMESTAMP: i64 = -1;
+const EARLIEST_TIMESTAMP: i64 = -2;
+
+/// Kafka's isolation levels.
+const READ_COMMITTED: i8 = 1;
+
+fn isolation(level: i8) -> Isolation {
+    if level == READ_COMMITTED {
+        Isolation::ReadCommitted
+    } else {
+        Isolation::ReadUncommitted
+    }
+}
+
+pub(crate) async fn fetch(cx: &Ctx<'_>, req: FetchRequest) -> FetchResponse {
+    let mut resp = FetchResponse::default();
+    let isolation = isolation(req.isolation_level);
+    // Offsets and partitions that cannot be valid are answered without
+    // asking the core; the rest are fetched together.
+    let mut specs = Vec::new();
+    let mut early: Vec<(String, i32, i16)> = Vec::new();
+    for t in &req.topics {
+        let topic = t.topic.0.to_string();
+        for p in &t.partitions {
+            match (u32::try_from(p.partition), u64::try_from(p.fetch_offset)) {
+                (Ok(partition), Ok(offset)) => specs.push(FetchSpec {
+                    topic: topic.clone(),
+                    partition,
+                    offset,
+                    max_bytes: u32::try_from(p.partition_max_bytes).unwrap_or(0).max(1),
+                }),
+                (Err(_), _) => {
+                    early.push((topic.clone(), p.partition, code::UNKNOWN_TOPIC_OR_PARTITION))
+                }
+                (_, Err(_)) => early.push((topic.clone(), p.partition, code::OFFSET_OUT_OF_RANGE)),
+            }
+        }
+    }
+    // min_bytes 0 means "answer at once".
+    let wait = if req.min_bytes <= 0 {
+        Duration::ZERO
+    } else {
+        Duration::from_millis(req.max_wait_ms.clamp(0, MAX_FETCH_WAIT_MS as i32) as u64)
+    };
+    let max_bytes = usize::try_from(req.max_bytes)
+        .ok()
+        .filter(|m| *m > 0)
+        .unwrap_or(usize::MAX);
+    let _busy = cx.state().enter();
+    let results = cx
+        .state()
+        .fetch(
+            specs,
+            wait,
+            req.min_bytes.max(1) as usize,
+            max_bytes,
+            isolation,
+        )
+        .await;
+    let mut topics: Vec<FetchableTopicResponse> = Vec::new();
+    let mut push = |topic: &str, pd: PartitionData| match topics
+        .iter_mut()
+        .find(|t| t.topic.0.as_str() == topic)
+    {
+        Some(t) => t.partitions.push(pd),
+        None => {
+            let mut t = FetchableTopicResponse::default();
+            t.topic = topic_name(topic);
+            t.partitions.push(pd);
+            topics.push(t);
+        }
+    };
+    match results {
+        Err(e) => resp.error_code = cx.code(&e),
+        Ok(results) => {
+            for r in results {
+                let mut pd = PartitionData::default();
+                pd.partition_index = r.spec.partition as i32;
+                pd.high_watermark = r.high_watermark as i64;
+                pd.last_stable_offset = r.last_stable_offset as i64;
+                pd.log_start_offset = r.log_start_offset as i64;
+                if isolation == Isolation::ReadCommitted {
+                    pd.aborted_transactions = Some(
+                        r.aborted
+                            .iter()
+                            .map(|a| {
+                                let mut at = AbortedTransaction::default();
+                                at.producer_id = ProducerId(a.producer_id);
+                                at.first_offset = a.first_offset as i64;
+                                at
+                            })
+                            .collect(),
+                    );
+                }
+                match r.records {
+                    Ok(b) => pd.records = Some(b),
+                    Err(e) => {
+                        pd.error_code = cx.code(&e);
+                        pd.high_watermark = -1;
+                        pd.last_stable_offset = -1;
+                        pd.log_start_offset = -1;
+                    }
+                }
+                push(&r.spec.topic, pd);
+            }
+        }
+    }
+    for (topic, partition, error) in early {
+        let mut pd = PartitionData::default();
+        pd.partition_index = partition;
+        pd.error_code = cx.raw(error);
+        pd.high_watermark = -1;
+        push(&topic, pd);
+    }
+    resp.responses = topics;
+    resp
+}
+
+fn list_one(
+    cx: &Ctx<'_>,
+    topic: &str,
+    partition: i32,
+    timestamp: i64,
+    level: i8,
+) -> Result<u64, BrokerError> {
+    let unknown = || BrokerError::UnknownTopicOrPartition {
+        topic: topic.to_string(),
+        partition: 0,
+    };
+    let partition = u32::try_from(partition).map_err(|_| unknown())?;
+    let state = cx.state();
+    match timestamp {
+        LATEST_TIMESTAMP if isolation(level) == Isolation::ReadCommitted => {
+            Ok(state.partition(topic, partition)?.last_stable_offset())
+        }
+        LATEST_TIMESTAMP => state.list_offset(topic, partition, OffsetSpec::Latest),
+        EARLIEST_TIMESTAMP => state.list_offset(topic, partition, OffsetSpec::Earliest),
+        ts if ts >= 0 => state.list_offset(topic, partition, OffsetSpec::ByTimestamp(ts)),
+        other => Err(BrokerError::InvalidRequest(format!(
+            "ListOffsets timestamp {other} is not supported (only -1 latest, -2 earliest, or a time)"
+        ))),
+    }
+}
+
+pub(crate) async fn list_offsets(cx: &Ctx<'_>, req: ListOffsetsRequest) -> ListOffsetsResponse {
+    let mut resp = ListOffsetsResponse::default();
+    resp.topics = req
+        .topics
+        .iter()
+        .map(|t| {
+            let topic = t.name.0.as_str();
+            let mut tr = ListOffsetsTopicResponse::default();
+            tr.name = t.name.clone();
+            tr.partitions = t
+                .partitions
+                .iter()
+                .map(|p| {
+                    let mut pr = ListOffsetsPartitionResponse::default();
+                    pr.partition_index = p.partition_index;
+                    match list_one(
+                        cx,
+                        topic,
+                        p.partition_index,
+                        p.timestamp,
+                        req.isolation_level,
+                    ) {
+                        Ok(o) => {
+                            pr.offset = o as i64;
+                            pr.timestamp = -1;
+                            if cx.version >= 4 {
+                                pr.leader_epoch = 0;
+                            }
+                        }
+                        Err(e) => {
+                            pr.error_code = cx.code(&e);
+                            pr.offset = -1;
+                            pr.timestamp = -1;
+                        }
+                    }
+                    pr
+                })
+                .collect();
+            tr
+        })
+        .collect();
+    resp
+}
+
+/// Every partition has one leader epoch, 0, which ends at the high
+/// watermark: a client validating its position after a leader change
+/// learns that nothing was truncated.
+pub(crate) async fn offset_for_leader_epoch(
+    cx: &Ctx<'_>,
+    req: OffsetForLeaderEpochRequest,
+) -> OffsetForLeaderEpochResponse {
+    let mut resp = OffsetForLeaderEpochResponse::default();
+    resp.topics = req
+        .topics
+        .iter()
+        .map(|t| {
+            let mut tr = OffsetForLeaderTopicResult::default();
+            tr.topic = t.topic.clone();
+            tr.partitions = t
+                .partitions
+                .iter()
+                .map(|p| {
+                    let mut e = EpochEndOffset::default();
+                    e.partition = p.partition;
+                    let found = u32::try_from(p.partition)
+                        .map_err(|_| BrokerError::UnknownTopicOrPartition {
+                            topic: t.topic.0.to_string(),
+                            partition: 0,
+                        })
+                        .and_then(|pi| cx.state().partition(t.topic.0.as_str(), pi));
+                    match found {
+                        Ok(part) => {
+                            e.leader_epoch = 0;
+                            e.end_offset = part.visible_offset() as i64;
+                        }
+                        Err(err) => {
+                            e.error_code = cx.code(&err);
+                            e.leader_epoch = -1;
+                            e.end_offset = -1;
+                        }
+                    }
+                    e
+                })
+                .collect();
+            tr
+        })
+        .collect();
+    resp
+}

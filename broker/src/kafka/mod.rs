@@ -1,0 +1,207 @@
+//! The Kafka front end: Kafka's wire protocol over the same broker core
+//! ([`BrokerState`]) the gRPC service calls, so that unmodified Kafka
+//! clients produce, consume, join groups and run transactions, and a
+//! record written through either front end is read through the other.
+//!
+//! - `conn`: one TCP connection: framing (a 4-byte size, then the
+//!   request), the request header, the version firewall, and in-order
+//!   responses.
+//! - `versions`: the advertised API keys and versions, and ApiVersions.
+//! - `errors`: Kafka's error numbers for Ferry's error codes.
+//! - one module per family of requests, each turning decoded
+//!   `kafka-protocol` messages into core calls and back: `metadata`
+//!   (Metadata, FindCoordinator, DescribeCluster), `produce`, `fetch`
+//!   (Fetch, ListOffsets, OffsetForLeaderEpoch), `groups`, `txn`, `admin`
+//!   (topics and configs).
+//!
+//! Record batches are never decoded here: Ferry's batch format is Kafka's
+//! RecordBatch v2, so a produced batch is handed to the core as it came
+//! and a fetch returns the stored bytes.
+
+mod admin;
+mod conn;
+mod errors;
+mod fetch;
+mod groups;
+mod metadata;
+mod produce;
+mod txn;
+mod versions;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use kafka_protocol::messages::ApiKey;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use crate::state::BrokerState;
+use conn::{Close, Ctx, Reply};
+
+/// Default port of the Kafka listener.
+pub const DEFAULT_KAFKA_PORT: u16 = 9092;
+/// The broker's node id in every Kafka response: one broker, leading every
+/// partition.
+pub const NODE_ID: i32 = 0;
+/// A connection with no request for this long is closed (Kafka's
+/// `connections.max.idle.ms`).
+pub const KAFKA_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+/// Most responses one connection may have waiting to be written (produce
+/// acknowledgements waiting for durability); past it the broker stops
+/// reading the connection.
+pub const MAX_PENDING_RESPONSES: usize = 256;
+
+/// Where clients should connect, as Metadata and FindCoordinator
+/// announce it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Advertised {
+    /// Host name or address.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+}
+
+impl Advertised {
+    /// Parses `host:port`.
+    pub fn parse(s: &str) -> Result<Advertised, String> {
+        let (host, port) = s
+            .rsplit_once(':')
+            .ok_or_else(|| format!("{s:?} is not host:port"))?;
+        let port = port.parse().map_err(|e| format!("{s:?}: bad port: {e}"))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() {
+            return Err(format!("{s:?}: empty host"));
+        }
+        Ok(Advertised {
+            host: host.to_string(),
+            port,
+        })
+    }
+}
+
+/// Serves Kafka clients on `listener` until the task is aborted.
+/// Connections past the broker's connection limit are closed at once.
+pub(crate) async fn serve(listener: TcpListener, state: Arc<BrokerState>, advertised: Advertised) {
+    let advertised = Arc::new(advertised);
+    let max = state.config().limits.max_connections;
+    let permits = Arc::new(Semaphore::new(max));
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "kafka accept failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            metrics::counter!("ferry_connections_refused_total").increment(1);
+            tracing::warn!(%peer, limit = max, "connection limit reached; closing new Kafka connection");
+            continue;
+        };
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::warn!(error = %e, "cannot set TCP_NODELAY");
+        }
+        let state = state.clone();
+        let advertised = advertised.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            conn::run(stream, peer, state, advertised).await;
+        });
+    }
+}
+
+/// Decodes the body of a request the connection has admitted, hands it
+/// to its handler and encodes the response.
+pub(crate) async fn dispatch(
+    cx: &Ctx<'_>,
+    key: ApiKey,
+    correlation_id: i32,
+    body: Bytes,
+) -> Result<Reply, Close> {
+    let v = cx.version;
+    macro_rules! route {
+        ($($k:ident => $f:path),* $(,)?) => {
+            match key {
+                ApiKey::Produce => produce::handle(cx, correlation_id, conn::decode(key, v, body)?),
+                $(ApiKey::$k => {
+                    let resp = $f(cx, conn::decode(key, v, body)?).await;
+                    conn::encode(correlation_id, key, v, &resp).map(Reply::Now)
+                })*
+                other => Err(Close::Unsupported(other, v)),
+            }
+        };
+    }
+    route! {
+        ApiVersions => metadata::api_versions,
+        Metadata => metadata::metadata,
+        FindCoordinator => metadata::find_coordinator,
+        DescribeCluster => metadata::describe_cluster,
+        Fetch => fetch::fetch,
+        ListOffsets => fetch::list_offsets,
+        OffsetForLeaderEpoch => fetch::offset_for_leader_epoch,
+        JoinGroup => groups::join_group,
+        SyncGroup => groups::sync_group,
+        Heartbeat => groups::heartbeat,
+        LeaveGroup => groups::leave_group,
+        OffsetCommit => groups::offset_commit,
+        OffsetFetch => groups::offset_fetch,
+        ListGroups => groups::list_groups,
+        DescribeGroups => groups::describe_groups,
+        DeleteGroups => groups::delete_groups,
+        InitProducerId => txn::init_producer_id,
+        AddPartitionsToTxn => txn::add_partitions_to_txn,
+        AddOffsetsToTxn => txn::add_offsets_to_txn,
+        TxnOffsetCommit => txn::txn_offset_commit,
+        EndTxn => txn::end_txn,
+        ListTransactions => txn::list_transactions,
+        DescribeTransactions => txn::describe_transactions,
+        CreateTopics => admin::create_topics,
+        DeleteTopics => admin::delete_topics,
+        DescribeConfigs => admin::describe_configs,
+    }
+}
+
+/// The advertised address for a listener bound at `bound`: `configured`
+/// if set, else the bound address itself.
+pub(crate) fn advertised_for(
+    configured: Option<&str>,
+    bound: SocketAddr,
+) -> Result<Advertised, String> {
+    match configured {
+        Some(s) => Advertised::parse(s),
+        None => Ok(Advertised {
+            host: bound.ip().to_string(),
+            port: bound.port(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn advertised_addresses_parse_and_default_to_the_bound_one() {
+        assert_eq!(
+            Advertised::parse("broker.example:19092").unwrap(),
+            Advertised {
+                host: "broker.example".into(),
+                port: 19092
+            }
+        );
+        assert!(Advertised::parse("nohost").is_err());
+        assert!(Advertised::parse(":9092").is_err());
+        assert!(Advertised::parse("h:99999").is_err());
+        let bound: SocketAddr = "127.0.0.1:4242".parse().unwrap();
+        assert_eq!(
+            advertised_for(None, bound).unwrap(),
+            Advertised {
+                host: "127.0.0.1".into(),
+                port: 4242
+            }
+        );
+    }
+}
