@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use ferry_client::{Acks, Client, Delivery, Producer, ProducerConfig};
+use ferry_client::{Acks, Client, Delivery, Producer, ProducerConfig, ProducerRecord};
 
 use super::lines::{spawn_stdin_reader, split_line};
 use super::{BrokerAddr, CliError};
@@ -24,6 +24,15 @@ pub struct ProduceArgs {
     /// Split each line at the first SEP into key and value (no SEP: null key).
     #[arg(long)]
     key_separator: Option<String>,
+    /// A header KEY=VALUE added to every record; repeat for more (a key
+    /// may appear twice). Not with --transactional-id.
+    #[arg(long = "header", value_name = "KEY=VALUE", value_parser = parse_header)]
+    headers: Vec<(String, String)>,
+    /// Stamp every record with this time (milliseconds since the Unix
+    /// epoch) instead of the moment it is batched. Not with
+    /// --transactional-id.
+    #[arg(long, value_name = "MS")]
+    timestamp: Option<i64>,
     /// none, leader, or all (durable under the broker's fsync policy).
     #[arg(long, default_value = "all")]
     acks: Acks,
@@ -62,6 +71,9 @@ pub async fn run(args: ProduceArgs) -> Result<ExitCode, CliError> {
     }
     let idempotent = idempotence(args.acks, args.idempotent, args.no_idempotent)?;
     if let Some(transactional_id) = args.transactional_id.clone() {
+        if !args.headers.is_empty() || args.timestamp.is_some() {
+            return Err("--header and --timestamp do not combine with --transactional-id".into());
+        }
         if !idempotent {
             return Err("--transactional-id needs --acks all and idempotence".into());
         }
@@ -155,6 +167,11 @@ async fn send_lines(
     deliveries: tokio::sync::mpsc::Sender<Delivery>,
 ) -> Sending {
     let sep = args.key_separator.as_deref().map(str::as_bytes);
+    let headers: Vec<(&[u8], Option<&[u8]>)> = args
+        .headers
+        .iter()
+        .map(|(k, v)| (k.as_bytes(), Some(v.as_bytes())))
+        .collect();
     let mut out = Sending {
         sent: 0,
         failed: 0,
@@ -163,10 +180,15 @@ async fn send_lines(
     while let Some(chunk) = lines.recv().await {
         for line in &chunk {
             let (key, value) = split_line(line, sep);
-            let r = match args.partition {
-                Some(p) => producer.send_to(&args.topic, p, key, Some(value)).await,
-                None => producer.send(&args.topic, key, Some(value)).await,
-            };
+            let mut record =
+                ProducerRecord::new(&args.topic, key, Some(value)).with_headers(&headers);
+            if let Some(p) = args.partition {
+                record = record.to_partition(p);
+            }
+            if let Some(ts) = args.timestamp {
+                record = record.with_timestamp(ts);
+            }
+            let r = producer.send_record(record).await;
             match r {
                 Ok(d) => {
                     out.sent += 1;
@@ -206,6 +228,13 @@ async fn count_deliveries(mut deliveries: tokio::sync::mpsc::Receiver<Delivery>)
         }
     }
     out
+}
+
+fn parse_header(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("{s:?} is not KEY=VALUE with a non-empty KEY")),
+    }
 }
 
 /// Whether to produce idempotently: the explicit flag if one was given

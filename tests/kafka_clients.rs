@@ -1,0 +1,245 @@
+//! Ferry's Kafka listener against Kafka clients nobody here wrote:
+//! confluent-kafka (librdkafka 2.x) and kafka-python from PyPI, and
+//! Debian's kcat (librdkafka 2.0.2, whose older maxima such as Metadata
+//! v4 exercise the non-flexible encodings). The Python checks live in
+//! `tests/python/kafka_confluent.py` and `tests/python/kafka_python_client.py`
+//! and assert what they are named for; these tests start the broker (a
+//! real `ferry broker` process, killed with `kill -9` where a test says
+//! so) and run them.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::{FERRY, ferry, json_lines, ok, python_with_requirements};
+use ferry_testkit::BrokerProcess;
+
+/// Flags that make groups form at once in tests.
+const BROKER_FLAGS: &[&str] = &[
+    "--group-initial-rebalance-delay-ms",
+    "0",
+    "--group-min-session-timeout-ms",
+    "500",
+];
+
+fn start(dir: &Path) -> BrokerProcess {
+    BrokerProcess::start_with_args(
+        FERRY,
+        dir.join("data"),
+        "127.0.0.1:0",
+        BROKER_FLAGS.iter().copied(),
+    )
+    .expect("start ferry broker")
+}
+
+fn kafka(broker: &BrokerProcess) -> String {
+    broker
+        .kafka_addr()
+        .expect("the Kafka listener is on")
+        .to_string()
+}
+
+fn script(name: &str) -> String {
+    format!("{}/tests/python/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Runs a Python check and requires success, showing its output if not.
+fn python(args: &[&str]) -> Output {
+    let out = Command::new(python_with_requirements())
+        .args(args)
+        .output()
+        .expect("run python");
+    assert!(
+        out.status.success(),
+        "{args:?} failed ({:?})\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn confluent(args: &[&str]) -> Output {
+    let s = script("kafka_confluent.py");
+    let mut all = vec![s.as_str()];
+    all.extend_from_slice(args);
+    python(&all)
+}
+
+fn kcat() -> &'static str {
+    let found = Command::new("kcat").arg("-V").output();
+    assert!(
+        found.is_ok_and(|o| o.status.success()),
+        "kcat is not installed: apt-get install kcat (.ci/run installs it)"
+    );
+    "kcat"
+}
+
+#[test]
+fn kcat_lists_the_broker_and_its_topics_and_round_trips_records() {
+    let kcat = kcat();
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path());
+    let bs = kafka(&broker);
+    common::create_topic(broker.addr(), "kc", 2);
+    let run = |args: &[&str], stdin: Option<&str>| {
+        let mut child = Command::new(kcat)
+            .args(["-b", &bs])
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        if let Some(s) = stdin {
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
+        }
+        drop(child.stdin.take());
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "kcat {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let listing = run(&["-L"], None);
+    assert!(listing.contains(&format!("broker 0 at {bs}")), "{listing}");
+    assert!(
+        listing.contains("topic \"kc\" with 2 partitions"),
+        "{listing}"
+    );
+    run(&["-P", "-t", "kc", "-K", ":"], Some("a:1\nb:2\nc:3\n"));
+    let read = run(&["-C", "-t", "kc", "-e", "-f", "%k=%s\\n"], None);
+    let mut lines: Vec<&str> = read.lines().collect();
+    lines.sort();
+    assert_eq!(lines, ["a=1", "b=2", "c=3"]);
+    // The same records through Ferry's own client.
+    let records = common::consume_from_earliest(broker.addr(), "kc", &[]);
+    let mut values: Vec<&str> = records
+        .iter()
+        .map(|r| r["value"].as_str().unwrap())
+        .collect();
+    values.sort();
+    assert_eq!(values, ["1", "2", "3"]);
+}
+
+#[test]
+fn confluent_kafka_produces_consumes_with_a_group_and_administers_topics_and_groups() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path());
+    confluent(&["basic", &kafka(&broker)]);
+}
+
+#[test]
+fn confluent_kafka_transactions_commit_visibly_abort_invisibly_copy_with_offsets_and_fence_a_zombie()
+ {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path());
+    confluent(&["txn", &kafka(&broker)]);
+}
+
+#[test]
+fn a_confluent_kafka_group_of_three_splits_six_partitions_and_rebalances_when_one_leaves() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path());
+    confluent(&["group", &kafka(&broker)]);
+}
+
+#[test]
+fn a_confluent_kafka_idempotent_producer_loses_and_duplicates_nothing_across_two_kill_9s() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = start(dir.path());
+    let bs = kafka(&broker);
+    common::create_topic(broker.addr(), "idem", 3);
+    let count = "20000";
+    let producer = Command::new(python_with_requirements())
+        .args([
+            &script("kafka_confluent.py"),
+            "produce-idempotent",
+            &bs,
+            "idem",
+            count,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    for _ in 0..2 {
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        broker = broker.kill9_and_restart().expect("restart after kill -9");
+    }
+    let out = producer.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "producer: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    confluent(&["verify-once", &bs, "idem", count]);
+}
+
+#[test]
+fn kafka_python_produces_consumes_and_joins_a_group_of_two() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path());
+    python(&[&script("kafka_python_client.py"), &kafka(&broker)]);
+}
+
+#[test]
+fn records_cross_between_ferry_and_confluent_kafka_with_keys_values_headers_and_timestamps() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path());
+    let bs = kafka(&broker);
+    common::create_topic(broker.addr(), "from-ferry", 1);
+    common::create_topic(broker.addr(), "from-kafka", 1);
+
+    // Ferry's CLI produces; confluent-kafka reads.
+    ok(&ferry(
+        broker.addr(),
+        &[
+            "produce",
+            "from-ferry",
+            "--key-separator",
+            ":",
+            "--header",
+            "source=ferry",
+            "--header",
+            "source=twice",
+            "--timestamp",
+            "1650000000000",
+        ],
+        Some("k1:v1\nk2:v2\n"),
+    ));
+    let out = confluent(&["consume-mixed", &bs, "from-ferry", "2"]);
+    let report = &json_lines(&out.stdout)[0];
+    let records = report["records"].as_array().unwrap();
+    assert_eq!(records.len(), 2, "{report}");
+    for (r, (k, v)) in records.iter().zip([("k1", "v1"), ("k2", "v2")]) {
+        assert_eq!(r["key"], k, "{r}");
+        assert_eq!(r["value"], v, "{r}");
+        assert_eq!(
+            r["headers"],
+            serde_json::json!([["source", "ferry"], ["source", "twice"]]),
+            "{r}"
+        );
+        assert_eq!(r["timestamp"], 1_650_000_000_000i64, "{r}");
+    }
+
+    // confluent-kafka produces; Ferry's CLI reads.
+    confluent(&["produce-mixed", &bs, "from-kafka"]);
+    let read = common::consume_from_earliest(broker.addr(), "from-kafka", &[]);
+    assert_eq!(read.len(), 5, "{read:?}");
+    for (i, r) in read.iter().enumerate() {
+        assert_eq!(r["key"], format!("ck{i}"), "{r}");
+        assert_eq!(r["value"], format!("cv{i}"), "{r}");
+        assert_eq!(r["timestamp"], 1_600_000_000_000i64 + i as i64, "{r}");
+        assert_eq!(
+            r["headers"],
+            serde_json::json!([{"key": "source", "value": "confluent"}, {"key": "n", "value": i.to_string()}]),
+            "{r}"
+        );
+    }
+}

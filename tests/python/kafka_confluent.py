@@ -1,0 +1,362 @@
+"""Checks of Ferry's Kafka listener with confluent-kafka (librdkafka 2.x),
+a Kafka client nobody here wrote. Each subcommand asserts what it checks
+and exits non-zero with the reason; tests/kafka_clients.rs runs them.
+
+    kafka_confluent.py basic BOOTSTRAP
+    kafka_confluent.py txn BOOTSTRAP
+    kafka_confluent.py group BOOTSTRAP
+    kafka_confluent.py produce-idempotent BOOTSTRAP TOPIC COUNT
+    kafka_confluent.py verify-once BOOTSTRAP TOPIC COUNT
+    kafka_confluent.py produce-mixed BOOTSTRAP TOPIC
+    kafka_confluent.py consume-mixed BOOTSTRAP TOPIC COUNT
+"""
+import json
+import sys
+import time
+import uuid
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
+
+
+def fail(msg):
+    print(f"FAIL: {msg}", file=sys.stderr)
+    sys.exit(1)
+
+
+def check(cond, msg):
+    if not cond:
+        fail(msg)
+
+
+def consumer(bs, group, **extra):
+    conf = {
+        "bootstrap.servers": bs,
+        "group.id": group,
+        "auto.offset.reset": "earliest",
+        "enable.auto.commit": False,
+        "session.timeout.ms": 6000,
+        "heartbeat.interval.ms": 500,
+    }
+    conf.update(extra)
+    return Consumer(conf)
+
+
+def drain(c, want, timeout=30.0, idle=None):
+    """Polls until `want` messages arrived (or, with `idle`, until nothing
+    arrived for that long after the first one), or the timeout."""
+    got = []
+    deadline = time.time() + timeout
+    last = time.time()
+    while time.time() < deadline:
+        if want is not None and len(got) >= want:
+            break
+        if idle is not None and got and time.time() - last > idle:
+            break
+        m = c.poll(0.5)
+        if m is None:
+            continue
+        if m.error():
+            if m.error().code() == KafkaError._PARTITION_EOF:
+                continue
+            fail(f"consume error: {m.error()}")
+        got.append(m)
+        last = time.time()
+    return got
+
+
+def create(admin, name, partitions):
+    fs = admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)])
+    for f in fs.values():
+        f.result(15)
+
+
+def basic(bs):
+    admin = AdminClient({"bootstrap.servers": bs})
+    topic = f"basic-{uuid.uuid4().hex[:8]}"
+    create(admin, topic, 3)
+    md = admin.list_topics(timeout=10)
+    check(topic in md.topics, f"{topic} not listed: {list(md.topics)}")
+    check(len(md.topics[topic].partitions) == 3, "three partitions")
+    check(len(md.brokers) == 1, f"one broker: {md.brokers}")
+    # Creating it again is TOPIC_ALREADY_EXISTS.
+    try:
+        create(admin, topic, 3)
+        fail("a second create succeeded")
+    except KafkaException as e:
+        check(e.args[0].code() == KafkaError.TOPIC_ALREADY_EXISTS, f"second create: {e}")
+    res = admin.describe_configs([ConfigResource(ConfigResource.Type.TOPIC, topic)])
+    for f in res.values():
+        configs = f.result(10)
+        check("retention.ms" in configs and "cleanup.policy" in configs, f"configs: {list(configs)}")
+
+    p = Producer({"bootstrap.servers": bs, "enable.idempotence": True, "linger.ms": 5})
+    sent = {}
+    for i in range(300):
+        key = f"k{i % 11}"
+        value = f"v{i}"
+        p.produce(topic, key=key, value=value, headers=[("h", b"1"), ("h", b"2")], timestamp=1_700_000_000_000 + i)
+        sent[value] = key
+    check(p.flush(20) == 0, "every record delivered")
+
+    c = consumer(bs, f"g-{topic}")
+    c.subscribe([topic])
+    msgs = drain(c, 300)
+    check(len(msgs) == 300, f"consumed {len(msgs)} of 300")
+    seen = set()
+    for m in msgs:
+        v = m.value().decode()
+        check(v not in seen, f"{v} twice")
+        seen.add(v)
+        check(m.key().decode() == sent[v], f"key of {v}")
+        check(m.headers() == [("h", b"1"), ("h", b"2")], f"headers of {v}: {m.headers()}")
+        check(m.timestamp()[1] == 1_700_000_000_000 + int(v[1:]), f"timestamp of {v}: {m.timestamp()}")
+    # Per partition, keys map to one partition and offsets are dense.
+    by_part = {}
+    for m in msgs:
+        by_part.setdefault(m.partition(), []).append(m.offset())
+    for part, offs in by_part.items():
+        check(offs == list(range(len(offs))), f"partition {part} offsets {offs[:5]}...")
+    c.commit(asynchronous=False)
+    committed = c.committed([TopicPartition(topic, i) for i in range(3)], timeout=10)
+    for tp in committed:
+        check(tp.offset == len(by_part.get(tp.partition, [])) or (tp.offset < 0 and tp.partition not in by_part),
+              f"committed {tp}")
+    c.close()
+
+    groups = admin.list_consumer_groups().result(10)
+    check(any(g.group_id == f"g-{topic}" for g in groups.valid), f"group listed: {groups.valid}")
+    desc = admin.describe_consumer_groups([f"g-{topic}"])
+    for f in desc.values():
+        d = f.result(10)
+        check(str(d.state).endswith("EMPTY"), f"group state after close: {d.state}")
+    for f in admin.delete_consumer_groups([f"g-{topic}"]).values():
+        f.result(10)
+    for f in admin.delete_topics([topic]).values():
+        f.result(10)
+    md = admin.list_topics(timeout=10)
+    check(topic not in md.topics, "deleted topic gone")
+    print(json.dumps({"ok": True, "records": len(msgs)}))
+
+
+def txn(bs):
+    admin = AdminClient({"bootstrap.servers": bs})
+    src = f"txn-in-{uuid.uuid4().hex[:8]}"
+    out = f"txn-out-{uuid.uuid4().hex[:8]}"
+    create(admin, src, 2)
+    create(admin, out, 2)
+    tid = f"tid-{uuid.uuid4().hex[:8]}"
+    tp = Producer({"bootstrap.servers": bs, "transactional.id": tid})
+    tp.init_transactions(15)
+    tp.begin_transaction()
+    for i in range(10):
+        tp.produce(src, key=str(i), value=f"committed-{i}")
+    tp.commit_transaction(15)
+    tp.begin_transaction()
+    for i in range(10):
+        tp.produce(src, key=str(i), value=f"aborted-{i}")
+    # Flushed first, so the aborted records reach the log (an abort
+    # purges what the client has not sent yet).
+    check(tp.flush(15) == 0, "aborted records sent")
+    tp.abort_transaction(15)
+    tp.begin_transaction()
+    for i in range(10, 20):
+        tp.produce(src, key=str(i), value=f"committed-{i}")
+    tp.commit_transaction(15)
+
+    rc = consumer(bs, f"rc-{src}", **{"isolation.level": "read_committed"})
+    rc.subscribe([src])
+    got = [m.value().decode() for m in drain(rc, None, timeout=20, idle=3)]
+    rc.close()
+    check(sorted(got) == sorted(f"committed-{i}" for i in range(20)), f"read_committed saw {sorted(got)}")
+    ru = consumer(bs, f"ru-{src}", **{"isolation.level": "read_uncommitted"})
+    ru.subscribe([src])
+    raw = [m.value().decode() for m in drain(ru, 30, timeout=20)]
+    ru.close()
+    check(len(raw) == 30 and sum(v.startswith("aborted") for v in raw) == 10, f"read_uncommitted saw {len(raw)}")
+
+    # Read-process-write: consume src, write out, commit offsets in the
+    # transaction with the consumer's group metadata (KIP-447).
+    group = f"copier-{src}"
+    c = consumer(bs, group, **{"isolation.level": "read_committed"})
+    c.subscribe([src])
+    copier = Producer({"bootstrap.servers": bs, "transactional.id": f"{tid}-copier"})
+    copier.init_transactions(15)
+    msgs = drain(c, 20, timeout=30)
+    check(len(msgs) == 20, f"copier read {len(msgs)}")
+    copier.begin_transaction()
+    for m in msgs:
+        copier.produce(out, key=m.key(), value=m.value())
+    positions = c.position(c.assignment())
+    copier.send_offsets_to_transaction(positions, c.consumer_group_metadata(), 15)
+    copier.commit_transaction(15)
+    c.close()
+    check_c = consumer(bs, group)
+    committed = check_c.committed([TopicPartition(src, i) for i in range(2)], timeout=10)
+    check_c.close()
+    total = sum(max(tp.offset, 0) for tp in committed)
+    # 20 committed records + 2 control markers per committed/aborted transaction per partition touched.
+    check(total >= 20, f"transactional offsets committed: {committed}")
+    oc = consumer(bs, f"out-{out}", **{"isolation.level": "read_committed"})
+    oc.subscribe([out])
+    copied = sorted(m.value().decode() for m in drain(oc, None, timeout=20, idle=3))
+    oc.close()
+    check(copied == sorted(f"committed-{i}" for i in range(20)), f"copied {copied}")
+
+    # A zombie: a second producer with the same transactional id fences
+    # the first, whose commit then fails.
+    zombie = Producer({"bootstrap.servers": bs, "transactional.id": f"{tid}-z"})
+    zombie.init_transactions(15)
+    zombie.begin_transaction()
+    zombie.produce(out, value="zombie")
+    zombie.flush(10)
+    fresh = Producer({"bootstrap.servers": bs, "transactional.id": f"{tid}-z"})
+    fresh.init_transactions(15)
+    try:
+        zombie.commit_transaction(15)
+        fail("the fenced producer committed")
+    except KafkaException as e:
+        err = e.args[0]
+        check(err.fatal() or err.code() in (KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH),
+              f"zombie commit error: {err}")
+    fresh.begin_transaction()
+    fresh.produce(out, value="fresh")
+    fresh.commit_transaction(15)
+    oc = consumer(bs, f"out2-{out}", **{"isolation.level": "read_committed"})
+    oc.subscribe([out])
+    final = [m.value().decode() for m in drain(oc, None, timeout=20, idle=3)]
+    oc.close()
+    check("zombie" not in final and "fresh" in final, f"after fencing: {final[-3:]}")
+    print(json.dumps({"ok": True}))
+
+
+def group(bs):
+    admin = AdminClient({"bootstrap.servers": bs})
+    topic = f"group-{uuid.uuid4().hex[:8]}"
+    create(admin, topic, 6)
+    gid = f"g3-{topic}"
+    members = [consumer(bs, gid, **{"partition.assignment.strategy": "range"}) for _ in range(3)]
+    assigned = [set() for _ in members]
+
+    def on_assign(i):
+        def cb(c, parts):
+            assigned[i] = {p.partition for p in parts}
+        return cb
+
+    for i, m in enumerate(members):
+        m.subscribe([topic], on_assign=on_assign(i))
+    deadline = time.time() + 40
+    while time.time() < deadline:
+        for m in members:
+            m.poll(0.2)
+        if sum(len(a) for a in assigned) == 6 and all(len(a) == 2 for a in assigned):
+            break
+    check(all(len(a) == 2 for a in assigned), f"three members with two partitions each: {assigned}")
+    check(set().union(*assigned) == set(range(6)), f"every partition once: {assigned}")
+    members[2].close()
+    deadline = time.time() + 40
+    while time.time() < deadline:
+        for m in members[:2]:
+            m.poll(0.2)
+        if len(assigned[0]) + len(assigned[1]) == 6 and not (assigned[0] & assigned[1]):
+            break
+    check(assigned[0] | assigned[1] == set(range(6)) and not (assigned[0] & assigned[1]),
+          f"two members cover all six after one leaves: {assigned[:2]}")
+    for m in members[:2]:
+        m.close()
+    print(json.dumps({"ok": True}))
+
+
+def produce_idempotent(bs, topic, count):
+    p = Producer({
+        "bootstrap.servers": bs,
+        "enable.idempotence": True,
+        "linger.ms": 2,
+        "message.timeout.ms": 120000,
+        "reconnect.backoff.ms": 50,
+        "reconnect.backoff.max.ms": 500,
+    })
+    failed = []
+
+    def report(err, msg):
+        if err is not None:
+            failed.append(str(err))
+
+    for i in range(count):
+        while True:
+            try:
+                p.produce(topic, value=str(i), on_delivery=report)
+                break
+            except BufferError:
+                p.poll(0.05)
+        if i % 100 == 0:
+            p.poll(0)
+        if i % 1000 == 0:
+            time.sleep(0.05)
+    left = p.flush(150)
+    check(left == 0, f"{left} records undelivered")
+    check(not failed, f"{len(failed)} deliveries failed: {failed[:3]}")
+    print(json.dumps({"ok": True, "produced": count}))
+
+
+def verify_once(bs, topic, count):
+    c = consumer(bs, f"verify-{uuid.uuid4().hex[:8]}")
+    c.subscribe([topic])
+    msgs = drain(c, count, timeout=60)
+    # Nothing more may follow.
+    extra = drain(c, None, timeout=4)
+    c.close()
+    values = [int(m.value()) for m in msgs + extra]
+    dups = len(values) - len(set(values))
+    missing = sorted(set(range(count)) - set(values))
+    check(dups == 0, f"{dups} duplicates")
+    check(not missing, f"{len(missing)} missing, first {missing[:5]}")
+    check(len(values) == count, f"{len(values)} records")
+    print(json.dumps({"ok": True, "records": len(values)}))
+
+
+def produce_mixed(bs, topic):
+    p = Producer({"bootstrap.servers": bs, "enable.idempotence": True})
+    for i in range(5):
+        p.produce(topic, key=f"ck{i}", value=f"cv{i}", headers=[("source", b"confluent"), ("n", str(i).encode())],
+                  timestamp=1_600_000_000_000 + i)
+    check(p.flush(15) == 0, "delivered")
+    print(json.dumps({"ok": True}))
+
+
+def consume_mixed(bs, topic, count):
+    c = consumer(bs, f"mixed-{uuid.uuid4().hex[:8]}")
+    c.subscribe([topic])
+    msgs = drain(c, count, timeout=30)
+    c.close()
+    out = [{
+        "key": m.key().decode() if m.key() is not None else None,
+        "value": m.value().decode(),
+        "headers": [[k, v.decode()] for k, v in (m.headers() or [])],
+        "timestamp": m.timestamp()[1],
+    } for m in msgs]
+    print(json.dumps({"ok": True, "records": out}))
+
+
+def main():
+    cmd, bs = sys.argv[1], sys.argv[2]
+    if cmd == "basic":
+        basic(bs)
+    elif cmd == "txn":
+        txn(bs)
+    elif cmd == "group":
+        group(bs)
+    elif cmd == "produce-idempotent":
+        produce_idempotent(bs, sys.argv[3], int(sys.argv[4]))
+    elif cmd == "verify-once":
+        verify_once(bs, sys.argv[3], int(sys.argv[4]))
+    elif cmd == "produce-mixed":
+        produce_mixed(bs, sys.argv[3])
+    elif cmd == "consume-mixed":
+        consume_mixed(bs, sys.argv[3], int(sys.argv[4]))
+    else:
+        fail(f"unknown command {cmd}")
+
+
+if __name__ == "__main__":
+    main()
