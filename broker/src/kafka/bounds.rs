@@ -53,6 +53,9 @@
 //! the crate cannot decode those, so the guard refuses them, and the
 //! listener must not advertise them in ApiVersions.
 
+#[cfg(test)]
+mod tests;
+
 // Generated, and laid out one field a line for reading; rustfmt leaves it.
 #[rustfmt::skip]
 mod schema;
