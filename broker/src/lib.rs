@@ -35,7 +35,8 @@ pub use group::{
     MAX_PROTOCOLS_PER_MEMBER, MAX_REBALANCE_TIMEOUT_MS, Member, SyncReply,
 };
 pub use kafka::{
-    Advertised, DEFAULT_KAFKA_PORT, KAFKA_IDLE_TIMEOUT, MAX_PENDING_RESPONSES, NODE_ID,
+    Advertised, DEFAULT_KAFKA_PORT, KAFKA_IDLE_TIMEOUT, MAX_KAFKA_ARRAY_LEN, MAX_PENDING_RESPONSES,
+    NODE_ID,
 };
 pub use names::{MAX_NAME_BYTES, NameError, check_name};
 pub use producer_ids::{ID_BLOCK, ProducerIds};

@@ -243,6 +243,31 @@ async fn bad_frames_close_only_their_own_connection() {
         body.put_slice(b"\x00\x01");
         c.send_frame(&body);
         assert!(c.closed(), "a truncated body closes the connection");
+        // A count of two billion topics in a 14-byte body: refused before
+        // the codec sizes a vector from it (which would abort the broker).
+        let mut c = Raw::connect(addr);
+        let mut body = BytesMut::new();
+        body.put_i16(ApiKey::Metadata as i16);
+        body.put_i16(1);
+        body.put_i32(8);
+        body.put_i16(-1);
+        body.put_i32(i32::MAX);
+        c.send_frame(&body);
+        assert!(c.closed(), "an impossible count closes the connection");
+        // The same with a compact (flexible) array count.
+        let mut c = Raw::connect(addr);
+        let mut body = BytesMut::new();
+        body.put_i16(ApiKey::Metadata as i16);
+        body.put_i16(12);
+        body.put_i32(9);
+        body.put_i16(-1);
+        body.put_u8(0); // header tagged fields
+        body.put_slice(&[0xff, 0xff, 0xff, 0xff, 0x0f]);
+        c.send_frame(&body);
+        assert!(
+            c.closed(),
+            "an impossible compact count closes the connection"
+        );
 
         // The first connection never noticed.
         assert_eq!(good.call(3, &ApiVersionsRequest::default()).error_code, 0);

@@ -2,7 +2,8 @@
 //!
 //! A request is read (4-byte size, then at most `max_request_bytes`),
 //! its key and version are checked against [`versions::SUPPORTED`], its
-//! header and body are decoded, and it is handled. Requests are handled
+//! header is decoded, its body passes the bounds check (`kafka::bounds`)
+//! and is decoded, and it is handled. Requests are handled
 //! one at a time in arrival order, as a Kafka broker does, with one
 //! exception that keeps pipelined producers fast: a produce is appended
 //! at once, and only its wait for durability runs while later requests
@@ -69,6 +70,8 @@ pub(crate) enum Close {
     OldProduce(i16),
     #[error("{0:?} v{1} did not decode: {2}")]
     Malformed(ApiKey, i16, String),
+    #[error("{0:?} v{1} refused before decoding: {2}")]
+    OutOfBounds(ApiKey, i16, super::bounds::BoundsError),
     #[error("{0:?} v{1} response did not encode: {2}")]
     Encode(ApiKey, i16, String),
 }
@@ -80,6 +83,7 @@ impl Close {
             Close::UnknownKey(_) => "unknown_key",
             Close::Unsupported(..) | Close::OldProduce(_) => "unsupported_version",
             Close::Malformed(..) => "malformed",
+            Close::OutOfBounds(..) => "bounds",
             Close::Encode(..) => "encode",
         }
     }
@@ -280,6 +284,8 @@ async fn handle_frame(conn: &Conn, frame: Bytes) -> Result<Reply, Close> {
     let mut body = frame;
     let header = RequestHeader::decode(&mut body, key.request_header_version(version))
         .map_err(|e| Close::Malformed(key, version, e.to_string()))?;
+    super::bounds::check_request(raw_key, version, &body)
+        .map_err(|e| Close::OutOfBounds(key, version, e))?;
     let api = api_name(key);
     metrics::counter!("ferry_kafka_requests_total", "api" => api, "version" => version.to_string())
         .increment(1);

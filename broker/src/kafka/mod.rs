@@ -6,6 +6,9 @@
 //! - `conn`: one TCP connection: framing (a 4-byte size, then the
 //!   request), the request header, the version firewall, and in-order
 //!   responses.
+//! - `bounds`: the check every request body passes before the
+//!   `kafka-protocol` crate decodes it, so no count read off the wire
+//!   allocates unchecked.
 //! - `versions`: the advertised API keys and versions, and ApiVersions.
 //! - `errors`: Kafka's error numbers for Ferry's error codes.
 //! - one module per family of requests, each turning decoded
@@ -19,6 +22,7 @@
 //! and a fetch returns the stored bytes.
 
 mod admin;
+mod bounds;
 mod conn;
 mod errors;
 mod fetch;
@@ -52,6 +56,7 @@ pub const KAFKA_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 /// acknowledgements waiting for durability); past it the broker stops
 /// reading the connection.
 pub const MAX_PENDING_RESPONSES: usize = 256;
+pub use bounds::MAX_ARRAY_LEN as MAX_KAFKA_ARRAY_LEN;
 
 /// Where clients should connect, as Metadata and FindCoordinator
 /// announce it.
