@@ -36,7 +36,7 @@ pub use group::{
 };
 pub use kafka::{
     Advertised, DEFAULT_KAFKA_PORT, KAFKA_IDLE_TIMEOUT, MAX_KAFKA_ARRAY_LEN, MAX_PENDING_RESPONSES,
-    NODE_ID,
+    NODE_ID, decode_request as decode_kafka_request,
 };
 pub use names::{MAX_NAME_BYTES, NameError, check_name};
 pub use producer_ids::{ID_BLOCK, ProducerIds};

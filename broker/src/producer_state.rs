@@ -184,6 +184,18 @@ impl ProducerTable {
         self.entries.get(&producer_id)
     }
 
+    /// Every tracked producer, by producer id, with the first offset of
+    /// its open transaction here, if any.
+    pub fn producers(&self) -> Vec<(i64, ProducerEntry, Option<u64>)> {
+        let mut v: Vec<_> = self
+            .entries
+            .iter()
+            .map(|(pid, e)| (*pid, e.clone(), self.ongoing.get(pid).copied()))
+            .collect();
+        v.sort_by_key(|(pid, ..)| *pid);
+        v
+    }
+
     /// Number of producer ids tracked.
     pub fn len(&self) -> usize {
         self.entries.len()

@@ -325,6 +325,24 @@ fn describe_metrics() {
         Unit::Seconds,
         "Fetch: receipt to response, long-poll included"
     );
+    describe_counter!(
+        "ferry_kafka_requests_total",
+        "Kafka requests received, by API and version"
+    );
+    describe_counter!(
+        "ferry_kafka_request_errors_total",
+        "Error codes in Kafka responses, by API"
+    );
+    describe_histogram!(
+        "ferry_kafka_request_seconds",
+        Unit::Seconds,
+        "Kafka requests: receipt to response (produce: to acknowledgement), by API"
+    );
+    describe_gauge!("ferry_kafka_connections", "Open Kafka connections");
+    describe_counter!(
+        "ferry_kafka_closed_total",
+        "Kafka connections closed for a bad request, by reason"
+    );
     describe_histogram!(
         "ferry_flush_latency_seconds",
         Unit::Seconds,

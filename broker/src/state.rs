@@ -515,6 +515,11 @@ impl BrokerState {
         self.topics.create(name, partitions)
     }
 
+    /// Grows a topic to `total` partitions. Blocking.
+    pub fn add_partitions(&self, name: &str, total: u32) -> Result<(), BrokerError> {
+        self.topics.add_partitions(name, total)
+    }
+
     /// Deletes a topic and all its data. Blocking.
     pub fn delete_topic(&self, name: &str) -> Result<(), BrokerError> {
         self.topics.delete(name)

@@ -191,6 +191,12 @@ impl Partition {
             .expire(now_ms, self.settings.expiry_ms)
     }
 
+    /// Every producer this partition tracks (DescribeProducers): id,
+    /// epoch, its last batches, and its open transaction's first offset.
+    pub fn producers(&self) -> Vec<(i64, crate::producer_state::ProducerEntry, Option<u64>)> {
+        self.producers.lock().producers()
+    }
+
     /// Number of producer ids tracked.
     pub fn producer_count(&self) -> usize {
         self.producers.lock().len()
@@ -416,6 +422,64 @@ impl Topics {
         sync_dir(&self.root)?;
         let topic = Self::open_topic(&dir, &self.log_config, self.settings)?;
         self.map.write().insert(name.to_string(), Arc::new(topic));
+        Ok(())
+    }
+
+    /// Grows topic `name` to `total` partitions (Kafka's CreatePartitions);
+    /// partitions are never removed.
+    ///
+    /// The new count is made durable first (`meta.json` written aside,
+    /// synced and renamed over the old one), then the new partition logs
+    /// are opened and the topic is published with them. A crash before the
+    /// rename leaves the old count; after it, the next open creates the
+    /// missing partition logs. No append reaches a new partition before
+    /// its count is durable.
+    pub fn add_partitions(&self, name: &str, total: u32) -> Result<(), BrokerError> {
+        let _admin = self.admin.lock();
+        let topic = self.get(name)?;
+        let current = topic.partitions.len() as u32;
+        if total <= current || total > MAX_PARTITIONS_PER_TOPIC {
+            return Err(BrokerError::InvalidPartitions {
+                count: total,
+                max: MAX_PARTITIONS_PER_TOPIC,
+            });
+        }
+        let meta_path = topic.dir.join("meta.json");
+        let text = fs::read_to_string(&meta_path).map_err(io_err("read", &meta_path))?;
+        let mut meta: TopicMeta = serde_json::from_str(&text).map_err(|e| {
+            BrokerError::Config(format!(
+                "corrupt topic metadata {}: {e}",
+                meta_path.display()
+            ))
+        })?;
+        meta.partitions = total;
+        let aside = topic.dir.join("meta.json.new");
+        let text = serde_json::to_string_pretty(&meta).expect("topic metadata serialises");
+        fs::write(&aside, text).map_err(io_err("write", &aside))?;
+        fs::File::open(&aside)
+            .and_then(|f| f.sync_all())
+            .map_err(io_err("sync", &aside))?;
+        fs::rename(&aside, &meta_path).map_err(io_err("rename", &aside))?;
+        sync_dir(&topic.dir)?;
+        let mut partitions = topic.partitions.clone();
+        for id in current..total {
+            partitions.push(Arc::new(Partition::open(
+                topic.name.clone(),
+                id,
+                &topic.dir,
+                &self.log_config,
+                self.settings,
+            )?));
+        }
+        tracing::info!(topic = name, from = current, to = total, "added partitions");
+        self.map.write().insert(
+            name.to_string(),
+            Arc::new(Topic {
+                name: topic.name.clone(),
+                partitions,
+                dir: topic.dir.clone(),
+            }),
+        );
         Ok(())
     }
 

@@ -165,6 +165,7 @@ fn default_request(c: &mut Raw, key: ApiKey, version: i16) -> Option<(i32, Bytes
         AddPartitionsToTxn => AddPartitionsToTxnRequest, AddOffsetsToTxn => AddOffsetsToTxnRequest,
         EndTxn => EndTxnRequest, TxnOffsetCommit => TxnOffsetCommitRequest,
         DescribeConfigs => DescribeConfigsRequest, DeleteGroups => DeleteGroupsRequest,
+        CreatePartitions => CreatePartitionsRequest, DescribeProducers => DescribeProducersRequest,
         DescribeCluster => DescribeClusterRequest, DescribeTransactions => DescribeTransactionsRequest,
         ListTransactions => ListTransactionsRequest,
     }
@@ -412,4 +413,43 @@ async fn transactions_of_epoch_keeping_clients_refuse_unregistered_partitions_an
         assert_eq!(aborted[0].producer_id.0, pid);
         assert_eq!(p.last_stable_offset, p.high_watermark);
     });
+}
+
+#[tokio::test]
+async fn create_partitions_grows_a_topic_durably_and_refuses_to_shrink_it() {
+    let b = broker().await;
+    b.state().create_topic("grow", 2).unwrap();
+    let addr = kafka(&b);
+    let grow = move |count: i32| {
+        blocking(move || {
+            let mut c = Raw::connect(addr);
+            let mut t = create_partitions_request::CreatePartitionsTopic::default();
+            t.name = TopicName(StrBytes::from_static_str("grow"));
+            t.count = count;
+            let mut req = CreatePartitionsRequest::default();
+            req.topics = vec![t];
+            req.timeout_ms = 10_000;
+            c.call(3, &req).results[0].error_code
+        })
+    };
+    assert_eq!(grow(5), 0);
+    assert_eq!(
+        grow(3),
+        37,
+        "INVALID_PARTITIONS: partitions are never removed"
+    );
+    // Records go to a new partition, and the count survives a restart.
+    b.state()
+        .append("grow", 4, &one_record(b"in four"))
+        .unwrap();
+    let b = b.restart().await.unwrap();
+    let topic = b.state().topic("grow").unwrap();
+    assert_eq!(topic.partitions.len(), 5);
+    assert_eq!(topic.partitions[4].log.next_offset(), 1);
+}
+
+fn one_record(value: &[u8]) -> Bytes {
+    let mut b = BatchBuilder::new(1);
+    b.push(1, None, Some(value), &[]);
+    b.finish()
 }

@@ -16,7 +16,7 @@ import time
 import uuid
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
+from confluent_kafka.admin import AdminClient, ConfigResource, NewPartitions, NewTopic
 
 
 def fail(msg):
@@ -132,6 +132,16 @@ def basic(bs):
         check(str(d.state).endswith("EMPTY"), f"group state after close: {d.state}")
     for f in admin.delete_consumer_groups([f"g-{topic}"]).values():
         f.result(10)
+    for f in admin.create_partitions([NewPartitions(topic, 5)]).values():
+        f.result(10)
+    md = admin.list_topics(topic=topic, timeout=10)
+    check(len(md.topics[topic].partitions) == 5, f"five partitions after create_partitions: {md.topics[topic].partitions}")
+    try:
+        for f in admin.create_partitions([NewPartitions(topic, 2)]).values():
+            f.result(10)
+        fail("shrinking a topic succeeded")
+    except KafkaException as e:
+        check(e.args[0].code() == KafkaError.INVALID_PARTITIONS, f"shrink: {e}")
     for f in admin.delete_topics([topic]).values():
         f.result(10)
     md = admin.list_topics(timeout=10)

@@ -1,7 +1,13 @@
-//! Topic administration and configs: CreateTopics, DeleteTopics and
-//! DescribeConfigs. One broker holds one copy of every partition, so a
-//! replication factor above 1 is accepted and reported as 1.
+//! Topic administration and configs: CreateTopics, DeleteTopics,
+//! CreatePartitions, DescribeConfigs and DescribeProducers. One broker
+//! holds one copy of every partition, so a replication factor above 1 is
+//! accepted and reported as 1.
 
+use kafka_protocol::messages::ProducerId;
+use kafka_protocol::messages::create_partitions_request::CreatePartitionsRequest;
+use kafka_protocol::messages::create_partitions_response::{
+    CreatePartitionsResponse, CreatePartitionsTopicResult,
+};
 use kafka_protocol::messages::create_topics_request::CreateTopicsRequest;
 use kafka_protocol::messages::create_topics_response::{
     CreatableTopicResult, CreateTopicsResponse,
@@ -13,6 +19,10 @@ use kafka_protocol::messages::delete_topics_response::{
 use kafka_protocol::messages::describe_configs_request::DescribeConfigsRequest;
 use kafka_protocol::messages::describe_configs_response::{
     DescribeConfigsResourceResult, DescribeConfigsResponse, DescribeConfigsResult,
+};
+use kafka_protocol::messages::describe_producers_request::DescribeProducersRequest;
+use kafka_protocol::messages::describe_producers_response::{
+    DescribeProducersResponse, PartitionResponse, ProducerState, TopicResponse,
 };
 
 use super::conn::Ctx;
@@ -297,6 +307,99 @@ pub(crate) async fn describe_configs(
                 .collect();
         }
         resp.results.push(out);
+    }
+    resp
+}
+
+pub(crate) async fn create_partitions(
+    cx: &Ctx<'_>,
+    req: CreatePartitionsRequest,
+) -> CreatePartitionsResponse {
+    let mut resp = CreatePartitionsResponse::default();
+    let _busy = cx.state().enter();
+    for t in req.topics {
+        let name = t.name.0.to_string();
+        let mut r = CreatePartitionsTopicResult::default();
+        r.name = t.name.clone();
+        let result = if t.assignments.as_ref().is_some_and(|a| !a.is_empty()) {
+            Err(BrokerError::InvalidRequest(
+                "replica assignments are not supported: one broker holds every partition".into(),
+            ))
+        } else {
+            match u32::try_from(t.count) {
+                Err(_) => Err(BrokerError::InvalidPartitions {
+                    count: 0,
+                    max: crate::config::MAX_PARTITIONS_PER_TOPIC,
+                }),
+                Ok(n) if req.validate_only => cx.state().topic(&name).and_then(|topic| {
+                    let current = topic.partitions.len() as u32;
+                    if n <= current || n > crate::config::MAX_PARTITIONS_PER_TOPIC {
+                        Err(BrokerError::InvalidPartitions {
+                            count: n,
+                            max: crate::config::MAX_PARTITIONS_PER_TOPIC,
+                        })
+                    } else {
+                        Ok(())
+                    }
+                }),
+                Ok(n) => {
+                    let s = cx.state().clone();
+                    let owned = name.clone();
+                    blocking(move || s.add_partitions(&owned, n)).await
+                }
+            }
+        };
+        if let Err(e) = result {
+            r.error_code = cx.code(&e);
+            r.error_message = Some(str(&e.to_string()));
+        }
+        resp.results.push(r);
+    }
+    resp
+}
+
+pub(crate) async fn describe_producers(
+    cx: &Ctx<'_>,
+    req: DescribeProducersRequest,
+) -> DescribeProducersResponse {
+    let mut resp = DescribeProducersResponse::default();
+    for t in &req.topics {
+        let mut tr = TopicResponse::default();
+        tr.name = t.name.clone();
+        for p in &t.partition_indexes {
+            let mut pr = PartitionResponse::default();
+            pr.partition_index = *p;
+            let found = u32::try_from(*p)
+                .map_err(|_| BrokerError::UnknownTopicOrPartition {
+                    topic: t.name.0.to_string(),
+                    partition: 0,
+                })
+                .and_then(|pi| cx.state().partition(t.name.0.as_str(), pi));
+            match found {
+                Err(e) => {
+                    pr.error_code = cx.code(&e);
+                    pr.error_message = Some(str(&e.to_string()));
+                }
+                Ok(part) => {
+                    pr.active_producers = part
+                        .producers()
+                        .into_iter()
+                        .map(|(pid, entry, open_at)| {
+                            let mut ps = ProducerState::default();
+                            ps.producer_id = ProducerId(pid);
+                            ps.producer_epoch = i32::from(entry.epoch);
+                            ps.last_sequence = entry.batches.back().map_or(-1, |b| b.last_seq);
+                            ps.last_timestamp = entry.last_update_ms;
+                            ps.coordinator_epoch = -1;
+                            ps.current_txn_start_offset = open_at.map_or(-1, |o| o as i64);
+                            ps
+                        })
+                        .collect();
+                }
+            }
+            tr.partitions.push(pr);
+        }
+        resp.topics.push(tr);
     }
     resp
 }

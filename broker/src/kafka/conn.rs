@@ -260,8 +260,32 @@ fn be_i16(b: &[u8], at: usize) -> i16 {
     i16::from_be_bytes([b[at], b[at + 1]])
 }
 
-/// Decodes and handles one request frame.
-async fn handle_frame(conn: &Conn, frame: Bytes) -> Result<Reply, Close> {
+/// A request frame that passed every check before its body is decoded.
+pub(crate) struct Admitted {
+    pub key: ApiKey,
+    pub version: i16,
+    pub correlation_id: i32,
+    pub header: RequestHeader,
+    /// The body, after the header; it passed the bounds guard.
+    pub body: Bytes,
+}
+
+/// What the checks before decoding decided.
+pub(crate) enum Admission {
+    /// Decode and handle it.
+    Admitted(Admitted),
+    /// An ApiVersions request above our maximum: this v0 answer (KIP-511).
+    Fallback(Bytes),
+}
+
+/// The checks every frame passes before its body is decoded: a known
+/// key, a served version (or the ApiVersions fallback), Produce v3+, a
+/// header that decodes, and the bounds guard over the body. Needs no
+/// broker, so the fuzz targets run it as the connection does.
+pub(crate) fn admit(frame: Bytes) -> Result<Admission, Close> {
+    if frame.len() < MIN_FRAME_BYTES {
+        return Err(Close::FrameSize(frame.len() as i64, MIN_FRAME_BYTES));
+    }
     let raw_key = be_i16(&frame, 0);
     let version = be_i16(&frame, 2);
     let correlation_id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
@@ -271,8 +295,7 @@ async fn handle_frame(conn: &Conn, frame: Bytes) -> Result<Reply, Close> {
         if v != version {
             // The header of an unknown version cannot be trusted to
             // decode; the v0 answer needs only the correlation id.
-            metrics::counter!("ferry_kafka_requests_total", "api" => "ApiVersions", "version" => version.to_string()).increment(1);
-            return encode(correlation_id, key, 0, &resp).map(Reply::Now);
+            return encode(correlation_id, key, 0, &resp).map(Admission::Fallback);
         }
     }
     if !versions::supported(key, version) {
@@ -286,6 +309,30 @@ async fn handle_frame(conn: &Conn, frame: Bytes) -> Result<Reply, Close> {
         .map_err(|e| Close::Malformed(key, version, e.to_string()))?;
     super::bounds::check_request(raw_key, version, &body)
         .map_err(|e| Close::OutOfBounds(key, version, e))?;
+    Ok(Admission::Admitted(Admitted {
+        key,
+        version,
+        correlation_id,
+        header,
+        body,
+    }))
+}
+
+/// Decodes and handles one request frame.
+async fn handle_frame(conn: &Conn, frame: Bytes) -> Result<Reply, Close> {
+    let Admitted {
+        key,
+        version,
+        correlation_id,
+        header,
+        body,
+    } = match admit(frame)? {
+        Admission::Admitted(a) => a,
+        Admission::Fallback(answer) => {
+            metrics::counter!("ferry_kafka_requests_total", "api" => "ApiVersions", "version" => "unsupported").increment(1);
+            return Ok(Reply::Now(answer));
+        }
+    };
     let api = api_name(key);
     metrics::counter!("ferry_kafka_requests_total", "api" => api, "version" => version.to_string())
         .increment(1);
@@ -364,6 +411,8 @@ pub(crate) fn api_name(key: ApiKey) -> &'static str {
         ApiKey::EndTxn => "EndTxn",
         ApiKey::TxnOffsetCommit => "TxnOffsetCommit",
         ApiKey::DescribeConfigs => "DescribeConfigs",
+        ApiKey::CreatePartitions => "CreatePartitions",
+        ApiKey::DescribeProducers => "DescribeProducers",
         ApiKey::DeleteGroups => "DeleteGroups",
         ApiKey::DescribeCluster => "DescribeCluster",
         ApiKey::DescribeTransactions => "DescribeTransactions",

@@ -118,6 +118,45 @@ pub(crate) async fn serve(listener: TcpListener, state: Arc<BrokerState>, advert
     }
 }
 
+/// Every served request but Produce (which answers later, see
+/// `produce`): its key, its request type, and its handler. `dispatch` and
+/// the fuzz entry point both expand it, so a key is served and fuzzed by
+/// one line.
+macro_rules! served {
+    ($then:ident) => {
+        $then! {
+            ApiVersions: ApiVersionsRequest => metadata::api_versions,
+            Metadata: MetadataRequest => metadata::metadata,
+            FindCoordinator: FindCoordinatorRequest => metadata::find_coordinator,
+            DescribeCluster: DescribeClusterRequest => metadata::describe_cluster,
+            Fetch: FetchRequest => fetch::fetch,
+            ListOffsets: ListOffsetsRequest => fetch::list_offsets,
+            OffsetForLeaderEpoch: OffsetForLeaderEpochRequest => fetch::offset_for_leader_epoch,
+            JoinGroup: JoinGroupRequest => groups::join_group,
+            SyncGroup: SyncGroupRequest => groups::sync_group,
+            Heartbeat: HeartbeatRequest => groups::heartbeat,
+            LeaveGroup: LeaveGroupRequest => groups::leave_group,
+            OffsetCommit: OffsetCommitRequest => groups::offset_commit,
+            OffsetFetch: OffsetFetchRequest => groups::offset_fetch,
+            ListGroups: ListGroupsRequest => groups::list_groups,
+            DescribeGroups: DescribeGroupsRequest => groups::describe_groups,
+            DeleteGroups: DeleteGroupsRequest => groups::delete_groups,
+            InitProducerId: InitProducerIdRequest => txn::init_producer_id,
+            AddPartitionsToTxn: AddPartitionsToTxnRequest => txn::add_partitions_to_txn,
+            AddOffsetsToTxn: AddOffsetsToTxnRequest => txn::add_offsets_to_txn,
+            TxnOffsetCommit: TxnOffsetCommitRequest => txn::txn_offset_commit,
+            EndTxn: EndTxnRequest => txn::end_txn,
+            ListTransactions: ListTransactionsRequest => txn::list_transactions,
+            DescribeTransactions: DescribeTransactionsRequest => txn::describe_transactions,
+            CreateTopics: CreateTopicsRequest => admin::create_topics,
+            DeleteTopics: DeleteTopicsRequest => admin::delete_topics,
+            DescribeConfigs: DescribeConfigsRequest => admin::describe_configs,
+            CreatePartitions: CreatePartitionsRequest => admin::create_partitions,
+            DescribeProducers: DescribeProducersRequest => admin::describe_producers,
+        }
+    };
+}
+
 /// Decodes the body of a request the connection has admitted, hands it
 /// to its handler and encodes the response.
 pub(crate) async fn dispatch(
@@ -126,47 +165,55 @@ pub(crate) async fn dispatch(
     correlation_id: i32,
     body: Bytes,
 ) -> Result<Reply, Close> {
+    use kafka_protocol::messages::*;
     let v = cx.version;
     macro_rules! route {
-        ($($k:ident => $f:path),* $(,)?) => {
+        ($($k:ident: $t:ty => $f:path),* $(,)?) => {
             match key {
                 ApiKey::Produce => produce::handle(cx, correlation_id, conn::decode(key, v, body)?),
                 $(ApiKey::$k => {
-                    let resp = $f(cx, conn::decode(key, v, body)?).await;
+                    let resp = $f(cx, conn::decode::<$t>(key, v, body)?).await;
                     conn::encode(correlation_id, key, v, &resp).map(Reply::Now)
                 })*
                 other => Err(Close::Unsupported(other, v)),
             }
         };
     }
-    route! {
-        ApiVersions => metadata::api_versions,
-        Metadata => metadata::metadata,
-        FindCoordinator => metadata::find_coordinator,
-        DescribeCluster => metadata::describe_cluster,
-        Fetch => fetch::fetch,
-        ListOffsets => fetch::list_offsets,
-        OffsetForLeaderEpoch => fetch::offset_for_leader_epoch,
-        JoinGroup => groups::join_group,
-        SyncGroup => groups::sync_group,
-        Heartbeat => groups::heartbeat,
-        LeaveGroup => groups::leave_group,
-        OffsetCommit => groups::offset_commit,
-        OffsetFetch => groups::offset_fetch,
-        ListGroups => groups::list_groups,
-        DescribeGroups => groups::describe_groups,
-        DeleteGroups => groups::delete_groups,
-        InitProducerId => txn::init_producer_id,
-        AddPartitionsToTxn => txn::add_partitions_to_txn,
-        AddOffsetsToTxn => txn::add_offsets_to_txn,
-        TxnOffsetCommit => txn::txn_offset_commit,
-        EndTxn => txn::end_txn,
-        ListTransactions => txn::list_transactions,
-        DescribeTransactions => txn::describe_transactions,
-        CreateTopics => admin::create_topics,
-        DeleteTopics => admin::delete_topics,
-        DescribeConfigs => admin::describe_configs,
+    served!(route)
+}
+
+/// What a fuzz target can reach without a broker: the checks and the
+/// decode a request frame (the bytes after its 4-byte size) goes through
+/// on a connection, and the validation of every record batch a Produce
+/// carries. Returns why the connection would be closed, if it would.
+pub fn decode_request(frame: &[u8]) -> Result<(), String> {
+    use kafka_protocol::messages::*;
+    let a = match conn::admit(Bytes::copy_from_slice(frame)).map_err(|e| e.to_string())? {
+        conn::Admission::Fallback(_) => return Ok(()),
+        conn::Admission::Admitted(a) => a,
+    };
+    let (key, v, body) = (a.key, a.version, a.body);
+    macro_rules! decode_all {
+        ($($k:ident: $t:ty => $f:path),* $(,)?) => {
+            match key {
+                ApiKey::Produce => {
+                    let req: ProduceRequest = conn::decode(key, v, body).map_err(|e| e.to_string())?;
+                    for t in &req.topic_data {
+                        for p in &t.partition_data {
+                            let mut rest = p.records.as_deref().unwrap_or(&[]);
+                            while let Ok(batch) = ferry_proto::batch::ValidBatch::new(rest) {
+                                rest = &rest[batch.bytes().len()..];
+                            }
+                        }
+                    }
+                    Ok(())
+                }
+                $(ApiKey::$k => conn::decode::<$t>(key, v, body).map(|_| ()).map_err(|e| e.to_string()),)*
+                other => Err(Close::Unsupported(other, v).to_string()),
+            }
+        };
     }
+    served!(decode_all)
 }
 
 /// The advertised address for a listener bound at `bound`: `configured`

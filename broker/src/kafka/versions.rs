@@ -54,6 +54,8 @@ pub(crate) const SUPPORTED: &[Range] = &[
     r(ApiKey::EndTxn, 0, 4),
     r(ApiKey::TxnOffsetCommit, 0, 3),
     r(ApiKey::DescribeConfigs, 1, 4),
+    r(ApiKey::CreatePartitions, 0, 3),
+    r(ApiKey::DescribeProducers, 0, 0),
     r(ApiKey::DeleteGroups, 0, 2),
     r(ApiKey::DescribeCluster, 0, 1),
     r(ApiKey::DescribeTransactions, 0, 0),
