@@ -154,6 +154,9 @@ impl BrokerError {
             }
             BrokerError::InvalidGroup { .. } => ErrorCode::InvalidGroup,
             BrokerError::InvalidPartitions { .. } => ErrorCode::InvalidPartitions,
+            BrokerError::CorruptBatch(BatchError::DecompressedTooLarge { .. }) => {
+                ErrorCode::MessageTooLarge
+            }
             BrokerError::CorruptBatch(_) => ErrorCode::CorruptMessage,
             BrokerError::BatchTooLarge { .. } => ErrorCode::MessageTooLarge,
             BrokerError::InvalidRequest(_) | BrokerError::Config(_) => ErrorCode::InvalidRequest,

@@ -138,7 +138,7 @@ impl OffsetStore {
                 }
                 return Ok(());
             }
-            for record in batch.records() {
+            for record in batch.records()?.iter() {
                 let record = record?;
                 let at = h.base_offset + u64::from(record.offset_delta);
                 if let Some(group) = record.key.and_then(decode_group_key) {

@@ -292,7 +292,7 @@ impl StateMachineTest for IdempotenceModel {
         let bytes = p.log.read(0, usize::MAX, model.log_end).unwrap();
         let mut values = Vec::new();
         for b in BatchIter::new(&bytes) {
-            for r in b.unwrap().records() {
+            for r in b.unwrap().records().unwrap().iter() {
                 values.push(String::from_utf8(r.unwrap().value.unwrap().to_vec()).unwrap());
             }
         }

@@ -34,6 +34,15 @@
 //! header `key_length varint, key, value_length varint (-1 = null),
 //! value`; every varint zigzag-encoded, as Kafka writes them.
 //!
+//! A compressed batch (attributes bits 0–2, see [`compression`]) keeps its
+//! header in the clear and holds its records as one compressed blob after
+//! it. [`ValidBatch::new`] decompresses the blob into a bounded buffer to
+//! check every record, and keeps only the original bytes: the log stores a
+//! compressed batch as it was sent. [`ValidBatch::records`] and
+//! [`DecodedBatch`] hand out the records, borrowed from the batch when it
+//! is uncompressed and from an owned decompressed buffer when it is not;
+//! [`check_framing`] (recovery's check) never decompresses.
+//!
 //! Decoding never trusts a length: every length is checked against the
 //! bytes actually present and against a named `MAX_*` limit before use, so a
 //! hostile buffer can make decoding fail but never panic, allocate or read
@@ -43,7 +52,10 @@ use bytes::Bytes;
 
 use crate::varint::{self, VarintError};
 
+pub mod compression;
 pub mod sequence;
+
+pub use compression::{Compression, MAX_DECOMPRESSED_BATCH_BYTES};
 
 /// Size of the fixed batch header.
 pub const HEADER_LEN: usize = 61;
@@ -156,9 +168,39 @@ pub enum BatchError {
         /// CRC of the bytes.
         computed: u32,
     },
-    /// Attribute bits this version does not know, or a compression codec.
+    /// Attribute bits this version does not know, a compression codec
+    /// other than the four, or a compressed control batch.
     #[error("unsupported batch attributes {0:#06x}")]
     BadAttributes(u16),
+    /// The compressed records could not be decompressed.
+    #[error("corrupt {codec} data: {reason}")]
+    Decompress {
+        /// The batch's codec.
+        codec: Compression,
+        /// What the decoder reported.
+        reason: String,
+    },
+    /// The compressed records decompress to more than
+    /// [`MAX_DECOMPRESSED_BATCH_BYTES`].
+    #[error("{codec} records decompress past the limit of {max} bytes")]
+    DecompressedTooLarge {
+        /// The batch's codec.
+        codec: Compression,
+        /// The limit.
+        max: usize,
+    },
+    /// Compressing the records failed.
+    #[error("{codec} compression failed: {reason}")]
+    Compress {
+        /// The codec asked for.
+        codec: Compression,
+        /// What the encoder reported.
+        reason: String,
+    },
+    /// [`RecordIter::new`] was given a compressed batch, whose records it
+    /// cannot read in place; [`ValidBatch::records`] decompresses them.
+    #[error("the records are {0}-compressed")]
+    CompressedRecords(Compression),
     /// The records do not agree with the header or with their own lengths.
     #[error("corrupt record {index}: {reason}")]
     CorruptRecord {
@@ -245,7 +287,13 @@ impl BatchHeader {
             return Err(BatchError::BadMagic(magic));
         }
         let attributes = read_u16(buf, layout::ATTRIBUTES);
-        if attributes & !KNOWN_ATTRIBUTES != 0 || attributes & COMPRESSION_MASK != 0 {
+        // Kafka never compresses a control batch, and a marker must be
+        // readable without decompressing.
+        let codec = attributes & COMPRESSION_MASK;
+        if attributes & !KNOWN_ATTRIBUTES != 0
+            || codec > u16::from(Compression::Zstd.id())
+            || (codec != 0 && attributes & CONTROL_BIT != 0)
+        {
             return Err(BatchError::BadAttributes(attributes));
         }
         let record_count = read_u32(buf, layout::RECORD_COUNT);
@@ -300,6 +348,12 @@ impl BatchHeader {
     /// Whether the batch is a control batch (a transaction marker).
     pub fn is_control(&self) -> bool {
         self.attributes & CONTROL_BIT != 0
+    }
+
+    /// The codec of the records, or `None` if bits 0–2 name none of the
+    /// four (never for a header from [`BatchHeader::decode`]).
+    fn codec(&self) -> Option<Compression> {
+        Compression::from_id((self.attributes & COMPRESSION_MASK) as u8)
     }
 
     /// Sequence number of the last record, wrapping as Kafka's does.
@@ -393,28 +447,17 @@ pub struct ValidBatch<'a> {
 impl<'a> ValidBatch<'a> {
     /// Validates the batch at the start of `buf`. Bytes after the batch are
     /// ignored; use [`ValidBatch::exact`] to reject them.
+    ///
+    /// A compressed batch's records are decompressed into a buffer of at
+    /// most [`MAX_DECOMPRESSED_BATCH_BYTES`], checked, and dropped; use
+    /// [`DecodedBatch::new`] to keep them.
     pub fn new(buf: &'a [u8]) -> Result<ValidBatch<'a>, BatchError> {
-        let header = check_framing(buf)?;
-        let bytes = &buf[..header.batch_len as usize];
-        let mut records = RecordIter::new(&header, bytes);
-        for record in &mut records {
-            record?;
-        }
-        records.finish()?;
-        Ok(ValidBatch { header, bytes })
+        DecodedBatch::new(buf).map(DecodedBatch::into_batch)
     }
 
     /// Validates `buf`, which must hold exactly one batch.
     pub fn exact(buf: &'a [u8]) -> Result<ValidBatch<'a>, BatchError> {
-        let batch = ValidBatch::new(buf)?;
-        if batch.bytes.len() != buf.len() {
-            return Err(BatchError::BadLength {
-                len: buf.len() as u64,
-                min: batch.bytes.len(),
-                max: batch.bytes.len(),
-            });
-        }
-        Ok(batch)
+        DecodedBatch::exact(buf).map(DecodedBatch::into_batch)
     }
 
     /// The decoded header.
@@ -422,14 +465,146 @@ impl<'a> ValidBatch<'a> {
         &self.header
     }
 
-    /// The batch's bytes, exactly `batch_len` long.
+    /// The batch's bytes, exactly `batch_len` long (compressed records
+    /// stay compressed).
     pub fn bytes(&self) -> &'a [u8] {
         self.bytes
     }
 
-    /// Iterates the records. They were validated, so every item is `Ok`.
-    pub fn records(&self) -> RecordIter<'a> {
-        RecordIter::new(&self.header, self.bytes)
+    /// The codec of the records.
+    pub fn compression(&self) -> Compression {
+        self.header.codec().unwrap_or_default()
+    }
+
+    /// The records: borrowed from the batch if it is uncompressed, else
+    /// decompressed (again) into an owned buffer. They were validated, so
+    /// decompressing succeeds as it did then, and every record the
+    /// iterator yields is `Ok`.
+    pub fn records(&self) -> Result<Records<'a>, BatchError> {
+        Records::of(&self.header, self.bytes)
+    }
+}
+
+/// The records of a batch: the bytes after the header of an uncompressed
+/// batch, borrowed, or a compressed batch's records decompressed into an
+/// owned buffer. [`Records::iter`] reads both the same way.
+#[derive(Debug, Clone)]
+pub struct Records<'a> {
+    header: BatchHeader,
+    bytes: RecordBytes<'a>,
+}
+
+#[derive(Debug, Clone)]
+enum RecordBytes<'a> {
+    Borrowed(&'a [u8]),
+    Decompressed(Bytes),
+}
+
+impl<'a> Records<'a> {
+    /// The records of `batch` (exactly `header.batch_len` bytes, framing
+    /// checked), decompressing them if the header says so.
+    fn of(header: &BatchHeader, batch: &'a [u8]) -> Result<Records<'a>, BatchError> {
+        let body = &batch[HEADER_LEN..];
+        let bytes = match header.codec() {
+            Some(Compression::None) => RecordBytes::Borrowed(body),
+            Some(codec) => RecordBytes::Decompressed(Bytes::from(compression::decompress(
+                codec,
+                body,
+                MAX_DECOMPRESSED_BATCH_BYTES,
+            )?)),
+            None => return Err(BatchError::BadAttributes(header.attributes)),
+        };
+        Ok(Records {
+            header: *header,
+            bytes,
+        })
+    }
+
+    /// Iterates the records, checking every length.
+    pub fn iter(&self) -> RecordIter<'_> {
+        RecordIter::over(&self.header, self.as_bytes())
+    }
+
+    /// The encoded records, decompressed.
+    pub fn as_bytes(&self) -> &[u8] {
+        match &self.bytes {
+            RecordBytes::Borrowed(b) => b,
+            RecordBytes::Decompressed(b) => b,
+        }
+    }
+
+    /// The buffer the records were decompressed into, or `None` if they
+    /// are borrowed from the batch. Keys and values of a compressed batch
+    /// can be sliced out of it (`Bytes::slice_ref`) without a copy.
+    pub fn decompressed(&self) -> Option<&Bytes> {
+        match &self.bytes {
+            RecordBytes::Borrowed(_) => None,
+            RecordBytes::Decompressed(b) => Some(b),
+        }
+    }
+}
+
+/// A validated batch together with its records, decompressed once.
+///
+/// What a reader of records wants: [`ValidBatch::new`] followed by
+/// [`ValidBatch::records`] would decompress a compressed batch twice.
+#[derive(Debug, Clone)]
+pub struct DecodedBatch<'a> {
+    batch: ValidBatch<'a>,
+    records: Records<'a>,
+}
+
+impl<'a> DecodedBatch<'a> {
+    /// Validates the batch at the start of `buf` (framing, CRC, and every
+    /// record, decompressed if need be) and keeps its records.
+    pub fn new(buf: &'a [u8]) -> Result<DecodedBatch<'a>, BatchError> {
+        let header = check_framing(buf)?;
+        let bytes = &buf[..header.batch_len as usize];
+        let records = Records::of(&header, bytes)?;
+        let mut iter = records.iter();
+        for record in &mut iter {
+            record?;
+        }
+        iter.finish()?;
+        Ok(DecodedBatch {
+            batch: ValidBatch { header, bytes },
+            records,
+        })
+    }
+
+    /// Like [`DecodedBatch::new`] for a `buf` that must hold exactly one
+    /// batch.
+    pub fn exact(buf: &'a [u8]) -> Result<DecodedBatch<'a>, BatchError> {
+        let decoded = DecodedBatch::new(buf)?;
+        let len = decoded.batch.bytes.len();
+        if len != buf.len() {
+            return Err(BatchError::BadLength {
+                len: buf.len() as u64,
+                min: len,
+                max: len,
+            });
+        }
+        Ok(decoded)
+    }
+
+    /// The validated batch.
+    pub fn batch(&self) -> &ValidBatch<'a> {
+        &self.batch
+    }
+
+    /// The decoded header.
+    pub fn header(&self) -> &BatchHeader {
+        &self.batch.header
+    }
+
+    /// The records, each already checked.
+    pub fn records(&self) -> &Records<'a> {
+        &self.records
+    }
+
+    /// Drops the records, keeping the validated batch.
+    pub fn into_batch(self) -> ValidBatch<'a> {
+        self.batch
     }
 }
 
@@ -486,6 +661,7 @@ impl<'a> Iterator for HeaderIter<'a> {
 /// the records filled the batch exactly.
 #[derive(Debug, Clone)]
 pub struct RecordIter<'a> {
+    /// The encoded records, and nothing else.
     buf: &'a [u8],
     pos: usize,
     index: u32,
@@ -493,20 +669,35 @@ pub struct RecordIter<'a> {
     last_offset_delta: u32,
     prev_offset_delta: Option<u32>,
     failed: bool,
+    /// Set when built over a compressed batch's blob, which it refuses.
+    compressed: Option<Compression>,
 }
 
 impl<'a> RecordIter<'a> {
-    /// Iterates the records of `batch`, whose header is `header`.
+    /// Iterates the records of the uncompressed `batch`, whose header is
+    /// `header`, in place. Over a compressed batch it yields one
+    /// [`BatchError::CompressedRecords`]: use [`ValidBatch::records`].
     pub fn new(header: &BatchHeader, batch: &'a [u8]) -> RecordIter<'a> {
         let end = (header.batch_len as usize).min(batch.len());
+        let mut iter = RecordIter::over(header, &batch[HEADER_LEN.min(end)..end]);
+        iter.compressed = match header.codec() {
+            Some(Compression::None) => None,
+            codec => Some(codec.unwrap_or_default()),
+        };
+        iter
+    }
+
+    /// Iterates `records`, the encoded records of the batch with `header`.
+    fn over(header: &BatchHeader, records: &'a [u8]) -> RecordIter<'a> {
         RecordIter {
-            buf: &batch[..end],
-            pos: HEADER_LEN.min(end),
+            buf: records,
+            pos: 0,
             index: 0,
             count: header.record_count,
             last_offset_delta: header.last_offset_delta,
             prev_offset_delta: None,
             failed: false,
+            compressed: None,
         }
     }
 
@@ -529,6 +720,9 @@ impl<'a> RecordIter<'a> {
     }
 
     fn decode_next(&mut self) -> Result<Record<'a>, BatchError> {
+        if let Some(codec) = self.compressed {
+            return Err(BatchError::CompressedRecords(codec));
+        }
         let index = self.index;
         let corrupt = |reason| BatchError::CorruptRecord { index, reason };
         let varint_err = |e: VarintError| match e {
@@ -816,13 +1010,60 @@ impl BatchBuilder {
     /// If no record was pushed: an empty batch cannot be represented.
     pub fn finish(mut self) -> Bytes {
         assert!(self.count > 0, "a batch needs at least one record");
+        self.write_header(self.attributes);
+        Bytes::from(self.buf)
+    }
+
+    /// Like [`BatchBuilder::finish`], with the records compressed with
+    /// `codec`.
+    ///
+    /// If the compressed batch would exceed [`MAX_BATCH_BYTES`] (records
+    /// that do not compress, in a batch already near the limit) or the
+    /// records exceed [`MAX_DECOMPRESSED_BATCH_BYTES`], the batch is
+    /// written uncompressed instead, exactly as [`BatchBuilder::finish`]
+    /// writes it: compression saves bytes, it is never a reason to refuse
+    /// records. [`ValidBatch::compression`] of the result tells which.
+    ///
+    /// # Panics
+    /// If no record was pushed: an empty batch cannot be represented.
+    pub fn finish_compressed(self, codec: Compression) -> Bytes {
+        assert!(self.count > 0, "a batch needs at least one record");
+        match self.compress_records(codec) {
+            Some(out) => {
+                let attributes = (self.attributes & !COMPRESSION_MASK) | u16::from(codec.id());
+                let mut compressed = BatchBuilder { buf: out, ..self };
+                compressed.write_header(attributes);
+                Bytes::from(compressed.buf)
+            }
+            None => self.finish(),
+        }
+    }
+
+    /// A header's worth of space followed by the records compressed with
+    /// `codec`, or `None` if the batch is to stay uncompressed.
+    fn compress_records(&self, codec: Compression) -> Option<Vec<u8>> {
+        let records = &self.buf[HEADER_LEN..];
+        if codec == Compression::None || records.len() > MAX_DECOMPRESSED_BATCH_BYTES {
+            return None;
+        }
+        let mut out = Vec::with_capacity(HEADER_LEN + records.len() / 2);
+        out.resize(HEADER_LEN, 0);
+        // Every encoder writes into memory, which cannot fail; an error
+        // would leave the records uncompressed, never lost.
+        compression::compress(codec, records, &mut out).ok()?;
+        (out.len() <= MAX_BATCH_BYTES).then_some(out)
+    }
+
+    /// Fills in the header of `self.buf`, records already in place, with
+    /// `attributes`, and the CRC last.
+    fn write_header(&mut self, attributes: u16) {
         let length = (self.buf.len() - LENGTH_OVERHEAD) as u32;
         let b = &mut self.buf;
         write(b, layout::BASE_OFFSET, &0u64.to_be_bytes());
         write(b, layout::BATCH_LEN, &length.to_be_bytes());
         write(b, layout::LEADER_EPOCH, &(-1i32).to_be_bytes());
         b[layout::MAGIC] = MAGIC;
-        write(b, layout::ATTRIBUTES, &self.attributes.to_be_bytes());
+        write(b, layout::ATTRIBUTES, &attributes.to_be_bytes());
         write(
             b,
             layout::LAST_OFFSET_DELTA,
@@ -852,7 +1093,6 @@ impl BatchBuilder {
         write(b, layout::RECORD_COUNT, &self.count.to_be_bytes());
         let crc = compute_crc(b);
         write(b, layout::CRC, &crc.to_be_bytes());
-        Bytes::from(self.buf)
     }
 }
 
@@ -870,14 +1110,15 @@ fn put_bytes(out: &mut Vec<u8>, b: Option<&[u8]>) {
 /// into validated batches. Stops with an error at the first bad batch.
 #[derive(Debug, Clone)]
 pub struct BatchIter<'a> {
-    buf: &'a [u8],
-    pos: usize,
+    inner: DecodedBatchIter<'a>,
 }
 
 impl<'a> BatchIter<'a> {
     /// Iterates the batches in `buf`.
     pub fn new(buf: &'a [u8]) -> BatchIter<'a> {
-        BatchIter { buf, pos: 0 }
+        BatchIter {
+            inner: DecodedBatchIter::new(buf),
+        }
     }
 }
 
@@ -885,12 +1126,35 @@ impl<'a> Iterator for BatchIter<'a> {
     type Item = Result<ValidBatch<'a>, BatchError>;
 
     fn next(&mut self) -> Option<Self::Item> {
+        self.inner.next().map(|r| r.map(DecodedBatch::into_batch))
+    }
+}
+
+/// Like [`BatchIter`], yielding each batch with its records decoded once
+/// ([`DecodedBatch`]): the iterator for readers of records.
+#[derive(Debug, Clone)]
+pub struct DecodedBatchIter<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> DecodedBatchIter<'a> {
+    /// Iterates the batches in `buf`.
+    pub fn new(buf: &'a [u8]) -> DecodedBatchIter<'a> {
+        DecodedBatchIter { buf, pos: 0 }
+    }
+}
+
+impl<'a> Iterator for DecodedBatchIter<'a> {
+    type Item = Result<DecodedBatch<'a>, BatchError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
         if self.pos >= self.buf.len() {
             return None;
         }
-        let result = ValidBatch::new(&self.buf[self.pos..]);
+        let result = DecodedBatch::new(&self.buf[self.pos..]);
         match &result {
-            Ok(batch) => self.pos += batch.bytes().len(),
+            Ok(batch) => self.pos += batch.batch().bytes().len(),
             Err(_) => self.pos = self.buf.len(),
         }
         Some(result)

@@ -102,7 +102,9 @@ pub fn marker_type(batch: &ValidBatch<'_>) -> Option<ControlType> {
     if !batch.header().is_control() {
         return None;
     }
-    let record = batch.records().next()?.ok()?;
+    // Control batches are never compressed, so this borrows.
+    let records = batch.records().ok()?;
+    let record = records.iter().next()?.ok()?;
     ControlType::from_key(record.key?)
 }
 

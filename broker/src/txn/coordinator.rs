@@ -96,7 +96,7 @@ impl Coordinator {
         let log = Log::open(dir, log_config)?;
         let mut metas: HashMap<String, TxnMeta> = HashMap::new();
         crate::replay::replay(&log, 0, |batch| {
-            for record in batch.records() {
+            for record in batch.records()?.iter() {
                 let record = record?;
                 let (Some(key), Some(value)) = (record.key, record.value) else {
                     continue;

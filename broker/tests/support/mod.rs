@@ -244,7 +244,7 @@ pub async fn read(
         if dropped {
             continue;
         }
-        for rec in b.records() {
+        for rec in b.records().unwrap().iter() {
             out.push(String::from_utf8(rec.unwrap().value.unwrap().to_vec()).unwrap());
         }
     }

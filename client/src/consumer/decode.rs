@@ -79,16 +79,17 @@ pub(super) fn decode_into(
     filter: &mut AbortedFilter,
     out: &mut Vec<ConsumerRecord>,
 ) -> Result<(), ClientError> {
-    for batch in BatchIter::new(data) {
-        let batch = batch.map_err(|e| {
+    for decoded in DecodedBatchIter::new(data) {
+        let decoded = decoded.map_err(|e| {
             ClientError::broker(
                 ErrorCode::CorruptMessage,
                 format!("{topic}/{partition} near offset {position}: {e}"),
             )
         })?;
+        let batch = decoded.batch();
         let header = *batch.header();
         let marker = if header.is_control() {
-            marker_type(&batch)
+            marker_type(batch)
         } else {
             None
         };
@@ -99,8 +100,12 @@ pub(super) fn decode_into(
             continue;
         }
         if keep {
-            for record in batch.records() {
-                // Validated by BatchIter already.
+            // Keys and values are slices of the fetched data, or of the
+            // decompressed records of a compressed batch: no copies.
+            let records = decoded.records();
+            let backing = records.decompressed().unwrap_or(data);
+            for record in records.iter() {
+                // Validated by DecodedBatchIter already.
                 let record = record
                     .map_err(|e| ClientError::broker(ErrorCode::CorruptMessage, e.to_string()))?;
                 let offset = header.base_offset + u64::from(record.offset_delta);
@@ -112,11 +117,11 @@ pub(super) fn decode_into(
                     partition,
                     offset,
                     timestamp: header.first_timestamp.wrapping_add(record.timestamp_delta),
-                    key: record.key.map(|k| data.slice_ref(k)),
-                    value: record.value.map(|v| data.slice_ref(v)),
+                    key: record.key.map(|k| backing.slice_ref(k)),
+                    value: record.value.map(|v| backing.slice_ref(v)),
                     headers: record
                         .headers()
-                        .map(|(k, v)| (data.slice_ref(k), v.map(|v| data.slice_ref(v))))
+                        .map(|(k, v)| (backing.slice_ref(k), v.map(|v| backing.slice_ref(v))))
                         .collect(),
                 });
             }

@@ -64,7 +64,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ferry_proto::ErrorCode;
-use ferry_proto::batch::{BatchHeader, BatchIter};
+use ferry_proto::batch::{BatchHeader, DecodedBatchIter};
 use ferry_proto::control::{ControlType, marker_type};
 use ferry_proto::v1;
 

@@ -26,7 +26,8 @@ fn a_built_batch_decodes_to_the_same_records() {
     assert_eq!(h.max_timestamp, 1005);
     assert_eq!(h.producer_id, 7);
     assert_eq!(h.last_sequence(), 42);
-    let records: Vec<_> = batch.records().map(Result::unwrap).collect();
+    let records = batch.records().unwrap();
+    let records: Vec<_> = records.iter().map(Result::unwrap).collect();
     assert_eq!(records[0].key, Some(&b"k1"[..]));
     assert_eq!(records[1].key, None);
     assert_eq!(records[1].timestamp_delta, 5);
@@ -63,7 +64,8 @@ fn the_bytes_are_kafkas_record_batch_v2() {
     assert!(h.is_transactional() && !h.is_control());
     assert_eq!(h.first_timestamp, 1_700_000_000_000);
     assert_eq!(h.max_timestamp, 1_700_000_000_005);
-    let records: Vec<_> = batch.records().map(Result::unwrap).collect();
+    let records = batch.records().unwrap();
+    let records: Vec<_> = records.iter().map(Result::unwrap).collect();
     assert_eq!(
         records[0].headers().collect::<Vec<_>>(),
         vec![(&b"h"[..], Some(&b"x"[..]))]
@@ -128,7 +130,13 @@ fn restamping_rewrites_the_stamp_keeps_the_records_and_stays_valid() {
     assert_eq!(bytes.len(), original.len());
     assert_eq!(bytes[HEADER_LEN..], original[HEADER_LEN..]);
     let old = ValidBatch::exact(&original).unwrap();
-    assert!(batch.records().eq(old.records()));
+    assert!(
+        batch
+            .records()
+            .unwrap()
+            .iter()
+            .eq(old.records().unwrap().iter())
+    );
     // Restamping back gives the original bytes exactly.
     let back = restamp(
         &bytes,
@@ -193,8 +201,9 @@ fn a_length_beyond_the_limit_is_rejected_before_use() {
 }
 
 #[test]
-fn compression_and_unknown_attributes_are_rejected() {
-    for attributes in [1u16, 4, 1 << 6, 1 << 15] {
+fn unknown_codecs_attributes_and_compressed_control_batches_are_rejected() {
+    let compressed_control = CONTROL_BIT | u16::from(Compression::Gzip.id());
+    for attributes in [5u16, 7, 1 << 6, 1 << 15, compressed_control] {
         let mut bytes = sample().to_vec();
         bytes[layout::ATTRIBUTES..layout::ATTRIBUTES + 2]
             .copy_from_slice(&attributes.to_be_bytes());
@@ -203,6 +212,20 @@ fn compression_and_unknown_attributes_are_rejected() {
             Err(BatchError::BadAttributes(attributes))
         );
     }
+}
+
+#[test]
+fn record_iter_refuses_a_compressed_batch_instead_of_misreading_it() {
+    let mut b = BatchBuilder::new(0);
+    b.push(0, None, Some(b"v"), &[]);
+    let bytes = b.finish_compressed(Compression::Lz4);
+    let batch = ValidBatch::exact(&bytes).unwrap();
+    let mut iter = RecordIter::new(batch.header(), &bytes);
+    assert_eq!(
+        iter.next(),
+        Some(Err(BatchError::CompressedRecords(Compression::Lz4)))
+    );
+    assert_eq!(iter.next(), None);
 }
 
 #[test]
@@ -253,7 +276,8 @@ proptest! {
         }
         let bytes = b.finish();
         let batch = ValidBatch::exact(&bytes).unwrap();
-        let decoded: Vec<_> = batch.records().map(Result::unwrap).collect();
+        let decoded = batch.records().unwrap();
+        let decoded: Vec<_> = decoded.iter().map(Result::unwrap).collect();
         prop_assert_eq!(decoded.len(), records.len());
         for (d, (ts, k, v)) in decoded.iter().zip(&records) {
             prop_assert_eq!(d.timestamp_delta, i64::from(*ts));
