@@ -98,6 +98,7 @@ pub use eos::{
     TxnOutcome,
 };
 pub use error::ClientError;
+pub use ferry_proto::batch::Compression;
 pub use ferry_proto::v1::{
     GroupSummary, PartitionInfo, TopicPartition, TopicSummary, TransactionInfo,
 };

@@ -245,6 +245,7 @@ impl Shared {
             return;
         };
         let records = open.builder.len();
+        let size = open.builder.size();
         let stamp = match self.producer {
             Some((producer_id, _)) => acc.seq.stamp(producer_id, records),
             None => ProducerStamp::NONE,
@@ -253,8 +254,8 @@ impl Shared {
             .builder
             .producer(stamp)
             .transactional(self.transactional)
-            .finish();
-        acc.next_capacity = bytes.len().clamp(
+            .finish_compressed(self.config.compression);
+        acc.next_capacity = size.clamp(
             MIN_BATCH_CAPACITY.min(self.config.batch_bytes),
             self.config.batch_bytes,
         );

@@ -4,7 +4,7 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use ferry_proto::batch::{HEADER_LEN, MAX_BATCH_BYTES};
+use ferry_proto::batch::{Compression, HEADER_LEN, MAX_BATCH_BYTES};
 use ferry_proto::v1;
 
 use crate::error::ClientError;
@@ -85,6 +85,11 @@ pub struct ProducerConfig {
     /// `send` waits while this many record bytes are unacknowledged.
     /// Default 64 MiB.
     pub buffer_bytes: usize,
+    /// Codec a batch's records are compressed with when it is sealed
+    /// (Kafka's `compression.type`). Default [`Compression::None`].
+    /// `batch_bytes` bounds a batch's uncompressed size, as librdkafka's
+    /// `batch.size` does.
+    pub compression: Compression,
 }
 
 impl Default for ProducerConfig {
@@ -99,6 +104,7 @@ impl Default for ProducerConfig {
             max_in_flight_per_partition: 5,
             buffer_bytes: 64 * 1024 * 1024,
             idempotent: true,
+            compression: Compression::None,
         }
     }
 }
