@@ -3,7 +3,9 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use ferry_client::{Acks, Client, Delivery, Producer, ProducerConfig, ProducerRecord};
+use ferry_client::{
+    Acks, Client, Compression, Delivery, Producer, ProducerConfig, ProducerRecord,
+};
 
 use super::lines::{spawn_stdin_reader, split_line};
 use super::{BrokerAddr, CliError};
@@ -50,9 +52,13 @@ pub struct ProduceArgs {
     /// Wait up to this long to fill a batch.
     #[arg(long, default_value_t = 5)]
     linger_ms: u64,
-    /// Batch size in bytes.
+    /// Batch size in bytes (before compression).
     #[arg(long, default_value_t = 256 * 1024)]
     batch_bytes: usize,
+    /// Compress each batch's records: none, gzip, snappy, lz4 or zstd.
+    /// The broker stores batches as sent; consumers decompress.
+    #[arg(long, default_value = "none")]
+    compression: Compression,
     /// Produce in transactions under this transactional id: read-committed
     /// consumers see a transaction's records only once it commits, and
     /// "acked" counts records of committed transactions. Needs --acks all.
@@ -122,6 +128,7 @@ fn tuning(args: &ProduceArgs) -> ProducerConfig {
         linger: Duration::from_millis(args.linger_ms),
         batch_bytes: args.batch_bytes,
         delivery_timeout: Duration::from_secs(args.delivery_timeout),
+        compression: args.compression,
         ..ProducerConfig::default()
     }
 }
