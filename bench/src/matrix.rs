@@ -405,6 +405,7 @@ fn run_cell(
         partitions: config.partitions,
         txn_ms: spec.txn_ms.unwrap_or(100),
         stop: config.stop,
+        compression: ferry_client::Compression::None,
     };
     let target = Target::Embedded {
         flush,

@@ -29,8 +29,8 @@ use std::time::{Duration, Instant};
 
 use ferry_broker::{BrokerConfig, EmbeddedBroker, FlushPolicy};
 use ferry_client::{
-    Client, ClientError, CommitMode, Consumer, ConsumerConfig, Delivery, DeliveryMode, Producer,
-    ProducerConfig, StartFrom, TransactionalConfig, TransactionalProducer,
+    Client, ClientError, CommitMode, Compression, Consumer, ConsumerConfig, Delivery, DeliveryMode,
+    Producer, ProducerConfig, StartFrom, TransactionalConfig, TransactionalProducer,
 };
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
@@ -150,6 +150,8 @@ pub struct WorkloadConfig {
     /// Transaction length of `exactly-once`.
     pub txn_ms: u64,
     pub stop: RunLength,
+    /// The producers' batch compression.
+    pub compression: Compression,
 }
 
 impl Default for WorkloadConfig {
@@ -166,6 +168,7 @@ impl Default for WorkloadConfig {
             partitions: 1,
             txn_ms: 100,
             stop: RunLength::Duration(Duration::from_secs(5)),
+            compression: Compression::None,
         }
     }
 }
@@ -247,6 +250,9 @@ pub struct BenchReport {
     pub producers: usize,
     pub partitions: u32,
     pub txn_ms: Option<u64>,
+    /// The producers' batch compression, when not `none`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression: Option<String>,
     /// Records acknowledged (produce) or consumed (consume, e2e).
     pub records: u64,
     /// Records whose delivery failed.
@@ -370,6 +376,8 @@ async fn run_async(
         producers: config.producers,
         partitions: config.partitions,
         txn_ms: (config.mode == DeliveryMode::ExactlyOnce).then_some(config.txn_ms),
+        compression: (config.compression != Compression::None)
+            .then(|| config.compression.to_string()),
         records: o.records,
         failed: o.failed,
         first_error: o.first_error,
@@ -466,6 +474,7 @@ fn producer_config(config: &WorkloadConfig, mode: DeliveryMode) -> ProducerConfi
         linger: Duration::from_millis(config.linger_ms),
         batch_bytes: config.batch_bytes,
         buffer_bytes: config.buffer_bytes,
+        compression: config.compression,
         ..mode.producer_config()
     }
 }

@@ -137,6 +137,11 @@ pub struct RunArgs {
     /// Transaction length of --mode exactly-once, in milliseconds.
     #[arg(long, default_value_t = 100)]
     txn_ms: u64,
+    /// The producers' batch compression: none, gzip, snappy, lz4 or zstd.
+    /// Values are --record-size bytes of 'x' (after an 8-byte stamp), so
+    /// they compress very well.
+    #[arg(long, default_value = "none")]
+    compression: ferry_client::Compression,
     /// The embedded broker's fsync policy: always, interval=MS, or never.
     #[arg(long, default_value = "always")]
     fsync: FlushPolicy,
@@ -308,6 +313,7 @@ fn run_workload(kind: Kind, args: RunArgs) -> Result<ExitCode, CliError> {
         partitions: args.producer.partitions,
         txn_ms: args.txn_ms,
         stop: stop(args.records, args.duration)?,
+        compression: args.compression,
     };
     config.validate()?;
     let target = match &args.broker {
