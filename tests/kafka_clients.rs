@@ -182,6 +182,51 @@ fn a_confluent_kafka_idempotent_producer_loses_and_duplicates_nothing_across_two
 }
 
 #[test]
+fn batches_compressed_by_librdkafka_and_by_ferry_are_stored_as_sent_and_read_by_both() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path());
+    let bs = kafka(&broker);
+    // librdkafka compresses with each codec; it and Ferry read them back.
+    let out = confluent(&["compressed", &bs]);
+    let topic = json_lines(&out.stdout)[0]["topic"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let read = common::consume_from_earliest(broker.addr(), &topic, &[]);
+    assert_eq!(read.len(), 200, "ferry consume read {} records", read.len());
+    assert!(read[0]["value"].as_str().unwrap().starts_with("gzip-0-"));
+    assert!(read[199]["value"].as_str().unwrap().starts_with("zstd-49-"));
+    // Ferry compresses with each codec; librdkafka reads them.
+    for codec in ["gzip", "snappy", "lz4", "zstd"] {
+        let t = format!("ferry-{codec}");
+        common::create_topic(broker.addr(), &t, 1);
+        let input: String = (0..20).map(|i| format!("k{i}:{codec}-{i}\n")).collect();
+        ok(&ferry(
+            broker.addr(),
+            &[
+                "produce",
+                &t,
+                "--key-separator",
+                ":",
+                "--compression",
+                codec,
+            ],
+            Some(&input),
+        ));
+        let out = confluent(&["consume-mixed", &bs, &t, "20"]);
+        let records = json_lines(&out.stdout)[0]["records"].clone();
+        let values: Vec<String> = records
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["value"].as_str().unwrap().to_string())
+            .collect();
+        let want: Vec<String> = (0..20).map(|i| format!("{codec}-{i}")).collect();
+        assert_eq!(values, want, "{codec}");
+    }
+}
+
+#[test]
 fn kafka_python_produces_consumes_and_joins_a_group_of_two() {
     let dir = tempfile::tempdir().unwrap();
     let broker = start(dir.path());

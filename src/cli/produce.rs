@@ -3,9 +3,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use ferry_client::{
-    Acks, Client, Compression, Delivery, Producer, ProducerConfig, ProducerRecord,
-};
+use ferry_client::{Acks, Client, Compression, Delivery, Producer, ProducerConfig, ProducerRecord};
 
 use super::lines::{spawn_stdin_reader, split_line};
 use super::{BrokerAddr, CliError};
