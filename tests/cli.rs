@@ -16,6 +16,16 @@ fn start_broker(data_dir: &Path, listen: &str) -> BrokerProcess {
     BrokerProcess::start(FERRY, data_dir, listen).expect("start ferry broker")
 }
 
+/// `ferry broker` on free ports (gRPC and Kafka), before `--data-dir DIR`.
+const EPHEMERAL_BROKER: &[&str] = &[
+    "broker",
+    "--listen",
+    "127.0.0.1:0",
+    "--kafka-listen",
+    "127.0.0.1:0",
+    "--data-dir",
+];
+
 #[test]
 fn every_acked_record_survives_a_kill_9_of_the_broker() {
     let dir = tempfile::tempdir().unwrap();
@@ -194,14 +204,7 @@ fn a_second_broker_on_the_same_data_dir_is_refused() {
     let data = dir.path().join("d");
     let _first = start_broker(&data, "127.0.0.1:0");
     let out = Command::new(FERRY)
-        .args([
-            "broker",
-            "--listen",
-            "127.0.0.1:0",
-            "--kafka-listen",
-            "127.0.0.1:0",
-            "--data-dir",
-        ])
+        .args(EPHEMERAL_BROKER)
         .arg(&data)
         .output()
         .unwrap();
@@ -290,14 +293,7 @@ fn broker_logs_to_a_pipe_are_plain_text_and_a_fresh_start_and_restart_warn_of_no
     let data = dir.path().join("data");
     let run = |data: &Path, topic: &str| {
         let mut child = Command::new(FERRY)
-            .args([
-                "broker",
-                "--listen",
-                "127.0.0.1:0",
-                "--kafka-listen",
-                "127.0.0.1:0",
-                "--data-dir",
-            ])
+            .args(EPHEMERAL_BROKER)
             .arg(data)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
