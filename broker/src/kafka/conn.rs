@@ -33,6 +33,7 @@ use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::mpsc;
 
 use super::errors;
+use super::frame::Frame;
 use super::versions::{self, PRODUCE_MIN_DECODED};
 use super::{Advertised, KAFKA_IDLE_TIMEOUT, MAX_PENDING_RESPONSES};
 use crate::error::BrokerError;
@@ -43,12 +44,12 @@ const MIN_FRAME_BYTES: usize = 8;
 
 /// A response still being computed (a produce waiting for durability);
 /// `None` when no response is due.
-pub(crate) type Deferred = Pin<Box<dyn Future<Output = Option<Bytes>> + Send>>;
+pub(crate) type Deferred = Pin<Box<dyn Future<Output = Option<Frame>> + Send>>;
 
 /// What handling one request produced.
 pub(crate) enum Reply {
     /// The encoded response frame.
-    Now(Bytes),
+    Now(Frame),
     /// A response that completes later.
     Later(Deferred),
     /// No response (a produce with acks = 0).
@@ -154,10 +155,11 @@ pub(crate) async fn run(
         peer,
     };
     let mut rd = BufReader::with_capacity(64 * 1024, rd);
+    let mut buf = BytesMut::new();
     let mut shutdown = conn.state.shutdown_signal();
     loop {
         let frame = tokio::select! {
-            f = tokio::time::timeout(KAFKA_IDLE_TIMEOUT, read_frame(&mut rd, max)) => f,
+            f = tokio::time::timeout(KAFKA_IDLE_TIMEOUT, read_frame(&mut rd, &mut buf, max)) => f,
             _ = crate::state::shutdown_begun(&mut shutdown) => break,
         };
         let frame = match frame {
@@ -217,6 +219,7 @@ enum FrameError {
 /// Reads one frame; `None` at a clean end of stream between frames.
 async fn read_frame<R: AsyncReadExt + Unpin>(
     rd: &mut R,
+    buf: &mut BytesMut,
     max: usize,
 ) -> Result<Option<Bytes>, FrameError> {
     let mut len = [0u8; 4];
@@ -229,9 +232,20 @@ async fn read_frame<R: AsyncReadExt + Unpin>(
     if n < MIN_FRAME_BYTES as i64 || n > max as i64 {
         return Err(FrameError::Close(Close::FrameSize(n, max)));
     }
-    let mut buf = BytesMut::zeroed(n as usize);
-    rd.read_exact(&mut buf).await.map_err(FrameError::Io)?;
-    Ok(Some(buf.freeze()))
+    // Read into the connection's buffer, not a fresh zeroed one: a produce
+    // frame is up to a batch long, and a fresh allocation that large costs
+    // a page fault and a kernel zero-fill per page. Once the previous
+    // frames are dropped (their batches are copied into the log when
+    // appended), `reserve` takes their space back.
+    let n = n as usize;
+    buf.reserve(n);
+    let mut body = rd.take(n as u64);
+    while buf.len() < n {
+        if body.read_buf(buf).await.map_err(FrameError::Io)? == 0 {
+            return Err(FrameError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+        }
+    }
+    Ok(Some(buf.split_to(n).freeze()))
 }
 
 async fn write_loop(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Deferred>) {
@@ -244,8 +258,8 @@ async fn write_loop(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Deferred>) {
                 None => open = false,
             },
             Some(resp) = pending.next(), if !pending.is_empty() => {
-                if let Some(b) = resp
-                    && wr.write_all(&b).await.is_err()
+                if let Some(mut frame) = resp
+                    && wr.write_all_buf(&mut frame).await.is_err()
                 {
                     return;
                 }
@@ -330,7 +344,7 @@ async fn handle_frame(conn: &Conn, frame: Bytes) -> Result<Reply, Close> {
         Admission::Admitted(a) => a,
         Admission::Fallback(answer) => {
             metrics::counter!("ferry_kafka_requests_total", "api" => "ApiVersions", "version" => "unsupported").increment(1);
-            return Ok(Reply::Now(answer));
+            return Ok(Reply::Now(answer.into()));
         }
     };
     let api = api_name(key);
@@ -372,12 +386,20 @@ pub(crate) fn encode<R: Encodable>(
     version: i16,
     resp: &R,
 ) -> Result<Bytes, Close> {
-    let mut buf = BytesMut::with_capacity(256);
-    buf.put_i32(0);
     let mut header = ResponseHeader::default();
     header.correlation_id = correlation_id;
+    let header_version = key.response_header_version(version);
+    // Sized up front: a fetch response carries up to its max_bytes of
+    // batches, and growing the buffer by doubling would copy them again
+    // at every step.
+    let size = header
+        .compute_size(header_version)
+        .and_then(|h| Ok(h + resp.compute_size(version)?))
+        .map_err(|e| Close::Encode(key, version, e.to_string()))?;
+    let mut buf = BytesMut::with_capacity(4 + size);
+    buf.put_i32(0);
     header
-        .encode(&mut buf, key.response_header_version(version))
+        .encode(&mut buf, header_version)
         .and_then(|()| resp.encode(&mut buf, version))
         .map_err(|e| Close::Encode(key, version, e.to_string()))?;
     let n = (buf.len() - 4) as i32;
