@@ -26,6 +26,7 @@ mod bounds;
 mod conn;
 mod errors;
 mod fetch;
+mod frame;
 mod groups;
 mod metadata;
 mod produce;
@@ -119,7 +120,9 @@ pub(crate) async fn serve(listener: TcpListener, state: Arc<BrokerState>, advert
 }
 
 /// Every served request but Produce (which answers later, see
-/// `produce`): its key, its request type, and its handler. `dispatch` and
+/// `produce`) and Fetch (whose response is encoded around the stored
+/// batches, see `fetch::encode_response`): its key, its request type, and
+/// its handler. `dispatch` and
 /// the fuzz entry point both expand it, so a key is served and fuzzed by
 /// one line.
 macro_rules! served {
@@ -129,7 +132,6 @@ macro_rules! served {
             Metadata: MetadataRequest => metadata::metadata,
             FindCoordinator: FindCoordinatorRequest => metadata::find_coordinator,
             DescribeCluster: DescribeClusterRequest => metadata::describe_cluster,
-            Fetch: FetchRequest => fetch::fetch,
             ListOffsets: ListOffsetsRequest => fetch::list_offsets,
             OffsetForLeaderEpoch: OffsetForLeaderEpochRequest => fetch::offset_for_leader_epoch,
             JoinGroup: JoinGroupRequest => groups::join_group,
@@ -171,9 +173,13 @@ pub(crate) async fn dispatch(
         ($($k:ident: $t:ty => $f:path),* $(,)?) => {
             match key {
                 ApiKey::Produce => produce::handle(cx, correlation_id, conn::decode(key, v, body)?),
+                ApiKey::Fetch => {
+                    let resp = fetch::fetch(cx, conn::decode(key, v, body)?).await;
+                    fetch::encode_response(correlation_id, v, resp).map(Reply::Now)
+                }
                 $(ApiKey::$k => {
                     let resp = $f(cx, conn::decode::<$t>(key, v, body)?).await;
-                    conn::encode(correlation_id, key, v, &resp).map(Reply::Now)
+                    conn::encode(correlation_id, key, v, &resp).map(|b| Reply::Now(b.into()))
                 })*
                 other => Err(Close::Unsupported(other, v)),
             }
@@ -208,6 +214,7 @@ pub fn decode_request(frame: &[u8]) -> Result<(), String> {
                     }
                     Ok(())
                 }
+                ApiKey::Fetch => conn::decode::<FetchRequest>(key, v, body).map(|_| ()).map_err(|e| e.to_string()),
                 $(ApiKey::$k => conn::decode::<$t>(key, v, body).map(|_| ()).map_err(|e| e.to_string()),)*
                 other => Err(Close::Unsupported(other, v).to_string()),
             }

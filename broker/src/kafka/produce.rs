@@ -147,7 +147,7 @@ pub(crate) fn handle(
         metrics::histogram!("ferry_kafka_request_seconds", "api" => "Produce")
             .record(started.elapsed().as_secs_f64());
         match conn::encode(correlation_id, ApiKey::Produce, version, &resp) {
-            Ok(b) => Some(b),
+            Ok(b) => Some(b.into()),
             Err(e) => {
                 tracing::error!(error = %e, "cannot encode a produce response");
                 None
