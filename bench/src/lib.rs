@@ -13,6 +13,7 @@
 //! [`Ratios`]).
 
 pub mod baseline;
+pub mod kafka;
 pub mod matrix;
 pub mod rebalance;
 pub mod workload;

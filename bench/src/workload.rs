@@ -824,14 +824,14 @@ impl Quota {
 
 /// Writes the send time since `clock`, in nanoseconds, into the value's
 /// first [`STAMP_BYTES`] bytes (when it has that many).
-fn stamp(value: &mut [u8], since_clock: Duration) {
+pub(crate) fn stamp(value: &mut [u8], since_clock: Duration) {
     if let Some(head) = value.get_mut(..STAMP_BYTES) {
         head.copy_from_slice(&(since_clock.as_nanos() as u64).to_le_bytes());
     }
 }
 
 /// The send time [`stamp`]ed into `value`.
-fn stamped(value: &[u8]) -> Option<Duration> {
+pub(crate) fn stamped(value: &[u8]) -> Option<Duration> {
     let head: [u8; STAMP_BYTES] = value.get(..STAMP_BYTES)?.try_into().ok()?;
     Some(Duration::from_nanos(u64::from_le_bytes(head)))
 }

@@ -38,6 +38,38 @@ pub enum BenchCommand {
     /// Rebalance time of a consumer group: one member leaves, and the clock
     /// runs until every partition is consumed again by the others.
     Rebalance(RebalanceArgs),
+    /// The Kafka front end with a real Kafka client (librdkafka) next to
+    /// ferry-client over gRPC, on one embedded broker: produce
+    /// (idempotent, exactly-once) and read_committed consume at each
+    /// record size, as a markdown (or JSON) table with the ratios.
+    Kafka(KafkaArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct KafkaArgs {
+    /// Seconds each cell produces (a consume cell reads what its side
+    /// produced in that time).
+    #[arg(long, default_value_t = 3.0)]
+    duration: f64,
+    /// Record sizes, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = ferry_bench::kafka::SIZES)]
+    record_sizes: Vec<usize>,
+    /// Transaction length of exactly-once, in milliseconds.
+    #[arg(long, default_value_t = 100)]
+    txn_ms: u64,
+    /// The embedded broker's fsync policy: always, interval=MS, or never.
+    #[arg(long, default_value = "never")]
+    fsync: FlushPolicy,
+    /// Batch size of both clients, in bytes.
+    #[arg(long, default_value_t = 256 * 1024)]
+    batch_bytes: usize,
+    /// How long a batch of either client waits to fill.
+    #[arg(long, default_value_t = 5)]
+    linger_ms: u64,
+    #[command(flatten)]
+    source: BaselineSource,
+    #[command(flatten)]
+    common: Common,
 }
 
 #[derive(Debug, clap::Args)]
@@ -206,7 +238,46 @@ pub fn run(command: BenchCommand) -> Result<ExitCode, CliError> {
         BenchCommand::Baseline(args) => run_baseline(args),
         BenchCommand::Matrix(args) => run_matrix(args),
         BenchCommand::Rebalance(args) => run_rebalance(args),
+        BenchCommand::Kafka(args) => run_kafka(args),
     }
+}
+
+fn run_kafka(args: KafkaArgs) -> Result<ExitCode, CliError> {
+    let config = ferry_bench::kafka::KafkaBenchConfig {
+        sizes: args.record_sizes.clone(),
+        duration: match stop(None, Some(args.duration))? {
+            RunLength::Duration(d) => d,
+            RunLength::Records(_) => unreachable!("stop() with no --records gives a duration"),
+        },
+        txn_ms: args.txn_ms,
+        linger_ms: args.linger_ms,
+        batch_bytes: args.batch_bytes,
+        flush: args.fsync,
+        parent: args.common.data_dir.clone(),
+        ..Default::default()
+    };
+    let baseline = args.source.resolve(&args.common)?;
+    let cells = (config.sizes.len() * 3) as u64;
+    let bar = cells_bar(args.common.json, cells);
+    let bench = ferry_bench::kafka::KafkaBench::run(&config, baseline, |i, label| {
+        bar.set_position(i as u64);
+        bar.set_message(label.to_string());
+    });
+    bar.finish_and_clear();
+    let bench = bench?;
+    if args.common.json {
+        println!("{}", serde_json::to_string(&bench)?);
+    } else {
+        if let Some(b) = &bench.baseline {
+            println!("baseline in {}:\n{}\n", b.dir, b.human());
+        }
+        println!("{}", bench.markdown());
+    }
+    Ok(if bench.failed() == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn run_rebalance(args: RebalanceArgs) -> Result<ExitCode, CliError> {
@@ -381,16 +452,7 @@ fn run_matrix(args: MatrixArgs) -> Result<ExitCode, CliError> {
     }
     let baseline = args.source.resolve(&args.common)?;
 
-    let bar = if hidden(args.common.json) {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::with_draw_target(Some(cells as u64), ProgressDrawTarget::stderr())
-    };
-    bar.set_style(
-        ProgressStyle::with_template("[{elapsed_precise}] {bar:30} {pos}/{len} cells: {msg}")
-            .expect("valid template"),
-    );
-    bar.enable_steady_tick(PROGRESS_TICK);
+    let bar = cells_bar(args.common.json, cells as u64);
     let progress = Progress::default();
     let matrix = Matrix::run(&config, baseline, &progress, |i, spec| {
         bar.set_position(i as u64);
@@ -427,6 +489,20 @@ fn run_matrix(args: MatrixArgs) -> Result<ExitCode, CliError> {
 /// No progress bar for JSON output or when stderr is not a terminal.
 fn hidden(json: bool) -> bool {
     json || !std::io::stderr().is_terminal()
+}
+
+/// A bar of `cells` benchmark cells.
+fn cells_bar(json: bool, cells: u64) -> ProgressBar {
+    if hidden(json) {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::with_draw_target(Some(cells), ProgressDrawTarget::stderr());
+    bar.set_style(
+        ProgressStyle::with_template("[{elapsed_precise}] {bar:30} {pos}/{len} cells: {msg}")
+            .expect("valid template"),
+    );
+    bar.enable_steady_tick(PROGRESS_TICK);
+    bar
 }
 
 fn spinner(json: bool, message: &'static str) -> ProgressBar {
