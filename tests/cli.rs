@@ -212,6 +212,38 @@ fn a_second_broker_on_the_same_data_dir_is_refused() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("in use"));
 }
 
+/// With no authentication configured, a broker asked to listen beyond
+/// loopback refuses before it binds or creates anything, and says how to
+/// insist.
+#[test]
+fn a_broker_without_authentication_refuses_a_non_loopback_listener() {
+    let dir = tempfile::tempdir().unwrap();
+    for (flag, addr) in [
+        ("--listen", "0.0.0.0:0"),
+        ("--kafka-listen", "0.0.0.0:0"),
+        ("--metrics-listen", "0.0.0.0:0"),
+    ] {
+        let data = dir.path().join(flag.trim_start_matches('-'));
+        let mut cmd = Command::new(FERRY);
+        cmd.args(["broker", "--data-dir"]).arg(&data);
+        for loopback in ["--listen", "--kafka-listen"] {
+            if loopback != flag {
+                cmd.args([loopback, "127.0.0.1:0"]);
+            }
+        }
+        let out = cmd.args([flag, addr]).output().unwrap();
+        assert!(!out.status.success(), "{flag} {addr} was served");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(&format!("{flag} {addr}")), "{err}");
+        assert!(err.contains("--allow-anonymous"), "{err}");
+        assert!(
+            !data.exists(),
+            "the refused broker created {}",
+            data.display()
+        );
+    }
+}
+
 /// Runs `ferry ARGS --broker ADDR` and fails the test if it has not exited
 /// within `limit`.
 fn ferry_within(addr: &str, args: &[&str], limit: Duration) -> std::process::Output {

@@ -95,7 +95,21 @@ pub struct BrokerConfig {
     pub group_max_session_timeout_ms: u32,
     /// How long a new group's first rebalance waits for more members.
     pub group_initial_rebalance_delay_ms: u32,
+    /// Whether the broker may listen on a non-loopback address with no
+    /// authentication configured. Off by default: a broker reachable from
+    /// other machines must be asked for explicitly.
+    pub allow_anonymous: bool,
+    /// How long a Kafka client has from the first byte of a request to its
+    /// last, in milliseconds; a connection that takes longer (a slowloris)
+    /// is closed.
+    pub request_header_timeout_ms: u64,
 }
+
+/// Default `request_header_timeout_ms`.
+pub const DEFAULT_REQUEST_HEADER_TIMEOUT_MS: u64 = 10_000;
+/// Largest `request_header_timeout_ms` (the idle timeout of a Kafka
+/// connection, ten minutes).
+pub const MAX_REQUEST_HEADER_TIMEOUT_MS: u64 = 600_000;
 
 /// Default `group_min_session_timeout_ms` (Kafka's).
 pub const DEFAULT_GROUP_MIN_SESSION_TIMEOUT_MS: u32 = 6_000;
@@ -124,6 +138,8 @@ impl Default for BrokerConfig {
             group_min_session_timeout_ms: DEFAULT_GROUP_MIN_SESSION_TIMEOUT_MS,
             group_max_session_timeout_ms: DEFAULT_GROUP_MAX_SESSION_TIMEOUT_MS,
             group_initial_rebalance_delay_ms: DEFAULT_GROUP_INITIAL_REBALANCE_DELAY_MS,
+            allow_anonymous: false,
+            request_header_timeout_ms: DEFAULT_REQUEST_HEADER_TIMEOUT_MS,
         }
     }
 }
@@ -197,6 +213,12 @@ impl BrokerConfig {
         }
         if let Some(v) = file.auto_create_topics {
             self.auto_create_topics = v;
+        }
+        if let Some(v) = file.allow_anonymous {
+            self.allow_anonymous = v;
+        }
+        if let Some(v) = file.request_header_timeout_ms {
+            self.request_header_timeout_ms = v;
         }
         if let Some(v) = file.default_partitions {
             self.default_partitions = v;
@@ -299,6 +321,14 @@ impl BrokerConfig {
             crate::kafka::Advertised::parse(a)
                 .map_err(|e| BrokerError::Config(format!("kafka_advertise: {e}")))?;
         }
+        if self.request_header_timeout_ms == 0
+            || self.request_header_timeout_ms > MAX_REQUEST_HEADER_TIMEOUT_MS
+        {
+            return Err(BrokerError::Config(format!(
+                "request_header_timeout_ms must be in 1..={MAX_REQUEST_HEADER_TIMEOUT_MS}"
+            )));
+        }
+        self.check_anonymous_exposure()?;
         if self.group_initial_rebalance_delay_ms > crate::group::MAX_REBALANCE_TIMEOUT_MS {
             return Err(BrokerError::Config(format!(
                 "group_initial_rebalance_delay_ms must be at most {}",
@@ -306,6 +336,37 @@ impl BrokerConfig {
             )));
         }
         Ok(())
+    }
+}
+
+impl BrokerConfig {
+    /// The listeners, each with the flag that sets it.
+    fn listeners(&self) -> impl Iterator<Item = (&'static str, SocketAddr)> {
+        [
+            ("--listen", Some(self.listen)),
+            ("--kafka-listen", self.kafka_listen),
+            ("--metrics-listen", self.metrics_listen),
+        ]
+        .into_iter()
+        .filter_map(|(flag, addr)| addr.map(|a| (flag, a)))
+    }
+
+    /// The safe default: with no authentication, every listener stays on
+    /// loopback unless `allow_anonymous` says otherwise. Checked before
+    /// anything binds.
+    fn check_anonymous_exposure(&self) -> Result<(), BrokerError> {
+        if self.allow_anonymous {
+            return Ok(());
+        }
+        match self.listeners().find(|(_, a)| !a.ip().is_loopback()) {
+            None => Ok(()),
+            Some((flag, addr)) => Err(BrokerError::Config(format!(
+                "{flag} {addr} is not a loopback address and no authentication is \
+                 configured: anyone who can reach it could produce, consume and delete \
+                 topics; pass --allow-anonymous (config allow_anonymous = true) to serve \
+                 it anyway"
+            ))),
+        }
     }
 }
 
@@ -329,6 +390,8 @@ struct FileConfig {
     group_min_session_timeout_ms: Option<u32>,
     group_max_session_timeout_ms: Option<u32>,
     group_initial_rebalance_delay_ms: Option<u32>,
+    allow_anonymous: Option<bool>,
+    request_header_timeout_ms: Option<u64>,
     limits: Option<FileLimits>,
 }
 
@@ -399,6 +462,73 @@ mod tests {
             ),
             (6_000, 1_800_000, 3_000)
         );
+    }
+
+    #[test]
+    fn a_listener_off_loopback_needs_allow_anonymous_while_no_authentication_exists() {
+        let loopback = BrokerConfig::default();
+        loopback.validate().unwrap();
+        let v6 = BrokerConfig {
+            listen: "[::1]:7400".parse().unwrap(),
+            ..BrokerConfig::default()
+        };
+        v6.validate().unwrap();
+        for (flag, cfg) in [
+            (
+                "--listen 0.0.0.0:7400",
+                BrokerConfig {
+                    listen: "0.0.0.0:7400".parse().unwrap(),
+                    ..BrokerConfig::default()
+                },
+            ),
+            (
+                "--kafka-listen 10.1.2.3:9092",
+                BrokerConfig {
+                    kafka_listen: Some("10.1.2.3:9092".parse().unwrap()),
+                    ..BrokerConfig::default()
+                },
+            ),
+            (
+                "--metrics-listen [::]:9100",
+                BrokerConfig {
+                    metrics_listen: Some("[::]:9100".parse().unwrap()),
+                    ..BrokerConfig::default()
+                },
+            ),
+        ] {
+            let e = cfg.validate().unwrap_err().to_string();
+            assert!(e.contains(flag), "{e}");
+            assert!(e.contains("--allow-anonymous"), "{e}");
+            let allowed = BrokerConfig {
+                allow_anonymous: true,
+                ..cfg
+            };
+            allowed.validate().unwrap();
+        }
+        let from_file = BrokerConfig::default()
+            .merge_toml("listen = \"0.0.0.0:7400\"\nallow_anonymous = true\n")
+            .unwrap();
+        from_file.validate().unwrap();
+    }
+
+    #[test]
+    fn the_request_header_timeout_is_bounded_and_set_from_the_file() {
+        assert_eq!(
+            BrokerConfig::default().request_header_timeout_ms,
+            DEFAULT_REQUEST_HEADER_TIMEOUT_MS
+        );
+        let cfg = BrokerConfig::default()
+            .merge_toml("request_header_timeout_ms = 250\n")
+            .unwrap();
+        assert_eq!(cfg.request_header_timeout_ms, 250);
+        cfg.validate().unwrap();
+        for bad in [0, MAX_REQUEST_HEADER_TIMEOUT_MS + 1] {
+            let cfg = BrokerConfig {
+                request_header_timeout_ms: bad,
+                ..BrokerConfig::default()
+            };
+            assert!(cfg.validate().is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -453,3 +453,46 @@ fn one_record(value: &[u8]) -> Bytes {
     b.push(1, None, Some(value), &[]);
     b.finish()
 }
+
+/// A slowloris: a client that starts a request and never finishes it is
+/// closed after `request_header_timeout_ms`, while an idle connection that
+/// has not started one stays open, and a neighbour keeps being served.
+#[tokio::test]
+async fn a_request_that_does_not_arrive_within_the_header_timeout_closes_its_connection() {
+    let b = EmbeddedBroker::start(BrokerConfig {
+        request_header_timeout_ms: 300,
+        ..BrokerConfig::ephemeral()
+    })
+    .await
+    .unwrap();
+    let addr = kafka(&b);
+    blocking(move || {
+        let mut idle = Raw::connect(addr);
+        let mut slow = Raw::connect(addr);
+        // The size and half a header, then nothing.
+        slow.stream.write_all(&[0, 0, 0, 10, 0, 18]).unwrap();
+        let started = std::time::Instant::now();
+        assert!(slow.closed(), "the slow request's connection is closed");
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_millis(250) && waited < Duration::from_secs(15),
+            "closed after {waited:?}"
+        );
+        // Dripping a byte at a time does not reset the clock.
+        let mut drip = Raw::connect(addr);
+        drip.stream.write_all(&[0, 0, 0, 10]).unwrap();
+        let started = std::time::Instant::now();
+        let mut closed = false;
+        for _ in 0..40 {
+            std::thread::sleep(Duration::from_millis(50));
+            if drip.stream.write_all(&[0]).is_err() {
+                closed = true;
+                break;
+            }
+        }
+        assert!(closed || drip.closed(), "a dripping request is closed");
+        assert!(started.elapsed() < Duration::from_secs(15));
+        // Idle longer than the header timeout, then a whole request: served.
+        assert_eq!(idle.call(3, &ApiVersionsRequest::default()).error_code, 0);
+    });
+}

@@ -38,6 +38,14 @@ pub struct BrokerArgs {
     /// Partitions of an automatically created topic [default: 1].
     #[arg(long)]
     default_partitions: Option<u32>,
+    /// Serve on non-loopback addresses although no authentication is
+    /// configured: anyone who can reach the ports may do anything.
+    #[arg(long)]
+    allow_anonymous: bool,
+    /// Milliseconds a Kafka client has from a request's first byte to its
+    /// last before its connection is closed [default: 10000].
+    #[arg(long)]
+    request_header_timeout_ms: Option<u64>,
     /// TOML config file; flags override its settings.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -104,6 +112,12 @@ pub fn run(args: BrokerArgs) -> Result<ExitCode, CliError> {
     }
     if let Some(v) = args.auto_create_topics {
         config.auto_create_topics = v;
+    }
+    if args.allow_anonymous {
+        config.allow_anonymous = true;
+    }
+    if let Some(v) = args.request_header_timeout_ms {
+        config.request_header_timeout_ms = v;
     }
     if let Some(v) = args.default_partitions {
         config.default_partitions = v;

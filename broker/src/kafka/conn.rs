@@ -20,14 +20,14 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use futures::StreamExt;
 use futures::stream::FuturesOrdered;
 use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
 use kafka_protocol::protocol::{Decodable, Encodable};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::mpsc;
@@ -75,6 +75,8 @@ pub(crate) enum Close {
     OutOfBounds(ApiKey, i16, super::bounds::BoundsError),
     #[error("{0:?} v{1} response did not encode: {2}")]
     Encode(ApiKey, i16, String),
+    #[error("a request took longer than request_header_timeout_ms ({0} ms) to arrive")]
+    HeaderTimeout(u64),
 }
 
 impl Close {
@@ -86,6 +88,7 @@ impl Close {
             Close::Malformed(..) => "malformed",
             Close::OutOfBounds(..) => "bounds",
             Close::Encode(..) => "encode",
+            Close::HeaderTimeout(_) => "header_timeout",
         }
     }
 }
@@ -156,15 +159,35 @@ pub(crate) async fn run(
     };
     let mut rd = BufReader::with_capacity(64 * 1024, rd);
     let mut buf = BytesMut::new();
+    let header_timeout_ms = conn.state.config().request_header_timeout_ms;
+    let header_timeout = Duration::from_millis(header_timeout_ms);
     let mut shutdown = conn.state.shutdown_signal();
     loop {
+        // Between requests a connection may idle; once a request's first
+        // byte is in, the rest must follow within the header timeout.
+        let first = tokio::select! {
+            r = tokio::time::timeout(KAFKA_IDLE_TIMEOUT, async { rd.fill_buf().await.map(|b| b.is_empty()) }) => r,
+            _ = crate::state::shutdown_begun(&mut shutdown) => break,
+        };
+        match first {
+            Err(_) => {
+                tracing::debug!(%peer, "closing idle Kafka connection");
+                break;
+            }
+            Ok(Ok(true)) => break,
+            Ok(Ok(false)) => {}
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "Kafka connection failed");
+                break;
+            }
+        }
         let frame = tokio::select! {
-            f = tokio::time::timeout(KAFKA_IDLE_TIMEOUT, read_frame(&mut rd, &mut buf, max)) => f,
+            f = tokio::time::timeout(header_timeout, read_frame(&mut rd, &mut buf, max)) => f,
             _ = crate::state::shutdown_begun(&mut shutdown) => break,
         };
         let frame = match frame {
             Err(_) => {
-                tracing::debug!(%peer, "closing idle Kafka connection");
+                refuse(&peer, &Close::HeaderTimeout(header_timeout_ms));
                 break;
             }
             Ok(Ok(Some(f))) => f,
