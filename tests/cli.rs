@@ -391,3 +391,101 @@ fn records_produced_with_every_codec_survive_a_kill_9_and_read_back() {
     assert_eq!(values, expected);
     assert!(broker.sigterm().unwrap().success());
 }
+
+fn user(args: &[&str], file: &std::path::Path, stdin: &str) -> std::process::Output {
+    use std::io::Write as _;
+    let mut child = Command::new(FERRY)
+        .arg("user")
+        .args(args)
+        .arg("--credentials")
+        .arg(file)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// `ferry user` adds tokens and SCRAM credentials to a file only its owner
+/// can read, prints a token once and a password never, lists users
+/// without secrets, and refuses duplicates, unknown users and empty
+/// passwords with one clear line.
+#[test]
+fn ferry_user_manages_a_credentials_file_that_holds_no_secret() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("credentials.toml");
+
+    let out = user(&["add", "svc", "--mechanism", "token"], &file, "");
+    assert!(out.status.success(), "{out:?}");
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(
+        token.starts_with("ferry_") && !token.contains(char::is_whitespace),
+        "{token}"
+    );
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o077, 0, "credentials file mode {mode:o}");
+
+    let out = user(
+        &["add", "alice", "--mechanism", "scram-sha-256"],
+        &file,
+        "pencil\n",
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert!(out.stdout.is_empty(), "a password add prints nothing");
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(!text.contains("pencil"), "{text}");
+    assert!(!text.contains(&token["ferry_".len()..]), "{text}");
+
+    let out = user(&["list"], &file, "");
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        "{\"mechanism\":\"token\",\"user\":\"svc\"}\n{\"mechanism\":\"scram-sha-256\",\"user\":\"alice\"}\n"
+    );
+
+    for (args, stdin, says) in [
+        (
+            &["add", "alice", "--mechanism", "scram-sha-256"][..],
+            "other\n",
+            "already has",
+        ),
+        (
+            &["add", "bob", "--mechanism", "scram-sha-512"][..],
+            "",
+            "no password",
+        ),
+        (
+            &["add", "bob", "--mechanism", "md5"][..],
+            "",
+            "expected token",
+        ),
+        (&["remove", "nobody"][..], "", "no user"),
+    ] {
+        let out = user(args, &file, stdin);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap(),
+        text,
+        "a refused change wrote the file"
+    );
+
+    let out = user(&["remove", "svc"], &file, "");
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        "{\"removed\":1,\"user\":\"svc\"}\n"
+    );
+    let out = user(&["list"], &dir.path().join("missing.toml"), "");
+    assert!(!out.status.success(), "listing a missing file succeeded");
+}

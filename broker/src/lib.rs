@@ -3,6 +3,7 @@
 //! metrics, and the gRPC service. [`BrokerState`] is the broker core every
 //! front end calls; [`EmbeddedBroker`] runs one inside another process.
 
+pub mod auth;
 mod codec;
 mod config;
 mod data_dir;

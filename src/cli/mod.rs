@@ -13,6 +13,7 @@ mod produce;
 mod topic;
 mod torture;
 mod txn;
+mod user;
 
 use std::process::ExitCode;
 
@@ -85,6 +86,11 @@ enum Command {
     /// Run the delivery-semantics lab: each mode side by side under faults,
     /// measured and checked.
     Lab(lab::LabArgs),
+    /// Add, remove and list the users of a credentials file.
+    User {
+        #[command(subcommand)]
+        command: user::UserCommand,
+    },
 }
 
 /// Runs the parsed command.
@@ -99,6 +105,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Bench { command } => bench::run(command),
         Command::Torture(args) => torture::run(args),
         Command::Lab(args) => lab::run(args),
+        Command::User { command } => user::run(command),
         Command::Copy(args) => client_runtime()?.block_on(copy::run(args)),
         Command::Txn { command, broker } => client_runtime()?.block_on(txn::run(command, broker)),
         Command::Group { command, broker } => {

@@ -18,11 +18,24 @@ pub fn tmp_path(path: &Path) -> PathBuf {
 /// directory. A crash leaves the old file or the new one, never a mix,
 /// plus at worst a stray temporary file.
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    atomic_write_mode(path, bytes, 0o666)
+}
+
+/// [`atomic_write`] with the permission bits of the new file (before the
+/// umask): `0o600` for a file only its owner may read.
+pub fn atomic_write_mode(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
     let tmp = tmp_path(path);
+    // A temporary file left by an earlier attempt would keep its own
+    // permission bits; the mode applies only to a file this call creates.
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
     let mut file = OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
+        .mode(mode)
         .open(&tmp)?;
     file.write_all(bytes)?;
     file.sync_data()?;
