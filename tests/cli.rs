@@ -489,3 +489,75 @@ fn ferry_user_manages_a_credentials_file_that_holds_no_secret() {
     let out = user(&["list"], &dir.path().join("missing.toml"), "");
     assert!(!out.status.success(), "listing a missing file succeeded");
 }
+
+/// A broker started with `--credentials` serves only requests with one of
+/// its tokens: `--token` and `FERRY_TOKEN` work, a missing or wrong token
+/// fails at once with one line (an authentication failure is not retried),
+/// and a token removed from the file no longer works after a restart.
+#[test]
+fn a_broker_with_credentials_serves_only_requests_bearing_a_valid_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("credentials.toml");
+    let out = user(&["add", "svc", "--mechanism", "token"], &file, "");
+    assert!(out.status.success(), "{out:?}");
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let data = dir.path().join("data");
+    let args = || ["--credentials".into(), file.clone().into_os_string()];
+    let broker =
+        BrokerProcess::start_with_args(FERRY, &data, "127.0.0.1:0", args()).expect("start");
+    let limit = Duration::from_secs(20);
+
+    let created = ferry_within(
+        broker.addr(),
+        &["topic", "create", "t", "--token", &token],
+        limit,
+    );
+    assert!(created.status.success(), "{created:?}");
+    let with_env = Command::new(FERRY)
+        .args(["produce", "t", "--broker", broker.addr()])
+        .env("FERRY_TOKEN", &token)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            c.stdin.take().unwrap().write_all(b"a\nb\n")?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    assert!(with_env.status.success(), "{with_env:?}");
+
+    for (extra, says) in [
+        (&[][..], "bearer token"),
+        (
+            &[
+                "--token",
+                "ferry_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+            ][..],
+            "invalid token",
+        ),
+    ] {
+        for cmd in [
+            &["topic", "list"][..],
+            &["consume", "t", "--exit-at-end"][..],
+        ] {
+            let args: Vec<&str> = cmd.iter().chain(extra).copied().collect();
+            let out = ferry_within(broker.addr(), &args, limit);
+            assert!(!out.status.success(), "{args:?} was served");
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(err.contains(says), "{args:?}: {err}");
+            assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
+        }
+    }
+    let listed = ferry_within(broker.addr(), &["topic", "list", "--token", &token], limit);
+    assert!(listed.status.success(), "{listed:?}");
+    assert!(String::from_utf8_lossy(&listed.stdout).starts_with("t\t"));
+
+    // Revoked: removed from the file, refused once the broker rereads it.
+    drop(broker);
+    assert!(user(&["remove", "svc"], &file, "").status.success());
+    let broker =
+        BrokerProcess::start_with_args(FERRY, &data, "127.0.0.1:0", args()).expect("restart");
+    let out = ferry_within(broker.addr(), &["topic", "list", "--token", &token], limit);
+    assert!(!out.status.success(), "a removed token was accepted");
+}

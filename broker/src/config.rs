@@ -99,6 +99,9 @@ pub struct BrokerConfig {
     /// authentication configured. Off by default: a broker reachable from
     /// other machines must be asked for explicitly.
     pub allow_anonymous: bool,
+    /// The credentials file (`ferry user`): with it, every gRPC request
+    /// must carry a bearer token it holds.
+    pub credentials_file: Option<PathBuf>,
     /// How long a Kafka client has from the first byte of a request to its
     /// last, in milliseconds; a connection that takes longer (a slowloris)
     /// is closed.
@@ -139,6 +142,7 @@ impl Default for BrokerConfig {
             group_max_session_timeout_ms: DEFAULT_GROUP_MAX_SESSION_TIMEOUT_MS,
             group_initial_rebalance_delay_ms: DEFAULT_GROUP_INITIAL_REBALANCE_DELAY_MS,
             allow_anonymous: false,
+            credentials_file: None,
             request_header_timeout_ms: DEFAULT_REQUEST_HEADER_TIMEOUT_MS,
         }
     }
@@ -213,6 +217,9 @@ impl BrokerConfig {
         }
         if let Some(v) = file.auto_create_topics {
             self.auto_create_topics = v;
+        }
+        if let Some(v) = file.credentials_file {
+            self.credentials_file = Some(v);
         }
         if let Some(v) = file.allow_anonymous {
             self.allow_anonymous = v;
@@ -340,32 +347,45 @@ impl BrokerConfig {
 }
 
 impl BrokerConfig {
-    /// The listeners, each with the flag that sets it.
-    fn listeners(&self) -> impl Iterator<Item = (&'static str, SocketAddr)> {
+    /// The listeners, each with the flag that sets it and whether it
+    /// authenticates its clients (gRPC does with a credentials file; the
+    /// Kafka listener and the metrics endpoint do not yet).
+    fn listeners(&self) -> impl Iterator<Item = (&'static str, SocketAddr, bool)> {
+        let grpc_authenticates = self.credentials_file.is_some();
         [
-            ("--listen", Some(self.listen)),
-            ("--kafka-listen", self.kafka_listen),
-            ("--metrics-listen", self.metrics_listen),
+            ("--listen", Some(self.listen), grpc_authenticates),
+            ("--kafka-listen", self.kafka_listen, false),
+            ("--metrics-listen", self.metrics_listen, false),
         ]
         .into_iter()
-        .filter_map(|(flag, addr)| addr.map(|a| (flag, a)))
+        .filter_map(|(flag, addr, auth)| addr.map(|a| (flag, a, auth)))
     }
 
-    /// The safe default: with no authentication, every listener stays on
+    /// The safe default: a listener that does not authenticate stays on
     /// loopback unless `allow_anonymous` says otherwise. Checked before
     /// anything binds.
     fn check_anonymous_exposure(&self) -> Result<(), BrokerError> {
         if self.allow_anonymous {
             return Ok(());
         }
-        match self.listeners().find(|(_, a)| !a.ip().is_loopback()) {
+        match self
+            .listeners()
+            .find(|(_, a, authenticates)| !authenticates && !a.ip().is_loopback())
+        {
             None => Ok(()),
-            Some((flag, addr)) => Err(BrokerError::Config(format!(
-                "{flag} {addr} is not a loopback address and no authentication is \
-                 configured: anyone who can reach it could produce, consume and delete \
-                 topics; pass --allow-anonymous (config allow_anonymous = true) to serve \
-                 it anyway"
-            ))),
+            Some((flag, addr, _)) => {
+                let fix = if flag == "--listen" {
+                    "give --credentials FILE (config credentials_file) so that it takes \
+                     bearer tokens, or pass --allow-anonymous (config allow_anonymous = true)"
+                } else {
+                    "pass --allow-anonymous (config allow_anonymous = true) to serve it anyway"
+                };
+                Err(BrokerError::Config(format!(
+                    "{flag} {addr} is not a loopback address and does not authenticate \
+                     clients: anyone who can reach it could produce, consume and delete \
+                     topics; {fix}"
+                )))
+            }
         }
     }
 }
@@ -391,6 +411,7 @@ struct FileConfig {
     group_max_session_timeout_ms: Option<u32>,
     group_initial_rebalance_delay_ms: Option<u32>,
     allow_anonymous: Option<bool>,
+    credentials_file: Option<PathBuf>,
     request_header_timeout_ms: Option<u64>,
     limits: Option<FileLimits>,
 }
@@ -509,6 +530,18 @@ mod tests {
             .merge_toml("listen = \"0.0.0.0:7400\"\nallow_anonymous = true\n")
             .unwrap();
         from_file.validate().unwrap();
+        // Credentials make the gRPC listener authenticate; Kafka does not.
+        let tokens = BrokerConfig::default()
+            .merge_toml("listen = \"0.0.0.0:7400\"\ncredentials_file = \"c.toml\"\n")
+            .unwrap();
+        assert_eq!(tokens.credentials_file, Some(PathBuf::from("c.toml")));
+        tokens.validate().unwrap();
+        let kafka = BrokerConfig {
+            kafka_listen: Some("0.0.0.0:9092".parse().unwrap()),
+            ..tokens
+        };
+        let e = kafka.validate().unwrap_err().to_string();
+        assert!(e.contains("--kafka-listen 0.0.0.0:9092"), "{e}");
     }
 
     #[test]

@@ -13,8 +13,11 @@ use futures::Stream;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
+use crate::auth::grpc::GrpcAuth;
+use crate::auth::{Credentials, Mechanism};
 use crate::config::BrokerConfig;
 use crate::error::BrokerError;
 use crate::service::FerryService;
@@ -61,14 +64,30 @@ impl Listeners {
 #[derive(Debug, Clone)]
 pub struct Broker {
     state: Arc<BrokerState>,
+    credentials: Option<Arc<Credentials>>,
 }
 
 impl Broker {
     /// Opens and recovers the data dir. Blocking: call it off the async
     /// threads, or before serving.
     pub fn open(config: BrokerConfig) -> Result<Broker, BrokerError> {
+        // Read before the data dir is touched: a bad file stops the broker
+        // before it does anything.
+        let credentials = match &config.credentials_file {
+            Some(path) => {
+                let c = Credentials::load(path).map_err(|e| {
+                    BrokerError::Config(format!("--credentials {}: {e}", path.display()))
+                })?;
+                if !c.users().any(|(_, m)| m == Mechanism::Token) {
+                    tracing::warn!(path = %path.display(), "the credentials file holds no token: every gRPC request will be refused");
+                }
+                Some(Arc::new(c))
+            }
+            None => None,
+        };
         Ok(Broker {
             state: Arc::new(BrokerState::open(config)?),
+            credentials,
         })
     }
 
@@ -127,15 +146,25 @@ impl Broker {
                 .register_encoded_file_descriptor_set(ferry_proto::FILE_DESCRIPTOR_SET)
                 .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         };
-        let reflection_v1 = reflection()
-            .build_v1()
-            .map_err(|e| BrokerError::Config(format!("reflection: {e}")))?;
-        let reflection_v1alpha = reflection()
-            .build_v1alpha()
-            .map_err(|e| BrokerError::Config(format!("reflection: {e}")))?;
-        let ferry = FerryServer::new(FerryService::new(state.clone()))
-            .max_decoding_message_size(limits.max_request_bytes)
-            .max_encoding_message_size(limits.max_fetch_bytes + 1024 * 1024);
+        let auth = GrpcAuth::new(self.credentials.clone());
+        let reflection_v1 = InterceptedService::new(
+            reflection()
+                .build_v1()
+                .map_err(|e| BrokerError::Config(format!("reflection: {e}")))?,
+            auth.clone(),
+        );
+        let reflection_v1alpha = InterceptedService::new(
+            reflection()
+                .build_v1alpha()
+                .map_err(|e| BrokerError::Config(format!("reflection: {e}")))?,
+            auth.clone(),
+        );
+        let ferry = InterceptedService::new(
+            FerryServer::new(FerryService::new(state.clone()))
+                .max_decoding_message_size(limits.max_request_bytes)
+                .max_encoding_message_size(limits.max_fetch_bytes + 1024 * 1024),
+            auth,
+        );
 
         // Finish transactions that were prepared before a crash, before
         // anyone can read the partitions they touched.
@@ -342,6 +371,10 @@ fn describe_metrics() {
     describe_counter!(
         "ferry_kafka_closed_total",
         "Kafka connections closed for a bad request, by reason"
+    );
+    describe_counter!(
+        "ferry_auth_failures_total",
+        "Requests refused for a missing, malformed or invalid credential, by listener and reason"
     );
     describe_histogram!(
         "ferry_flush_latency_seconds",

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_proto::v1::{self, ferry_client::FerryClient};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::error::{ClientError, check};
@@ -41,7 +42,64 @@ pub struct Client {
 struct Inner {
     addr: String,
     channel: Channel,
+    token: BearerToken,
 }
+
+/// How [`Client::connect_with`] connects.
+#[derive(Clone, Debug, Default)]
+pub struct ConnectOptions {
+    /// A bearer token (from `ferry user add NAME --mechanism token`), sent
+    /// in the `authorization` metadata of every request; needed by a
+    /// broker started with `--credentials`.
+    pub token: Option<String>,
+}
+
+/// Adds `authorization: Bearer TOKEN` to every request, when there is a
+/// token.
+#[derive(Clone, Default)]
+pub struct BearerToken(Option<tonic::metadata::AsciiMetadataValue>);
+
+impl std::fmt::Debug for BearerToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the token itself.
+        f.write_str(if self.0.is_some() {
+            "BearerToken(set)"
+        } else {
+            "BearerToken(none)"
+        })
+    }
+}
+
+impl BearerToken {
+    fn new(token: Option<&str>) -> Result<BearerToken, ClientError> {
+        token
+            .map(|t| {
+                let mut v: tonic::metadata::AsciiMetadataValue =
+                    format!("Bearer {t}").parse().map_err(|_| {
+                        ClientError::InvalidArgument(
+                            "a token must be printable ASCII without spaces".into(),
+                        )
+                    })?;
+                v.set_sensitive(true);
+                Ok(v)
+            })
+            .transpose()
+            .map(BearerToken)
+    }
+}
+
+impl tonic::service::Interceptor for BearerToken {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// The generated gRPC client as [`Client::raw`] returns it: on the
+/// client's connection, with its token.
+pub type RawClient = FerryClient<InterceptedService<Channel, BearerToken>>;
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -136,6 +194,12 @@ impl Client {
     /// `"http://127.0.0.1:7400"`). Fails with [`ClientError::Connect`] if
     /// nothing accepts the connection within 5 s.
     pub async fn connect(addr: &str) -> Result<Client, ClientError> {
+        Client::connect_with(addr, &ConnectOptions::default()).await
+    }
+
+    /// [`Client::connect`] with options (a bearer token).
+    pub async fn connect_with(addr: &str, options: &ConnectOptions) -> Result<Client, ClientError> {
+        let token = BearerToken::new(options.token.as_deref())?;
         let channel = endpoint(addr)?
             .connect()
             .await
@@ -143,29 +207,30 @@ impl Client {
                 addr: addr.to_owned(),
                 reason: error_chain(&e),
             })?;
-        Ok(Client::from_channel(addr, channel))
+        Ok(Client::from_channel(addr, channel, token))
     }
 
     /// Like [`Client::connect`], but connects on first use. Fails only if
     /// `addr` is not a valid address.
     pub fn connect_lazy(addr: &str) -> Result<Client, ClientError> {
         let channel = endpoint(addr)?.connect_lazy();
-        Ok(Client::from_channel(addr, channel))
+        Ok(Client::from_channel(addr, channel, BearerToken::default()))
     }
 
-    fn from_channel(addr: &str, channel: Channel) -> Client {
+    fn from_channel(addr: &str, channel: Channel, token: BearerToken) -> Client {
         Client {
             inner: Arc::new(Inner {
                 addr: addr.to_owned(),
                 channel,
+                token,
             }),
         }
     }
 
-    /// The generated gRPC client on this connection, with the message size
-    /// limits raised to [`MAX_MESSAGE_BYTES`].
-    pub fn raw(&self) -> FerryClient<Channel> {
-        FerryClient::new(self.inner.channel.clone())
+    /// The generated gRPC client on this connection, with its token and
+    /// the message size limits raised to [`MAX_MESSAGE_BYTES`].
+    pub fn raw(&self) -> RawClient {
+        FerryClient::with_interceptor(self.inner.channel.clone(), self.inner.token.clone())
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES)
     }

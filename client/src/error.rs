@@ -22,9 +22,12 @@ pub enum ClientError {
     },
     /// The RPC failed below the Ferry protocol (connection loss, gRPC
     /// limits). Treated as [`ErrorCode::NetworkError`]: indefinite and
-    /// retriable.
+    /// retriable. (A status `UNAUTHENTICATED`, from a broker that requires
+    /// a token, becomes [`ClientError::Broker`] with
+    /// [`ErrorCode::AuthenticationFailed`] instead: definite, and not
+    /// retried.)
     #[error("transport error: {0}")]
-    Transport(#[from] tonic::Status),
+    Transport(tonic::Status),
     /// The first connection to the broker failed.
     #[error("cannot connect to {addr}: {reason}")]
     Connect {
@@ -58,6 +61,19 @@ pub enum ClientError {
         /// The error of the first of them to fail.
         first_error: Box<ClientError>,
     },
+}
+
+impl From<tonic::Status> for ClientError {
+    fn from(s: tonic::Status) -> ClientError {
+        // A broker with credentials refuses a request without a valid
+        // token before the Ferry protocol answers: definite, and no retry
+        // can help.
+        if s.code() == tonic::Code::Unauthenticated {
+            ClientError::broker(ErrorCode::AuthenticationFailed, s.message())
+        } else {
+            ClientError::Transport(s)
+        }
+    }
 }
 
 impl ClientError {
@@ -106,6 +122,16 @@ pub(crate) fn check(code: u32, message: &str) -> Result<(), ClientError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unauthenticated_status_is_a_definite_authentication_failure() {
+        let e = ClientError::from(tonic::Status::unauthenticated("invalid token"));
+        assert_eq!(e.code(), ErrorCode::AuthenticationFailed);
+        assert!(e.code().is_definite() && !e.code().is_retriable());
+        assert_eq!(e.to_string(), "authentication_failed: invalid token");
+        let e = ClientError::from(tonic::Status::unavailable("gone"));
+        assert_eq!(e.code(), ErrorCode::NetworkError);
+    }
 
     #[test]
     fn broker_errors_display_code_and_message() {

@@ -85,8 +85,9 @@ mod topic_table;
 mod transactional;
 
 pub use client::{
-    CONNECT_TIMEOUT, Client, GroupDescription, GroupMember, MAX_FRAME_BYTES, MAX_MESSAGE_BYTES,
-    OffsetSpec, TopicDescription, abort_transaction, list_transactions,
+    BearerToken, CONNECT_TIMEOUT, Client, ConnectOptions, GroupDescription, GroupMember,
+    MAX_FRAME_BYTES, MAX_MESSAGE_BYTES, OffsetSpec, RawClient, TopicDescription, abort_transaction,
+    list_transactions,
 };
 pub use consumer::{
     CommitMode, Consumer, ConsumerConfig, ConsumerEvent, ConsumerRecord, GroupMetadata,

@@ -87,11 +87,15 @@ pub enum ErrorCode {
     InvalidSessionTimeout = 36,
     /// The broker tracks as many groups as it allows. Definite.
     TooManyGroups = 37,
+    /// The request carried no credential the broker accepts (a missing or
+    /// wrong bearer token). Definite, and not retried: the same request
+    /// fails the same way until the client is given a valid credential.
+    AuthenticationFailed = 38,
 }
 
 impl ErrorCode {
     /// Every code, in numeric order.
-    pub const ALL: [ErrorCode; 38] = [
+    pub const ALL: [ErrorCode; 39] = [
         ErrorCode::None,
         ErrorCode::Unknown,
         ErrorCode::CorruptMessage,
@@ -130,6 +134,7 @@ impl ErrorCode {
         ErrorCode::GroupMaxSizeReached,
         ErrorCode::InvalidSessionTimeout,
         ErrorCode::TooManyGroups,
+        ErrorCode::AuthenticationFailed,
     ];
 
     /// The code's wire number.
@@ -215,6 +220,7 @@ impl ErrorCode {
             ErrorCode::GroupMaxSizeReached => "group_max_size_reached",
             ErrorCode::InvalidSessionTimeout => "invalid_session_timeout",
             ErrorCode::TooManyGroups => "too_many_groups",
+            ErrorCode::AuthenticationFailed => "authentication_failed",
         }
     }
 }
@@ -249,6 +255,7 @@ mod tests {
         assert_eq!(ErrorCode::TransactionTimedOut as u32, 25);
         assert_eq!(ErrorCode::IllegalGeneration as u32, 26);
         assert_eq!(ErrorCode::TooManyGroups as u32, 37);
+        assert_eq!(ErrorCode::AuthenticationFailed as u32, 38);
     }
 
     #[test]

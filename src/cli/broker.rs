@@ -38,6 +38,10 @@ pub struct BrokerArgs {
     /// Partitions of an automatically created topic [default: 1].
     #[arg(long)]
     default_partitions: Option<u32>,
+    /// Credentials file (`ferry user add`): every gRPC request must then
+    /// carry one of its bearer tokens.
+    #[arg(long)]
+    credentials: Option<PathBuf>,
     /// Serve on non-loopback addresses although no authentication is
     /// configured: anyone who can reach the ports may do anything.
     #[arg(long)]
@@ -112,6 +116,9 @@ pub fn run(args: BrokerArgs) -> Result<ExitCode, CliError> {
     }
     if let Some(v) = args.auto_create_topics {
         config.auto_create_topics = v;
+    }
+    if let Some(v) = args.credentials {
+        config.credentials_file = Some(v);
     }
     if args.allow_anonymous {
         config.allow_anonymous = true;

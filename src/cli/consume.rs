@@ -5,8 +5,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use ferry_client::{
-    Client, CommitMode, Consumer, ConsumerConfig, ConsumerEvent, ConsumerRecord, IsolationLevel,
-    StartFrom,
+    CommitMode, Consumer, ConsumerConfig, ConsumerEvent, ConsumerRecord, IsolationLevel, StartFrom,
 };
 
 use super::membership::MemberArgs;
@@ -76,7 +75,7 @@ pub async fn run(args: ConsumeArgs) -> Result<ExitCode, CliError> {
         start_from: args.from,
         ..ConsumerConfig::default()
     })?;
-    let client = Client::connect(&args.broker.broker).await?;
+    let client = args.broker.connect().await?;
     let mut consumer = Consumer::new(client, config).await?;
     match args.partition {
         Some(p) => consumer.assign(&[(args.topic.clone(), p)]).await?,

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use ferry_client::partitioner::partition_for_key;
 use ferry_client::{
-    Client, CommitMode, Consumer, ConsumerConfig, ConsumerRecord, ExactlyOnce, ExactlyOnceConfig,
+    CommitMode, Consumer, ConsumerConfig, ConsumerRecord, ExactlyOnce, ExactlyOnceConfig,
     IsolationLevel, Output, StartFrom, TransactionalConfig, TransactionalProducer,
 };
 use serde_json::json;
@@ -56,7 +56,7 @@ pub async fn run(args: CopyArgs) -> Result<ExitCode, CliError> {
     if args.txn_records == 0 || args.txn_ms == 0 {
         return Err("--txn-records and --txn-ms must be at least 1".into());
     }
-    let client = Client::connect(&args.broker.broker).await?;
+    let client = args.broker.connect().await?;
     let dst_partitions = client.describe_topic(&args.dst).await?.partitions.len() as u32;
     if dst_partitions == 0 {
         return Err(format!("topic {} has no partitions", args.dst).into());

@@ -75,7 +75,7 @@ pub async fn run(command: GroupCommand, broker: BrokerAddr) -> Result<ExitCode, 
         GroupCommand::ResetOffsets { to, .. } => Some(ResetTo::parse(to)?),
         _ => None,
     };
-    let client = Client::connect(&broker.broker).await?;
+    let client = broker.connect().await?;
     match command {
         GroupCommand::List => {
             for g in client.list_groups().await? {

@@ -42,6 +42,20 @@ pub struct BrokerAddr {
         global = true
     )]
     pub broker: String,
+    /// Bearer token, for a broker started with --credentials (from `ferry
+    /// user add NAME --mechanism token`).
+    #[arg(long, env = "FERRY_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
+}
+
+impl BrokerAddr {
+    /// Connects to the broker, with the token when there is one.
+    pub async fn connect(&self) -> Result<ferry_client::Client, ferry_client::ClientError> {
+        let options = ferry_client::ConnectOptions {
+            token: self.token.clone(),
+        };
+        ferry_client::Client::connect_with(&self.broker, &options).await
+    }
 }
 
 #[derive(Debug, Subcommand)]

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use ferry_client::{Acks, Client, Compression, Delivery, Producer, ProducerConfig, ProducerRecord};
+use ferry_client::{Acks, Compression, Delivery, Producer, ProducerConfig, ProducerRecord};
 
 use super::lines::{spawn_stdin_reader, split_line};
 use super::{BrokerAddr, CliError};
@@ -83,7 +83,7 @@ pub async fn run(args: ProduceArgs) -> Result<ExitCode, CliError> {
         }
         return produce_transactionally(args, transactional_id).await;
     }
-    let client = Client::connect(&args.broker.broker).await?;
+    let client = args.broker.connect().await?;
     let config = ProducerConfig {
         acks: args.acks,
         idempotent,
@@ -137,7 +137,7 @@ async fn produce_transactionally(
 ) -> Result<ExitCode, CliError> {
     let producer = tuning(&args);
     super::txn::produce(super::txn::TxnProduce {
-        broker: args.broker.broker,
+        broker: args.broker,
         topic: args.topic,
         partition: args.partition,
         key_separator: args.key_separator,

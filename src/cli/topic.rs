@@ -3,7 +3,6 @@
 use std::process::ExitCode;
 
 use clap::Subcommand;
-use ferry_client::Client;
 use serde_json::json;
 
 use super::{BrokerAddr, CliError};
@@ -33,7 +32,7 @@ pub enum TopicCommand {
 }
 
 pub async fn run(command: TopicCommand, broker: BrokerAddr) -> Result<ExitCode, CliError> {
-    let client = Client::connect(&broker.broker).await?;
+    let client = broker.connect().await?;
     match command {
         TopicCommand::Create { name, partitions } => {
             client.create_topic(&name, partitions).await?;

@@ -4,8 +4,8 @@ use std::process::ExitCode;
 
 use clap::Subcommand;
 use ferry_client::{
-    Client, ProducerConfig, TransactionInfo, TransactionalConfig, TransactionalProducer,
-    abort_transaction, list_transactions,
+    ProducerConfig, TransactionInfo, TransactionalConfig, TransactionalProducer, abort_transaction,
+    list_transactions,
 };
 use serde_json::json;
 
@@ -27,7 +27,7 @@ pub enum TxnCommand {
 }
 
 pub async fn run(command: TxnCommand, broker: BrokerAddr) -> Result<ExitCode, CliError> {
-    let client = Client::connect(&broker.broker).await?;
+    let client = broker.connect().await?;
     match command {
         TxnCommand::List => {
             for t in list_transactions(&client).await? {
@@ -63,7 +63,7 @@ fn to_json(t: &TransactionInfo) -> serde_json::Value {
 
 /// What `ferry produce --transactional-id` needs from its flags.
 pub struct TxnProduce {
-    pub broker: String,
+    pub broker: super::BrokerAddr,
     pub topic: String,
     pub partition: Option<u32>,
     pub key_separator: Option<String>,
@@ -82,7 +82,7 @@ pub async fn produce(args: TxnProduce) -> Result<ExitCode, CliError> {
     if args.txn_records == 0 {
         return Err("--txn-records must be at least 1".into());
     }
-    let client = Client::connect(&args.broker).await?;
+    let client = args.broker.connect().await?;
     let config = TransactionalConfig {
         producer: args.producer,
         ..TransactionalConfig::new(args.transactional_id)

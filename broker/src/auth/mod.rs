@@ -1,7 +1,13 @@
 //! Authentication: who a client is. [`credentials`] holds the
 //! credentials file (tokens and SCRAM keys, never a secret in the clear),
-//! which `ferry user` manages and the broker reads with `--credentials`.
+//! which `ferry user` manages and the broker reads with `--credentials`;
+//! `grpc` checks bearer tokens on the gRPC listener.
 
 pub mod credentials;
+pub(crate) mod grpc;
 
 pub use credentials::{Credentials, CredentialsError, Mechanism, ScramCredential};
+
+/// Who a request comes from: the user its credential names.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Principal(pub String);

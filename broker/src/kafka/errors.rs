@@ -38,6 +38,7 @@ pub(crate) mod code {
     pub const INVALID_TRANSACTION_TIMEOUT: i16 = 50;
     pub const CONCURRENT_TRANSACTIONS: i16 = 51;
     pub const KAFKA_STORAGE_ERROR: i16 = 56;
+    pub const SASL_AUTHENTICATION_FAILED: i16 = 58;
     pub const UNKNOWN_PRODUCER_ID: i16 = 59;
     pub const NON_EMPTY_GROUP: i16 = 68;
     pub const GROUP_ID_NOT_FOUND: i16 = 69;
@@ -102,6 +103,7 @@ pub(crate) fn kafka_code(c: ErrorCode) -> i16 {
         ErrorCode::GroupMaxSizeReached => GROUP_MAX_SIZE_REACHED,
         ErrorCode::InvalidSessionTimeout => INVALID_SESSION_TIMEOUT,
         ErrorCode::TooManyGroups => UNKNOWN_SERVER_ERROR,
+        ErrorCode::AuthenticationFailed => SASL_AUTHENTICATION_FAILED,
     }
 }
 
@@ -146,5 +148,6 @@ mod tests {
         assert_eq!(kafka_code(ErrorCode::UnstableOffsetCommit), 88);
         assert_eq!(kafka_code(ErrorCode::RebalanceInProgress), 27);
         assert_eq!(kafka_code(ErrorCode::PartitionNotInTransaction), 48);
+        assert_eq!(kafka_code(ErrorCode::AuthenticationFailed), 58);
     }
 }
