@@ -37,11 +37,12 @@ use std::path::{Path, PathBuf};
 
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use hmac::{Hmac, Mac};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256, Sha512};
+use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+
+use super::scram;
 
 /// Largest credentials file read.
 pub const MAX_CREDENTIALS_FILE_BYTES: u64 = 16 * 1024 * 1024;
@@ -151,32 +152,25 @@ impl ScramCredential {
         salt: &[u8],
         iterations: u32,
     ) -> ScramCredential {
-        // One expansion per hash: the RustCrypto traits that would make
-        // this a generic function are more text than the function.
-        macro_rules! keys {
-            ($d:ty) => {{
-                let mut salted = vec![0u8; <$d as Digest>::output_size()];
-                pbkdf2::pbkdf2_hmac::<$d>(password, salt, iterations, &mut salted);
-                let mac = |msg: &[u8]| {
-                    let mut m =
-                        Hmac::<$d>::new_from_slice(&salted).expect("HMAC takes any key length");
-                    m.update(msg);
-                    m.finalize().into_bytes().to_vec()
-                };
-                let client_key = mac(b"Client Key");
-                (<$d>::digest(&client_key).to_vec(), mac(b"Server Key"))
-            }};
-        }
-        let (stored_key, server_key) = match mechanism {
-            Mechanism::ScramSha512 => keys!(Sha512),
-            _ => keys!(Sha256),
-        };
+        let salted = scram::salted_password(mechanism, password, salt, iterations);
+        let client_key = scram::hmac(mechanism, &salted, b"Client Key");
+        let stored_key = scram::hash(mechanism, &client_key);
+        let server_key = scram::hmac(mechanism, &salted, b"Server Key");
         ScramCredential {
             salt: salt.to_vec(),
             iterations,
             stored_key,
             server_key,
         }
+    }
+}
+
+impl ScramCredential {
+    /// Whether `password` is the one this credential was derived from (for
+    /// SASL PLAIN), compared in constant time.
+    pub fn matches_password(&self, mechanism: Mechanism, password: &[u8]) -> bool {
+        let other = ScramCredential::derive(mechanism, password, &self.salt, self.iterations);
+        bool::from(other.stored_key.ct_eq(&self.stored_key))
     }
 }
 
@@ -462,6 +456,23 @@ impl Credentials {
         }
     }
 
+    /// A set of one SCRAM credential, for tests with fixed salts.
+    #[cfg(test)]
+    pub(crate) fn with_scram_for_tests(
+        name: &str,
+        mechanism: Mechanism,
+        credential: ScramCredential,
+    ) -> Credentials {
+        let mut c = Credentials::default();
+        c.insert(User {
+            name: name.to_string(),
+            mechanism,
+            secret: Secret::Scram(credential),
+        })
+        .expect("one user");
+        c
+    }
+
     /// `name`'s SCRAM credential for `mechanism`.
     pub fn scram(&self, name: &str, mechanism: Mechanism) -> Option<&ScramCredential> {
         self.users.iter().find_map(|u| match &u.secret {
@@ -685,11 +696,7 @@ mod tests {
         let auth_message = "n=user,r=rOprNGfwEbeRWgbNEkqO,\
             r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096,\
             c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0";
-        let hmac = |key: &[u8], msg: &[u8]| {
-            let mut m = Hmac::<Sha256>::new_from_slice(key).unwrap();
-            m.update(msg);
-            m.finalize().into_bytes().to_vec()
-        };
+        let hmac = |key: &[u8], msg: &[u8]| scram::hmac(Mechanism::ScramSha256, key, msg);
         let proof = STANDARD
             .decode("dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=")
             .unwrap();
