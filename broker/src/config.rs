@@ -100,7 +100,8 @@ pub struct BrokerConfig {
     /// other machines must be asked for explicitly.
     pub allow_anonymous: bool,
     /// The credentials file (`ferry user`): with it, every gRPC request
-    /// must carry a bearer token it holds.
+    /// must carry a bearer token it holds, and every Kafka connection must
+    /// authenticate with SASL (SCRAM, or PLAIN on loopback) first.
     pub credentials_file: Option<PathBuf>,
     /// How long a Kafka client has from the first byte of a request to its
     /// last, in milliseconds; a connection that takes longer (a slowloris)
@@ -348,13 +349,13 @@ impl BrokerConfig {
 
 impl BrokerConfig {
     /// The listeners, each with the flag that sets it and whether it
-    /// authenticates its clients (gRPC does with a credentials file; the
-    /// Kafka listener and the metrics endpoint do not yet).
+    /// authenticates its clients (gRPC and Kafka do with a credentials
+    /// file; the metrics endpoint never does).
     fn listeners(&self) -> impl Iterator<Item = (&'static str, SocketAddr, bool)> {
-        let grpc_authenticates = self.credentials_file.is_some();
+        let authenticates = self.credentials_file.is_some();
         [
-            ("--listen", Some(self.listen), grpc_authenticates),
-            ("--kafka-listen", self.kafka_listen, false),
+            ("--listen", Some(self.listen), authenticates),
+            ("--kafka-listen", self.kafka_listen, authenticates),
             ("--metrics-listen", self.metrics_listen, false),
         ]
         .into_iter()
@@ -374,9 +375,9 @@ impl BrokerConfig {
         {
             None => Ok(()),
             Some((flag, addr, _)) => {
-                let fix = if flag == "--listen" {
-                    "give --credentials FILE (config credentials_file) so that it takes \
-                     bearer tokens, or pass --allow-anonymous (config allow_anonymous = true)"
+                let fix = if flag != "--metrics-listen" {
+                    "give --credentials FILE (config credentials_file) so that clients must \
+                     authenticate, or pass --allow-anonymous (config allow_anonymous = true)"
                 } else {
                     "pass --allow-anonymous (config allow_anonymous = true) to serve it anyway"
                 };
@@ -530,18 +531,22 @@ mod tests {
             .merge_toml("listen = \"0.0.0.0:7400\"\nallow_anonymous = true\n")
             .unwrap();
         from_file.validate().unwrap();
-        // Credentials make the gRPC listener authenticate; Kafka does not.
+        // Credentials make the gRPC and Kafka listeners authenticate; the
+        // metrics endpoint never does.
         let tokens = BrokerConfig::default()
-            .merge_toml("listen = \"0.0.0.0:7400\"\ncredentials_file = \"c.toml\"\n")
+            .merge_toml(
+                "listen = \"0.0.0.0:7400\"\nkafka_listen = \"0.0.0.0:9092\"\n\
+                 credentials_file = \"c.toml\"\n",
+            )
             .unwrap();
         assert_eq!(tokens.credentials_file, Some(PathBuf::from("c.toml")));
         tokens.validate().unwrap();
-        let kafka = BrokerConfig {
-            kafka_listen: Some("0.0.0.0:9092".parse().unwrap()),
+        let metrics = BrokerConfig {
+            metrics_listen: Some("0.0.0.0:9100".parse().unwrap()),
             ..tokens
         };
-        let e = kafka.validate().unwrap_err().to_string();
-        assert!(e.contains("--kafka-listen 0.0.0.0:9092"), "{e}");
+        let e = metrics.validate().unwrap_err().to_string();
+        assert!(e.contains("--metrics-listen 0.0.0.0:9100"), "{e}");
     }
 
     #[test]

@@ -191,6 +191,7 @@ impl Broker {
                     l,
                     state.clone(),
                     advertised,
+                    self.credentials.clone(),
                 )))
             }
             None => None,

@@ -168,6 +168,7 @@ fn default_request(c: &mut Raw, key: ApiKey, version: i16) -> Option<(i32, Bytes
         CreatePartitions => CreatePartitionsRequest, DescribeProducers => DescribeProducersRequest,
         DescribeCluster => DescribeClusterRequest, DescribeTransactions => DescribeTransactionsRequest,
         ListTransactions => ListTransactionsRequest,
+        SaslHandshake => SaslHandshakeRequest, SaslAuthenticate => SaslAuthenticateRequest,
     }
 }
 
@@ -494,5 +495,68 @@ async fn a_request_that_does_not_arrive_within_the_header_timeout_closes_its_con
         assert!(started.elapsed() < Duration::from_secs(15));
         // Idle longer than the header timeout, then a whole request: served.
         assert_eq!(idle.call(3, &ApiVersionsRequest::default()).error_code, 0);
+    });
+}
+
+/// With credentials, a connection may send only ApiVersions and the SASL
+/// requests until it authenticates: anything else closes it. PLAIN with
+/// the right password opens the rest; a wrong one is answered with
+/// SASL_AUTHENTICATION_FAILED and the connection closes.
+#[tokio::test]
+async fn an_unauthenticated_kafka_connection_may_only_authenticate() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("credentials.toml");
+    let mut creds = ferry_broker::auth::Credentials::default();
+    creds
+        .add_scram(
+            "alice",
+            ferry_broker::auth::Mechanism::ScramSha256,
+            b"pencil",
+        )
+        .unwrap();
+    creds.save(&file).unwrap();
+    let b = EmbeddedBroker::start(BrokerConfig {
+        credentials_file: Some(file),
+        ..BrokerConfig::ephemeral()
+    })
+    .await
+    .unwrap();
+    let addr = kafka(&b);
+    blocking(move || {
+        let plain = |c: &mut Raw, password: &str| {
+            let mut hs = SaslHandshakeRequest::default();
+            hs.mechanism = StrBytes::from_static_str("PLAIN");
+            let resp = c.call(1, &hs);
+            assert_eq!(resp.error_code, 0);
+            let names: Vec<&str> = resp.mechanisms.iter().map(|m| m.as_str()).collect();
+            assert_eq!(names, ["SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN"]);
+            let mut auth = SaslAuthenticateRequest::default();
+            auth.auth_bytes = Bytes::from(format!("\0alice\0{password}"));
+            c.call(2, &auth)
+        };
+
+        let mut c = Raw::connect(addr);
+        assert_eq!(c.call(3, &ApiVersionsRequest::default()).error_code, 0);
+        let (_, buf) = c.encode(12, &MetadataRequest::default());
+        c.send_frame(&buf);
+        assert!(
+            c.closed(),
+            "Metadata before authenticating closes the connection"
+        );
+
+        let mut c = Raw::connect(addr);
+        assert_eq!(plain(&mut c, "pencil").error_code, 0);
+        let meta = c.call(12, &MetadataRequest::default());
+        assert_eq!(
+            meta.brokers.len(),
+            1,
+            "authenticated, the connection is served"
+        );
+
+        let mut c = Raw::connect(addr);
+        let refused = plain(&mut c, "pencil!");
+        assert_eq!(refused.error_code, 58, "SASL_AUTHENTICATION_FAILED");
+        assert!(refused.error_message.is_some());
+        assert!(c.closed(), "a failed authentication closes the connection");
     });
 }

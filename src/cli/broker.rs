@@ -39,7 +39,8 @@ pub struct BrokerArgs {
     #[arg(long)]
     default_partitions: Option<u32>,
     /// Credentials file (`ferry user add`): every gRPC request must then
-    /// carry one of its bearer tokens.
+    /// carry one of its bearer tokens, and every Kafka connection must
+    /// authenticate with SASL.
     #[arg(long)]
     credentials: Option<PathBuf>,
     /// Serve on non-loopback addresses although no authentication is

@@ -10,6 +10,7 @@ and exits non-zero with the reason; tests/kafka_clients.rs runs them.
     kafka_confluent.py verify-once BOOTSTRAP TOPIC COUNT
     kafka_confluent.py produce-mixed BOOTSTRAP TOPIC
     kafka_confluent.py consume-mixed BOOTSTRAP TOPIC COUNT
+    kafka_confluent.py sasl BOOTSTRAP USER PASSWORD
 """
 import json
 import sys
@@ -363,6 +364,74 @@ def consume_mixed(bs, topic, count):
     print(json.dumps({"ok": True, "records": out}))
 
 
+def sasl_conf(mechanism, user, password):
+    return {
+        "security.protocol": "SASL_PLAINTEXT",
+        "sasl.mechanism": mechanism,
+        "sasl.username": user,
+        "sasl.password": password,
+    }
+
+
+def client_errors(conf, seconds):
+    """The errors librdkafka reports, by callback or exception, for a
+    client with `conf` that tries to fetch metadata for up to `seconds`;
+    empty if it succeeded."""
+    errors = []
+    p = Producer(dict(conf, **{"error_cb": errors.append}))
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            p.list_topics(timeout=1.0)
+            return []
+        except KafkaException as e:
+            errors.append(e.args[0])
+        p.poll(0.2)
+        if any(e.code() == KafkaError._AUTHENTICATION for e in errors):
+            break
+    return errors
+
+
+def refused_authentication(conf):
+    errors = client_errors(conf, 20.0)
+    return any(e.code() == KafkaError._AUTHENTICATION for e in errors), errors
+
+
+def sasl(bs, user, password):
+    """Each mechanism authenticates USER and moves records both ways; a
+    wrong password and a client without SASL are refused."""
+    for mechanism in ["SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN"]:
+        conf = dict(sasl_conf(mechanism, user, password), **{"bootstrap.servers": bs})
+        topic = "sasl-" + mechanism.lower()
+        admin = AdminClient(conf)
+        create(admin, topic, 1)
+        p = Producer(dict(conf, **{"enable.idempotence": True}))
+        delivered = []
+        for i in range(10):
+            p.produce(topic, value=f"{mechanism}-{i}".encode(),
+                      on_delivery=lambda err, m: delivered.append(err))
+        check(p.flush(20) == 0, f"{mechanism}: records still queued")
+        check(delivered == [None] * 10, f"{mechanism}: deliveries {delivered}")
+        c = consumer(bs, "g-" + topic, **sasl_conf(mechanism, user, password))
+        c.subscribe([topic])
+        got = drain(c, 10)
+        c.close()
+        check([m.value().decode() for m in got] == [f"{mechanism}-{i}" for i in range(10)],
+              f"{mechanism}: read {[m.value() for m in got]}")
+    wrong, errors = refused_authentication(
+        dict(sasl_conf("SCRAM-SHA-256", user, password + "x"), **{"bootstrap.servers": bs}))
+    check(wrong, f"a wrong password gave {errors}")
+    unknown, errors = refused_authentication(
+        dict(sasl_conf("SCRAM-SHA-512", "nobody", password), **{"bootstrap.servers": bs}))
+    check(unknown, f"an unknown user gave {errors}")
+    wrong_plain, errors = refused_authentication(
+        dict(sasl_conf("PLAIN", user, password + "x"), **{"bootstrap.servers": bs}))
+    check(wrong_plain, f"a wrong PLAIN password gave {errors}")
+    check(client_errors({"bootstrap.servers": bs}, 6.0) != [],
+          "a client without SASL was served")
+    print(json.dumps({"ok": True}))
+
+
 def main():
     cmd, bs = sys.argv[1], sys.argv[2]
     if cmd == "basic":
@@ -381,6 +450,8 @@ def main():
         produce_mixed(bs, sys.argv[3])
     elif cmd == "consume-mixed":
         consume_mixed(bs, sys.argv[3], int(sys.argv[4]))
+    elif cmd == "sasl":
+        sasl(bs, sys.argv[3], sys.argv[4])
     else:
         fail(f"unknown command {cmd}")
 

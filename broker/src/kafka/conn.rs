@@ -34,8 +34,10 @@ use tokio::sync::mpsc;
 
 use super::errors;
 use super::frame::Frame;
+use super::sasl::Sasl;
 use super::versions::{self, PRODUCE_MIN_DECODED};
 use super::{Advertised, KAFKA_IDLE_TIMEOUT, MAX_PENDING_RESPONSES};
+use crate::auth::Credentials;
 use crate::error::BrokerError;
 use crate::state::BrokerState;
 
@@ -77,6 +79,8 @@ pub(crate) enum Close {
     Encode(ApiKey, i16, String),
     #[error("a request took longer than request_header_timeout_ms ({0} ms) to arrive")]
     HeaderTimeout(u64),
+    #[error("{0:?} before the connection authenticated")]
+    Unauthenticated(ApiKey),
 }
 
 impl Close {
@@ -89,6 +93,7 @@ impl Close {
             Close::OutOfBounds(..) => "bounds",
             Close::Encode(..) => "encode",
             Close::HeaderTimeout(_) => "header_timeout",
+            Close::Unauthenticated(_) => "unauthenticated",
         }
     }
 }
@@ -98,6 +103,11 @@ pub(crate) struct Conn {
     pub state: Arc<BrokerState>,
     pub advertised: Arc<Advertised>,
     pub peer: SocketAddr,
+    /// The listener's own address (PLAIN only on loopback).
+    pub local: SocketAddr,
+    /// With credentials, the connection must authenticate first.
+    pub credentials: Option<Arc<Credentials>>,
+    pub sasl: parking_lot::Mutex<Sasl>,
 }
 
 /// One request's context: the connection, the version, the client id,
@@ -146,8 +156,12 @@ pub(crate) async fn run(
     peer: SocketAddr,
     state: Arc<BrokerState>,
     advertised: Arc<Advertised>,
+    credentials: Option<Arc<Credentials>>,
 ) {
     metrics::gauge!("ferry_kafka_connections").increment(1.0);
+    let local = stream
+        .local_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
     let (rd, wr) = stream.into_split();
     let (tx, rx) = mpsc::channel::<Deferred>(MAX_PENDING_RESPONSES);
     let writer = tokio::spawn(write_loop(wr, rx));
@@ -156,6 +170,9 @@ pub(crate) async fn run(
         state,
         advertised,
         peer,
+        local,
+        credentials,
+        sasl: parking_lot::Mutex::new(Sasl::Start),
     };
     let mut rd = BufReader::with_capacity(64 * 1024, rd);
     let mut buf = BytesMut::new();
@@ -221,6 +238,10 @@ pub(crate) async fn run(
                 refuse(&peer, &c);
                 break;
             }
+        }
+        // A failed authentication step was answered; the connection ends.
+        if conn.sasl.lock().failed() {
+            break;
         }
     }
     // Responses already due are still written, then the socket closes.
@@ -370,6 +391,9 @@ async fn handle_frame(conn: &Conn, frame: Bytes) -> Result<Reply, Close> {
             return Ok(Reply::Now(answer.into()));
         }
     };
+    if !conn.sasl.lock().admits(conn.credentials.is_some(), key) {
+        return Err(Close::Unauthenticated(key));
+    }
     let api = api_name(key);
     metrics::counter!("ferry_kafka_requests_total", "api" => api, "version" => version.to_string())
         .increment(1);
@@ -462,6 +486,8 @@ pub(crate) fn api_name(key: ApiKey) -> &'static str {
         ApiKey::DescribeCluster => "DescribeCluster",
         ApiKey::DescribeTransactions => "DescribeTransactions",
         ApiKey::ListTransactions => "ListTransactions",
+        ApiKey::SaslHandshake => "SaslHandshake",
+        ApiKey::SaslAuthenticate => "SaslAuthenticate",
         _ => "other",
     }
 }

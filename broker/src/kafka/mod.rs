@@ -30,6 +30,7 @@ mod frame;
 mod groups;
 mod metadata;
 mod produce;
+mod sasl;
 mod txn;
 mod versions;
 
@@ -89,7 +90,12 @@ impl Advertised {
 
 /// Serves Kafka clients on `listener` until the task is aborted.
 /// Connections past the broker's connection limit are closed at once.
-pub(crate) async fn serve(listener: TcpListener, state: Arc<BrokerState>, advertised: Advertised) {
+pub(crate) async fn serve(
+    listener: TcpListener,
+    state: Arc<BrokerState>,
+    advertised: Advertised,
+    credentials: Option<Arc<crate::auth::Credentials>>,
+) {
     let advertised = Arc::new(advertised);
     let max = state.config().limits.max_connections;
     let permits = Arc::new(Semaphore::new(max));
@@ -112,9 +118,10 @@ pub(crate) async fn serve(listener: TcpListener, state: Arc<BrokerState>, advert
         }
         let state = state.clone();
         let advertised = advertised.clone();
+        let credentials = credentials.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            conn::run(stream, peer, state, advertised).await;
+            conn::run(stream, peer, state, advertised, credentials).await;
         });
     }
 }
@@ -155,6 +162,8 @@ macro_rules! served {
             DescribeConfigs: DescribeConfigsRequest => admin::describe_configs,
             CreatePartitions: CreatePartitionsRequest => admin::create_partitions,
             DescribeProducers: DescribeProducersRequest => admin::describe_producers,
+            SaslHandshake: SaslHandshakeRequest => sasl::sasl_handshake,
+            SaslAuthenticate: SaslAuthenticateRequest => sasl::sasl_authenticate,
         }
     };
 }

@@ -60,6 +60,10 @@ pub(crate) const SUPPORTED: &[Range] = &[
     r(ApiKey::DescribeCluster, 0, 1),
     r(ApiKey::DescribeTransactions, 0, 0),
     r(ApiKey::ListTransactions, 0, 1),
+    // v0 is followed by bare SASL tokens outside Kafka's framing; v1 moves
+    // them into SaslAuthenticate (KIP-152), which every client here uses.
+    r(ApiKey::SaslHandshake, 1, 1),
+    r(ApiKey::SaslAuthenticate, 0, 2),
 ];
 
 /// The advertised range of `key`, if it is served.
