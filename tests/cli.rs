@@ -493,7 +493,8 @@ fn ferry_user_manages_a_credentials_file_that_holds_no_secret() {
 /// A broker started with `--credentials` serves only requests with one of
 /// its tokens: `--token` and `FERRY_TOKEN` work, a missing or wrong token
 /// fails at once with one line (an authentication failure is not retried),
-/// and a token removed from the file no longer works after a restart.
+/// and SIGHUP rereads the file: a removed token stops working, a new one
+/// starts, and a broken file changes nothing.
 #[test]
 fn a_broker_with_credentials_serves_only_requests_bearing_a_valid_token() {
     let dir = tempfile::tempdir().unwrap();
@@ -502,9 +503,8 @@ fn a_broker_with_credentials_serves_only_requests_bearing_a_valid_token() {
     assert!(out.status.success(), "{out:?}");
     let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
     let data = dir.path().join("data");
-    let args = || ["--credentials".into(), file.clone().into_os_string()];
-    let broker =
-        BrokerProcess::start_with_args(FERRY, &data, "127.0.0.1:0", args()).expect("start");
+    let args: [std::ffi::OsString; 2] = ["--credentials".into(), file.clone().into_os_string()];
+    let broker = BrokerProcess::start_with_args(FERRY, &data, "127.0.0.1:0", args).expect("start");
     let limit = Duration::from_secs(20);
 
     let created = ferry_within(
@@ -553,11 +553,40 @@ fn a_broker_with_credentials_serves_only_requests_bearing_a_valid_token() {
     assert!(listed.status.success(), "{listed:?}");
     assert!(String::from_utf8_lossy(&listed.stdout).starts_with("t\t"));
 
-    // Revoked: removed from the file, refused once the broker rereads it.
-    drop(broker);
+    // Revoked and granted on SIGHUP: the file is reread while serving.
     assert!(user(&["remove", "svc"], &file, "").status.success());
-    let broker =
-        BrokerProcess::start_with_args(FERRY, &data, "127.0.0.1:0", args()).expect("restart");
-    let out = ferry_within(broker.addr(), &["topic", "list", "--token", &token], limit);
-    assert!(!out.status.success(), "a removed token was accepted");
+    let out = user(&["add", "svc2", "--mechanism", "token"], &file, "");
+    let token2 = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let hup = || {
+        let ok = Command::new("kill")
+            .args(["-HUP", &broker.pid().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -HUP");
+    };
+    hup();
+    let served = |t: &str| {
+        ferry_within(broker.addr(), &["topic", "list", "--token", t], limit)
+            .status
+            .success()
+    };
+    let deadline = std::time::Instant::now() + limit;
+    while served(&token) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        !served(&token),
+        "a removed token is still accepted after SIGHUP"
+    );
+    assert!(served(&token2), "a token added before SIGHUP is refused");
+    // A broken file keeps the credentials in force.
+    std::fs::write(&file, "not toml [").unwrap();
+    hup();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        served(&token2),
+        "a broken file on SIGHUP revoked the tokens in force"
+    );
+    drop(data);
 }

@@ -16,8 +16,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
+use crate::auth::CredentialsStore;
 use crate::auth::grpc::GrpcAuth;
-use crate::auth::{Credentials, Mechanism};
 use crate::config::BrokerConfig;
 use crate::error::BrokerError;
 use crate::service::FerryService;
@@ -64,7 +64,7 @@ impl Listeners {
 #[derive(Debug, Clone)]
 pub struct Broker {
     state: Arc<BrokerState>,
-    credentials: Option<Arc<Credentials>>,
+    credentials: Option<Arc<CredentialsStore>>,
 }
 
 impl Broker {
@@ -75,13 +75,11 @@ impl Broker {
         // before it does anything.
         let credentials = match &config.credentials_file {
             Some(path) => {
-                let c = Credentials::load(path).map_err(|e| {
+                let store = CredentialsStore::load(path).map_err(|e| {
                     BrokerError::Config(format!("--credentials {}: {e}", path.display()))
                 })?;
-                if !c.users().any(|(_, m)| m == Mechanism::Token) {
-                    tracing::warn!(path = %path.display(), "the credentials file holds no token: every gRPC request will be refused");
-                }
-                Some(Arc::new(c))
+                store.warn_if_no_token();
+                Some(Arc::new(store))
             }
             None => None,
         };
@@ -89,6 +87,13 @@ impl Broker {
             state: Arc::new(BrokerState::open(config)?),
             credentials,
         })
+    }
+
+    /// The credentials in force, when the broker has a credentials file:
+    /// keep it to [`CredentialsStore::reload`] them while the broker
+    /// serves (`ferry broker` does on SIGHUP).
+    pub fn credentials(&self) -> Option<Arc<CredentialsStore>> {
+        self.credentials.clone()
     }
 
     /// The shared state (for tests and embedding).

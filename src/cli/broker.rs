@@ -166,10 +166,35 @@ pub fn run(args: BrokerArgs) -> Result<ExitCode, CliError> {
         }
         out.flush()?;
         drop(out);
+        if let Some(store) = broker.credentials() {
+            tokio::spawn(reload_credentials_on_sighup(store));
+        }
         broker.serve(listeners, stop_signal()).await?;
         Ok::<_, CliError>(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Rereads the credentials file on every SIGHUP; a file that does not
+/// read or check leaves the credentials in force, with an error logged.
+async fn reload_credentials_on_sighup(store: std::sync::Arc<ferry_broker::auth::CredentialsStore>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP: the credentials file is read only at start");
+        return;
+    };
+    while hangups.recv().await.is_some() {
+        match store.reload() {
+            Ok(()) => {
+                let users = store.current().users().count();
+                tracing::info!(path = %store.path().display(), credentials = users, "reloaded the credentials file");
+                store.warn_if_no_token();
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "kept the credentials in force: the file did not reload")
+            }
+        }
+    }
 }
 
 async fn stop_signal() -> Stop {

@@ -8,16 +8,16 @@ use std::sync::Arc;
 
 use tonic::{Request, Status};
 
-use super::{Credentials, Principal};
+use super::{CredentialsStore, Principal};
 
 /// The interceptor in front of the gRPC services.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct GrpcAuth {
-    credentials: Option<Arc<Credentials>>,
+    credentials: Option<Arc<CredentialsStore>>,
 }
 
 impl GrpcAuth {
-    pub(crate) fn new(credentials: Option<Arc<Credentials>>) -> GrpcAuth {
+    pub(crate) fn new(credentials: Option<Arc<CredentialsStore>>) -> GrpcAuth {
         GrpcAuth { credentials }
     }
 }
@@ -35,9 +35,10 @@ fn refuse(req: &Request<()>, reason: &'static str, message: &str) -> Status {
 
 impl tonic::service::Interceptor for GrpcAuth {
     fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
-        let Some(creds) = &self.credentials else {
+        let Some(store) = &self.credentials else {
             return Ok(req);
         };
+        let creds = store.current();
         let header = match req.metadata().get("authorization").map(|v| v.to_str()) {
             None => {
                 return Err(refuse(
@@ -84,9 +85,13 @@ mod tests {
 
     #[test]
     fn only_a_known_token_passes_and_it_names_the_principal() {
-        let mut creds = Credentials::default();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        let mut creds = super::super::Credentials::default();
         let token = creds.add_token("svc").unwrap();
-        let mut auth = GrpcAuth::new(Some(Arc::new(creds)));
+        creds.save(&path).unwrap();
+        let store = Arc::new(CredentialsStore::load(&path).unwrap());
+        let mut auth = GrpcAuth::new(Some(store.clone()));
         let ok = auth
             .call(with_auth(Some(&format!("Bearer {token}"))))
             .unwrap();
@@ -103,6 +108,18 @@ mod tests {
             let e = auth.call(with_auth(bad)).unwrap_err();
             assert_eq!(e.code(), tonic::Code::Unauthenticated, "{bad:?}");
         }
+        // Revoked on reload: the file without the token, reread.
+        creds.remove("svc", None).unwrap();
+        creds.save(&path).unwrap();
+        store.reload().unwrap();
+        let e = auth
+            .call(with_auth(Some(&format!("Bearer {token}"))))
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unauthenticated);
+        // A broken file leaves the credentials in force as they were.
+        std::fs::write(&path, "garbage").unwrap();
+        assert!(store.reload().is_err());
+        assert!(store.current().is_empty());
         // Without credentials, everything passes, with no principal.
         let mut open = GrpcAuth::default();
         let req = open.call(with_auth(None)).unwrap();

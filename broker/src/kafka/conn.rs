@@ -37,7 +37,7 @@ use super::frame::Frame;
 use super::sasl::Sasl;
 use super::versions::{self, PRODUCE_MIN_DECODED};
 use super::{Advertised, KAFKA_IDLE_TIMEOUT, MAX_PENDING_RESPONSES};
-use crate::auth::Credentials;
+use crate::auth::CredentialsStore;
 use crate::error::BrokerError;
 use crate::state::BrokerState;
 
@@ -106,7 +106,7 @@ pub(crate) struct Conn {
     /// The listener's own address (PLAIN only on loopback).
     pub local: SocketAddr,
     /// With credentials, the connection must authenticate first.
-    pub credentials: Option<Arc<Credentials>>,
+    pub credentials: Option<Arc<CredentialsStore>>,
     pub sasl: parking_lot::Mutex<Sasl>,
 }
 
@@ -156,7 +156,7 @@ pub(crate) async fn run(
     peer: SocketAddr,
     state: Arc<BrokerState>,
     advertised: Arc<Advertised>,
-    credentials: Option<Arc<Credentials>>,
+    credentials: Option<Arc<CredentialsStore>>,
 ) {
     metrics::gauge!("ferry_kafka_connections").increment(1.0);
     let local = stream

@@ -94,7 +94,7 @@ pub(crate) async fn serve(
     listener: TcpListener,
     state: Arc<BrokerState>,
     advertised: Advertised,
-    credentials: Option<Arc<crate::auth::Credentials>>,
+    credentials: Option<Arc<crate::auth::CredentialsStore>>,
 ) {
     let advertised = Arc::new(advertised);
     let max = state.config().limits.max_connections;

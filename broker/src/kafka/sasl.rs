@@ -131,7 +131,7 @@ pub(crate) async fn sasl_authenticate(
         resp.error_code = cx.raw(error);
         resp.error_message = Some(StrBytes::from_string(message.to_string()));
     };
-    let Some(creds) = cx.conn.credentials.clone() else {
+    let Some(creds) = cx.conn.credentials.as_ref().map(|s| s.current()) else {
         refuse(
             &mut resp,
             code::ILLEGAL_SASL_STATE,
