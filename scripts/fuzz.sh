@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs one cargo-fuzz target for a while: kafka_request (request frames
-# through the Kafka front end's checks and decoders) or record_batch
-# (record batch validation).
+# through the Kafka front end's checks and decoders), record_batch
+# (record batch validation), sasl_scram (the server side of a SCRAM
+# exchange) or credentials_file (the credentials file parser).
 #
 #   scripts/fuzz.sh TARGET [SECONDS]    (default 60)
 #
@@ -10,7 +11,7 @@
 # Findings land in fuzz/artifacts/TARGET/; the corpus in fuzz/corpus/TARGET/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-target=${1:?usage: scripts/fuzz.sh kafka_request|record_batch [SECONDS]}
+target=${1:?usage: scripts/fuzz.sh kafka_request|record_batch|sasl_scram|credentials_file [SECONDS]}
 seconds=${2:-60}
 command -v cargo-fuzz >/dev/null 2>&1 || cargo install --locked cargo-fuzz
 export RUSTC_BOOTSTRAP=1

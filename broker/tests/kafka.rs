@@ -560,3 +560,56 @@ async fn an_unauthenticated_kafka_connection_may_only_authenticate() {
         assert!(c.closed(), "a failed authentication closes the connection");
     });
 }
+
+/// Thousands of connection attempts past the limit: each is closed at
+/// once, the connections held keep being served, and once they close the
+/// listener takes new ones again.
+#[tokio::test]
+async fn a_flood_of_connections_past_the_limit_is_refused_and_the_listener_recovers() {
+    let mut config = BrokerConfig::ephemeral();
+    config.limits.max_connections = 16;
+    let b = EmbeddedBroker::start(config).await.unwrap();
+    let addr = kafka(&b);
+    blocking(move || {
+        let mut held: Vec<Raw> = (0..16).map(|_| Raw::connect(addr)).collect();
+        for c in &mut held {
+            assert_eq!(c.call(3, &ApiVersionsRequest::default()).error_code, 0);
+        }
+        for i in 0..2000 {
+            let Ok(mut s) = TcpStream::connect(addr) else {
+                continue;
+            };
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut byte = [0u8; 1];
+            // Closed by the broker: end of stream, or a reset.
+            match s.read(&mut byte) {
+                Ok(0) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted
+                    ) => {}
+                other => panic!("connection {i} past the limit was not closed: {other:?}"),
+            }
+        }
+        for c in &mut held {
+            assert_eq!(c.call(3, &ApiVersionsRequest::default()).error_code, 0);
+        }
+        drop(held);
+        // The permits come back as the held connections close.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut c = Raw::connect(addr);
+            let (_, buf) = c.encode(3, &ApiVersionsRequest::default());
+            c.send_frame(&buf);
+            if c.read_frame().is_some() {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the listener did not recover"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
+}
