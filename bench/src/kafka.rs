@@ -37,11 +37,11 @@ use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, Prod
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 
-use super::workload::{self, BenchError, BenchReport, Kind, Progress, RunLength, Target};
+use super::workload::{self, BenchError, BenchReport, Clock, Kind, Progress, RunLength, Target};
 use super::{Baseline, DeliveryMode, Latency, MB, latency_histogram, ratio, record_us};
 
 /// Messages sent, delivered or consumed between two readings of the clock.
-pub const CLOCK_EVERY: u64 = 64;
+pub const CLOCK_EVERY: u32 = 64;
 /// Messages sent between two non-blocking polls of the producer, which
 /// run its delivery callbacks.
 const POLL_EVERY: u64 = 64;
@@ -321,34 +321,6 @@ fn unique_topic() -> String {
     )
 }
 
-/// Reads the clock once per [`CLOCK_EVERY`] ticks.
-struct Clock {
-    now: Instant,
-    ticks: u64,
-}
-
-impl Clock {
-    fn new() -> Clock {
-        Clock {
-            now: Instant::now(),
-            ticks: 0,
-        }
-    }
-
-    fn tick(&mut self) -> Instant {
-        self.ticks += 1;
-        if self.ticks.is_multiple_of(CLOCK_EVERY) {
-            self.now = Instant::now();
-        }
-        self.now
-    }
-
-    fn refresh(&mut self) -> Instant {
-        self.now = Instant::now();
-        self.now
-    }
-}
-
 /// What the delivery callbacks of one producer saw.
 struct Deliveries {
     /// Zero of the send times stamped into values.
@@ -461,7 +433,7 @@ impl KafkaSide<'_> {
                 failed: 0,
                 first_error: None,
                 last_ack: zero,
-                clock: Clock::new(),
+                clock: Clock::every(CLOCK_EVERY),
                 latency: latency_histogram(),
             }),
             timed: !transactional,
@@ -472,7 +444,7 @@ impl KafkaSide<'_> {
         }
 
         let mut value = vec![b'x'; size];
-        let mut clock = Clock::new();
+        let mut clock = Clock::every(CLOCK_EVERY);
         let mut txn_latency = latency_histogram();
         let mut committed = 0u64;
         let mut last_commit = Instant::now();
@@ -577,7 +549,9 @@ impl KafkaSide<'_> {
         let mut start = None::<Instant>;
         let mut last = Instant::now();
         while consumed < expected {
-            let asked = consumed.is_multiple_of(CLOCK_EVERY).then(Instant::now);
+            let asked = consumed
+                .is_multiple_of(u64::from(CLOCK_EVERY))
+                .then(Instant::now);
             match consumer.poll(POLL_TIMEOUT) {
                 Some(Ok(m)) => {
                     consumed += 1;

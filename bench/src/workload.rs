@@ -752,29 +752,36 @@ impl Sender {
 /// that had to wait: at a million records a second, reading it per record
 /// costs more than the error it avoids (a few microseconds on
 /// millisecond latencies).
-struct Clock {
+pub(crate) struct Clock {
     now: Instant,
     ticks: u32,
+    every: u32,
 }
 
 impl Clock {
     fn new() -> Clock {
+        Clock::every(CLOCK_EVERY)
+    }
+
+    /// A clock read once per `every` ticks.
+    pub(crate) fn every(every: u32) -> Clock {
         Clock {
             now: Instant::now(),
             ticks: 0,
+            every: every.max(1),
         }
     }
 
-    /// The time, read afresh every [`CLOCK_EVERY`] calls.
-    fn tick(&mut self) -> Instant {
+    /// The time, read afresh every `every` calls.
+    pub(crate) fn tick(&mut self) -> Instant {
         self.ticks += 1;
-        if self.ticks >= CLOCK_EVERY {
+        if self.ticks >= self.every {
             self.refresh();
         }
         self.now
     }
 
-    fn refresh(&mut self) -> Instant {
+    pub(crate) fn refresh(&mut self) -> Instant {
         self.now = Instant::now();
         self.ticks = 0;
         self.now
