@@ -28,9 +28,16 @@ impl std::fmt::Debug for BrokerUnderTest {
 pub type RunError = Box<dyn std::error::Error + Send + Sync>;
 
 impl BrokerUnderTest {
-    /// An in-process broker on a temporary directory.
+    /// An in-process broker on a temporary directory, without the Kafka
+    /// listener: the matrix speaks gRPC, and a listener it does not use
+    /// would only be one more port to take back after each restart (and
+    /// to find taken by another socket in the meantime).
     pub async fn embedded(flush: FlushPolicy) -> Result<BrokerUnderTest, BrokerError> {
-        let broker = EmbeddedBroker::start(BrokerConfig::ephemeral().with_flush(flush)).await?;
+        let config = BrokerConfig {
+            kafka_listen: None,
+            ..BrokerConfig::ephemeral().with_flush(flush)
+        };
+        let broker = EmbeddedBroker::start(config).await?;
         Ok(BrokerUnderTest {
             addr: broker.addr_string(),
             inner: Some(Inner::Embedded(Box::new(broker))),
@@ -41,9 +48,11 @@ impl BrokerUnderTest {
     /// `bin broker --data-dir DIR --listen 127.0.0.1:0 --fsync FLUSH`, with
     /// the group settings of [`BrokerConfig::ephemeral`] (sessions from
     /// 100 ms, no initial rebalance delay) for the group members'
-    /// short sessions.
+    /// short sessions, and no Kafka listener (see [`Self::embedded`]).
     pub fn process(bin: &Path, dir: &Path, fsync: &str) -> std::io::Result<BrokerUnderTest> {
         let args = [
+            "--kafka-listen",
+            "off",
             "--fsync",
             fsync,
             "--group-min-session-timeout-ms",
