@@ -37,8 +37,10 @@ use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, Prod
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 
-use super::workload::{self, BenchError, BenchReport, Clock, Kind, Progress, RunLength, Target};
-use super::{Baseline, DeliveryMode, Latency, MB, latency_histogram, ratio, record_us};
+use super::workload::{
+    self, BenchError, BenchReport, Clock, Kind, Outcome, Progress, RunLength, Target,
+};
+use super::{Baseline, DeliveryMode, latency_histogram, ratio, record_us};
 
 /// Messages sent, delivered or consumed between two readings of the clock.
 pub const CLOCK_EVERY: u32 = 64;
@@ -379,31 +381,18 @@ struct KafkaSide<'a> {
 }
 
 impl KafkaSide<'_> {
-    fn report(&self, bench: Kind, mode: DeliveryMode, size: usize, m: Measured) -> BenchReport {
-        let seconds = m.elapsed.as_secs_f64().max(1e-9);
-        BenchReport {
-            bench,
-            mode,
-            broker: format!("kafka://{}", self.addr),
-            fsync: Some(self.fsync.clone()),
-            record_size: size,
-            batch_bytes: self.config.batch_bytes,
-            buffer_bytes: 0,
-            linger_ms: self.config.linger_ms,
-            producers: 1,
-            partitions: 1,
-            txn_ms: (mode == DeliveryMode::ExactlyOnce).then_some(self.config.txn_ms),
-            compression: None,
-            records: m.records,
-            failed: m.failed,
-            first_error: m.first_error,
-            seconds,
-            records_per_sec: m.records as f64 / seconds,
-            mb_per_sec: (m.records * size as u64) as f64 / MB / seconds,
-            latency: Latency::from_histogram(m.latency_what, &m.latency),
-            baseline: None,
-            ratios: None,
-        }
+    /// The report of a Kafka-side run: the gRPC side's settings (which
+    /// both clients share), librdkafka's own buffer instead of the gRPC
+    /// producer's.
+    fn report(&self, bench: Kind, mode: DeliveryMode, size: usize, m: Outcome) -> BenchReport {
+        let config = grpc_config(self.config, bench, mode, size);
+        let mut r = m.report(
+            &config,
+            format!("kafka://{}", self.addr),
+            Some(self.fsync.clone()),
+        );
+        r.buffer_bytes = 0;
+        r
     }
 
     /// Produces `size`-byte records to `topic` for the configured
@@ -502,7 +491,7 @@ impl KafkaSide<'_> {
         }
         let seen = producer.context().seen.lock();
         let m = if transactional {
-            Measured {
+            Outcome {
                 records: committed,
                 failed: seen.failed,
                 first_error: seen.first_error.clone(),
@@ -511,7 +500,7 @@ impl KafkaSide<'_> {
                 latency_what: "send_to_commit",
             }
         } else {
-            Measured {
+            Outcome {
                 records: seen.acked,
                 failed: seen.failed + sent.saturating_sub(seen.acked + seen.failed),
                 first_error: seen.first_error.clone(),
@@ -585,7 +574,7 @@ impl KafkaSide<'_> {
             Kind::Consume,
             DeliveryMode::ExactlyOnce,
             size,
-            Measured {
+            Outcome {
                 records,
                 failed,
                 first_error,
@@ -613,16 +602,6 @@ fn drain(producer: &BaseProducer<Deliveries>) -> Result<(), BenchError> {
         producer.poll(DRAIN_POLL);
     }
     Ok(())
-}
-
-/// What one Kafka-side workload measured.
-struct Measured {
-    records: u64,
-    failed: u64,
-    first_error: Option<String>,
-    elapsed: Duration,
-    latency: Histogram<u64>,
-    latency_what: &'static str,
 }
 
 #[cfg(test)]

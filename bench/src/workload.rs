@@ -362,42 +362,53 @@ async fn run_async(
         Kind::E2e => e2e(config, &session, progress).await,
     };
     session.close().await;
-    let o = outcome?;
-    let seconds = o.elapsed.as_secs_f64().max(1e-9);
-    Ok(BenchReport {
-        bench: config.kind,
-        mode: config.mode,
-        broker: target.name(),
-        fsync: target.fsync(),
-        record_size: config.record_size,
-        batch_bytes: config.batch_bytes,
-        buffer_bytes: config.buffer_bytes,
-        linger_ms: config.linger_ms,
-        producers: config.producers,
-        partitions: config.partitions,
-        txn_ms: (config.mode == DeliveryMode::ExactlyOnce).then_some(config.txn_ms),
-        compression: (config.compression != Compression::None)
-            .then(|| config.compression.to_string()),
-        records: o.records,
-        failed: o.failed,
-        first_error: o.first_error,
-        seconds,
-        records_per_sec: o.records as f64 / seconds,
-        mb_per_sec: (o.records * config.record_size as u64) as f64 / MB / seconds,
-        latency: Latency::from_histogram(o.latency_what, &o.latency),
-        baseline: None,
-        ratios: None,
-    })
+    Ok(outcome?.report(config, target.name(), target.fsync()))
 }
 
 /// What a workload measured.
-struct Outcome {
-    records: u64,
-    failed: u64,
-    first_error: Option<String>,
-    elapsed: Duration,
-    latency: Histogram<u64>,
-    latency_what: &'static str,
+pub(crate) struct Outcome {
+    pub(crate) records: u64,
+    pub(crate) failed: u64,
+    pub(crate) first_error: Option<String>,
+    pub(crate) elapsed: Duration,
+    pub(crate) latency: Histogram<u64>,
+    pub(crate) latency_what: &'static str,
+}
+
+impl Outcome {
+    /// The report of a run of `config` against `broker`.
+    pub(crate) fn report(
+        self,
+        config: &WorkloadConfig,
+        broker: String,
+        fsync: Option<String>,
+    ) -> BenchReport {
+        let seconds = self.elapsed.as_secs_f64().max(1e-9);
+        BenchReport {
+            bench: config.kind,
+            mode: config.mode,
+            broker,
+            fsync,
+            record_size: config.record_size,
+            batch_bytes: config.batch_bytes,
+            buffer_bytes: config.buffer_bytes,
+            linger_ms: config.linger_ms,
+            producers: config.producers,
+            partitions: config.partitions,
+            txn_ms: (config.mode == DeliveryMode::ExactlyOnce).then_some(config.txn_ms),
+            compression: (config.compression != Compression::None)
+                .then(|| config.compression.to_string()),
+            records: self.records,
+            failed: self.failed,
+            first_error: self.first_error,
+            seconds,
+            records_per_sec: self.records as f64 / seconds,
+            mb_per_sec: (self.records * config.record_size as u64) as f64 / MB / seconds,
+            latency: Latency::from_histogram(self.latency_what, &self.latency),
+            baseline: None,
+            ratios: None,
+        }
+    }
 }
 
 /// A broker to run against, with a fresh topic on it.
