@@ -241,7 +241,12 @@ impl ServerFirst {
             .next()
             .and_then(|a| a.strip_prefix("r="))
             .ok_or(ScramError::Malformed("no nonce"))?;
-        if nonce != self.nonce {
+        // RFC 5802 has the client echo the server's nonce. librdkafka 2.0
+        // (Debian 12's, under kcat) puts its own nonce in front of it once
+        // more; Kafka accepts any nonce that ends with the server's, and so
+        // does Ferry. The server's random part is still there, and the
+        // proof covers the message as the client sent it.
+        if !nonce.ends_with(&self.nonce) {
             return Err(ScramError::Failed);
         }
         let proof = STANDARD
@@ -282,8 +287,24 @@ mod tests {
         client_first_bare: &str,
         server_first: &str,
     ) -> (String, String) {
+        let nonce = server_first
+            .split(',')
+            .next()
+            .unwrap()
+            .strip_prefix("r=")
+            .unwrap();
+        client_final_echoing(mechanism, password, client_first_bare, server_first, nonce)
+    }
+
+    /// [`client_final`] with `nonce` as the nonce the client sends back.
+    fn client_final_echoing(
+        mechanism: Mechanism,
+        password: &str,
+        client_first_bare: &str,
+        server_first: &str,
+        nonce: &str,
+    ) -> (String, String) {
         let attrs: Vec<&str> = server_first.split(',').collect();
-        let nonce = attrs[0].strip_prefix("r=").unwrap();
         let salt = STANDARD
             .decode(attrs[1].strip_prefix("s=").unwrap())
             .unwrap();
@@ -428,5 +449,20 @@ mod tests {
             assert!(p.finish(tampered.as_bytes()).is_err(), "{tampered}");
         }
         assert!(pending.finish(good.as_bytes()).is_ok());
+    }
+
+    /// librdkafka 2.0 sends back its own nonce, then the whole server
+    /// nonce: accepted, as Kafka accepts it. A nonce that lacks the
+    /// server's part is not.
+    #[test]
+    fn a_client_nonce_repeated_before_the_server_nonce_is_accepted() {
+        let m = Mechanism::ScramSha256;
+        let cred = ScramCredential::derive(m, b"pw", b"salt-salt", 4096);
+        let creds = Credentials::with_scram_for_tests("u", m, cred);
+        for (echo, ok) in [("xxS", true), ("x", false), ("S", false), ("xSx", false)] {
+            let (pending, sf) = start(&creds, m, b"n,,n=u,r=x", Some("S")).unwrap();
+            let (msg, _) = client_final_echoing(m, "pw", "n=u,r=x", &sf, echo);
+            assert_eq!(pending.finish(msg.as_bytes()).is_ok(), ok, "{echo}");
+        }
     }
 }

@@ -60,9 +60,12 @@ pub(crate) const SUPPORTED: &[Range] = &[
     r(ApiKey::DescribeCluster, 0, 1),
     r(ApiKey::DescribeTransactions, 0, 0),
     r(ApiKey::ListTransactions, 0, 1),
-    // v0 is followed by bare SASL tokens outside Kafka's framing; v1 moves
-    // them into SaslAuthenticate (KIP-152), which every client here uses.
-    r(ApiKey::SaslHandshake, 1, 1),
+    // v0 is advertised because librdkafka before 2.1 enables SASL only
+    // when a broker lists SaslHandshake v0; such a client still picks v1
+    // when SaslAuthenticate is listed, and then speaks KIP-152. The tokens
+    // a v0-only client (Kafka 0.10) sends next, outside Kafka's framing,
+    // are not read: its connection closes at the first one.
+    r(ApiKey::SaslHandshake, 0, 1),
     r(ApiKey::SaslAuthenticate, 0, 2),
 ];
 
