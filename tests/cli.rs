@@ -590,3 +590,173 @@ fn a_broker_with_credentials_serves_only_requests_bearing_a_valid_token() {
     );
     drop(data);
 }
+
+/// A broker started with `--tls-cert` and `--tls-key` speaks TLS only:
+/// `ferry` commands that trust its CA (`--tls-ca` or `FERRY_TLS_CA`) and
+/// the Rust client with [`ferry_client::ClientTls`] are served; a
+/// plaintext client and one that trusts another certificate fail at
+/// once with one line.
+#[test]
+fn a_broker_with_tls_serves_only_clients_that_trust_its_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = ferry_testkit::pki::TestPki::write(dir.path());
+    let args: Vec<std::ffi::OsString> = vec![
+        "--tls-cert".into(),
+        pki.server_cert.clone().into(),
+        "--tls-key".into(),
+        pki.server_key.clone().into(),
+        "--kafka-listen".into(),
+        "off".into(),
+        "--request-header-timeout-ms".into(),
+        "500".into(),
+    ];
+    let broker =
+        BrokerProcess::start_with_args(FERRY, dir.path().join("data"), "127.0.0.1:0", args)
+            .expect("start");
+    let limit = Duration::from_secs(20);
+    // A handshake that stalls is cut off at the header timeout, and holds
+    // up no other client meanwhile.
+    let mut stalled = std::net::TcpStream::connect(broker.addr()).unwrap();
+    stalled.write_all(&[0x16, 0x03, 0x01]).unwrap();
+    stalled
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let ca = pki.ca.to_str().unwrap();
+    let created = ferry_within(
+        broker.addr(),
+        &["topic", "create", "t", "--tls-ca", ca],
+        limit,
+    );
+    assert!(created.status.success(), "{created:?}");
+    let produced = Command::new(FERRY)
+        .args(["produce", "t", "--broker", broker.addr()])
+        .env("FERRY_TLS_CA", ca)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            c.stdin.take().unwrap().write_all(b"a\nb\n")?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    assert!(produced.status.success(), "{produced:?}");
+    let consumed = ferry_within(
+        broker.addr(),
+        &[
+            "consume",
+            "t",
+            "--from",
+            "earliest",
+            "--exit-at-end",
+            "--tls-ca",
+            ca,
+        ],
+        limit,
+    );
+    let values: Vec<String> = json_lines(&consumed.stdout)
+        .iter()
+        .map(|r| r["value"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(values, ["a", "b"], "{consumed:?}");
+
+    let started = std::time::Instant::now();
+    let mut byte = [0u8; 1];
+    let n = std::io::Read::read(&mut stalled, &mut byte).expect("closed, not timed out");
+    assert_eq!(n, 0, "a stalled handshake got an answer");
+    assert!(started.elapsed() < Duration::from_secs(9));
+
+    let wrong_ca = pki.rogue_cert.to_str().unwrap();
+    for extra in [&[][..], &["--tls-ca", wrong_ca][..]] {
+        let args: Vec<&str> = ["topic", "list"].iter().chain(extra).copied().collect();
+        let out = ferry_within(broker.addr(), &args, limit);
+        assert!(!out.status.success(), "{args:?} was served");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
+    }
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let options = ferry_client::ConnectOptions {
+            tls: Some(ferry_client::ClientTls::from_files(&pki.ca, None, None).unwrap()),
+            ..Default::default()
+        };
+        let client = ferry_client::Client::connect_with(broker.addr(), &options)
+            .await
+            .expect("connect over TLS");
+        let topics = client.list_topics().await.expect("list topics over TLS");
+        assert!(topics.iter().any(|t| t.name == "t"), "{topics:?}");
+    });
+}
+
+/// With `--tls-client-ca`, TLS is mutual: a `ferry` command with a client
+/// certificate the CA signed (`--tls-cert`, `--tls-key`) is served with no
+/// token, and one without a certificate or with another CA's is refused.
+#[test]
+fn mutual_tls_serves_only_clients_with_a_certificate_the_ca_signed() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = ferry_testkit::pki::TestPki::write(dir.path());
+    let args: Vec<std::ffi::OsString> = vec![
+        "--tls-cert".into(),
+        pki.server_cert.clone().into(),
+        "--tls-key".into(),
+        pki.server_key.clone().into(),
+        "--tls-client-ca".into(),
+        pki.ca.clone().into(),
+        "--kafka-listen".into(),
+        "off".into(),
+    ];
+    let broker =
+        BrokerProcess::start_with_args(FERRY, dir.path().join("data"), "127.0.0.1:0", args)
+            .expect("start");
+    let limit = Duration::from_secs(20);
+    let s = |p: &std::path::Path| p.to_str().unwrap().to_string();
+    let (ca, cert, key) = (s(&pki.ca), s(&pki.client_cert), s(&pki.client_key));
+    let created = ferry_within(
+        broker.addr(),
+        &[
+            "topic",
+            "create",
+            "t",
+            "--tls-ca",
+            &ca,
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+        ],
+        limit,
+    );
+    assert!(created.status.success(), "{created:?}");
+    let (rogue, rogue_key) = (s(&pki.rogue_cert), s(&pki.rogue_key));
+    for extra in [
+        vec!["--tls-ca", ca.as_str()],
+        vec![
+            "--tls-ca",
+            &ca,
+            "--tls-cert",
+            &rogue,
+            "--tls-key",
+            &rogue_key,
+        ],
+    ] {
+        let args: Vec<&str> = ["topic", "list"].into_iter().chain(extra).collect();
+        let out = ferry_within(broker.addr(), &args, limit);
+        assert!(!out.status.success(), "{args:?} was served");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
+    }
+    let out = ferry_within(
+        broker.addr(),
+        &["topic", "list", "--tls-cert", &cert, "--tls-key", &key],
+        limit,
+    );
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--tls-ca"),
+        "{out:?}"
+    );
+}

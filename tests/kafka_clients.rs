@@ -67,13 +67,22 @@ fn confluent(args: &[&str]) -> Output {
     python(&all)
 }
 
-fn kcat() -> &'static str {
-    let found = Command::new("kcat").arg("-V").output();
+/// A `kcat` command, once kcat is known to be installed. It runs without
+/// the `LD_LIBRARY_PATH` cargo gives tests: that path holds the librdkafka
+/// that the `rdkafka` crate builds for the bench (no OpenSSL, so no TLS
+/// and no SCRAM), and kcat would load it instead of Debian's.
+fn kcat() -> impl Fn() -> Command {
+    let cmd = || {
+        let mut c = Command::new("kcat");
+        c.env_remove("LD_LIBRARY_PATH");
+        c
+    };
+    let found = cmd().arg("-V").output();
     assert!(
         found.is_ok_and(|o| o.status.success()),
         "kcat is not installed: apt-get install kcat (.ci/run installs it)"
     );
-    "kcat"
+    cmd
 }
 
 #[test]
@@ -84,7 +93,7 @@ fn kcat_lists_the_broker_and_its_topics_and_round_trips_records() {
     let bs = kafka(&broker);
     common::create_topic(broker.addr(), "kc", 2);
     let run = |args: &[&str], stdin: Option<&str>| {
-        let mut child = Command::new(kcat)
+        let mut child = kcat()
             .args(["-b", &bs])
             .args(args)
             .stdin(std::process::Stdio::piped())
@@ -357,8 +366,7 @@ fn scram_user(dir: &Path, user: &str, password: &str) -> std::path::PathBuf {
 /// With `--credentials`, confluent-kafka authenticates with SCRAM-SHA-256,
 /// SCRAM-SHA-512 and PLAIN (on loopback) and produces and consumes; a
 /// wrong password, an unknown user and a client without SASL are refused.
-/// kcat authenticates with PLAIN (Debian builds its librdkafka without
-/// SCRAM).
+/// kcat authenticates with SCRAM-SHA-512 and PLAIN.
 #[test]
 fn kafka_clients_authenticate_with_sasl_scram_and_plain_and_are_refused_without() {
     let kcat = kcat();
@@ -372,27 +380,154 @@ fn kafka_clients_authenticate_with_sasl_scram_and_plain_and_are_refused_without(
     let bs = kafka(&broker);
     confluent(&["sasl", &bs, "alice", "pencil"]);
 
-    let listing = |password: &str| {
-        Command::new(kcat)
+    let listing = |mechanism: &str, password: &str| {
+        kcat()
             .args(["-b", &bs, "-L", "-m", "10"])
             .args(["-X", "security.protocol=SASL_PLAINTEXT"])
-            .args(["-X", "sasl.mechanisms=PLAIN"])
+            .args(["-X", &format!("sasl.mechanisms={mechanism}")])
             .args(["-X", "sasl.username=alice"])
             .args(["-X", &format!("sasl.password={password}")])
             .output()
             .unwrap()
     };
-    let out = listing("pencil");
+    for mechanism in ["PLAIN", "SCRAM-SHA-512"] {
+        let out = listing(mechanism, "pencil");
+        assert!(
+            out.status.success(),
+            "kcat {mechanism}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("topic \"sasl-scram-sha-256\""), "{text}");
+        let out = listing(mechanism, "wrong");
+        assert!(
+            !out.status.success(),
+            "kcat {mechanism} with a wrong password listed the broker"
+        );
+    }
+}
+
+/// Starts a broker with TLS on both listeners (`--tls-cert`, `--tls-key`)
+/// and `extra` flags.
+fn start_tls(
+    dir: &Path,
+    pki: &ferry_testkit::pki::TestPki,
+    extra: Vec<std::ffi::OsString>,
+) -> BrokerProcess {
+    let mut args: Vec<std::ffi::OsString> = BROKER_FLAGS.iter().map(Into::into).collect();
+    args.extend([
+        "--tls-cert".into(),
+        pki.server_cert.clone().into_os_string(),
+        "--tls-key".into(),
+        pki.server_key.clone().into_os_string(),
+    ]);
+    args.extend(extra);
+    BrokerProcess::start_with_args(FERRY, dir.join("data"), "127.0.0.1:0", args)
+        .expect("start ferry broker")
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().expect("a UTF-8 temp path")
+}
+
+/// With TLS and `--credentials`, the Kafka listener is SASL_SSL:
+/// confluent-kafka authenticates with SCRAM-SHA-256, SCRAM-SHA-512 and
+/// PLAIN (which TLS makes safe off loopback too) and moves records; a wrong
+/// password, an unknown user and a TLS client without SASL are refused.
+/// kcat lists the broker over SASL_SSL with SCRAM-SHA-256.
+#[test]
+fn kafka_clients_authenticate_with_sasl_over_tls() {
+    let kcat = kcat();
+    let dir = tempfile::tempdir().unwrap();
+    let pki = ferry_testkit::pki::TestPki::write(dir.path());
+    let file = scram_user(dir.path(), "alice", "pencil");
+    let broker = start_tls(
+        dir.path(),
+        &pki,
+        vec!["--credentials".into(), file.into_os_string()],
+    );
+    let bs = kafka(&broker);
+    confluent(&["sasl-ssl", &bs, "alice", "pencil", path(&pki.ca)]);
+    let out = kcat()
+        .args(["-b", &bs, "-L", "-m", "10"])
+        .args(["-X", "security.protocol=SASL_SSL"])
+        .args(["-X", &format!("ssl.ca.location={}", path(&pki.ca))])
+        .args(["-X", "sasl.mechanisms=SCRAM-SHA-256"])
+        .args(["-X", "sasl.username=alice"])
+        .args(["-X", "sasl.password=pencil"])
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "kcat: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("topic \"sasl-scram-sha-256\""), "{text}");
-    let out = listing("wrong");
+    assert!(text.contains("topic \"sasl-scram-sha-256-tls\""), "{text}");
+}
+
+/// With `--tls-client-ca`, the Kafka listener is mutual TLS: a client
+/// certificate the CA signed is all a client needs (confluent-kafka and
+/// kcat both produce and consume with one), and a client with no
+/// certificate, another CA's certificate, or no TLS is refused.
+#[test]
+fn kafka_clients_authenticate_with_client_certificates() {
+    let kcat = kcat();
+    let dir = tempfile::tempdir().unwrap();
+    let pki = ferry_testkit::pki::TestPki::write(dir.path());
+    let broker = start_tls(
+        dir.path(),
+        &pki,
+        vec!["--tls-client-ca".into(), pki.ca.clone().into_os_string()],
+    );
+    let bs = kafka(&broker);
+    confluent(&[
+        "mtls",
+        &bs,
+        path(&pki.ca),
+        path(&pki.client_cert),
+        path(&pki.client_key),
+        path(&pki.rogue_cert),
+        path(&pki.rogue_key),
+    ]);
+    let ssl = |cmd: &mut Command, cert: &Path, key: &Path| {
+        cmd.args(["-b", &bs])
+            .args(["-X", "security.protocol=SSL"])
+            .args(["-X", &format!("ssl.ca.location={}", path(&pki.ca))])
+            .args(["-X", &format!("ssl.certificate.location={}", path(cert))])
+            .args(["-X", &format!("ssl.key.location={}", path(key))]);
+    };
+    let mut produce = kcat();
+    ssl(&mut produce, &pki.client_cert, &pki.client_key);
+    let produced = produce
+        .args(["-P", "-t", "kcat-mtls"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(b"one\ntwo\n")?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    assert!(produced.status.success(), "kcat -P: {produced:?}");
+    let mut consume = kcat();
+    ssl(&mut consume, &pki.client_cert, &pki.client_key);
+    let consumed = consume
+        .args(["-C", "-t", "kcat-mtls", "-o", "beginning", "-e", "-q"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&consumed.stdout),
+        "one\ntwo\n",
+        "kcat -C: {consumed:?}"
+    );
+    let mut rogue = kcat();
+    ssl(&mut rogue, &pki.rogue_cert, &pki.rogue_key);
+    let out = rogue.args(["-L", "-m", "5"]).output().unwrap();
     assert!(
         !out.status.success(),
-        "kcat with a wrong password listed the broker"
+        "kcat with another CA's certificate listed the broker"
     );
 }

@@ -107,6 +107,15 @@ pub struct BrokerConfig {
     /// last, in milliseconds; a connection that takes longer (a slowloris)
     /// is closed.
     pub request_header_timeout_ms: u64,
+    /// The listeners' TLS certificate chain (PEM); with `tls_key`, the
+    /// gRPC and Kafka listeners speak TLS only.
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of `tls_cert` (PEM).
+    pub tls_key: Option<PathBuf>,
+    /// CA certificates (PEM) that client certificates must chain to: with
+    /// it, TLS is mutual and a certificate's subject is its client's
+    /// principal.
+    pub tls_client_ca: Option<PathBuf>,
 }
 
 /// Default `request_header_timeout_ms`.
@@ -145,6 +154,9 @@ impl Default for BrokerConfig {
             allow_anonymous: false,
             credentials_file: None,
             request_header_timeout_ms: DEFAULT_REQUEST_HEADER_TIMEOUT_MS,
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
         }
     }
 }
@@ -227,6 +239,15 @@ impl BrokerConfig {
         }
         if let Some(v) = file.request_header_timeout_ms {
             self.request_header_timeout_ms = v;
+        }
+        if let Some(v) = file.tls_cert {
+            self.tls_cert = Some(v);
+        }
+        if let Some(v) = file.tls_key {
+            self.tls_key = Some(v);
+        }
+        if let Some(v) = file.tls_client_ca {
+            self.tls_client_ca = Some(v);
         }
         if let Some(v) = file.default_partitions {
             self.default_partitions = v;
@@ -336,6 +357,16 @@ impl BrokerConfig {
                 "request_header_timeout_ms must be in 1..={MAX_REQUEST_HEADER_TIMEOUT_MS}"
             )));
         }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err(BrokerError::Config(
+                "--tls-cert and --tls-key go together".into(),
+            ));
+        }
+        if self.tls_client_ca.is_some() && self.tls_cert.is_none() {
+            return Err(BrokerError::Config(
+                "--tls-client-ca needs --tls-cert and --tls-key: mutual TLS is TLS first".into(),
+            ));
+        }
         self.check_anonymous_exposure()?;
         if self.group_initial_rebalance_delay_ms > crate::group::MAX_REBALANCE_TIMEOUT_MS {
             return Err(BrokerError::Config(format!(
@@ -350,9 +381,9 @@ impl BrokerConfig {
 impl BrokerConfig {
     /// The listeners, each with the flag that sets it and whether it
     /// authenticates its clients (gRPC and Kafka do with a credentials
-    /// file; the metrics endpoint never does).
+    /// file or with mutual TLS; the metrics endpoint never does).
     fn listeners(&self) -> impl Iterator<Item = (&'static str, SocketAddr, bool)> {
-        let authenticates = self.credentials_file.is_some();
+        let authenticates = self.credentials_file.is_some() || self.tls_client_ca.is_some();
         [
             ("--listen", Some(self.listen), authenticates),
             ("--kafka-listen", self.kafka_listen, authenticates),
@@ -376,8 +407,8 @@ impl BrokerConfig {
             None => Ok(()),
             Some((flag, addr, _)) => {
                 let fix = if flag != "--metrics-listen" {
-                    "give --credentials FILE (config credentials_file) so that clients must \
-                     authenticate, or pass --allow-anonymous (config allow_anonymous = true)"
+                    "give --credentials FILE (config credentials_file) or --tls-client-ca FILE \
+                     (mutual TLS) so that clients must authenticate, or pass --allow-anonymous (config allow_anonymous = true)"
                 } else {
                     "pass --allow-anonymous (config allow_anonymous = true) to serve it anyway"
                 };
@@ -414,6 +445,9 @@ struct FileConfig {
     allow_anonymous: Option<bool>,
     credentials_file: Option<PathBuf>,
     request_header_timeout_ms: Option<u64>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls_client_ca: Option<PathBuf>,
     limits: Option<FileLimits>,
 }
 
@@ -547,6 +581,27 @@ mod tests {
         };
         let e = metrics.validate().unwrap_err().to_string();
         assert!(e.contains("--metrics-listen 0.0.0.0:9100"), "{e}");
+        // Mutual TLS authenticates too; TLS alone (anyone may connect) does not.
+        let tls_only = BrokerConfig::default()
+            .merge_toml("listen = \"0.0.0.0:7400\"\ntls_cert = \"s.pem\"\ntls_key = \"k.pem\"\n")
+            .unwrap();
+        let e = tls_only.validate().unwrap_err().to_string();
+        assert!(e.contains("--tls-client-ca"), "{e}");
+        let mutual = BrokerConfig {
+            tls_client_ca: Some(PathBuf::from("ca.pem")),
+            kafka_listen: Some("0.0.0.0:9092".parse().unwrap()),
+            ..tls_only
+        };
+        mutual.validate().unwrap();
+        let e = BrokerConfig {
+            tls_cert: None,
+            tls_key: None,
+            ..mutual
+        }
+        .validate()
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("mutual TLS is TLS first"), "{e}");
     }
 
     #[test]

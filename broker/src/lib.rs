@@ -19,6 +19,7 @@ mod replay;
 mod server;
 mod service;
 mod state;
+pub mod tls;
 mod topics;
 mod txn;
 
@@ -45,7 +46,7 @@ pub use producer_state::{
     AbortedTxn, BatchMeta, MAX_BATCHES_PER_PRODUCER, ProducerEntry, ProducerTable, SeqCheck,
     SeqError, check_sequence,
 };
-pub use server::{Broker, Listeners, MAX_FRAME_BYTES, Stop};
+pub use server::{Broker, Listeners, MAX_FRAME_BYTES, PeerInfo, Stop};
 pub use service::{FerryService, MAX_IN_FLIGHT_PER_STREAM};
 pub use state::{
     AckLevel, BrokerState, ConsumerLag, FetchResult, FetchSpec, InflightGuard, Isolation,

@@ -11,17 +11,18 @@ use std::time::Duration;
 use ferry_proto::v1::ferry_server::FerryServer;
 use futures::Stream;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::server::{Connected, TcpConnectInfo};
+use tonic::transport::server::Connected;
 
-use crate::auth::CredentialsStore;
 use crate::auth::grpc::GrpcAuth;
+use crate::auth::{CredentialsStore, Principal};
 use crate::config::BrokerConfig;
 use crate::error::BrokerError;
 use crate::service::FerryService;
 use crate::state::BrokerState;
+use crate::tls::{self, Tls};
 
 /// HTTP/2 frame size on the server. The 16 KiB default, not the flow
 /// control window, limits throughput for 64–256 KiB batches.
@@ -65,6 +66,7 @@ impl Listeners {
 pub struct Broker {
     state: Arc<BrokerState>,
     credentials: Option<Arc<CredentialsStore>>,
+    tls: Option<Tls>,
 }
 
 impl Broker {
@@ -83,9 +85,11 @@ impl Broker {
             }
             None => None,
         };
+        let tls = tls::load(&config)?;
         Ok(Broker {
             state: Arc::new(BrokerState::open(config)?),
             credentials,
+            tls,
         })
     }
 
@@ -197,11 +201,18 @@ impl Broker {
                     state.clone(),
                     advertised,
                     self.credentials.clone(),
+                    self.tls.as_ref().map(|t| t.kafka.clone()),
                 )))
             }
             None => None,
         };
-        let incoming = limited_incoming(listener, limits.max_connections);
+        let handshake_timeout = Duration::from_millis(state.config().request_header_timeout_ms);
+        let incoming = limited_incoming(
+            listener,
+            limits.max_connections,
+            self.tls.as_ref().map(|t| t.grpc.clone()),
+            handshake_timeout,
+        );
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<Stop>();
         let shutdown_state = state.clone();
         let signal = async move {
@@ -382,6 +393,10 @@ fn describe_metrics() {
         "ferry_auth_failures_total",
         "Requests refused for a missing, malformed or invalid credential, by listener and reason"
     );
+    describe_counter!(
+        "ferry_tls_handshake_failures_total",
+        "TLS handshakes that failed or timed out, by listener"
+    );
     describe_histogram!(
         "ferry_flush_latency_seconds",
         Unit::Seconds,
@@ -389,16 +404,35 @@ fn describe_metrics() {
     );
 }
 
+/// Who is at the other end of a gRPC connection: its address, and the
+/// principal its client certificate names (mutual TLS). The gRPC server
+/// puts it in each request's extensions.
+#[derive(Clone, Debug)]
+pub struct PeerInfo {
+    /// The client's address.
+    pub remote: SocketAddr,
+    /// The subject of its verified client certificate, if it sent one.
+    pub principal: Option<Principal>,
+}
+
+impl PeerInfo {
+    /// The peer of a request the gRPC server received.
+    pub fn of<T>(req: &tonic::Request<T>) -> Option<&PeerInfo> {
+        req.extensions().get::<PeerInfo>()
+    }
+}
+
 /// A connection holding one of the limited connection permits.
 struct LimitedConn {
-    stream: TcpStream,
+    stream: tls::Stream,
+    info: PeerInfo,
     _permit: OwnedSemaphorePermit,
 }
 
 impl Connected for LimitedConn {
-    type ConnectInfo = TcpConnectInfo;
-    fn connect_info(&self) -> TcpConnectInfo {
-        self.stream.connect_info()
+    type ConnectInfo = PeerInfo;
+    fn connect_info(&self) -> PeerInfo {
+        self.info.clone()
     }
 }
 
@@ -440,40 +474,82 @@ impl AsyncWrite for LimitedConn {
 
 /// Accepts connections with TCP_NODELAY set (Nagle costs two orders of
 /// magnitude on pipelined produce), and closes any connection past
-/// `max_connections` at once, so the limit holds without queueing.
+/// `max_connections` at once, so the limit holds without queueing. With
+/// TLS, each handshake runs in its own task (bounded by `handshake_timeout`)
+/// and the connection is yielded once it is done, so a slow handshake
+/// delays no other client. Dropping the stream closes the listener.
 fn limited_incoming(
     listener: TcpListener,
     max_connections: usize,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    handshake_timeout: Duration,
 ) -> impl Stream<Item = io::Result<LimitedConn>> + Send {
     let permits = Arc::new(Semaphore::new(max_connections));
-    futures::stream::unfold((listener, permits), move |(listener, permits)| async move {
-        loop {
-            let (stream, peer) = match listener.accept().await {
-                Ok(s) => s,
-                Err(e) => {
-                    // Per-connection accept errors (e.g. the peer reset) are
-                    // not fatal to the listener.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
+    let (done_tx, done_rx) = tokio::sync::mpsc::unbounded_channel::<LimitedConn>();
+    let state = (listener, permits, done_tx, done_rx);
+    futures::stream::unfold(state, move |(listener, permits, done_tx, mut done_rx)| {
+        let tls = tls.clone();
+        async move {
+            loop {
+                let accepted = tokio::select! {
+                    a = listener.accept() => a,
+                    Some(conn) = done_rx.recv() => {
+                        return Some((Ok(conn), (listener, permits, done_tx, done_rx)));
+                    }
+                };
+                let (stream, peer) = match accepted {
+                    Ok(s) => s,
+                    Err(e) => {
+                        // Per-connection accept errors (e.g. the peer reset)
+                        // are not fatal to the listener.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    }
+                };
+                let Ok(permit) = permits.clone().try_acquire_owned() else {
+                    metrics::counter!("ferry_connections_refused_total").increment(1);
+                    tracing::warn!(%peer, limit = max_connections, "connection limit reached; closing new connection");
+                    drop(stream);
                     continue;
+                };
+                if let Err(e) = stream.set_nodelay(true) {
+                    tracing::warn!(error = %e, "cannot set TCP_NODELAY");
                 }
-            };
-            let Ok(permit) = permits.clone().try_acquire_owned() else {
-                metrics::counter!("ferry_connections_refused_total").increment(1);
-                tracing::warn!(%peer, limit = max_connections, "connection limit reached; closing new connection");
-                drop(stream);
-                continue;
-            };
-            if let Err(e) = stream.set_nodelay(true) {
-                tracing::warn!(error = %e, "cannot set TCP_NODELAY");
+                match &tls {
+                    None => {
+                        let conn = LimitedConn {
+                            stream: tls::Stream::Plain(stream),
+                            info: PeerInfo {
+                                remote: peer,
+                                principal: None,
+                            },
+                            _permit: permit,
+                        };
+                        return Some((Ok(conn), (listener, permits, done_tx, done_rx)));
+                    }
+                    Some(acceptor) => {
+                        let acceptor = acceptor.clone();
+                        let done = done_tx.clone();
+                        tokio::spawn(async move {
+                            let Some((stream, principal)) =
+                                tls::handshake(&acceptor, stream, peer, handshake_timeout, "grpc")
+                                    .await
+                            else {
+                                return;
+                            };
+                            let _ = done.send(LimitedConn {
+                                stream,
+                                info: PeerInfo {
+                                    remote: peer,
+                                    principal,
+                                },
+                                _permit: permit,
+                            });
+                        });
+                    }
+                }
             }
-            return Some((
-                Ok(LimitedConn {
-                    stream,
-                    _permit: permit,
-                }),
-                (listener, permits),
-            ));
         }
     })
 }

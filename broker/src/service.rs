@@ -573,9 +573,8 @@ impl Ferry for FerryService {
         request: Request<v1::JoinGroupRequest>,
     ) -> Result<Response<v1::JoinGroupResponse>, Status> {
         let _busy = self.state.enter();
-        let host = request
-            .remote_addr()
-            .map(|a| a.ip().to_string())
+        let host = crate::PeerInfo::of(&request)
+            .map(|p| p.remote.ip().to_string())
             .unwrap_or_default();
         let req = request.into_inner();
         let join = Join {

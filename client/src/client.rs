@@ -52,6 +52,76 @@ pub struct ConnectOptions {
     /// in the `authorization` metadata of every request; needed by a
     /// broker started with `--credentials`.
     pub token: Option<String>,
+    /// TLS: connect with it, trusting its CA, and present its client
+    /// certificate when it has one (mutual TLS). Needed by a broker
+    /// started with `--tls-cert`.
+    pub tls: Option<ClientTls>,
+}
+
+/// Largest PEM file [`ClientTls::from_files`] reads.
+pub const MAX_TLS_FILE_BYTES: u64 = 1024 * 1024;
+
+/// The TLS settings of a connection: the CA that the broker's
+/// certificate must chain to, and the client's own certificate and key
+/// for mutual TLS, all PEM.
+#[derive(Clone)]
+pub struct ClientTls {
+    /// CA certificates (PEM).
+    pub ca_pem: Vec<u8>,
+    /// A client certificate chain and its private key (PEM).
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+    /// The name the broker's certificate must carry; by default the host
+    /// of the broker address.
+    pub domain: Option<String>,
+}
+
+impl std::fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key.
+        f.debug_struct("ClientTls")
+            .field("identity", &self.identity.is_some())
+            .field("domain", &self.domain)
+            .finish()
+    }
+}
+
+impl ClientTls {
+    /// Reads the CA file, and the certificate and key files when given
+    /// (both or neither).
+    pub fn from_files(
+        ca: &std::path::Path,
+        cert: Option<&std::path::Path>,
+        key: Option<&std::path::Path>,
+    ) -> Result<ClientTls, ClientError> {
+        let read = |p: &std::path::Path| -> Result<Vec<u8>, ClientError> {
+            use std::io::Read;
+            let bad = |m: String| ClientError::InvalidArgument(format!("{}: {m}", p.display()));
+            let mut bytes = Vec::new();
+            std::fs::File::open(p)
+                .map_err(|e| bad(e.to_string()))?
+                .take(MAX_TLS_FILE_BYTES + 1)
+                .read_to_end(&mut bytes)
+                .map_err(|e| bad(e.to_string()))?;
+            if bytes.len() as u64 > MAX_TLS_FILE_BYTES {
+                return Err(bad(format!("larger than {MAX_TLS_FILE_BYTES} bytes")));
+            }
+            Ok(bytes)
+        };
+        let identity = match (cert, key) {
+            (None, None) => None,
+            (Some(c), Some(k)) => Some((read(c)?, read(k)?)),
+            _ => {
+                return Err(ClientError::InvalidArgument(
+                    "a client certificate and its key go together".into(),
+                ));
+            }
+        };
+        Ok(ClientTls {
+            ca_pem: read(ca)?,
+            identity,
+            domain: None,
+        })
+    }
 }
 
 /// Adds `authorization: Bearer TOKEN` to every request, when there is a
@@ -173,14 +243,28 @@ pub struct GroupMember {
     pub assignment_undecodable: bool,
 }
 
-fn endpoint(addr: &str) -> Result<Endpoint, ClientError> {
-    let uri = if addr.contains("://") {
-        addr.to_owned()
-    } else {
-        format!("http://{addr}")
+fn endpoint(addr: &str, tls: Option<&ClientTls>) -> Result<Endpoint, ClientError> {
+    let uri = match (addr.split_once("://"), tls) {
+        (Some(("http", rest)), Some(_)) => format!("https://{rest}"),
+        (Some(_), _) => addr.to_owned(),
+        (None, None) => format!("http://{addr}"),
+        (None, Some(_)) => format!("https://{addr}"),
     };
-    let endpoint = Endpoint::from_shared(uri)
+    let mut endpoint = Endpoint::from_shared(uri)
         .map_err(|e| ClientError::InvalidArgument(format!("bad broker address {addr:?}: {e}")))?;
+    if let Some(t) = tls {
+        let mut config = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(&t.ca_pem));
+        if let Some((cert, key)) = &t.identity {
+            config = config.identity(tonic::transport::Identity::from_pem(cert, key));
+        }
+        if let Some(d) = &t.domain {
+            config = config.domain_name(d.clone());
+        }
+        endpoint = endpoint.tls_config(config).map_err(|e| {
+            ClientError::InvalidArgument(format!("TLS settings: {}", error_chain(&e)))
+        })?;
+    }
     Ok(endpoint
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)
@@ -197,10 +281,10 @@ impl Client {
         Client::connect_with(addr, &ConnectOptions::default()).await
     }
 
-    /// [`Client::connect`] with options (a bearer token).
+    /// [`Client::connect`] with options (a bearer token, TLS).
     pub async fn connect_with(addr: &str, options: &ConnectOptions) -> Result<Client, ClientError> {
         let token = BearerToken::new(options.token.as_deref())?;
-        let channel = endpoint(addr)?
+        let channel = endpoint(addr, options.tls.as_ref())?
             .connect()
             .await
             .map_err(|e| ClientError::Connect {
@@ -213,7 +297,7 @@ impl Client {
     /// Like [`Client::connect`], but connects on first use. Fails only if
     /// `addr` is not a valid address.
     pub fn connect_lazy(addr: &str) -> Result<Client, ClientError> {
-        let channel = endpoint(addr)?.connect_lazy();
+        let channel = endpoint(addr, None)?.connect_lazy();
         Ok(Client::from_channel(addr, channel, BearerToken::default()))
     }
 
@@ -650,9 +734,9 @@ mod tests {
 
     #[test]
     fn addresses_without_a_scheme_get_http() {
-        let e = endpoint("127.0.0.1:7400").unwrap();
+        let e = endpoint("127.0.0.1:7400", None).unwrap();
         assert_eq!(e.uri().to_string(), "http://127.0.0.1:7400/");
-        let e = endpoint("http://localhost:1").unwrap();
+        let e = endpoint("http://localhost:1", None).unwrap();
         assert_eq!(e.uri().host(), Some("localhost"));
         assert!(e.get_tcp_nodelay());
     }

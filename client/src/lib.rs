@@ -85,9 +85,9 @@ mod topic_table;
 mod transactional;
 
 pub use client::{
-    BearerToken, CONNECT_TIMEOUT, Client, ConnectOptions, GroupDescription, GroupMember,
-    MAX_FRAME_BYTES, MAX_MESSAGE_BYTES, OffsetSpec, RawClient, TopicDescription, abort_transaction,
-    list_transactions,
+    BearerToken, CONNECT_TIMEOUT, Client, ClientTls, ConnectOptions, GroupDescription, GroupMember,
+    MAX_FRAME_BYTES, MAX_MESSAGE_BYTES, MAX_TLS_FILE_BYTES, OffsetSpec, RawClient,
+    TopicDescription, abort_transaction, list_transactions,
 };
 pub use consumer::{
     CommitMode, Consumer, ConsumerConfig, ConsumerEvent, ConsumerRecord, GroupMetadata,

@@ -51,6 +51,17 @@ pub struct BrokerArgs {
     /// last before its connection is closed [default: 10000].
     #[arg(long)]
     request_header_timeout_ms: Option<u64>,
+    /// TLS certificate chain (PEM) for the gRPC and Kafka listeners, which
+    /// then speak TLS only; needs --tls-key.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// CA certificates (PEM) for mutual TLS: every client must present a
+    /// certificate they signed, and its subject is the client's principal.
+    #[arg(long)]
+    tls_client_ca: Option<PathBuf>,
     /// TOML config file; flags override its settings.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -126,6 +137,15 @@ pub fn run(args: BrokerArgs) -> Result<ExitCode, CliError> {
     }
     if let Some(v) = args.request_header_timeout_ms {
         config.request_header_timeout_ms = v;
+    }
+    if let Some(v) = args.tls_cert {
+        config.tls_cert = Some(v);
+    }
+    if let Some(v) = args.tls_key {
+        config.tls_key = Some(v);
+    }
+    if let Some(v) = args.tls_client_ca {
+        config.tls_client_ca = Some(v);
     }
     if let Some(v) = args.default_partitions {
         config.default_partitions = v;

@@ -46,15 +46,45 @@ pub struct BrokerAddr {
     /// user add NAME --mechanism token`).
     #[arg(long, env = "FERRY_TOKEN", hide_env_values = true, global = true)]
     pub token: Option<String>,
+    /// Connect with TLS, trusting the CA certificates (PEM) in this file,
+    /// for a broker started with --tls-cert.
+    #[arg(long, env = "FERRY_TLS_CA", global = true)]
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// Client certificate (PEM) for mutual TLS; needs --tls-key and
+    /// --tls-ca.
+    #[arg(long, env = "FERRY_TLS_CERT", global = true)]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long, env = "FERRY_TLS_KEY", hide_env_values = true, global = true)]
+    pub tls_key: Option<std::path::PathBuf>,
 }
 
 impl BrokerAddr {
-    /// Connects to the broker, with the token when there is one.
+    /// Connects to the broker, with the token and TLS settings given.
     pub async fn connect(&self) -> Result<ferry_client::Client, ferry_client::ClientError> {
-        let options = ferry_client::ConnectOptions {
-            token: self.token.clone(),
+        ferry_client::Client::connect_with(&self.broker, &self.options()?).await
+    }
+
+    /// The connection options the flags ask for.
+    pub fn options(&self) -> Result<ferry_client::ConnectOptions, ferry_client::ClientError> {
+        let tls = match (&self.tls_ca, &self.tls_cert, &self.tls_key) {
+            (None, None, None) => None,
+            (None, ..) => {
+                return Err(ferry_client::ClientError::InvalidArgument(
+                    "--tls-cert and --tls-key need --tls-ca: the CA that signed the broker's certificate"
+                        .into(),
+                ));
+            }
+            (Some(ca), cert, key) => Some(ferry_client::ClientTls::from_files(
+                ca,
+                cert.as_deref(),
+                key.as_deref(),
+            )?),
         };
-        ferry_client::Client::connect_with(&self.broker, &options).await
+        Ok(ferry_client::ConnectOptions {
+            token: self.token.clone(),
+            tls,
+        })
     }
 }
 

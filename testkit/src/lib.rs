@@ -29,6 +29,8 @@
 //! failing run can be repeated exactly. See `docs/testing.md` for a walk
 //! through a complete test.
 //!
+//! [`pki`] writes throwaway certificates for the TLS tests.
+//!
 //! The kit lives in the `ferry` crate only; the broker and client crates
 //! never compile it.
 
@@ -36,6 +38,7 @@ pub mod checker;
 pub mod crash;
 pub mod history;
 pub mod matrix;
+pub mod pki;
 pub mod proxy;
 pub mod workload;
 

@@ -11,6 +11,8 @@ and exits non-zero with the reason; tests/kafka_clients.rs runs them.
     kafka_confluent.py produce-mixed BOOTSTRAP TOPIC
     kafka_confluent.py consume-mixed BOOTSTRAP TOPIC COUNT
     kafka_confluent.py sasl BOOTSTRAP USER PASSWORD
+    kafka_confluent.py sasl-ssl BOOTSTRAP USER PASSWORD CA
+    kafka_confluent.py mtls BOOTSTRAP CA CERT KEY ROGUE_CERT ROGUE_KEY
 """
 import json
 import sys
@@ -364,13 +366,25 @@ def consume_mixed(bs, topic, count):
     print(json.dumps({"ok": True, "records": out}))
 
 
-def sasl_conf(mechanism, user, password):
-    return {
-        "security.protocol": "SASL_PLAINTEXT",
+def tls_conf(ca, cert=None, key=None):
+    """Kafka's SSL settings: trust CA; present CERT and KEY (mutual TLS)."""
+    conf = {"security.protocol": "SSL", "ssl.ca.location": ca}
+    if cert:
+        conf["ssl.certificate.location"] = cert
+        conf["ssl.key.location"] = key
+    return conf
+
+
+def sasl_conf(mechanism, user, password, ca=None):
+    """SASL settings, over TLS that trusts CA when one is given."""
+    conf = dict(tls_conf(ca), **{"security.protocol": "SASL_SSL"}) if ca else {
+        "security.protocol": "SASL_PLAINTEXT"}
+    conf.update({
         "sasl.mechanism": mechanism,
         "sasl.username": user,
         "sasl.password": password,
-    }
+    })
+    return conf
 
 
 def client_errors(conf, seconds):
@@ -397,38 +411,60 @@ def refused_authentication(conf):
     return any(e.code() == KafkaError._AUTHENTICATION for e in errors), errors
 
 
-def sasl(bs, user, password):
+def round_trip(bs, conf, topic, label):
+    """Creates TOPIC, produces ten records idempotently and reads them back
+    with a group, all with client settings CONF."""
+    admin = AdminClient(dict(conf, **{"bootstrap.servers": bs}))
+    create(admin, topic, 1)
+    p = Producer(dict(conf, **{"bootstrap.servers": bs, "enable.idempotence": True}))
+    delivered = []
+    for i in range(10):
+        p.produce(topic, value=f"{label}-{i}".encode(),
+                  on_delivery=lambda err, m: delivered.append(err))
+    check(p.flush(20) == 0, f"{label}: records still queued")
+    check(delivered == [None] * 10, f"{label}: deliveries {delivered}")
+    c = consumer(bs, "g-" + topic, **conf)
+    c.subscribe([topic])
+    got = drain(c, 10)
+    c.close()
+    check([m.value().decode() for m in got] == [f"{label}-{i}" for i in range(10)],
+          f"{label}: read {[m.value() for m in got]}")
+
+
+def sasl(bs, user, password, ca=None):
     """Each mechanism authenticates USER and moves records both ways; a
-    wrong password and a client without SASL are refused."""
+    wrong password and a client without SASL are refused. With CA, all of
+    it runs over TLS (SASL_SSL)."""
+    suffix = "-tls" if ca else ""
     for mechanism in ["SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN"]:
-        conf = dict(sasl_conf(mechanism, user, password), **{"bootstrap.servers": bs})
-        topic = "sasl-" + mechanism.lower()
-        admin = AdminClient(conf)
-        create(admin, topic, 1)
-        p = Producer(dict(conf, **{"enable.idempotence": True}))
-        delivered = []
-        for i in range(10):
-            p.produce(topic, value=f"{mechanism}-{i}".encode(),
-                      on_delivery=lambda err, m: delivered.append(err))
-        check(p.flush(20) == 0, f"{mechanism}: records still queued")
-        check(delivered == [None] * 10, f"{mechanism}: deliveries {delivered}")
-        c = consumer(bs, "g-" + topic, **sasl_conf(mechanism, user, password))
-        c.subscribe([topic])
-        got = drain(c, 10)
-        c.close()
-        check([m.value().decode() for m in got] == [f"{mechanism}-{i}" for i in range(10)],
-              f"{mechanism}: read {[m.value() for m in got]}")
+        round_trip(bs, sasl_conf(mechanism, user, password, ca),
+                   "sasl-" + mechanism.lower() + suffix, mechanism)
     wrong, errors = refused_authentication(
-        dict(sasl_conf("SCRAM-SHA-256", user, password + "x"), **{"bootstrap.servers": bs}))
+        dict(sasl_conf("SCRAM-SHA-256", user, password + "x", ca), **{"bootstrap.servers": bs}))
     check(wrong, f"a wrong password gave {errors}")
     unknown, errors = refused_authentication(
-        dict(sasl_conf("SCRAM-SHA-512", "nobody", password), **{"bootstrap.servers": bs}))
+        dict(sasl_conf("SCRAM-SHA-512", "nobody", password, ca), **{"bootstrap.servers": bs}))
     check(unknown, f"an unknown user gave {errors}")
     wrong_plain, errors = refused_authentication(
-        dict(sasl_conf("PLAIN", user, password + "x"), **{"bootstrap.servers": bs}))
+        dict(sasl_conf("PLAIN", user, password + "x", ca), **{"bootstrap.servers": bs}))
     check(wrong_plain, f"a wrong PLAIN password gave {errors}")
-    check(client_errors({"bootstrap.servers": bs}, 6.0) != [],
-          "a client without SASL was served")
+    without = dict(tls_conf(ca), **{"bootstrap.servers": bs}) if ca else {"bootstrap.servers": bs}
+    check(client_errors(without, 6.0) != [], "a client without SASL was served")
+    print(json.dumps({"ok": True}))
+
+
+def mtls(bs, ca, cert, key, rogue_cert, rogue_key):
+    """A client with a certificate the broker's CA signed moves records both
+    ways with no other credential; a client without one, with one from
+    another CA, or without TLS at all is refused."""
+    round_trip(bs, tls_conf(ca, cert, key), "mtls", "mtls")
+    for label, conf in [
+        ("no certificate", tls_conf(ca)),
+        ("another CA's certificate", tls_conf(ca, rogue_cert, rogue_key)),
+        ("plaintext", {}),
+    ]:
+        errors = client_errors(dict(conf, **{"bootstrap.servers": bs}), 6.0)
+        check(errors != [], f"a client with {label} was served")
     print(json.dumps({"ok": True}))
 
 
@@ -452,6 +488,10 @@ def main():
         consume_mixed(bs, sys.argv[3], int(sys.argv[4]))
     elif cmd == "sasl":
         sasl(bs, sys.argv[3], sys.argv[4])
+    elif cmd == "sasl-ssl":
+        sasl(bs, sys.argv[3], sys.argv[4], ca=sys.argv[5])
+    elif cmd == "mtls":
+        mtls(bs, *sys.argv[3:8])
     else:
         fail(f"unknown command {cmd}")
 

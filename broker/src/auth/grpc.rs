@@ -1,8 +1,11 @@
-//! Bearer tokens on the gRPC listener. With `--credentials`, every Ferry
-//! request (and reflection) must carry `authorization: Bearer TOKEN` for a
-//! token in the credentials file; the user it names becomes the request's
-//! [`Principal`]. Without, requests pass as they are. The health service
-//! stays open, for probes.
+//! Who a gRPC request comes from. A request that carries
+//! `authorization: Bearer TOKEN` is from the user the token names in the
+//! credentials file; one without a token, on a mutual-TLS connection, is
+//! from the subject of the client's certificate. With `--credentials`
+//! and no certificate, every Ferry request (and reflection) must carry a
+//! valid token. The [`Principal`] goes into the request's extensions.
+//! Without credentials or mutual TLS, requests pass as they are. The
+//! health service stays open, for probes.
 
 use std::sync::Arc;
 
@@ -26,21 +29,28 @@ impl GrpcAuth {
 fn refuse(req: &Request<()>, reason: &'static str, message: &str) -> Status {
     metrics::counter!("ferry_auth_failures_total", "listener" => "grpc", "reason" => reason)
         .increment(1);
-    let peer = req
-        .remote_addr()
-        .map_or_else(|| "unknown".to_string(), |a| a.to_string());
+    let peer =
+        crate::PeerInfo::of(req).map_or_else(|| "unknown".to_string(), |p| p.remote.to_string());
     tracing::warn!(%peer, reason, "refused an unauthenticated gRPC request");
     Status::unauthenticated(message)
 }
 
 impl tonic::service::Interceptor for GrpcAuth {
     fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
+        let certified = crate::PeerInfo::of(&req).and_then(|p| p.principal.clone());
         let Some(store) = &self.credentials else {
+            if let Some(p) = certified {
+                req.extensions_mut().insert(p);
+            }
             return Ok(req);
         };
         let creds = store.current();
         let header = match req.metadata().get("authorization").map(|v| v.to_str()) {
             None => {
+                if let Some(p) = certified {
+                    req.extensions_mut().insert(p);
+                    return Ok(req);
+                }
                 return Err(refuse(
                     &req,
                     "missing",

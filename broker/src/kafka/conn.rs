@@ -27,9 +27,7 @@ use futures::StreamExt;
 use futures::stream::FuturesOrdered;
 use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
 use kafka_protocol::protocol::{Decodable, Encodable};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
-use tokio::net::tcp::OwnedWriteHalf;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
 
 use super::errors;
@@ -37,7 +35,7 @@ use super::frame::Frame;
 use super::sasl::Sasl;
 use super::versions::{self, PRODUCE_MIN_DECODED};
 use super::{Advertised, KAFKA_IDLE_TIMEOUT, MAX_PENDING_RESPONSES};
-use crate::auth::CredentialsStore;
+use crate::auth::{CredentialsStore, Principal};
 use crate::error::BrokerError;
 use crate::state::BrokerState;
 
@@ -98,16 +96,44 @@ impl Close {
     }
 }
 
+/// What a connection is over: its two ends, and its TLS.
+pub(crate) struct Link {
+    pub peer: SocketAddr,
+    /// The listener's own address (PLAIN only on loopback or TLS).
+    pub local: SocketAddr,
+    /// Whether the connection is TLS.
+    pub tls: bool,
+    /// The subject of the client's verified certificate (mutual TLS).
+    pub certified: Option<Principal>,
+}
+
 /// One connection's context.
 pub(crate) struct Conn {
     pub state: Arc<BrokerState>,
     pub advertised: Arc<Advertised>,
-    pub peer: SocketAddr,
-    /// The listener's own address (PLAIN only on loopback).
-    pub local: SocketAddr,
-    /// With credentials, the connection must authenticate first.
+    pub link: Link,
+    /// With credentials, a connection without a client certificate must
+    /// authenticate with SASL first.
     pub credentials: Option<Arc<CredentialsStore>>,
     pub sasl: parking_lot::Mutex<Sasl>,
+}
+
+impl Conn {
+    /// Who the connection's requests come from: the SASL user once SASL is
+    /// done, else the client certificate's subject, else nobody.
+    #[allow(dead_code)]
+    pub fn principal(&self) -> Option<Principal> {
+        match &*self.sasl.lock() {
+            Sasl::Done(p) => Some(p.clone()),
+            _ => self.link.certified.clone(),
+        }
+    }
+
+    /// Whether a request must wait for SASL: with credentials, on a
+    /// connection that no client certificate authenticated.
+    pub fn needs_sasl(&self) -> bool {
+        self.credentials.is_some() && self.link.certified.is_none()
+    }
 }
 
 /// One request's context: the connection, the version, the client id,
@@ -152,25 +178,22 @@ impl Ctx<'_> {
 /// [`KAFKA_IDLE_TIMEOUT`], it sends something the broker refuses, or the
 /// broker shuts down.
 pub(crate) async fn run(
-    stream: TcpStream,
-    peer: SocketAddr,
+    stream: crate::tls::Stream,
+    link: Link,
     state: Arc<BrokerState>,
     advertised: Arc<Advertised>,
     credentials: Option<Arc<CredentialsStore>>,
 ) {
     metrics::gauge!("ferry_kafka_connections").increment(1.0);
-    let local = stream
-        .local_addr()
-        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
-    let (rd, wr) = stream.into_split();
+    let peer = link.peer;
+    let (rd, wr) = tokio::io::split(stream);
     let (tx, rx) = mpsc::channel::<Deferred>(MAX_PENDING_RESPONSES);
     let writer = tokio::spawn(write_loop(wr, rx));
     let max = state.config().limits.max_request_bytes;
     let conn = Conn {
         state,
         advertised,
-        peer,
-        local,
+        link,
         credentials,
         sasl: parking_lot::Mutex::new(Sasl::Start),
     };
@@ -292,7 +315,7 @@ async fn read_frame<R: AsyncReadExt + Unpin>(
     Ok(Some(buf.split_to(n).freeze()))
 }
 
-async fn write_loop(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Deferred>) {
+async fn write_loop<W: AsyncWrite + Unpin>(mut wr: W, mut rx: mpsc::Receiver<Deferred>) {
     let mut pending = FuturesOrdered::new();
     let mut open = true;
     loop {
@@ -391,7 +414,7 @@ async fn handle_frame(conn: &Conn, frame: Bytes) -> Result<Reply, Close> {
             return Ok(Reply::Now(answer.into()));
         }
     };
-    if !conn.sasl.lock().admits(conn.credentials.is_some(), key) {
+    if !conn.sasl.lock().admits(conn.needs_sasl(), key) {
         return Err(Close::Unauthenticated(key));
     }
     let api = api_name(key);

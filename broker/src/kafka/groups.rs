@@ -76,7 +76,7 @@ pub(crate) async fn join_group(cx: &Ctx<'_>, req: JoinGroupRequest) -> JoinGroup
         member_id: req.member_id.to_string(),
         instance_id: opt(&req.group_instance_id),
         client_id: cx.client_id.clone(),
-        host: cx.conn.peer.ip().to_string(),
+        host: cx.conn.link.peer.ip().to_string(),
         session_timeout_ms: timeout(req.session_timeout_ms),
         rebalance_timeout_ms: timeout(if cx.version >= 1 {
             req.rebalance_timeout_ms

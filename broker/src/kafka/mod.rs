@@ -95,8 +95,10 @@ pub(crate) async fn serve(
     state: Arc<BrokerState>,
     advertised: Advertised,
     credentials: Option<Arc<crate::auth::CredentialsStore>>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 ) {
     let advertised = Arc::new(advertised);
+    let handshake_timeout = Duration::from_millis(state.config().request_header_timeout_ms);
     let max = state.config().limits.max_connections;
     let permits = Arc::new(Semaphore::new(max));
     loop {
@@ -119,9 +121,32 @@ pub(crate) async fn serve(
         let state = state.clone();
         let advertised = advertised.clone();
         let credentials = credentials.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            conn::run(stream, peer, state, advertised, credentials).await;
+            let local = stream
+                .local_addr()
+                .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+            // The handshake runs in the connection's own task: a slow one
+            // holds up no other client.
+            let (stream, certified) = match &tls {
+                None => (crate::tls::Stream::Plain(stream), None),
+                Some(acceptor) => {
+                    match crate::tls::handshake(acceptor, stream, peer, handshake_timeout, "kafka")
+                        .await
+                    {
+                        Some(s) => s,
+                        None => return,
+                    }
+                }
+            };
+            let link = conn::Link {
+                peer,
+                local,
+                tls: tls.is_some(),
+                certified,
+            };
+            conn::run(stream, link, state, advertised, credentials).await;
         });
     }
 }

@@ -72,7 +72,7 @@ fn enabled(cx: &Ctx<'_>) -> Vec<&'static str> {
         return Vec::new();
     }
     let mut m = vec![SCRAM_SHA_256, SCRAM_SHA_512];
-    if cx.conn.local.ip().is_loopback() {
+    if cx.conn.link.tls || cx.conn.link.local.ip().is_loopback() {
         m.push(PLAIN);
     }
     m
@@ -82,7 +82,7 @@ fn enabled(cx: &Ctx<'_>) -> Vec<&'static str> {
 fn fail(cx: &Ctx<'_>, reason: &'static str, user: &str) {
     metrics::counter!("ferry_auth_failures_total", "listener" => "kafka", "reason" => reason)
         .increment(1);
-    tracing::warn!(peer = %cx.conn.peer, user, reason, "refused a Kafka SASL authentication");
+    tracing::warn!(peer = %cx.conn.link.peer, user, reason, "refused a Kafka SASL authentication");
     *cx.conn.sasl.lock() = Sasl::Failed;
 }
 
@@ -211,7 +211,7 @@ pub(crate) async fn sasl_authenticate(
         }
     };
     if let Sasl::Done(p) = &next {
-        tracing::debug!(peer = %cx.conn.peer, user = %p.0, "Kafka connection authenticated");
+        tracing::debug!(peer = %cx.conn.link.peer, user = %p.0, "Kafka connection authenticated");
     }
     *cx.conn.sasl.lock() = next;
     resp
