@@ -76,7 +76,7 @@ fn encode_group_key(group: &str) -> Vec<u8> {
     k
 }
 
-fn decode_group_key(k: &[u8]) -> Option<String> {
+pub(crate) fn decode_group_key(k: &[u8]) -> Option<String> {
     let (&kind, rest) = k.split_first()?;
     if kind != KEY_GROUP {
         return None;
@@ -103,7 +103,7 @@ fn encode_key(group: &str, topic: &str, partition: u32) -> Vec<u8> {
     k
 }
 
-fn decode_key(k: &[u8]) -> Option<Key> {
+pub(crate) fn decode_key(k: &[u8]) -> Option<Key> {
     let (&version, rest) = k.split_first()?;
     if version != KEY_VERSION {
         return None;

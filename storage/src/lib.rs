@@ -16,6 +16,8 @@
 mod config;
 mod error;
 pub mod fsutil;
+#[doc(hidden)]
+pub mod fuzzing;
 mod index;
 mod log;
 mod mmap;

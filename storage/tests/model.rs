@@ -401,3 +401,55 @@ prop_state_machine! {
     #[ignore = "long soak of the model test"]
     fn the_log_matches_its_model_over_many_long_runs(sequential 1..120 => LogModel);
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Recovery over arbitrary segment and index bytes (the
+    /// `log_recovery` fuzz target's check, on a small budget): it opens
+    /// or errs, never panics, and keeps only whole, consecutive batches
+    /// with an index that matches them.
+    #[test]
+    fn recovery_of_arbitrary_segment_and_index_bytes_keeps_only_whole_batches(
+        segment in proptest::collection::vec(any::<u8>(), 0..4096),
+        index in proptest::collection::vec(any::<u8>(), 0..256),
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let _ = ferry_storage::fuzzing::recover(dir.path(), &segment, &index);
+    }
+
+    /// The same over a real log's files, cut short and with a byte
+    /// flipped: the likely shapes of a crash or a bad disk.
+    #[test]
+    fn recovery_of_a_damaged_real_log_keeps_only_whole_batches(
+        batches in 1usize..12,
+        cut in any::<proptest::sample::Index>(),
+        flip in any::<proptest::sample::Index>(),
+        index_cut in any::<proptest::sample::Index>(),
+    ) {
+        let written = tempfile::tempdir().unwrap();
+        let config = LogConfig {
+            segment_bytes: ferry_storage::MIN_SEGMENT_BYTES,
+            index_interval_bytes: 64,
+            ..LogConfig::default()
+        };
+        let log = Log::open(written.path(), config).unwrap();
+        for i in 0..batches {
+            log.append(ValidBatch::new(&make_batch(i as u64, 1 + i % 3, 40)).unwrap()).unwrap();
+        }
+        log.close().unwrap();
+        drop(log);
+        let read = |name: &str| std::fs::read(written.path().join(name)).unwrap();
+        let mut segment = read("00000000000000000000.log");
+        let index = read("00000000000000000000.index");
+        let used = segment.iter().rposition(|&b| b != 0).map_or(0, |p| p + 1);
+        segment.truncate(cut.index(used + 1));
+        if !segment.is_empty() {
+            let at = flip.index(segment.len());
+            segment[at] ^= 0x5a;
+        }
+        let index = &index[..index_cut.index(index.len() + 1)];
+        let dir = tempfile::tempdir().unwrap();
+        let _ = ferry_storage::fuzzing::recover(dir.path(), &segment, index);
+    }
+}

@@ -33,7 +33,7 @@
 //! reuses a generation; static members lose their assignment across a
 //! restart (they rejoin and the leader assigns again).
 
-mod codec;
+pub(crate) mod codec;
 mod coordinator;
 pub(crate) mod state;
 

@@ -54,7 +54,7 @@
 //! They are [`state::Effect::Failpoint`]s, so their places are part of each
 //! transition.
 
-mod codec;
+pub(crate) mod codec;
 mod coordinator;
 pub(crate) mod state;
 
