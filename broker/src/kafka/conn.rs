@@ -119,16 +119,6 @@ pub(crate) struct Conn {
 }
 
 impl Conn {
-    /// Who the connection's requests come from: the SASL user once SASL is
-    /// done, else the client certificate's subject, else nobody.
-    #[allow(dead_code)]
-    pub fn principal(&self) -> Option<Principal> {
-        match &*self.sasl.lock() {
-            Sasl::Done(p) => Some(p.clone()),
-            _ => self.link.certified.clone(),
-        }
-    }
-
     /// Whether a request must wait for SASL: with credentials, on a
     /// connection that no client certificate authenticated.
     pub fn needs_sasl(&self) -> bool {
