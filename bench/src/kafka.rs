@@ -159,6 +159,7 @@ impl KafkaBench {
             .to_string();
         let grpc = Target::Remote {
             addr: broker.addr_string(),
+            options: Default::default(),
         };
         let client = rt.block_on(Client::connect(&broker.addr_string()))?;
         let side = KafkaSide {

@@ -16,6 +16,7 @@ pub mod baseline;
 pub mod kafka;
 pub mod matrix;
 pub mod rebalance;
+pub mod tls;
 pub mod workload;
 
 use hdrhistogram::Histogram;

@@ -29,8 +29,9 @@ use std::time::{Duration, Instant};
 
 use ferry_broker::{BrokerConfig, EmbeddedBroker, FlushPolicy};
 use ferry_client::{
-    Client, ClientError, CommitMode, Compression, Consumer, ConsumerConfig, Delivery, DeliveryMode,
-    Producer, ProducerConfig, StartFrom, TransactionalConfig, TransactionalProducer,
+    Client, ClientError, CommitMode, Compression, ConnectOptions, Consumer, ConsumerConfig,
+    Delivery, DeliveryMode, Producer, ProducerConfig, StartFrom, TransactionalConfig,
+    TransactionalProducer,
 };
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
@@ -102,7 +103,11 @@ pub enum Target {
         parent: Option<PathBuf>,
     },
     /// A running broker; the run creates a topic and deletes it after.
-    Remote { addr: String },
+    Remote {
+        addr: String,
+        /// How to connect (a token, TLS).
+        options: ConnectOptions,
+    },
 }
 
 impl Target {
@@ -110,7 +115,7 @@ impl Target {
     pub fn name(&self) -> String {
         match self {
             Target::Embedded { .. } => "embedded".to_string(),
-            Target::Remote { addr } => addr.clone(),
+            Target::Remote { addr, .. } => addr.clone(),
         }
     }
 
@@ -415,13 +420,14 @@ impl Outcome {
 struct Session {
     embedded: Option<(EmbeddedBroker, tempfile::TempDir)>,
     addr: String,
+    options: ConnectOptions,
     topic: String,
     client: Client,
 }
 
 impl Session {
     async fn open(target: &Target, partitions: u32) -> Result<Session, BenchError> {
-        let (embedded, addr) = match target {
+        let (embedded, addr, options) = match target {
             Target::Embedded { flush, parent } => {
                 let mut builder = tempfile::Builder::new();
                 builder.prefix("ferry-bench-");
@@ -437,16 +443,17 @@ impl Session {
                     .with_flush(*flush);
                 let broker = EmbeddedBroker::start(config).await?;
                 let addr = broker.addr_string();
-                (Some((broker, dir)), addr)
+                (Some((broker, dir)), addr, ConnectOptions::default())
             }
-            Target::Remote { addr } => (None, addr.clone()),
+            Target::Remote { addr, options } => (None, addr.clone(), options.clone()),
         };
-        let client = Client::connect(&addr).await?;
+        let client = Client::connect_with(&addr, &options).await?;
         let topic = unique_topic();
         client.create_topic(&topic, partitions).await?;
         Ok(Session {
             embedded,
             addr,
+            options,
             topic,
             client,
         })
@@ -547,7 +554,7 @@ async fn run_producers(
     let producers = if mode == DeliveryMode::ExactlyOnce {
         let mut v = Vec::with_capacity(config.producers);
         for i in 0..config.producers {
-            let client = Client::connect(&session.addr).await?;
+            let client = Client::connect_with(&session.addr, &session.options).await?;
             let mut txn = TransactionalConfig::new(format!("{}-txn-{i}", session.topic));
             txn.producer = producer_config.clone();
             v.push(TransactionalProducer::new(client, txn).await?);
@@ -556,7 +563,7 @@ async fn run_producers(
     } else {
         let mut v = Vec::with_capacity(config.producers);
         for _ in 0..config.producers {
-            let client = Client::connect(&session.addr).await?;
+            let client = Client::connect_with(&session.addr, &session.options).await?;
             v.push(Producer::new(client, producer_config.clone()).await?);
         }
         Producers::Plain(v)
@@ -909,7 +916,7 @@ async fn produce(
 }
 
 async fn new_consumer(config: &WorkloadConfig, session: &Session) -> Result<Consumer, ClientError> {
-    let client = Client::connect(&session.addr).await?;
+    let client = Client::connect_with(&session.addr, &session.options).await?;
     let mut consumer = Consumer::new(
         client,
         ConsumerConfig {

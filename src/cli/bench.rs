@@ -43,6 +43,28 @@ pub enum BenchCommand {
     /// (idempotent, exactly-once) and read_committed consume at each
     /// record size, as a markdown (or JSON) table with the ratios.
     Kafka(KafkaArgs),
+    /// What TLS costs: at-least-once produce and consume through
+    /// ferry-client on a plaintext and a TLS broker, alternating, with
+    /// TLS ÷ plaintext per cell.
+    Tls(TlsArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct TlsArgs {
+    /// Seconds each cell runs on each broker, per round.
+    #[arg(long, default_value_t = 3.0)]
+    duration: f64,
+    /// Rounds; each cell reports its median.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Record sizes, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = ferry_bench::tls::SIZES)]
+    record_sizes: Vec<usize>,
+    /// The brokers' fsync policy: always, interval=MS, or never.
+    #[arg(long, default_value = "never")]
+    fsync: FlushPolicy,
+    #[command(flatten)]
+    common: Common,
 }
 
 #[derive(Debug, clap::Args)]
@@ -239,7 +261,40 @@ pub fn run(command: BenchCommand) -> Result<ExitCode, CliError> {
         BenchCommand::Matrix(args) => run_matrix(args),
         BenchCommand::Rebalance(args) => run_rebalance(args),
         BenchCommand::Kafka(args) => run_kafka(args),
+        BenchCommand::Tls(args) => run_tls(args),
     }
+}
+
+fn run_tls(args: TlsArgs) -> Result<ExitCode, CliError> {
+    let config = ferry_bench::tls::TlsBenchConfig {
+        sizes: args.record_sizes.clone(),
+        duration: match stop(None, Some(args.duration))? {
+            RunLength::Duration(d) => d,
+            RunLength::Records(_) => unreachable!("stop() with no --records gives a duration"),
+        },
+        rounds: args.rounds,
+        flush: args.fsync,
+        parent: args.common.data_dir.clone(),
+        ..Default::default()
+    };
+    let steps = (config.sizes.len() * 2 * config.rounds) as u64;
+    let bar = cells_bar(args.common.json, steps);
+    let bench = ferry_bench::tls::TlsBench::run(&config, |i, label| {
+        bar.set_position(i as u64);
+        bar.set_message(label.to_string());
+    });
+    bar.finish_and_clear();
+    let bench = bench?;
+    if args.common.json {
+        println!("{}", serde_json::to_string(&bench)?);
+    } else {
+        println!("{}", bench.markdown());
+    }
+    Ok(if bench.failed() == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn run_kafka(args: KafkaArgs) -> Result<ExitCode, CliError> {
@@ -388,7 +443,10 @@ fn run_workload(kind: Kind, args: RunArgs) -> Result<ExitCode, CliError> {
     };
     config.validate()?;
     let target = match &args.broker {
-        Some(addr) => Target::Remote { addr: addr.clone() },
+        Some(addr) => Target::Remote {
+            addr: addr.clone(),
+            options: Default::default(),
+        },
         None => Target::Embedded {
             flush: args.fsync,
             parent: args.common.data_dir.clone(),
