@@ -600,16 +600,16 @@ fn a_broker_with_credentials_serves_only_requests_bearing_a_valid_token() {
 fn a_broker_with_tls_serves_only_clients_that_trust_its_certificate() {
     let dir = tempfile::tempdir().unwrap();
     let pki = ferry_testkit::pki::TestPki::write(dir.path());
-    let args: Vec<std::ffi::OsString> = vec![
-        "--tls-cert".into(),
-        pki.server_cert.clone().into(),
-        "--tls-key".into(),
-        pki.server_key.clone().into(),
-        "--kafka-listen".into(),
-        "off".into(),
-        "--request-header-timeout-ms".into(),
-        "500".into(),
-    ];
+    let mut args = pki.broker_flags(false);
+    args.extend(
+        [
+            "--kafka-listen",
+            "off",
+            "--request-header-timeout-ms",
+            "500",
+        ]
+        .map(Into::into),
+    );
     let broker =
         BrokerProcess::start_with_args(FERRY, dir.path().join("data"), "127.0.0.1:0", args)
             .expect("start");
@@ -699,16 +699,8 @@ fn a_broker_with_tls_serves_only_clients_that_trust_its_certificate() {
 fn mutual_tls_serves_only_clients_with_a_certificate_the_ca_signed() {
     let dir = tempfile::tempdir().unwrap();
     let pki = ferry_testkit::pki::TestPki::write(dir.path());
-    let args: Vec<std::ffi::OsString> = vec![
-        "--tls-cert".into(),
-        pki.server_cert.clone().into(),
-        "--tls-key".into(),
-        pki.server_key.clone().into(),
-        "--tls-client-ca".into(),
-        pki.ca.clone().into(),
-        "--kafka-listen".into(),
-        "off".into(),
-    ];
+    let mut args = pki.broker_flags(true);
+    args.extend(["--kafka-listen", "off"].map(Into::into));
     let broker =
         BrokerProcess::start_with_args(FERRY, dir.path().join("data"), "127.0.0.1:0", args)
             .expect("start");

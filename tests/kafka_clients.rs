@@ -415,12 +415,7 @@ fn start_tls(
     extra: Vec<std::ffi::OsString>,
 ) -> BrokerProcess {
     let mut args: Vec<std::ffi::OsString> = BROKER_FLAGS.iter().map(Into::into).collect();
-    args.extend([
-        "--tls-cert".into(),
-        pki.server_cert.clone().into_os_string(),
-        "--tls-key".into(),
-        pki.server_key.clone().into_os_string(),
-    ]);
+    args.extend(pki.broker_flags(false));
     args.extend(extra);
     BrokerProcess::start_with_args(FERRY, dir.join("data"), "127.0.0.1:0", args)
         .expect("start ferry broker")

@@ -139,15 +139,7 @@ impl KafkaBench {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        let mut dir = tempfile::Builder::new();
-        dir.prefix("ferry-bench-kafka-");
-        let dir = match &config.parent {
-            Some(p) => {
-                std::fs::create_dir_all(p)?;
-                dir.tempdir_in(p)?
-            }
-            None => dir.tempdir()?,
-        };
+        let dir = crate::temp_dir("ferry-bench-kafka-", config.parent.as_deref())?;
         let broker = rt.block_on(EmbeddedBroker::start(
             BrokerConfig::ephemeral()
                 .with_data_dir(dir.path())

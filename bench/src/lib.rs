@@ -91,6 +91,23 @@ impl Latency {
     }
 }
 
+/// A fresh temporary directory named `prefix…`, inside `parent` (created
+/// if missing) or the system's temporary directory; removed on drop.
+pub fn temp_dir(
+    prefix: &str,
+    parent: Option<&std::path::Path>,
+) -> std::io::Result<tempfile::TempDir> {
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(prefix);
+    match parent {
+        Some(p) => {
+            std::fs::create_dir_all(p)?;
+            builder.tempdir_in(p)
+        }
+        None => builder.tempdir(),
+    }
+}
+
 /// `numerator ÷ denominator`, or `None` when the denominator is not a
 /// positive finite number (a baseline that was skipped or failed).
 pub fn ratio(numerator: f64, denominator: f64) -> Option<f64> {

@@ -93,15 +93,7 @@ impl TlsBench {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        let mut dir = tempfile::Builder::new();
-        dir.prefix("ferry-bench-tls-");
-        let dir = match &config.parent {
-            Some(p) => {
-                std::fs::create_dir_all(p)?;
-                dir.tempdir_in(p)?
-            }
-            None => dir.tempdir()?,
-        };
+        let dir = crate::temp_dir("ferry-bench-tls-", config.parent.as_deref())?;
         let pki = ferry_testkit::pki::TestPki::write(dir.path());
         let broker = |name: &str, tls: bool| {
             let mut c = BrokerConfig::ephemeral()

@@ -429,15 +429,7 @@ impl Session {
     async fn open(target: &Target, partitions: u32) -> Result<Session, BenchError> {
         let (embedded, addr, options) = match target {
             Target::Embedded { flush, parent } => {
-                let mut builder = tempfile::Builder::new();
-                builder.prefix("ferry-bench-");
-                let dir = match parent {
-                    Some(p) => {
-                        std::fs::create_dir_all(p)?;
-                        builder.tempdir_in(p)?
-                    }
-                    None => builder.tempdir()?,
-                };
+                let dir = crate::temp_dir("ferry-bench-", parent.as_deref())?;
                 let config = BrokerConfig::ephemeral()
                     .with_data_dir(dir.path())
                     .with_flush(*flush);

@@ -285,15 +285,8 @@ fn run_tls(args: TlsArgs) -> Result<ExitCode, CliError> {
     });
     bar.finish_and_clear();
     let bench = bench?;
-    if args.common.json {
-        println!("{}", serde_json::to_string(&bench)?);
-    } else {
-        println!("{}", bench.markdown());
-    }
-    Ok(if bench.failed() == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
+    print_report(args.common.json, &bench, bench.failed(), || {
+        bench.markdown()
     })
 }
 
@@ -320,15 +313,28 @@ fn run_kafka(args: KafkaArgs) -> Result<ExitCode, CliError> {
     });
     bar.finish_and_clear();
     let bench = bench?;
-    if args.common.json {
-        println!("{}", serde_json::to_string(&bench)?);
+    print_report(args.common.json, &bench, bench.failed(), || {
+        let baseline = bench.baseline.as_ref().map_or(String::new(), |b| {
+            format!("baseline in {}:\n{}\n\n", b.dir, b.human())
+        });
+        format!("{baseline}{}", bench.markdown())
+    })
+}
+
+/// Prints a finished run as one JSON object or as its text, and exits
+/// non-zero when any record failed.
+fn print_report<T: serde::Serialize>(
+    json: bool,
+    report: &T,
+    failed: u64,
+    text: impl FnOnce() -> String,
+) -> Result<ExitCode, CliError> {
+    if json {
+        println!("{}", serde_json::to_string(report)?);
     } else {
-        if let Some(b) = &bench.baseline {
-            println!("baseline in {}:\n{}\n", b.dir, b.human());
-        }
-        println!("{}", bench.markdown());
+        println!("{}", text());
     }
-    Ok(if bench.failed() == 0 {
+    Ok(if failed == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

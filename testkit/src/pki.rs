@@ -75,6 +75,21 @@ fn client_dn(cn: &str) -> DistinguishedName {
 }
 
 impl TestPki {
+    /// The `ferry broker` flags that serve TLS with these files:
+    /// `--tls-cert` and `--tls-key`, and `--tls-client-ca` when `mutual`.
+    pub fn broker_flags(&self, mutual: bool) -> Vec<std::ffi::OsString> {
+        let mut flags: Vec<std::ffi::OsString> = vec![
+            "--tls-cert".into(),
+            self.server_cert.clone().into(),
+            "--tls-key".into(),
+            self.server_key.clone().into(),
+        ];
+        if mutual {
+            flags.extend(["--tls-client-ca".into(), self.ca.clone().into()]);
+        }
+        flags
+    }
+
     /// Generates a fresh PKI and writes its files into `dir`.
     pub fn write(dir: &Path) -> TestPki {
         let root = ca("Ferry test CA");
