@@ -392,6 +392,28 @@ fn records_produced_with_every_codec_survive_a_kill_9_and_read_back() {
     assert!(broker.sigterm().unwrap().success());
 }
 
+/// Runs `ferry produce TOPIC --broker ADDR` with one environment variable
+/// set (how a user passes a token or a CA without a flag), feeding `input`.
+fn produce_with_env(
+    addr: &str,
+    topic: &str,
+    (key, value): (&str, &str),
+    input: &str,
+) -> std::process::Output {
+    Command::new(FERRY)
+        .args(["produce", topic, "--broker", addr])
+        .env(key, value)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            c.stdin.take().unwrap().write_all(input.as_bytes())?;
+            c.wait_with_output()
+        })
+        .unwrap()
+}
+
 fn user(args: &[&str], file: &std::path::Path, stdin: &str) -> std::process::Output {
     use std::io::Write as _;
     let mut child = Command::new(FERRY)
@@ -513,18 +535,7 @@ fn a_broker_with_credentials_serves_only_requests_bearing_a_valid_token() {
         limit,
     );
     assert!(created.status.success(), "{created:?}");
-    let with_env = Command::new(FERRY)
-        .args(["produce", "t", "--broker", broker.addr()])
-        .env("FERRY_TOKEN", &token)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .and_then(|mut c| {
-            c.stdin.take().unwrap().write_all(b"a\nb\n")?;
-            c.wait_with_output()
-        })
-        .unwrap();
+    let with_env = produce_with_env(broker.addr(), "t", ("FERRY_TOKEN", &token), "a\nb\n");
     assert!(with_env.status.success(), "{with_env:?}");
 
     for (extra, says) in [
@@ -628,18 +639,7 @@ fn a_broker_with_tls_serves_only_clients_that_trust_its_certificate() {
         limit,
     );
     assert!(created.status.success(), "{created:?}");
-    let produced = Command::new(FERRY)
-        .args(["produce", "t", "--broker", broker.addr()])
-        .env("FERRY_TLS_CA", ca)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .and_then(|mut c| {
-            c.stdin.take().unwrap().write_all(b"a\nb\n")?;
-            c.wait_with_output()
-        })
-        .unwrap();
+    let produced = produce_with_env(broker.addr(), "t", ("FERRY_TLS_CA", ca), "a\nb\n");
     assert!(produced.status.success(), "{produced:?}");
     let consumed = ferry_within(
         broker.addr(),

@@ -99,25 +99,10 @@ pub(crate) async fn serve(
 ) {
     let advertised = Arc::new(advertised);
     let handshake_timeout = Duration::from_millis(state.config().request_header_timeout_ms);
-    let max = state.config().limits.max_connections;
-    let permits = Arc::new(Semaphore::new(max));
+    let permits = Arc::new(Semaphore::new(state.config().limits.max_connections));
     loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "kafka accept failed");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                continue;
-            }
-        };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            metrics::counter!("ferry_connections_refused_total").increment(1);
-            tracing::warn!(%peer, limit = max, "connection limit reached; closing new Kafka connection");
-            continue;
-        };
-        if let Err(e) = stream.set_nodelay(true) {
-            tracing::warn!(error = %e, "cannot set TCP_NODELAY");
-        }
+        let (stream, peer, permit) =
+            crate::server::accept_within_limit(&listener, &permits, "Kafka").await;
         let state = state.clone();
         let advertised = advertised.clone();
         let credentials = credentials.clone();
