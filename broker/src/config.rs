@@ -116,6 +116,12 @@ pub struct BrokerConfig {
     /// it, TLS is mutual and a certificate's subject is its client's
     /// principal.
     pub tls_client_ca: Option<PathBuf>,
+    /// The ACL file (`docs/security.md`); by default `acls.toml` in the
+    /// data dir. Enforced only when the broker authenticates its clients.
+    pub acl_file: Option<PathBuf>,
+    /// Principals (`NAME` or `User:NAME`) allowed everything, whatever
+    /// the ACLs say (Kafka's `super.users`).
+    pub super_users: Vec<String>,
 }
 
 /// Default `request_header_timeout_ms`.
@@ -157,6 +163,8 @@ impl Default for BrokerConfig {
             tls_cert: None,
             tls_key: None,
             tls_client_ca: None,
+            acl_file: None,
+            super_users: Vec::new(),
         }
     }
 }
@@ -248,6 +256,12 @@ impl BrokerConfig {
         }
         if let Some(v) = file.tls_client_ca {
             self.tls_client_ca = Some(v);
+        }
+        if let Some(v) = file.acl_file {
+            self.acl_file = Some(v);
+        }
+        if let Some(v) = file.super_users {
+            self.super_users = v;
         }
         if let Some(v) = file.default_partitions {
             self.default_partitions = v;
@@ -367,6 +381,19 @@ impl BrokerConfig {
                 "--tls-client-ca needs --tls-cert and --tls-key: mutual TLS is TLS first".into(),
             ));
         }
+        if !self.authenticates() && (self.acl_file.is_some() || !self.super_users.is_empty()) {
+            return Err(BrokerError::Config(
+                "--acls and --super-user need authentication (--credentials or --tls-client-ca): \
+                 without it every client is anonymous and no ACL could name one"
+                    .into(),
+            ));
+        }
+        if self.super_users.len() > crate::auth::acl::MAX_SUPER_USERS {
+            return Err(BrokerError::Config(format!(
+                "at most {} super users",
+                crate::auth::acl::MAX_SUPER_USERS
+            )));
+        }
         self.check_anonymous_exposure()?;
         if self.group_initial_rebalance_delay_ms > crate::group::MAX_REBALANCE_TIMEOUT_MS {
             return Err(BrokerError::Config(format!(
@@ -379,11 +406,25 @@ impl BrokerConfig {
 }
 
 impl BrokerConfig {
+    /// Whether the gRPC and Kafka listeners authenticate their clients
+    /// (a credentials file, or mutual TLS); if so, every request is
+    /// authorized against the ACLs.
+    pub fn authenticates(&self) -> bool {
+        self.credentials_file.is_some() || self.tls_client_ca.is_some()
+    }
+
+    /// The ACL file in force: `acl_file`, or `acls.toml` in the data dir.
+    pub fn acl_path(&self) -> PathBuf {
+        self.acl_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("acls.toml"))
+    }
+
     /// The listeners, each with the flag that sets it and whether it
     /// authenticates its clients (gRPC and Kafka do with a credentials
     /// file or with mutual TLS; the metrics endpoint never does).
     fn listeners(&self) -> impl Iterator<Item = (&'static str, SocketAddr, bool)> {
-        let authenticates = self.credentials_file.is_some() || self.tls_client_ca.is_some();
+        let authenticates = self.authenticates();
         [
             ("--listen", Some(self.listen), authenticates),
             ("--kafka-listen", self.kafka_listen, authenticates),
@@ -448,6 +489,8 @@ struct FileConfig {
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     tls_client_ca: Option<PathBuf>,
+    acl_file: Option<PathBuf>,
+    super_users: Option<Vec<String>>,
     limits: Option<FileLimits>,
 }
 

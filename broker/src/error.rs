@@ -122,6 +122,9 @@ pub enum BrokerError {
     /// The log refused the operation.
     #[error(transparent)]
     Storage(#[from] StorageError),
+    /// No ACL allows what the caller asked.
+    #[error("not authorized: {0}")]
+    Unauthorized(#[from] crate::auth::acl::Denied),
     /// The broker is stopping.
     #[error("the broker is shutting down")]
     ShuttingDown,
@@ -161,6 +164,7 @@ impl BrokerError {
             BrokerError::BatchTooLarge { .. } => ErrorCode::MessageTooLarge,
             BrokerError::InvalidRequest(_) | BrokerError::Config(_) => ErrorCode::InvalidRequest,
             BrokerError::ShuttingDown => ErrorCode::BrokerShuttingDown,
+            BrokerError::Unauthorized(_) => ErrorCode::AuthorizationFailed,
             BrokerError::ProducerQuota { .. } => ErrorCode::ProducerIdQuotaExceeded,
             BrokerError::InvalidTxnState(_) => ErrorCode::InvalidTxnState,
             BrokerError::ProducerFenced { .. } => ErrorCode::ProducerFenced,

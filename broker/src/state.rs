@@ -11,6 +11,8 @@ use ferry_storage::{AppendInfo, FlushPolicy};
 use futures::future::select_all;
 use tokio::sync::{Notify, watch};
 
+use crate::auth::acl::{Authorizer, Caller};
+use crate::auth::actions::Action;
 use crate::config::{BrokerConfig, MAX_FETCH_WAIT_MS};
 use crate::data_dir;
 use crate::error::BrokerError;
@@ -147,6 +149,7 @@ pub struct BrokerState {
     coordinator: Coordinator,
     groups: GroupCoordinator,
     inflight: Arc<Inflight>,
+    authorizer: Authorizer,
     shutting_down: AtomicBool,
     shutdown_tx: watch::Sender<bool>,
     _lock: std::fs::File,
@@ -168,6 +171,15 @@ impl BrokerState {
     /// Opens (and recovers) everything under the configured data dir.
     pub fn open(config: BrokerConfig) -> Result<BrokerState, BrokerError> {
         config.validate()?;
+        // Read before the data dir is touched: a bad file stops the broker
+        // before it does anything.
+        let authorizer = if config.authenticates() {
+            Authorizer::open(&config.acl_path(), &config.super_users).map_err(|e| {
+                BrokerError::Config(format!("--acls {}: {e}", config.acl_path().display()))
+            })?
+        } else {
+            Authorizer::disabled()
+        };
         let dir = &config.data_dir;
         std::fs::create_dir_all(dir).map_err(|source| BrokerError::Io {
             op: "create data dir",
@@ -212,6 +224,7 @@ impl BrokerState {
             coordinator,
             groups,
             inflight: Arc::default(),
+            authorizer,
             shutting_down: AtomicBool::new(false),
             shutdown_tx,
             _lock: lock,
@@ -221,6 +234,23 @@ impl BrokerState {
     /// The configuration in force.
     pub fn config(&self) -> &BrokerConfig {
         &self.config
+    }
+
+    /// The ACLs and the decisions made with them.
+    pub fn acls(&self) -> &Authorizer {
+        &self.authorizer
+    }
+
+    /// The one authorization check both front ends make: whether `caller`
+    /// may take `action` ([`Action`] says what each one needs).
+    pub fn authorize(&self, caller: &Caller, action: Action<'_>) -> Result<(), BrokerError> {
+        Ok(self.authorizer.check(caller, action)?)
+    }
+
+    /// Whether `caller` may take `action`, without logging a refusal: for
+    /// listings, which leave out what the caller may not see.
+    pub fn may(&self, caller: &Caller, action: Action<'_>) -> bool {
+        self.authorizer.allows(caller, action)
     }
 
     /// Marks a request as being handled until the guard drops; shutdown

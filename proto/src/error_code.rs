@@ -91,11 +91,15 @@ pub enum ErrorCode {
     /// wrong bearer token). Definite, and not retried: the same request
     /// fails the same way until the client is given a valid credential.
     AuthenticationFailed = 38,
+    /// The caller is authenticated but no ACL allows what it asked (or
+    /// one denies it). Definite, and not retried: the same request fails
+    /// the same way until an ACL changes.
+    AuthorizationFailed = 39,
 }
 
 impl ErrorCode {
     /// Every code, in numeric order.
-    pub const ALL: [ErrorCode; 39] = [
+    pub const ALL: [ErrorCode; 40] = [
         ErrorCode::None,
         ErrorCode::Unknown,
         ErrorCode::CorruptMessage,
@@ -135,6 +139,7 @@ impl ErrorCode {
         ErrorCode::InvalidSessionTimeout,
         ErrorCode::TooManyGroups,
         ErrorCode::AuthenticationFailed,
+        ErrorCode::AuthorizationFailed,
     ];
 
     /// The code's wire number.
@@ -221,6 +226,7 @@ impl ErrorCode {
             ErrorCode::InvalidSessionTimeout => "invalid_session_timeout",
             ErrorCode::TooManyGroups => "too_many_groups",
             ErrorCode::AuthenticationFailed => "authentication_failed",
+            ErrorCode::AuthorizationFailed => "authorization_failed",
         }
     }
 }
@@ -256,6 +262,7 @@ mod tests {
         assert_eq!(ErrorCode::IllegalGeneration as u32, 26);
         assert_eq!(ErrorCode::TooManyGroups as u32, 37);
         assert_eq!(ErrorCode::AuthenticationFailed as u32, 38);
+        assert_eq!(ErrorCode::AuthorizationFailed as u32, 39);
     }
 
     #[test]

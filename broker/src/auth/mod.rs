@@ -2,8 +2,11 @@
 //! credentials file (tokens and SCRAM keys, never a secret in the clear),
 //! which `ferry user` manages and the broker reads with `--credentials`;
 //! `grpc` checks bearer tokens on the gRPC listener; [`scram`] is the
-//! server's side of a SCRAM exchange, for Kafka's SASL.
+//! server's side of a SCRAM exchange, for Kafka's SASL; [`acl`] decides
+//! what an authenticated principal may do.
 
+pub mod acl;
+pub mod actions;
 pub mod credentials;
 pub(crate) mod grpc;
 pub mod scram;
