@@ -13,6 +13,9 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::auth::Principal;
+use crate::auth::acl::Caller;
+use crate::auth::actions::Action;
 use crate::error::BrokerError;
 use crate::group::{CommitFence, GroupError, Join};
 use crate::state::{AckLevel, BrokerState, FetchSpec, Isolation, OffsetSpec};
@@ -31,6 +34,28 @@ impl FerryService {
     /// A service over `state`.
     pub fn new(state: Arc<BrokerState>) -> FerryService {
         FerryService { state }
+    }
+
+    /// An offset commit needs read on the group and on every topic.
+    fn authorize_commit(
+        &self,
+        who: &Caller,
+        group: &str,
+        offsets: &[(String, u32, u64)],
+    ) -> Result<(), BrokerError> {
+        self.state.authorize(who, Action::UseGroup(group))?;
+        offsets
+            .iter()
+            .try_for_each(|(topic, _, _)| self.state.authorize(who, Action::CommitTopic(topic)))
+    }
+}
+
+/// Who sent `req`, for the authorizer: the principal the interceptor
+/// found (none without authentication), and the client's address.
+fn caller<T>(req: &Request<T>) -> Caller {
+    Caller {
+        principal: req.extensions().get::<Principal>().cloned(),
+        host: crate::PeerInfo::of(req).map(|p| p.remote.ip()),
     }
 }
 
@@ -125,11 +150,15 @@ impl Ferry for FerryService {
         &self,
         request: Request<v1::CreateTopicRequest>,
     ) -> Result<Response<v1::CreateTopicResponse>, Status> {
+        let who = caller(&request);
         let req = request.into_inner();
         let state = self.state.clone();
-        let r = tokio::task::spawn_blocking(move || state.create_topic(&req.name, req.partitions))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?;
+        let r = tokio::task::spawn_blocking(move || {
+            state.authorize(&who, Action::CreateTopic(&req.name))?;
+            state.create_topic(&req.name, req.partitions)
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?;
         Ok(respond(r))
     }
 
@@ -137,22 +166,28 @@ impl Ferry for FerryService {
         &self,
         request: Request<v1::DeleteTopicRequest>,
     ) -> Result<Response<v1::DeleteTopicResponse>, Status> {
+        let who = caller(&request);
         let req = request.into_inner();
         let state = self.state.clone();
-        let r = tokio::task::spawn_blocking(move || state.delete_topic(&req.name))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?;
+        let r = tokio::task::spawn_blocking(move || {
+            state.authorize(&who, Action::DeleteTopic(&req.name))?;
+            state.delete_topic(&req.name)
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?;
         Ok(respond(r))
     }
 
     async fn list_topics(
         &self,
-        _request: Request<v1::ListTopicsRequest>,
+        request: Request<v1::ListTopicsRequest>,
     ) -> Result<Response<v1::ListTopicsResponse>, Status> {
+        let who = caller(&request);
         let topics = self
             .state
             .topics()
             .iter()
+            .filter(|t| self.state.may(&who, Action::DescribeTopic(&t.name)))
             .map(|t| v1::TopicSummary {
                 name: t.name.to_string(),
                 partitions: t.partitions.len() as u32,
@@ -168,12 +203,17 @@ impl Ferry for FerryService {
         &self,
         request: Request<v1::DescribeTopicRequest>,
     ) -> Result<Response<v1::DescribeTopicResponse>, Status> {
+        let who = caller(&request);
         let req = request.into_inner();
         let mut resp = v1::DescribeTopicResponse {
             name: req.name.clone(),
             ..Default::default()
         };
-        match self.state.topic(&req.name) {
+        match self
+            .state
+            .authorize(&who, Action::DescribeTopic(&req.name))
+            .and_then(|()| self.state.topic(&req.name))
+        {
             Err(e) => (resp.error_code, resp.error_message) = err_fields(&e),
             Ok(topic) => {
                 resp.partitions = topic
@@ -199,8 +239,16 @@ impl Ferry for FerryService {
         request: Request<v1::ProduceRequest>,
     ) -> Result<Response<v1::ProduceResponse>, Status> {
         let _busy = self.state.enter();
+        let who = caller(&request);
         let req = request.into_inner();
-        let r = match acks_of(req.acks) {
+        let allowed = self.state.authorize(
+            &who,
+            Action::Produce {
+                topic: &req.topic,
+                transactional_id: None,
+            },
+        );
+        let r = match allowed.and_then(|()| acks_of(req.acks)) {
             Ok(acks) => {
                 self.state
                     .produce(&req.topic, req.partition, &req.batch, acks)
@@ -217,6 +265,7 @@ impl Ferry for FerryService {
         &self,
         request: Request<Streaming<v1::ProduceRequest>>,
     ) -> Result<Response<Self::ProduceStreamStream>, Status> {
+        let who = caller(&request);
         let mut inbound = request.into_inner();
         let state = self.state.clone();
         let (tx, rx) = mpsc::channel(MAX_IN_FLIGHT_PER_STREAM);
@@ -231,7 +280,7 @@ impl Ferry for FerryService {
                 tokio::select! {
                     req = inbound.next(), if open && pending.len() < MAX_IN_FLIGHT_PER_STREAM => {
                         match req {
-                            Some(Ok(req)) => pending.push_back(handle_streamed(state.clone(), req)),
+                            Some(Ok(req)) => pending.push_back(handle_streamed(state.clone(), &who, req)),
                             Some(Err(status)) => {
                                 tracing::debug!(%status, "produce stream ended with an error");
                                 open = false;
@@ -258,7 +307,12 @@ impl Ferry for FerryService {
         request: Request<v1::FetchRequest>,
     ) -> Result<Response<v1::FetchResponse>, Status> {
         let _busy = self.state.enter();
+        let who = caller(&request);
         let req = request.into_inner();
+        let allowed = req
+            .partitions
+            .iter()
+            .try_for_each(|p| self.state.authorize(&who, Action::Consume(&p.topic)));
         let specs = req
             .partitions
             .into_iter()
@@ -278,10 +332,11 @@ impl Ferry for FerryService {
         } else {
             req.max_bytes as usize
         };
-        let isolation = match v1::IsolationLevel::try_from(req.isolation) {
-            Ok(v1::IsolationLevel::ReadCommitted) => Ok(Isolation::ReadCommitted),
-            Ok(v1::IsolationLevel::ReadUncommitted) => Ok(Isolation::ReadUncommitted),
-            Err(_) => Err(BrokerError::InvalidRequest(format!(
+        let isolation = match allowed.map(|()| v1::IsolationLevel::try_from(req.isolation)) {
+            Err(e) => Err(e),
+            Ok(Ok(v1::IsolationLevel::ReadCommitted)) => Ok(Isolation::ReadCommitted),
+            Ok(Ok(v1::IsolationLevel::ReadUncommitted)) => Ok(Isolation::ReadUncommitted),
+            Ok(Err(_)) => Err(BrokerError::InvalidRequest(format!(
                 "unknown isolation level {}",
                 req.isolation
             ))),
@@ -339,6 +394,7 @@ impl Ferry for FerryService {
         &self,
         request: Request<v1::ListOffsetsRequest>,
     ) -> Result<Response<v1::ListOffsetsResponse>, Status> {
+        let who = caller(&request);
         let req = request.into_inner();
         let spec = match v1::OffsetSpec::try_from(req.spec) {
             Ok(v1::OffsetSpec::Earliest) => Ok(OffsetSpec::Earliest),
@@ -349,7 +405,11 @@ impl Ferry for FerryService {
                 req.spec
             ))),
         };
-        let r = spec.and_then(|spec| self.state.list_offset(&req.topic, req.partition, spec));
+        let r = self
+            .state
+            .authorize(&who, Action::DescribeTopic(&req.topic))
+            .and(spec)
+            .and_then(|spec| self.state.list_offset(&req.topic, req.partition, spec));
         let mut resp = v1::ListOffsetsResponse::default();
         match r {
             Ok(o) => resp.offset = o,
@@ -362,9 +422,13 @@ impl Ferry for FerryService {
         &self,
         request: Request<v1::InitProducerIdRequest>,
     ) -> Result<Response<v1::InitProducerIdResponse>, Status> {
+        let who = caller(&request);
         let req = request.into_inner();
         let mut resp = v1::InitProducerIdResponse::default();
-        let r = if req.transactional_id.is_empty() {
+        let id = Some(req.transactional_id.as_str()).filter(|id| !id.is_empty());
+        let r = if let Err(e) = self.state.authorize(&who, Action::InitProducer(id)) {
+            Err(e)
+        } else if req.transactional_id.is_empty() {
             let state = self.state.clone();
             tokio::task::spawn_blocking(move || state.allocate_producer_id())
                 .await
@@ -391,6 +455,7 @@ impl Ferry for FerryService {
         request: Request<v1::AddPartitionsToTxnRequest>,
     ) -> Result<Response<v1::AddPartitionsToTxnResponse>, Status> {
         let _busy = self.state.enter();
+        let who = caller(&request);
         let req = request.into_inner();
         let parts: Vec<_> = req
             .partitions
@@ -398,6 +463,15 @@ impl Ferry for FerryService {
             .map(|tp| (tp.topic, tp.partition))
             .collect();
         let r = async {
+            let id = &req.transactional_id;
+            self.state.authorize(&who, Action::UseTransaction(id))?;
+            for (topic, _) in &parts {
+                let action = Action::Produce {
+                    topic,
+                    transactional_id: Some(id),
+                };
+                self.state.authorize(&who, action)?;
+            }
             let epoch = epoch_of(req.producer_epoch)?;
             self.state
                 .add_partitions_to_txn(&req.transactional_id, req.producer_id, epoch, &parts)
@@ -412,8 +486,12 @@ impl Ferry for FerryService {
         request: Request<v1::AddOffsetsToTxnRequest>,
     ) -> Result<Response<v1::AddOffsetsToTxnResponse>, Status> {
         let _busy = self.state.enter();
+        let who = caller(&request);
         let req = request.into_inner();
         let r = async {
+            self.state
+                .authorize(&who, Action::UseTransaction(&req.transactional_id))?;
+            self.state.authorize(&who, Action::UseGroup(&req.group))?;
             let epoch = epoch_of(req.producer_epoch)?;
             self.state
                 .add_offsets_to_txn(&req.transactional_id, req.producer_id, epoch, &req.group)
@@ -428,6 +506,7 @@ impl Ferry for FerryService {
         request: Request<v1::TxnOffsetCommitRequest>,
     ) -> Result<Response<v1::TxnOffsetCommitResponse>, Status> {
         let _busy = self.state.enter();
+        let who = caller(&request);
         let req = request.into_inner();
         let offsets: Vec<_> = req
             .offsets
@@ -435,6 +514,9 @@ impl Ferry for FerryService {
             .map(|o| (o.topic, o.partition, o.offset))
             .collect();
         let r = async {
+            self.state
+                .authorize(&who, Action::UseTransaction(&req.transactional_id))?;
+            self.authorize_commit(&who, &req.group, &offsets)?;
             let epoch = epoch_of(req.producer_epoch)?;
             self.state
                 .txn_offset_commit(
@@ -460,8 +542,11 @@ impl Ferry for FerryService {
         request: Request<v1::EndTxnRequest>,
     ) -> Result<Response<v1::EndTxnResponse>, Status> {
         let _busy = self.state.enter();
+        let who = caller(&request);
         let req = request.into_inner();
         let r = async {
+            self.state
+                .authorize(&who, Action::UseTransaction(&req.transactional_id))?;
             let epoch = epoch_of(req.producer_epoch)?;
             self.state
                 .end_txn(&req.transactional_id, req.producer_id, epoch, req.commit)
@@ -481,13 +566,18 @@ impl Ferry for FerryService {
 
     async fn list_transactions(
         &self,
-        _request: Request<v1::ListTransactionsRequest>,
+        request: Request<v1::ListTransactionsRequest>,
     ) -> Result<Response<v1::ListTransactionsResponse>, Status> {
+        let who = caller(&request);
         let now = ferry_proto::now_ms();
         let transactions = self
             .state
             .list_transactions()
             .into_iter()
+            .filter(|m| {
+                self.state
+                    .may(&who, Action::DescribeTransaction(&m.transactional_id))
+            })
             .map(|m| v1::TransactionInfo {
                 hanging: m.is_hanging(now),
                 transactional_id: m.transactional_id,
@@ -515,8 +605,12 @@ impl Ferry for FerryService {
         request: Request<v1::AbortTransactionRequest>,
     ) -> Result<Response<v1::AbortTransactionResponse>, Status> {
         let _busy = self.state.enter();
+        let who = caller(&request);
         let req = request.into_inner();
-        let r = self.state.abort_transaction(&req.transactional_id).await;
+        let r = match self.state.authorize(&who, Action::AbortTransaction) {
+            Ok(()) => self.state.abort_transaction(&req.transactional_id).await,
+            Err(e) => Err(e),
+        };
         Ok(respond(r))
     }
 
@@ -525,6 +619,7 @@ impl Ferry for FerryService {
         request: Request<v1::CommitOffsetsRequest>,
     ) -> Result<Response<v1::CommitOffsetsResponse>, Status> {
         let _busy = self.state.enter();
+        let who = caller(&request);
         let req = request.into_inner();
         let offsets: Vec<_> = req
             .offsets
@@ -536,10 +631,14 @@ impl Ferry for FerryService {
             member_id: req.member_id,
             instance_id: req.group_instance_id,
         };
-        let r = self
-            .state
-            .commit_offsets(&req.group, &offsets, &fence)
-            .await;
+        let r = match self.authorize_commit(&who, &req.group, &offsets) {
+            Ok(()) => {
+                self.state
+                    .commit_offsets(&req.group, &offsets, &fence)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
         Ok(respond(r))
     }
 
@@ -547,12 +646,20 @@ impl Ferry for FerryService {
         &self,
         request: Request<v1::FetchOffsetsRequest>,
     ) -> Result<Response<v1::FetchOffsetsResponse>, Status> {
+        let who = caller(&request);
         let req = request.into_inner();
         let mut resp = v1::FetchOffsetsResponse::default();
-        match self
+        let allowed = self
             .state
-            .fetch_offsets(&req.group, &req.topic, req.require_stable)
-        {
+            .authorize(&who, Action::DescribeGroup(&req.group))
+            .and_then(|()| {
+                self.state
+                    .authorize(&who, Action::DescribeTopic(&req.topic))
+            });
+        match allowed.and_then(|()| {
+            self.state
+                .fetch_offsets(&req.group, &req.topic, req.require_stable)
+        }) {
             Ok(offsets) => {
                 resp.offsets = offsets
                     .into_iter()
@@ -573,9 +680,8 @@ impl Ferry for FerryService {
         request: Request<v1::JoinGroupRequest>,
     ) -> Result<Response<v1::JoinGroupResponse>, Status> {
         let _busy = self.state.enter();
-        let host = crate::PeerInfo::of(&request)
-            .map(|p| p.remote.ip().to_string())
-            .unwrap_or_default();
+        let who = caller(&request);
+        let host = who.host.map(|h| h.to_string()).unwrap_or_default();
         let req = request.into_inner();
         let join = Join {
             member_id: req.member_id,
@@ -593,7 +699,11 @@ impl Ferry for FerryService {
             fresh_member_id: String::new(),
         };
         let mut resp = v1::JoinGroupResponse::default();
-        match self.state.join_group(&req.group, join).await {
+        let joined = match self.state.authorize(&who, Action::UseGroup(&req.group)) {
+            Ok(()) => self.state.join_group(&req.group, join).await,
+            Err(e) => Err(e),
+        };
+        match joined {
             Ok(r) => {
                 resp.generation_id = r.generation;
                 resp.protocol_name = r.protocol_name;
@@ -627,24 +737,30 @@ impl Ferry for FerryService {
         request: Request<v1::SyncGroupRequest>,
     ) -> Result<Response<v1::SyncGroupResponse>, Status> {
         let _busy = self.state.enter();
+        let who = caller(&request);
         let req = request.into_inner();
         let assignments = req
             .assignments
             .into_iter()
             .map(|a| (a.member_id, a.assignment.to_vec()))
             .collect();
-        let r = self
-            .state
-            .sync_group(
-                &req.group,
-                &req.member_id,
-                &req.group_instance_id,
-                req.generation_id,
-                &req.protocol_type,
-                &req.protocol_name,
-                assignments,
-            )
-            .await;
+        let allowed = self.state.authorize(&who, Action::UseGroup(&req.group));
+        let r = match allowed {
+            Err(e) => Err(e),
+            Ok(()) => {
+                self.state
+                    .sync_group(
+                        &req.group,
+                        &req.member_id,
+                        &req.group_instance_id,
+                        req.generation_id,
+                        &req.protocol_type,
+                        &req.protocol_name,
+                        assignments,
+                    )
+                    .await
+            }
+        };
         let mut resp = v1::SyncGroupResponse::default();
         match r {
             Ok(r) => {
@@ -661,16 +777,21 @@ impl Ferry for FerryService {
         request: Request<v1::HeartbeatRequest>,
     ) -> Result<Response<v1::HeartbeatResponse>, Status> {
         let _busy = self.state.enter();
+        let who = caller(&request);
         let req = request.into_inner();
-        let r = self
-            .state
-            .heartbeat(
-                &req.group,
-                &req.member_id,
-                &req.group_instance_id,
-                req.generation_id,
-            )
-            .await;
+        let r = match self.state.authorize(&who, Action::UseGroup(&req.group)) {
+            Ok(()) => {
+                self.state
+                    .heartbeat(
+                        &req.group,
+                        &req.member_id,
+                        &req.group_instance_id,
+                        req.generation_id,
+                    )
+                    .await
+            }
+            Err(e) => Err(e),
+        };
         Ok(respond(r))
     }
 
@@ -679,6 +800,7 @@ impl Ferry for FerryService {
         request: Request<v1::LeaveGroupRequest>,
     ) -> Result<Response<v1::LeaveGroupResponse>, Status> {
         let _busy = self.state.enter();
+        let who = caller(&request);
         let req = request.into_inner();
         let members = req
             .members
@@ -686,7 +808,11 @@ impl Ferry for FerryService {
             .map(|m| (m.member_id, m.group_instance_id))
             .collect();
         let mut resp = v1::LeaveGroupResponse::default();
-        match self.state.leave_group(&req.group, members).await {
+        let left = match self.state.authorize(&who, Action::UseGroup(&req.group)) {
+            Ok(()) => self.state.leave_group(&req.group, members).await,
+            Err(e) => Err(e),
+        };
+        match left {
             Ok(results) => {
                 resp.members = results
                     .into_iter()
@@ -706,13 +832,15 @@ impl Ferry for FerryService {
 
     async fn list_groups(
         &self,
-        _request: Request<v1::ListGroupsRequest>,
+        request: Request<v1::ListGroupsRequest>,
     ) -> Result<Response<v1::ListGroupsResponse>, Status> {
+        let who = caller(&request);
         let groups = self
             .state
             .list_groups()
             .await
             .into_iter()
+            .filter(|g| self.state.may(&who, Action::DescribeGroup(&g.name)))
             .map(|g| v1::GroupSummary {
                 state: g.state.name().to_string(),
                 members: g.members.len() as u32,
@@ -730,12 +858,20 @@ impl Ferry for FerryService {
         &self,
         request: Request<v1::DescribeGroupRequest>,
     ) -> Result<Response<v1::DescribeGroupResponse>, Status> {
+        let who = caller(&request);
         let req = request.into_inner();
         let mut resp = v1::DescribeGroupResponse {
             group: req.group.clone(),
             ..Default::default()
         };
-        match self.state.describe_group(&req.group).await {
+        let described = match self
+            .state
+            .authorize(&who, Action::DescribeGroup(&req.group))
+        {
+            Ok(()) => self.state.describe_group(&req.group).await,
+            Err(e) => Err(e),
+        };
+        match described {
             Ok(g) => {
                 resp.state = g.state.name().to_string();
                 resp.generation_id = g.generation;
@@ -765,8 +901,14 @@ impl Ferry for FerryService {
         request: Request<v1::DeleteGroupRequest>,
     ) -> Result<Response<v1::DeleteGroupResponse>, Status> {
         let _busy = self.state.enter();
+        let who = caller(&request);
         let req = request.into_inner();
-        Ok(respond(self.state.delete_group(&req.group).await))
+        Ok(respond(
+            match self.state.authorize(&who, Action::DeleteGroup(&req.group)) {
+                Ok(()) => self.state.delete_group(&req.group).await,
+                Err(e) => Err(e),
+            },
+        ))
     }
 }
 
@@ -774,12 +916,20 @@ impl Ferry for FerryService {
 /// response; `None` means no response is due (acks = none, success).
 fn handle_streamed(
     state: Arc<BrokerState>,
+    who: &Caller,
     req: v1::ProduceRequest,
 ) -> impl std::future::Future<Output = Option<v1::ProduceResponse>> + Send {
     let started = Instant::now();
     let busy = state.enter();
     let id = req.correlation_id;
-    let appended = acks_of(req.acks).and_then(|acks| {
+    let allowed = state.authorize(
+        who,
+        Action::Produce {
+            topic: &req.topic,
+            transactional_id: None,
+        },
+    );
+    let appended = allowed.and_then(|()| acks_of(req.acks)).and_then(|acks| {
         state
             .append(&req.topic, req.partition, &req.batch)
             .map(|(p, info)| (p, info, acks))
