@@ -168,6 +168,8 @@ fn default_request(c: &mut Raw, key: ApiKey, version: i16) -> Option<(i32, Bytes
         CreatePartitions => CreatePartitionsRequest, DescribeProducers => DescribeProducersRequest,
         DescribeCluster => DescribeClusterRequest, DescribeTransactions => DescribeTransactionsRequest,
         ListTransactions => ListTransactionsRequest,
+        DescribeAcls => DescribeAclsRequest, CreateAcls => CreateAclsRequest,
+        DeleteAcls => DeleteAclsRequest,
         SaslHandshake => SaslHandshakeRequest, SaslAuthenticate => SaslAuthenticateRequest,
     }
 }
@@ -517,6 +519,7 @@ async fn an_unauthenticated_kafka_connection_may_only_authenticate() {
     creds.save(&file).unwrap();
     let b = EmbeddedBroker::start(BrokerConfig {
         credentials_file: Some(file),
+        super_users: vec!["alice".into()],
         ..BrokerConfig::ephemeral()
     })
     .await

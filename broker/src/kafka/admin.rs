@@ -28,6 +28,7 @@ use kafka_protocol::messages::describe_producers_response::{
 use super::conn::Ctx;
 use super::errors::code;
 use super::metadata::{str, topic_name};
+use crate::auth::actions::Action;
 use crate::error::BrokerError;
 
 /// DescribeConfigs resource types.
@@ -60,7 +61,11 @@ pub(crate) async fn create_topics(cx: &Ctx<'_>, req: CreateTopicsRequest) -> Cre
                 max: crate::config::MAX_PARTITIONS_PER_TOPIC,
             }),
         };
-        let outcome = if !t.assignments.is_empty() {
+        let outcome = if let Err(e) = cx.authorize(Action::CreateTopic(&name)) {
+            r.error_code = cx.code(&e);
+            r.error_message = Some(str(&e.to_string()));
+            None
+        } else if !t.assignments.is_empty() {
             r.error_code = cx.raw(code::INVALID_REQUEST);
             r.error_message = Some(str(
                 "replica assignments are not supported: one broker holds every partition",
@@ -161,7 +166,10 @@ pub(crate) async fn delete_topics(cx: &Ctx<'_>, req: DeleteTopicsRequest) -> Del
                 r.name = Some(topic_name(&name));
                 let s = cx.state().clone();
                 let owned = name.clone();
-                let result = blocking(move || s.delete_topic(&owned)).await;
+                let result = match cx.authorize(Action::DeleteTopic(&name)) {
+                    Ok(()) => blocking(move || s.delete_topic(&owned)).await,
+                    Err(e) => Err(e),
+                };
                 if let Err(e) = result {
                     r.error_code = cx.code(&e);
                     if cx.version >= 5 {
@@ -265,7 +273,10 @@ pub(crate) async fn describe_configs(
         out.resource_type = res.resource_type;
         out.resource_name = res.resource_name.clone();
         let configs = match res.resource_type {
-            RESOURCE_TOPIC => match cx.state().topic(res.resource_name.as_str()) {
+            RESOURCE_TOPIC => match cx
+                .authorize(Action::DescribeTopicConfigs(res.resource_name.as_str()))
+                .and_then(|()| cx.state().topic(res.resource_name.as_str()))
+            {
                 Ok(_) => Some(topic_configs(cx)),
                 Err(e) => {
                     out.error_code = cx.code(&e);
@@ -277,7 +288,14 @@ pub(crate) async fn describe_configs(
                 if res.resource_name.is_empty()
                     || res.resource_name.as_str() == super::NODE_ID.to_string() =>
             {
-                Some(broker_configs(cx))
+                match cx.authorize(Action::DescribeClusterConfigs) {
+                    Ok(()) => Some(broker_configs(cx)),
+                    Err(e) => {
+                        out.error_code = cx.code(&e);
+                        out.error_message = Some(str(&e.to_string()));
+                        None
+                    }
+                }
             }
             other => {
                 out.error_code = cx.raw(code::INVALID_REQUEST);
@@ -321,7 +339,9 @@ pub(crate) async fn create_partitions(
         let name = t.name.0.to_string();
         let mut r = CreatePartitionsTopicResult::default();
         r.name = t.name.clone();
-        let result = if t.assignments.as_ref().is_some_and(|a| !a.is_empty()) {
+        let result = if let Err(e) = cx.authorize(Action::AlterTopic(&name)) {
+            Err(e)
+        } else if t.assignments.as_ref().is_some_and(|a| !a.is_empty()) {
             Err(BrokerError::InvalidRequest(
                 "replica assignments are not supported: one broker holds every partition".into(),
             ))
@@ -374,7 +394,10 @@ pub(crate) async fn describe_producers(
                     topic: t.name.0.to_string(),
                     partition: 0,
                 })
-                .and_then(|pi| cx.state().partition(t.name.0.as_str(), pi));
+                .and_then(|pi| {
+                    cx.authorize(Action::Consume(t.name.0.as_str()))?;
+                    cx.state().partition(t.name.0.as_str(), pi)
+                });
             match found {
                 Err(e) => {
                     pr.error_code = cx.code(&e);

@@ -141,6 +141,26 @@ impl Ctx<'_> {
         &self.conn.state
     }
 
+    /// Who the connection is, for the authorizer: the user SASL
+    /// authenticated, else the subject of the client's certificate, else
+    /// nobody; and the client's address.
+    pub fn caller(&self) -> crate::auth::acl::Caller {
+        let principal = match &*self.conn.sasl.lock() {
+            super::sasl::Sasl::Done(p) => Some(p.clone()),
+            _ => self.conn.link.certified.clone(),
+        };
+        crate::auth::acl::Caller {
+            principal,
+            host: Some(self.conn.link.peer.ip()),
+        }
+    }
+
+    /// Whether the caller may take `action`; the refusal is a broker
+    /// error whose Kafka number names the kind of resource.
+    pub fn authorize(&self, action: crate::auth::actions::Action<'_>) -> Result<(), BrokerError> {
+        self.state().authorize(&self.caller(), action)
+    }
+
     /// Kafka's number for `e`, counted as one error of this request.
     pub fn code(&self, e: &BrokerError) -> i16 {
         self.errors.fetch_add(1, Ordering::Relaxed);

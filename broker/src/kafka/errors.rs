@@ -26,6 +26,9 @@ pub(crate) mod code {
     pub const UNKNOWN_MEMBER_ID: i16 = 25;
     pub const INVALID_SESSION_TIMEOUT: i16 = 26;
     pub const REBALANCE_IN_PROGRESS: i16 = 27;
+    pub const TOPIC_AUTHORIZATION_FAILED: i16 = 29;
+    pub const GROUP_AUTHORIZATION_FAILED: i16 = 30;
+    pub const CLUSTER_AUTHORIZATION_FAILED: i16 = 31;
     pub const UNSUPPORTED_VERSION: i16 = 35;
     pub const UNSUPPORTED_SASL_MECHANISM: i16 = 33;
     pub const ILLEGAL_SASL_STATE: i16 = 34;
@@ -39,6 +42,8 @@ pub(crate) mod code {
     pub const INVALID_TXN_STATE: i16 = 48;
     pub const INVALID_TRANSACTION_TIMEOUT: i16 = 50;
     pub const CONCURRENT_TRANSACTIONS: i16 = 51;
+    pub const TRANSACTIONAL_ID_AUTHORIZATION_FAILED: i16 = 53;
+    pub const SECURITY_DISABLED: i16 = 54;
     pub const KAFKA_STORAGE_ERROR: i16 = 56;
     pub const SASL_AUTHENTICATION_FAILED: i16 = 58;
     pub const UNKNOWN_PRODUCER_ID: i16 = 59;
@@ -106,12 +111,30 @@ pub(crate) fn kafka_code(c: ErrorCode) -> i16 {
         ErrorCode::InvalidSessionTimeout => INVALID_SESSION_TIMEOUT,
         ErrorCode::TooManyGroups => UNKNOWN_SERVER_ERROR,
         ErrorCode::AuthenticationFailed => SASL_AUTHENTICATION_FAILED,
+        // Kafka has one number per kind of resource; [`of`] picks it from
+        // the refusal. Without one, the cluster's.
+        ErrorCode::AuthorizationFailed => CLUSTER_AUTHORIZATION_FAILED,
+    }
+}
+
+/// Kafka's number for a refusal of the authorizer: one per kind of
+/// resource.
+pub(crate) fn denied(d: &crate::auth::acl::Denied) -> i16 {
+    use crate::auth::acl::ResourceType;
+    match d.resource {
+        ResourceType::Topic => code::TOPIC_AUTHORIZATION_FAILED,
+        ResourceType::Group => code::GROUP_AUTHORIZATION_FAILED,
+        ResourceType::TransactionalId => code::TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
+        ResourceType::Cluster => code::CLUSTER_AUTHORIZATION_FAILED,
     }
 }
 
 /// Kafka's number for a broker error.
 pub(crate) fn of(e: &BrokerError) -> i16 {
-    kafka_code(e.code())
+    match e {
+        BrokerError::Unauthorized(d) => denied(d),
+        _ => kafka_code(e.code()),
+    }
 }
 
 #[cfg(test)]

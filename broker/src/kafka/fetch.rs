@@ -27,6 +27,7 @@ use super::conn::{Close, Ctx};
 use super::errors::code;
 use super::frame::Frame;
 use super::metadata::topic_name;
+use crate::auth::actions::Action;
 use crate::config::MAX_FETCH_WAIT_MS;
 use crate::error::BrokerError;
 use crate::state::{FetchSpec, Isolation, OffsetSpec};
@@ -55,7 +56,15 @@ pub(crate) async fn fetch(cx: &Ctx<'_>, req: FetchRequest) -> FetchResponse {
     let mut early: Vec<(String, i32, i16)> = Vec::new();
     for t in &req.topics {
         let topic = t.topic.0.to_string();
+        let denied = cx
+            .authorize(Action::Consume(&topic))
+            .err()
+            .map(|e| super::errors::of(&e));
         for p in &t.partitions {
+            if let Some(code) = denied {
+                early.push((topic.clone(), p.partition, code));
+                continue;
+            }
             match (u32::try_from(p.partition), u64::try_from(p.fetch_offset)) {
                 (Ok(partition), Ok(offset)) => specs.push(FetchSpec {
                     topic: topic.clone(),
@@ -161,6 +170,7 @@ fn list_one(
         topic: topic.to_string(),
         partition: 0,
     };
+    cx.authorize(Action::DescribeTopic(topic))?;
     let partition = u32::try_from(partition).map_err(|_| unknown())?;
     let state = cx.state();
     match timestamp {
@@ -245,7 +255,10 @@ pub(crate) async fn offset_for_leader_epoch(
                             topic: t.topic.0.to_string(),
                             partition: 0,
                         })
-                        .and_then(|pi| cx.state().partition(t.topic.0.as_str(), pi));
+                        .and_then(|pi| {
+                            cx.authorize(Action::DescribeTopic(t.topic.0.as_str()))?;
+                            cx.state().partition(t.topic.0.as_str(), pi)
+                        });
                     match found {
                         Ok(part) => {
                             e.leader_epoch = 0;

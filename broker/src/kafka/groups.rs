@@ -43,6 +43,7 @@ use kafka_protocol::protocol::StrBytes;
 use super::conn::Ctx;
 use super::errors::code;
 use super::metadata::{str, topic_name};
+use crate::auth::actions::Action;
 use crate::error::BrokerError;
 use crate::group::{CommitFence, GroupError, GroupState, Join};
 
@@ -92,7 +93,10 @@ pub(crate) async fn join_group(cx: &Ctx<'_>, req: JoinGroupRequest) -> JoinGroup
         fresh_member_id: String::new(),
     };
     let _busy = cx.state().enter();
-    let mut r = cx.state().join_group(&group, join.clone()).await;
+    let mut r = match cx.authorize(Action::UseGroup(&group)) {
+        Ok(()) => cx.state().join_group(&group, join.clone()).await,
+        Err(e) => Err(e),
+    };
     if cx.version < 4
         && let Err(BrokerError::Group(GroupError::MemberIdRequired(id))) = &r
     {
@@ -139,6 +143,11 @@ pub(crate) async fn join_group(cx: &Ctx<'_>, req: JoinGroupRequest) -> JoinGroup
 
 pub(crate) async fn sync_group(cx: &Ctx<'_>, req: SyncGroupRequest) -> SyncGroupResponse {
     let _busy = cx.state().enter();
+    if let Err(e) = cx.authorize(Action::UseGroup(req.group_id.0.as_str())) {
+        let mut resp = SyncGroupResponse::default();
+        resp.error_code = cx.code(&e);
+        return resp;
+    }
     let r = cx
         .state()
         .sync_group(
@@ -170,6 +179,11 @@ pub(crate) async fn sync_group(cx: &Ctx<'_>, req: SyncGroupRequest) -> SyncGroup
 
 pub(crate) async fn heartbeat(cx: &Ctx<'_>, req: HeartbeatRequest) -> HeartbeatResponse {
     let _busy = cx.state().enter();
+    if let Err(e) = cx.authorize(Action::UseGroup(req.group_id.0.as_str())) {
+        let mut resp = HeartbeatResponse::default();
+        resp.error_code = cx.code(&e);
+        return resp;
+    }
     let r = cx
         .state()
         .heartbeat(
@@ -195,11 +209,15 @@ pub(crate) async fn leave_group(cx: &Ctx<'_>, req: LeaveGroupRequest) -> LeaveGr
     };
     let _busy = cx.state().enter();
     let mut resp = LeaveGroupResponse::default();
-    match cx
-        .state()
-        .leave_group(req.group_id.0.as_str(), members)
-        .await
-    {
+    let left = match cx.authorize(Action::UseGroup(req.group_id.0.as_str())) {
+        Ok(()) => {
+            cx.state()
+                .leave_group(req.group_id.0.as_str(), members)
+                .await
+        }
+        Err(e) => Err(e),
+    };
+    match left {
         Ok(results) => {
             if cx.version >= 3 {
                 resp.members = results
@@ -233,9 +251,19 @@ pub(crate) async fn offset_commit(cx: &Ctx<'_>, req: OffsetCommitRequest) -> Off
     let group = req.group_id.0.to_string();
     let mut offsets = Vec::new();
     let mut refused: BTreeMap<(String, i32), BrokerError> = BTreeMap::new();
+    let caller = cx.caller();
     for t in &req.topics {
+        let topic_denied = cx
+            .state()
+            .acls()
+            .check(&caller, Action::CommitTopic(t.name.0.as_str()))
+            .err();
         for p in &t.partitions {
             let key = (t.name.0.to_string(), p.partition_index);
+            if let Some(d) = &topic_denied {
+                refused.insert(key, BrokerError::Unauthorized(d.clone()));
+                continue;
+            }
             match (
                 u32::try_from(p.partition_index),
                 offset_of(p.committed_offset),
@@ -262,7 +290,10 @@ pub(crate) async fn offset_commit(cx: &Ctx<'_>, req: OffsetCommitRequest) -> Off
         instance_id: opt(&req.group_instance_id),
     };
     let _busy = cx.state().enter();
-    let r = cx.state().commit_offsets(&group, &offsets, &fence).await;
+    let r = match cx.authorize(Action::UseGroup(&group)) {
+        Ok(()) => cx.state().commit_offsets(&group, &offsets, &fence).await,
+        Err(e) => Err(e),
+    };
     let mut resp = OffsetCommitResponse::default();
     resp.topics = req
         .topics
@@ -302,18 +333,29 @@ fn fetch_group(
     require_stable: bool,
 ) -> Result<Vec<TopicOffsets>, BrokerError> {
     let state = cx.state();
+    cx.authorize(Action::DescribeGroup(group))?;
+    let caller = cx.caller();
     let topics = match topics {
         Some(t) => t,
+        // Every topic the group committed to that the caller may see.
         None => {
             let mut by_topic: BTreeMap<String, Vec<i32>> = BTreeMap::new();
             for (topic, partition, _) in state.group_offsets(group) {
                 by_topic.entry(topic).or_default().push(partition as i32);
             }
-            by_topic.into_iter().collect()
+            by_topic
+                .into_iter()
+                .filter(|(t, _)| state.may(&caller, Action::DescribeTopic(t)))
+                .collect()
         }
     };
     let mut out = Vec::with_capacity(topics.len());
     for (topic, partitions) in topics {
+        if let Err(e) = state.authorize(&caller, Action::DescribeTopic(&topic)) {
+            let code = cx.code(&e);
+            out.push((topic, partitions.iter().map(|p| (*p, -1, code)).collect()));
+            continue;
+        }
         let committed: BTreeMap<u32, u64> = match state.fetch_offsets(group, &topic, require_stable)
         {
             Ok(c) => c.into_iter().collect(),
@@ -428,12 +470,14 @@ pub(crate) async fn offset_fetch(cx: &Ctx<'_>, req: OffsetFetchRequest) -> Offse
 pub(crate) async fn list_groups(cx: &Ctx<'_>, req: ListGroupsRequest) -> ListGroupsResponse {
     let mut resp = ListGroupsResponse::default();
     let wanted: Vec<String> = req.states_filter.iter().map(|s| s.to_lowercase()).collect();
+    let caller = cx.caller();
     resp.groups = cx
         .state()
         .list_groups()
         .await
         .into_iter()
         .filter(|g| wanted.is_empty() || wanted.contains(&state_name(g.state).to_lowercase()))
+        .filter(|g| cx.state().may(&caller, Action::DescribeGroup(&g.name)))
         .map(|g| {
             let mut l = ListedGroup::default();
             l.group_id = GroupId(str(&g.name));
@@ -455,7 +499,11 @@ pub(crate) async fn describe_groups(
     for id in &req.groups {
         let mut d = DescribedGroup::default();
         d.group_id = id.clone();
-        match cx.state().describe_group(id.0.as_str()).await {
+        let described = match cx.authorize(Action::DescribeGroup(id.0.as_str())) {
+            Ok(()) => cx.state().describe_group(id.0.as_str()).await,
+            Err(e) => Err(e),
+        };
+        match described {
             Ok(g) => {
                 d.group_state = str(state_name(g.state));
                 d.protocol_type = str(&g.protocol_type);
@@ -492,7 +540,10 @@ pub(crate) async fn delete_groups(cx: &Ctx<'_>, req: DeleteGroupsRequest) -> Del
     let mut resp = DeleteGroupsResponse::default();
     let _busy = cx.state().enter();
     for id in &req.groups_names {
-        let r = cx.state().delete_group(id.0.as_str()).await;
+        let r = match cx.authorize(Action::DeleteGroup(id.0.as_str())) {
+            Ok(()) => cx.state().delete_group(id.0.as_str()).await,
+            Err(e) => Err(e),
+        };
         let mut d = DeletableGroupResult::default();
         d.group_id = id.clone();
         d.error_code = cx.code_of(&r);

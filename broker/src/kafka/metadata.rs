@@ -22,6 +22,7 @@ use kafka_protocol::protocol::StrBytes;
 use super::NODE_ID;
 use super::conn::Ctx;
 use super::errors::code;
+use crate::auth::actions::Action;
 use crate::error::BrokerError;
 use crate::topics::Topic;
 
@@ -56,6 +57,7 @@ pub(crate) async fn topic_or_create(
         Ok(t) => Ok(t),
         Err(e) if !(allow_create && state.config().auto_create_topics) => Err(e),
         Err(_) => {
+            cx.authorize(Action::CreateTopic(name))?;
             let s = state.clone();
             let owned = name.to_string();
             let partitions = state.config().default_partitions;
@@ -111,11 +113,14 @@ pub(crate) async fn metadata(cx: &Ctx<'_>, req: MetadataRequest) -> MetadataResp
         Some(t) if t.is_empty() && cx.version == 0 => None,
         Some(t) => Some(t),
     };
+    let caller = cx.caller();
     resp.topics = match names {
+        // Every topic the caller may see.
         None => cx
             .state()
             .topics()
             .iter()
+            .filter(|t| cx.state().may(&caller, Action::DescribeTopic(&t.name)))
             .map(|t| describe_topic(t))
             .collect(),
         Some(requested) => {
@@ -126,7 +131,11 @@ pub(crate) async fn metadata(cx: &Ctx<'_>, req: MetadataRequest) -> MetadataResp
                     .as_ref()
                     .map(|n| n.0.to_string())
                     .unwrap_or_default();
-                match topic_or_create(cx, &name, req.allow_auto_topic_creation).await {
+                let described = match cx.authorize(Action::DescribeTopic(&name)) {
+                    Ok(()) => topic_or_create(cx, &name, req.allow_auto_topic_creation).await,
+                    Err(e) => Err(e),
+                };
+                match described {
                     Ok(t) => out.push(describe_topic(&t)),
                     Err(e) => {
                         let mut t = MetadataResponseTopic::default();
@@ -148,6 +157,11 @@ pub(crate) async fn find_coordinator(
 ) -> FindCoordinatorResponse {
     let mut resp = FindCoordinatorResponse::default();
     let known = matches!(req.key_type, KEY_TYPE_GROUP | KEY_TYPE_TRANSACTION);
+    // Finding a coordinator needs describe on what it coordinates.
+    let allowed = |key: &str| match req.key_type {
+        KEY_TYPE_GROUP => cx.authorize(Action::DescribeGroup(key)),
+        _ => cx.authorize(Action::DescribeTransaction(key)),
+    };
     let host = str(&cx.conn.advertised.host);
     let port = i32::from(cx.conn.advertised.port);
     if cx.version >= 4 {
@@ -156,8 +170,13 @@ pub(crate) async fn find_coordinator(
             .into_iter()
             .map(|key| {
                 let mut c = Coordinator::default();
+                let denied = if known { allowed(&key).err() } else { None };
                 c.key = key;
-                if known {
+                if let Some(e) = denied {
+                    c.error_code = cx.code(&e);
+                    c.error_message = Some(str(&e.to_string()));
+                    c.node_id = BrokerId(-1);
+                } else if known {
                     c.node_id = BrokerId(NODE_ID);
                     c.host = host.clone();
                     c.port = port;
@@ -168,6 +187,12 @@ pub(crate) async fn find_coordinator(
                 c
             })
             .collect();
+    } else if let Some(e) = known.then(|| allowed(&req.key)).and_then(Result::err) {
+        resp.error_code = cx.code(&e);
+        resp.node_id = BrokerId(-1);
+        if cx.version >= 1 {
+            resp.error_message = Some(str(&e.to_string()));
+        }
     } else if known {
         resp.node_id = BrokerId(NODE_ID);
         resp.host = host;

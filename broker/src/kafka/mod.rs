@@ -15,12 +15,13 @@
 //!   `kafka-protocol` messages into core calls and back: `metadata`
 //!   (Metadata, FindCoordinator, DescribeCluster), `produce`, `fetch`
 //!   (Fetch, ListOffsets, OffsetForLeaderEpoch), `groups`, `txn`, `admin`
-//!   (topics and configs).
+//!   (topics and configs), `acls` (DescribeAcls, CreateAcls, DeleteAcls).
 //!
 //! Record batches are never decoded here: Ferry's batch format is Kafka's
 //! RecordBatch v2, so a produced batch is handed to the core as it came
 //! and a fetch returns the stored bytes.
 
+mod acls;
 mod admin;
 mod bounds;
 mod conn;
@@ -172,6 +173,9 @@ macro_rules! served {
             DescribeConfigs: DescribeConfigsRequest => admin::describe_configs,
             CreatePartitions: CreatePartitionsRequest => admin::create_partitions,
             DescribeProducers: DescribeProducersRequest => admin::describe_producers,
+            DescribeAcls: DescribeAclsRequest => acls::describe_acls,
+            CreateAcls: CreateAclsRequest => acls::create_acls,
+            DeleteAcls: DeleteAclsRequest => acls::delete_acls,
             SaslHandshake: SaslHandshakeRequest => sasl::sasl_handshake,
             SaslAuthenticate: SaslAuthenticateRequest => sasl::sasl_authenticate,
         }

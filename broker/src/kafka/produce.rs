@@ -22,6 +22,7 @@ use kafka_protocol::messages::produce_response::{
 use super::conn::{self, Close, Ctx, Reply};
 use super::errors;
 use super::metadata::{str, topic_name};
+use crate::auth::actions::Action;
 use crate::error::BrokerError;
 use crate::state::{AckLevel, BrokerState};
 use crate::topics::Partition;
@@ -79,16 +80,27 @@ pub(crate) fn handle(
         _ => AckLevel::All,
     };
     let bad_acks = !(-1..=1).contains(&req.acks);
+    let caller = cx.caller();
+    let transactional_id = req.transactional_id.as_ref().map(|id| id.0.to_string());
     let _busy = state.enter();
     let mut appended: Vec<(String, Vec<(i32, Appended)>)> =
         Vec::with_capacity(req.topic_data.len());
     for t in req.topic_data {
         let name = t.name.0.to_string();
+        let allowed = state.acls().check(
+            &caller,
+            Action::Produce {
+                topic: &name,
+                transactional_id: transactional_id.as_deref(),
+            },
+        );
         let parts = t
             .partition_data
             .into_iter()
             .map(|p| {
-                let r = if bad_acks {
+                let r = if let Err(denied) = &allowed {
+                    Err(BrokerError::Unauthorized(denied.clone()))
+                } else if bad_acks {
                     Err(BrokerError::InvalidRequest(format!(
                         "acks must be 0, 1 or -1, not {}",
                         req.acks

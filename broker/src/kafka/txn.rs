@@ -33,6 +33,7 @@ use kafka_protocol::messages::{ProducerId, TransactionalId};
 use super::conn::Ctx;
 use super::errors::code;
 use super::metadata::{str, topic_name};
+use crate::auth::actions::Action;
 use crate::error::BrokerError;
 use crate::group::CommitFence;
 use crate::txn::{MAX_TXN_TIMEOUT_MS, TxnMeta, TxnState};
@@ -59,6 +60,12 @@ pub(crate) async fn init_producer_id(
         .as_ref()
         .map(|t| t.0.to_string())
         .filter(|t| !t.is_empty());
+    if let Err(e) = cx.authorize(Action::InitProducer(tid.as_deref())) {
+        resp.error_code = cx.code(&e);
+        resp.producer_id = ProducerId(-1);
+        resp.producer_epoch = -1;
+        return resp;
+    }
     let r = match tid {
         None => {
             // An idempotent producer, new or asking for a fresh epoch
@@ -112,17 +119,31 @@ pub(crate) async fn add_partitions_to_txn(
             parts.push((t.name.0.to_string(), *p));
         }
     }
-    // Every partition must exist: a transaction never registers one
-    // that cannot be written.
-    let unknown = parts.iter().find_map(|(t, p)| {
-        u32::try_from(*p)
-            .ok()
-            .and_then(|pi| cx.state().partition(t, pi).ok())
-            .is_none()
-            .then(|| BrokerError::UnknownTopicOrPartition {
-                topic: t.clone(),
-                partition: (*p).max(0) as u32,
+    // The producer must be allowed the transactional id and a write to
+    // every topic; every partition must exist: a transaction never
+    // registers one that cannot be written.
+    let denied = cx
+        .authorize(Action::UseTransaction(&tid))
+        .and_then(|()| {
+            parts.iter().try_for_each(|(topic, _)| {
+                cx.authorize(Action::Produce {
+                    topic,
+                    transactional_id: Some(&tid),
+                })
             })
+        })
+        .err();
+    let unknown = denied.or_else(|| {
+        parts.iter().find_map(|(t, p)| {
+            u32::try_from(*p)
+                .ok()
+                .and_then(|pi| cx.state().partition(t, pi).ok())
+                .is_none()
+                .then(|| BrokerError::UnknownTopicOrPartition {
+                    topic: t.clone(),
+                    partition: (*p).max(0) as u32,
+                })
+        })
     });
     let _busy = cx.state().enter();
     let r = match unknown {
@@ -169,6 +190,14 @@ pub(crate) async fn add_offsets_to_txn(
     req: AddOffsetsToTxnRequest,
 ) -> AddOffsetsToTxnResponse {
     let _busy = cx.state().enter();
+    let allowed = cx
+        .authorize(Action::UseTransaction(req.transactional_id.0.as_str()))
+        .and_then(|()| cx.authorize(Action::UseGroup(req.group_id.0.as_str())));
+    if let Err(e) = allowed {
+        let mut resp = AddOffsetsToTxnResponse::default();
+        resp.error_code = cx.code(&e);
+        return resp;
+    }
     let r = cx
         .state()
         .add_offsets_to_txn(
@@ -225,7 +254,16 @@ pub(crate) async fn txn_offset_commit(
         }
     };
     let _busy = cx.state().enter();
-    let r = match bad {
+    let denied = cx
+        .authorize(Action::UseTransaction(req.transactional_id.0.as_str()))
+        .and_then(|()| cx.authorize(Action::UseGroup(req.group_id.0.as_str())))
+        .and_then(|()| {
+            req.topics
+                .iter()
+                .try_for_each(|t| cx.authorize(Action::CommitTopic(t.name.0.as_str())))
+        })
+        .err();
+    let r = match denied.or(bad) {
         Some(e) => Err(e),
         None => {
             cx.state()
@@ -266,15 +304,15 @@ pub(crate) async fn txn_offset_commit(
 
 pub(crate) async fn end_txn(cx: &Ctx<'_>, req: EndTxnRequest) -> EndTxnResponse {
     let _busy = cx.state().enter();
-    let r = cx
-        .state()
-        .end_txn(
-            req.transactional_id.0.as_str(),
-            req.producer_id.0,
-            req.producer_epoch,
-            req.committed,
-        )
-        .await;
+    let id = req.transactional_id.0.as_str();
+    let r = match cx.authorize(Action::UseTransaction(id)) {
+        Ok(()) => {
+            cx.state()
+                .end_txn(id, req.producer_id.0, req.producer_epoch, req.committed)
+                .await
+        }
+        Err(e) => Err(e),
+    };
     let mut resp = EndTxnResponse::default();
     resp.error_code = cx.code_of(&r);
     resp
@@ -304,8 +342,11 @@ pub(crate) async fn list_transactions(
         })
         .cloned()
         .collect();
+    let caller = cx.caller();
     let keep = |m: &TxnMeta| {
-        (states.is_empty() || states.iter().any(|s| s == state_name(m.state)))
+        cx.state()
+            .may(&caller, Action::DescribeTransaction(&m.transactional_id))
+            && (states.is_empty() || states.iter().any(|s| s == state_name(m.state)))
             && (req.producer_id_filters.is_empty()
                 || req.producer_id_filters.iter().any(|p| p.0 == m.producer_id))
             && (cx.version < 1
@@ -341,6 +382,10 @@ pub(crate) async fn describe_transactions(
         .map(|id| {
             let mut d = DescribedTxn::default();
             d.transactional_id = id.clone();
+            if let Err(e) = cx.authorize(Action::DescribeTransaction(id.0.as_str())) {
+                d.error_code = cx.code(&e);
+                return d;
+            }
             match all.iter().find(|m| m.transactional_id == id.0.as_str()) {
                 None => d.error_code = cx.raw(code::TRANSACTIONAL_ID_NOT_FOUND),
                 Some(m) => {
