@@ -525,7 +525,12 @@ fn a_broker_with_credentials_serves_only_requests_bearing_a_valid_token() {
     assert!(out.status.success(), "{out:?}");
     let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
     let data = dir.path().join("data");
-    let args: [std::ffi::OsString; 2] = ["--credentials".into(), file.clone().into_os_string()];
+    let args: [std::ffi::OsString; 4] = [
+        "--credentials".into(),
+        file.clone().into_os_string(),
+        "--super-user".into(),
+        "svc".into(),
+    ];
     let broker = BrokerProcess::start_with_args(FERRY, &data, "127.0.0.1:0", args).expect("start");
     let limit = Duration::from_secs(20);
 
@@ -701,6 +706,7 @@ fn mutual_tls_serves_only_clients_with_a_certificate_the_ca_signed() {
     let pki = ferry_testkit::pki::TestPki::write(dir.path());
     let mut args = pki.broker_flags(true);
     args.extend(["--kafka-listen", "off"].map(Into::into));
+    args.extend(["--super-user", ferry_testkit::pki::CLIENT_SUBJECT].map(Into::into));
     let broker =
         BrokerProcess::start_with_args(FERRY, dir.path().join("data"), "127.0.0.1:0", args)
             .expect("start");
@@ -750,5 +756,115 @@ fn mutual_tls_serves_only_clients_with_a_certificate_the_ca_signed() {
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("--tls-ca"),
         "{out:?}"
+    );
+}
+
+/// With authentication on, every gRPC request needs an ACL that allows
+/// it: a super user may do anything; a user granted write on one topic
+/// may produce there and see it, and is refused everything else (create,
+/// other topics, reading, aborting transactions) with an error naming
+/// the right it lacks. The ACL file is reread on SIGHUP; a broken one
+/// leaves the ACLs in force.
+#[test]
+fn grpc_requests_need_an_acl_and_the_acl_file_reloads_on_sighup() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("credentials.toml");
+    let token = |name: &str| {
+        let out = user(&["add", name, "--mechanism", "token"], &file, "");
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    let (admin, app) = (token("admin"), token("app"));
+    let acls = dir.path().join("acls.toml");
+    let grant = |rules: &str| std::fs::write(&acls, rules).unwrap();
+    grant(
+        "[[acl]]\nprincipal = \"User:app\"\nresource = \"topic\"\nname = \"orders\"\noperation = \"write\"\n",
+    );
+    let args: Vec<std::ffi::OsString> = vec![
+        "--credentials".into(),
+        file.clone().into(),
+        "--super-user".into(),
+        "admin".into(),
+        "--acls".into(),
+        acls.clone().into(),
+    ];
+    let broker =
+        BrokerProcess::start_with_args(FERRY, dir.path().join("data"), "127.0.0.1:0", args)
+            .expect("start");
+    let limit = Duration::from_secs(20);
+    let run = |t: &str, cmd: &[&str]| {
+        let args: Vec<&str> = cmd.iter().copied().chain(["--token", t]).collect();
+        ferry_within(broker.addr(), &args, limit)
+    };
+    for topic in ["orders", "secret"] {
+        let out = run(&admin, &["topic", "create", topic]);
+        assert!(out.status.success(), "{out:?}");
+    }
+    let produced = produce_with_env(broker.addr(), "orders", ("FERRY_TOKEN", &app), "a\nb\n");
+    assert!(produced.status.success(), "{produced:?}");
+    let listed = run(&app, &["topic", "list"]);
+    let names = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        names.contains("orders") && !names.contains("secret"),
+        "{names}"
+    );
+    let refused = |out: std::process::Output, says: &str| {
+        assert!(!out.status.success(), "served: {out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("authorization_failed") && err.contains(says),
+            "{err}"
+        );
+    };
+    refused(
+        produce_with_env(broker.addr(), "secret", ("FERRY_TOKEN", &app), "x\n"),
+        "User:app may not describe topic \"secret\"",
+    );
+    refused(
+        run(&app, &["topic", "create", "mine"]),
+        "may not create topic \"mine\"",
+    );
+    refused(
+        run(&app, &["topic", "delete", "orders"]),
+        "may not delete topic \"orders\"",
+    );
+    refused(
+        run(&app, &["consume", "orders", "--exit-at-end"]),
+        "may not read topic \"orders\"",
+    );
+    refused(
+        run(&app, &["txn", "abort", "someone"]),
+        "may not alter cluster",
+    );
+
+    // Read by prefix, granted on SIGHUP.
+    grant(
+        "[[acl]]\nprincipal = \"User:app\"\nresource = \"topic\"\nname = \"orders\"\noperation = \"write\"\n\n\
+         [[acl]]\nprincipal = \"User:app\"\nresource = \"topic\"\nname = \"ord\"\npattern = \"prefixed\"\noperation = \"read\"\n",
+    );
+    let hup = || {
+        let ok = Command::new("kill")
+            .args(["-HUP", &broker.pid().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -HUP");
+    };
+    hup();
+    let consumed = || run(&app, &["consume", "orders", "--exit-at-end"]);
+    let deadline = std::time::Instant::now() + limit;
+    while !consumed().status.success() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = consumed();
+    assert!(out.status.success(), "read not granted on SIGHUP: {out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 2);
+    // A broken file keeps the ACLs in force.
+    grant("[[acl]]\nprincipal = 7\n");
+    hup();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        consumed().status.success(),
+        "a broken ACL file took the grants away"
     );
 }

@@ -62,6 +62,15 @@ pub struct BrokerArgs {
     /// certificate they signed, and its subject is the client's principal.
     #[arg(long)]
     tls_client_ca: Option<PathBuf>,
+    /// ACL file: once clients authenticate, each request needs an ACL
+    /// that allows it; Kafka's CreateAcls and DeleteAcls rewrite it, and
+    /// SIGHUP rereads it [default: DATA_DIR/acls.toml].
+    #[arg(long, value_name = "FILE")]
+    acls: Option<PathBuf>,
+    /// A principal (NAME or User:NAME) allowed everything whatever the
+    /// ACLs say; repeatable.
+    #[arg(long = "super-user", value_name = "NAME")]
+    super_users: Vec<String>,
     /// TOML config file; flags override its settings.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -147,6 +156,12 @@ pub fn run(args: BrokerArgs) -> Result<ExitCode, CliError> {
     if let Some(v) = args.tls_client_ca {
         config.tls_client_ca = Some(v);
     }
+    if let Some(v) = args.acls {
+        config.acl_file = Some(v);
+    }
+    if !args.super_users.is_empty() {
+        config.super_users = args.super_users;
+    }
     if let Some(v) = args.default_partitions {
         config.default_partitions = v;
     }
@@ -186,32 +201,44 @@ pub fn run(args: BrokerArgs) -> Result<ExitCode, CliError> {
         }
         out.flush()?;
         drop(out);
-        if let Some(store) = broker.credentials() {
-            tokio::spawn(reload_credentials_on_sighup(store));
-        }
+        tokio::spawn(reload_on_sighup(broker.clone()));
         broker.serve(listeners, stop_signal()).await?;
         Ok::<_, CliError>(())
     })?;
     Ok(ExitCode::SUCCESS)
 }
 
-/// Rereads the credentials file on every SIGHUP; a file that does not
-/// read or check leaves the credentials in force, with an error logged.
-async fn reload_credentials_on_sighup(store: std::sync::Arc<ferry_broker::auth::CredentialsStore>) {
+/// Rereads the credentials file and the ACL file on every SIGHUP; a file
+/// that does not read or check leaves what it held in force, with an
+/// error logged.
+async fn reload_on_sighup(broker: Broker) {
     use tokio::signal::unix::{SignalKind, signal};
     let Ok(mut hangups) = signal(SignalKind::hangup()) else {
-        tracing::warn!("cannot listen for SIGHUP: the credentials file is read only at start");
+        tracing::warn!("cannot listen for SIGHUP: credentials and ACLs are read only at start");
         return;
     };
     while hangups.recv().await.is_some() {
-        match store.reload() {
-            Ok(()) => {
-                let users = store.current().users().count();
-                tracing::info!(path = %store.path().display(), credentials = users, "reloaded the credentials file");
-                store.warn_if_no_token();
+        if let Some(store) = broker.credentials() {
+            match store.reload() {
+                Ok(()) => {
+                    let users = store.current().users().count();
+                    tracing::info!(path = %store.path().display(), credentials = users, "reloaded the credentials file");
+                    store.warn_if_no_token();
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "kept the credentials in force: the file did not reload")
+                }
             }
-            Err(e) => {
-                tracing::error!(error = %e, "kept the credentials in force: the file did not reload")
+        }
+        let acls = broker.state().acls();
+        if acls.enabled() {
+            match acls.reload() {
+                Ok(n) => {
+                    tracing::info!(path = %acls.path().display(), acls = n, "reloaded the ACL file")
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "kept the ACLs in force: the file did not reload")
+                }
             }
         }
     }
