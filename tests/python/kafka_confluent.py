@@ -13,6 +13,8 @@ and exits non-zero with the reason; tests/kafka_clients.rs runs them.
     kafka_confluent.py sasl BOOTSTRAP USER PASSWORD
     kafka_confluent.py sasl-ssl BOOTSTRAP USER PASSWORD CA
     kafka_confluent.py mtls BOOTSTRAP CA CERT KEY ROGUE_CERT ROGUE_KEY
+    kafka_confluent.py acls BOOTSTRAP ADMIN APP PASSWORD
+    kafka_confluent.py describe-acls BOOTSTRAP USER PASSWORD
 """
 import json
 import sys
@@ -20,7 +22,9 @@ import time
 import uuid
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, ConfigResource, NewPartitions, NewTopic
+from confluent_kafka.admin import (AclBinding, AclBindingFilter, AclOperation, AclPermissionType,
+                                  AdminClient, ConfigResource, NewPartitions, NewTopic,
+                                  ResourcePatternType, ResourceType)
 
 from checks import check, fail
 
@@ -468,6 +472,124 @@ def mtls(bs, ca, cert, key, rogue_cert, rogue_key):
     print(json.dumps({"ok": True}))
 
 
+def kafka_code(exc):
+    """The Kafka error code a confluent-kafka exception carries."""
+    err = exc.args[0]
+    return err.code() if isinstance(err, KafkaError) else None
+
+
+def acls(bs, admin_user, app_user, password):
+    """ADMIN (a super user) grants APP, through CreateAcls, write on one
+    topic, read on topics by prefix, read on one group and one
+    transactional id. APP may then do exactly that: anything else fails
+    with the authorization error of the resource it lacks. DescribeAcls
+    lists the grants, DeleteAcls removes one and its right goes with it."""
+    as_admin = dict(sasl_conf("SCRAM-SHA-256", admin_user, password), **{"bootstrap.servers": bs})
+    as_app = dict(sasl_conf("SCRAM-SHA-256", app_user, password), **{"bootstrap.servers": bs})
+    admin = AdminClient(as_admin)
+    for name in ["orders", "secret"]:
+        create(admin, name, 1)
+    principal = f"User:{app_user}"
+    grants = [
+        AclBinding(ResourceType.TOPIC, "orders", ResourcePatternType.LITERAL, principal, "*",
+                   AclOperation.WRITE, AclPermissionType.ALLOW),
+        AclBinding(ResourceType.TOPIC, "ord", ResourcePatternType.PREFIXED, principal, "*",
+                   AclOperation.READ, AclPermissionType.ALLOW),
+        AclBinding(ResourceType.GROUP, "g-app", ResourcePatternType.LITERAL, principal, "*",
+                   AclOperation.READ, AclPermissionType.ALLOW),
+        AclBinding(ResourceType.TRANSACTIONAL_ID, "tx-app", ResourcePatternType.LITERAL, principal,
+                   "*", AclOperation.WRITE, AclPermissionType.ALLOW),
+    ]
+    for f in admin.create_acls(grants).values():
+        f.result(15)
+    everything = AclBindingFilter(ResourceType.ANY, None, ResourcePatternType.ANY, None, None,
+                                  AclOperation.ANY, AclPermissionType.ANY)
+    listed = admin.describe_acls(everything).result(15)
+    check(sorted(map(str, listed)) == sorted(map(str, grants)), f"DescribeAcls listed {listed}")
+
+    # Allowed: an idempotent produce to orders (write on a topic makes an
+    # idempotent producer), and reading it back in group g-app.
+    p = Producer(dict(as_app, **{"enable.idempotence": True}))
+    delivered = []
+    for i in range(5):
+        p.produce("orders", value=f"o-{i}".encode(), on_delivery=lambda e, m: delivered.append(e))
+    check(p.flush(20) == 0 and delivered == [None] * 5, f"app's produce to orders: {delivered}")
+    c = consumer(bs, "g-app", **sasl_conf("SCRAM-SHA-256", app_user, password))
+    c.subscribe(["orders"])
+    got = drain(c, 5)
+    c.commit(asynchronous=False)
+    c.close()
+    check([m.value() for m in got] == [f"o-{i}".encode() for i in range(5)], f"app read {got}")
+
+    # Metadata shows app only what it may describe.
+    seen = set(AdminClient(as_app).list_topics(timeout=10).topics)
+    check("orders" in seen and "secret" not in seen, f"app's metadata listed {seen}")
+
+    # Refused: a produce to another topic.
+    refused = []
+    p = Producer(dict(as_app, **{"message.timeout.ms": 10000}))
+    p.produce("secret", value=b"x", on_delivery=lambda e, m: refused.append(e))
+    p.flush(20)
+    check([e.code() for e in refused if e] == [KafkaError.TOPIC_AUTHORIZATION_FAILED],
+          f"app's produce to secret: {refused}")
+
+    # Refused: another group.
+    c = consumer(bs, "g-other", **sasl_conf("SCRAM-SHA-256", app_user, password))
+    c.subscribe(["orders"])
+    errors = []
+    deadline = time.time() + 20
+    while time.time() < deadline and not errors:
+        m = c.poll(0.5)
+        if m is not None and m.error():
+            errors.append(m.error().code())
+        elif m is not None:
+            fail("app consumed in a group it has no right to")
+    c.close()
+    check(errors == [KafkaError.GROUP_AUTHORIZATION_FAILED], f"app in g-other: {errors}")
+
+    # Transactions: tx-app works, another transactional id does not.
+    tp = Producer(dict(as_app, **{"transactional.id": "tx-app"}))
+    tp.init_transactions(15)
+    tp.begin_transaction()
+    tp.produce("orders", value=b"in-txn")
+    tp.commit_transaction(15)
+    try:
+        Producer(dict(as_app, **{"transactional.id": "tx-other"})).init_transactions(15)
+        fail("app initialized a transactional id it has no right to")
+    except KafkaException as e:
+        check(kafka_code(e) == KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED, f"tx-other: {e}")
+
+    # Deleting a topic needs delete on it. (librdkafka drops DescribeAcls'
+    # error code; kafka_python_acls.py checks that app may not list ACLs.)
+    app_admin = AdminClient(as_app)
+    try:
+        app_admin.delete_topics(["orders"])["orders"].result(15)
+        fail("app deleted a topic")
+    except KafkaException as e:
+        check(kafka_code(e) == KafkaError.TOPIC_AUTHORIZATION_FAILED, f"app's DeleteTopics: {e}")
+
+    # DeleteAcls takes the write grant away, and the write with it.
+    write_filter = AclBindingFilter(ResourceType.TOPIC, "orders", ResourcePatternType.LITERAL,
+                                    principal, None, AclOperation.WRITE, AclPermissionType.ALLOW)
+    removed = [r for f in admin.delete_acls([write_filter]).values() for r in f.result(15)]
+    check(list(map(str, removed)) == [str(grants[0])], f"DeleteAcls removed {removed}")
+    refused = []
+    p = Producer(dict(as_app, **{"message.timeout.ms": 10000}))
+    p.produce("orders", value=b"y", on_delivery=lambda e, m: refused.append(e))
+    p.flush(20)
+    check([e.code() for e in refused if e] == [KafkaError.TOPIC_AUTHORIZATION_FAILED],
+          f"app's produce after DeleteAcls: {refused}")
+    print(json.dumps({"ok": True, "acls": len(listed), "removed": len(removed)}))
+
+
+def describe_acls(bs, user, password):
+    """Prints how many ACLs DescribeAcls lists."""
+    admin = AdminClient(dict(sasl_conf("SCRAM-SHA-256", user, password), **{"bootstrap.servers": bs}))
+    everything = AclBindingFilter(ResourceType.ANY, None, ResourcePatternType.ANY, None, None,
+                                  AclOperation.ANY, AclPermissionType.ANY)
+    print(json.dumps({"acls": len(admin.describe_acls(everything).result(15))}))
+
+
 def main():
     cmd, bs = sys.argv[1], sys.argv[2]
     if cmd == "basic":
@@ -492,6 +614,10 @@ def main():
         sasl(bs, sys.argv[3], sys.argv[4], ca=sys.argv[5])
     elif cmd == "mtls":
         mtls(bs, *sys.argv[3:8])
+    elif cmd == "acls":
+        acls(bs, *sys.argv[3:6])
+    elif cmd == "describe-acls":
+        describe_acls(bs, *sys.argv[3:5])
     else:
         fail(f"unknown command {cmd}")
 
