@@ -122,6 +122,8 @@ pub struct BrokerConfig {
     /// Principals (`NAME` or `User:NAME`) allowed everything, whatever
     /// the ACLs say (Kafka's `super.users`).
     pub super_users: Vec<String>,
+    /// Produce and fetch byte rates per principal (`docs/security.md`).
+    pub quotas: crate::quota::QuotaConfig,
 }
 
 /// Default `request_header_timeout_ms`.
@@ -165,6 +167,7 @@ impl Default for BrokerConfig {
             tls_client_ca: None,
             acl_file: None,
             super_users: Vec::new(),
+            quotas: crate::quota::QuotaConfig::default(),
         }
     }
 }
@@ -262,6 +265,9 @@ impl BrokerConfig {
         }
         if let Some(v) = file.super_users {
             self.super_users = v;
+        }
+        if let Some(v) = file.quotas {
+            self.quotas = v.normalized();
         }
         if let Some(v) = file.default_partitions {
             self.default_partitions = v;
@@ -394,6 +400,7 @@ impl BrokerConfig {
                 crate::auth::acl::MAX_SUPER_USERS
             )));
         }
+        self.quotas.validate().map_err(BrokerError::Config)?;
         self.check_anonymous_exposure()?;
         if self.group_initial_rebalance_delay_ms > crate::group::MAX_REBALANCE_TIMEOUT_MS {
             return Err(BrokerError::Config(format!(
@@ -491,6 +498,7 @@ struct FileConfig {
     tls_client_ca: Option<PathBuf>,
     acl_file: Option<PathBuf>,
     super_users: Option<Vec<String>>,
+    quotas: Option<crate::quota::QuotaConfig>,
     limits: Option<FileLimits>,
 }
 

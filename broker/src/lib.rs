@@ -15,6 +15,7 @@ mod names;
 mod offsets;
 mod producer_ids;
 mod producer_state;
+pub mod quota;
 mod replay;
 mod server;
 mod service;

@@ -20,6 +20,7 @@ use crate::group::{CommitFence, Group, GroupCoordinator, GroupError, Join, JoinR
 use crate::offsets::OffsetStore;
 use crate::producer_ids::ProducerIds;
 use crate::producer_state::AbortedTxn;
+use crate::quota::{Direction, Quotas};
 use crate::topics::{Partition, Topic, Topics};
 use crate::txn::{Coordinator, TxnMeta};
 
@@ -150,6 +151,7 @@ pub struct BrokerState {
     groups: GroupCoordinator,
     inflight: Arc<Inflight>,
     authorizer: Authorizer,
+    quotas: Quotas,
     shutting_down: AtomicBool,
     shutdown_tx: watch::Sender<bool>,
     _lock: std::fs::File,
@@ -216,6 +218,7 @@ impl BrokerState {
             config.limits.max_groups,
         );
         let (shutdown_tx, _) = watch::channel(false);
+        let quotas = Quotas::new(config.quotas.clone());
         Ok(BrokerState {
             config,
             topics,
@@ -225,6 +228,7 @@ impl BrokerState {
             groups,
             inflight: Arc::default(),
             authorizer,
+            quotas,
             shutting_down: AtomicBool::new(false),
             shutdown_tx,
             _lock: lock,
@@ -234,6 +238,12 @@ impl BrokerState {
     /// The configuration in force.
     pub fn config(&self) -> &BrokerConfig {
         &self.config
+    }
+
+    /// Charges `bytes` produced or fetched to the caller's quota and
+    /// returns how long to throttle it for (`crate::quota`).
+    pub fn charge(&self, caller: &Caller, direction: Direction, bytes: usize) -> Duration {
+        self.quotas.charge(caller, direction, bytes)
     }
 
     /// The ACLs and the decisions made with them.
