@@ -18,6 +18,7 @@ use crate::auth::acl::Caller;
 use crate::auth::actions::Action;
 use crate::error::BrokerError;
 use crate::group::{CommitFence, GroupError, Join};
+use crate::quota::{self, Direction};
 use crate::state::{AckLevel, BrokerState, FetchSpec, Isolation, OffsetSpec};
 
 /// Most produce requests one stream may have awaiting acknowledgement;
@@ -248,6 +249,7 @@ impl Ferry for FerryService {
                 transactional_id: None,
             },
         );
+        let throttle = self.state.charge(&who, Direction::Produce, req.batch.len());
         let r = match allowed.and_then(|()| acks_of(req.acks)) {
             Ok(acks) => {
                 self.state
@@ -256,7 +258,10 @@ impl Ferry for FerryService {
             }
             Err(e) => Err(e),
         };
-        Ok(Response::new(produce_response(req.correlation_id, r)))
+        let mut resp = produce_response(req.correlation_id, r);
+        resp.throttle_time_ms = quota::millis(throttle);
+        tokio::time::sleep(throttle).await;
+        Ok(Response::new(resp))
     }
 
     type ProduceStreamStream = ProduceStream;
@@ -273,14 +278,27 @@ impl Ferry for FerryService {
             // Appends happen in arrival order as requests are read; the
             // waits for durability run concurrently, and responses leave in
             // request order, so one partition's acks are never reordered.
+            // A caller over its quota has its next request left unread
+            // until the throttle has passed; its responses still leave.
             let mut pending = FuturesOrdered::new();
             let mut shutdown = state.shutdown_signal();
             let mut open = true;
+            let mute = tokio::time::sleep(Duration::ZERO);
+            tokio::pin!(mute);
+            let mut muted = false;
             while open || !pending.is_empty() {
                 tokio::select! {
-                    req = inbound.next(), if open && pending.len() < MAX_IN_FLIGHT_PER_STREAM => {
+                    () = &mut mute, if muted => muted = false,
+                    req = inbound.next(), if open && !muted && pending.len() < MAX_IN_FLIGHT_PER_STREAM => {
                         match req {
-                            Some(Ok(req)) => pending.push_back(handle_streamed(state.clone(), &who, req)),
+                            Some(Ok(req)) => {
+                                let (throttle, reply) = handle_streamed(state.clone(), &who, req);
+                                pending.push_back(reply);
+                                if !throttle.is_zero() {
+                                    mute.as_mut().reset(tokio::time::Instant::now() + throttle);
+                                    muted = true;
+                                }
+                            }
                             Some(Err(status)) => {
                                 tracing::debug!(%status, "produce stream ended with an error");
                                 open = false;
@@ -356,6 +374,13 @@ impl Ferry for FerryService {
             Err(e) => Err(e),
         };
         let mut resp = v1::FetchResponse::default();
+        let bytes = r.as_ref().map_or(0, |rs| {
+            rs.iter()
+                .map(|r| r.records.as_ref().map_or(0, |b| b.len()))
+                .sum()
+        });
+        let throttle = self.state.charge(&who, Direction::Fetch, bytes);
+        resp.throttle_time_ms = quota::millis(throttle);
         match r {
             Err(e) => (resp.error_code, resp.error_message) = err_fields(&e),
             Ok(results) => {
@@ -387,6 +412,7 @@ impl Ferry for FerryService {
                     .collect();
             }
         }
+        tokio::time::sleep(throttle).await;
         Ok(Response::new(resp))
     }
 
@@ -912,14 +938,19 @@ impl Ferry for FerryService {
     }
 }
 
-/// Appends one streamed request now and returns the future of its
-/// response; `None` means no response is due (acks = none, success).
+/// Appends one streamed request now and returns the caller's quota
+/// throttle and the future of its response; `None` means no response is
+/// due (acks = none, success).
 fn handle_streamed(
     state: Arc<BrokerState>,
     who: &Caller,
     req: v1::ProduceRequest,
-) -> impl std::future::Future<Output = Option<v1::ProduceResponse>> + Send {
+) -> (
+    Duration,
+    impl std::future::Future<Output = Option<v1::ProduceResponse>> + Send,
+) {
     let started = Instant::now();
+    let throttle = state.charge(who, Direction::Produce, req.batch.len());
     let busy = state.enter();
     let id = req.correlation_id;
     let allowed = state.authorize(
@@ -934,17 +965,21 @@ fn handle_streamed(
             .append(&req.topic, req.partition, &req.batch)
             .map(|(p, info)| (p, info, acks))
     });
-    async move {
+    let throttle_time_ms = quota::millis(throttle);
+    let reply = async move {
         let _busy = busy;
-        match appended {
-            Err(e) => Some(produce_response(id, Err(e))),
-            Ok((_, _, AckLevel::None)) => None,
+        let mut resp = match appended {
+            Err(e) => produce_response(id, Err(e)),
+            Ok((_, _, AckLevel::None)) => return None,
             Ok((p, info, acks)) => {
                 let r = state.await_ack(&p, &info, acks).await.map(|()| info);
                 metrics::histogram!("ferry_produce_latency_seconds")
                     .record(started.elapsed().as_secs_f64());
-                Some(produce_response(id, r))
+                produce_response(id, r)
             }
-        }
-    }
+        };
+        resp.throttle_time_ms = throttle_time_ms;
+        Some(resp)
+    };
+    (throttle, reply)
 }

@@ -116,6 +116,10 @@ pub(crate) struct Conn {
     /// authenticate with SASL first.
     pub credentials: Option<Arc<CredentialsStore>>,
     pub sasl: parking_lot::Mutex<Sasl>,
+    /// Until when the connection is muted: a client over its quota has
+    /// its response at once, with `throttle_time_ms`, and its next
+    /// request is not read before the throttle has passed.
+    pub muted_until: parking_lot::Mutex<Option<tokio::time::Instant>>,
 }
 
 impl Conn {
@@ -159,6 +163,19 @@ impl Ctx<'_> {
     /// error whose Kafka number names the kind of resource.
     pub fn authorize(&self, action: crate::auth::actions::Action<'_>) -> Result<(), BrokerError> {
         self.state().authorize(&self.caller(), action)
+    }
+
+    /// Charges `bytes` to the caller's quota, mutes the connection for
+    /// the throttle that results, and returns it as `throttle_time_ms`.
+    pub fn throttle(&self, direction: crate::quota::Direction, bytes: usize) -> i32 {
+        let t = self.state().charge(&self.caller(), direction, bytes);
+        if t.is_zero() {
+            return 0;
+        }
+        let until = tokio::time::Instant::now() + t;
+        let mut muted = self.conn.muted_until.lock();
+        *muted = Some(muted.map_or(until, |m| m.max(until)));
+        i32::try_from(t.as_millis()).unwrap_or(i32::MAX)
     }
 
     /// Kafka's number for `e`, counted as one error of this request.
@@ -206,6 +223,7 @@ pub(crate) async fn run(
         link,
         credentials,
         sasl: parking_lot::Mutex::new(Sasl::Start),
+        muted_until: parking_lot::Mutex::new(None),
     };
     let mut rd = BufReader::with_capacity(64 * 1024, rd);
     let mut buf = BytesMut::new();
@@ -229,6 +247,14 @@ pub(crate) async fn run(
             Ok(Err(e)) => {
                 tracing::debug!(%peer, error = %e, "Kafka connection failed");
                 break;
+            }
+        }
+        // A throttled client's next request waits in the socket.
+        let muted = conn.muted_until.lock().take();
+        if let Some(until) = muted {
+            tokio::select! {
+                () = tokio::time::sleep_until(until) => {}
+                _ = crate::state::shutdown_begun(&mut shutdown) => break,
             }
         }
         let frame = tokio::select! {

@@ -155,6 +155,12 @@ pub(crate) async fn fetch(cx: &Ctx<'_>, req: FetchRequest) -> FetchResponse {
         pd.high_watermark = -1;
         push(&topic, pd);
     }
+    let bytes: usize = topics
+        .iter()
+        .flat_map(|t| &t.partitions)
+        .map(|p| p.records.as_ref().map_or(0, Bytes::len))
+        .sum();
+    resp.throttle_time_ms = cx.throttle(crate::quota::Direction::Fetch, bytes);
     resp.responses = topics;
     resp
 }

@@ -24,6 +24,7 @@ use super::errors;
 use super::metadata::{str, topic_name};
 use crate::auth::actions::Action;
 use crate::error::BrokerError;
+use crate::quota::Direction;
 use crate::state::{AckLevel, BrokerState};
 use crate::topics::Partition;
 
@@ -82,6 +83,13 @@ pub(crate) fn handle(
     let bad_acks = !(-1..=1).contains(&req.acks);
     let caller = cx.caller();
     let transactional_id = req.transactional_id.as_ref().map(|id| id.0.to_string());
+    let bytes: usize = req
+        .topic_data
+        .iter()
+        .flat_map(|t| &t.partition_data)
+        .map(|p| p.records.as_ref().map_or(0, |r| r.len()))
+        .sum();
+    let throttle_time_ms = cx.throttle(Direction::Produce, bytes);
     let _busy = state.enter();
     let mut appended: Vec<(String, Vec<(i32, Appended)>)> =
         Vec::with_capacity(req.topic_data.len());
@@ -120,6 +128,7 @@ pub(crate) fn handle(
     Ok(Reply::Later(Box::pin(async move {
         let _busy = busy;
         let mut resp = ProduceResponse::default();
+        resp.throttle_time_ms = throttle_time_ms;
         let mut failed = 0u64;
         for (name, parts) in appended {
             let mut tr = TopicProduceResponse::default();
