@@ -71,6 +71,13 @@ pub struct BrokerArgs {
     /// ACLs say; repeatable.
     #[arg(long = "super-user", value_name = "NAME")]
     super_users: Vec<String>,
+    /// A byte-rate quota, USER:KEY=BYTES_PER_SEC with KEY
+    /// producer_byte_rate or consumer_byte_rate; USER * is every
+    /// principal without one of its own, and callers without
+    /// authentication share the quota of ANONYMOUS. Repeatable; adds to
+    /// the config file's [quotas].
+    #[arg(long = "quota", value_name = "USER:KEY=RATE", value_parser = parse_quota)]
+    quotas: Vec<String>,
     /// TOML config file; flags override its settings.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -105,6 +112,12 @@ fn parse_kafka_listen(s: &str) -> Result<KafkaListen, String> {
     s.parse()
         .map(|a| KafkaListen(Some(a)))
         .map_err(|e| format!("{e}: expected HOST:PORT (an IP address and port) or off"))
+}
+
+fn parse_quota(s: &str) -> Result<String, String> {
+    ferry_broker::quota::QuotaConfig::default()
+        .add_spec(s)
+        .map(|()| s.to_string())
 }
 
 fn parse_advertise(s: &str) -> Result<String, String> {
@@ -161,6 +174,12 @@ pub fn run(args: BrokerArgs) -> Result<ExitCode, CliError> {
     }
     if !args.super_users.is_empty() {
         config.super_users = args.super_users;
+    }
+    for spec in &args.quotas {
+        config
+            .quotas
+            .add_spec(spec)
+            .map_err(ferry_broker::BrokerError::Config)?;
     }
     if let Some(v) = args.default_partitions {
         config.default_partitions = v;
