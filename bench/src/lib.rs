@@ -15,6 +15,7 @@
 pub mod baseline;
 pub mod kafka;
 pub mod matrix;
+pub mod quota;
 pub mod rebalance;
 pub mod tls;
 pub mod workload;

@@ -47,6 +47,26 @@ pub enum BenchCommand {
     /// ferry-client on a plaintext and a TLS broker, alternating, with
     /// TLS ÷ plaintext per cell.
     Tls(TlsArgs),
+    /// Whether a produce quota holds: a principal with a
+    /// producer_byte_rate and one without, producing at once through
+    /// ferry-client; reports throttled rate ÷ quota and the free
+    /// producer's rate beside it ÷ alone.
+    Quota(QuotaArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct QuotaArgs {
+    /// Seconds each measurement runs.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// The throttled principal's producer_byte_rate, in bytes/s.
+    #[arg(long, default_value_t = 1024 * 1024)]
+    quota: u64,
+    /// Value bytes per record.
+    #[arg(long, default_value_t = 1024)]
+    record_size: usize,
+    #[command(flatten)]
+    common: Common,
 }
 
 #[derive(Debug, clap::Args)]
@@ -262,7 +282,33 @@ pub fn run(command: BenchCommand) -> Result<ExitCode, CliError> {
         BenchCommand::Rebalance(args) => run_rebalance(args),
         BenchCommand::Kafka(args) => run_kafka(args),
         BenchCommand::Tls(args) => run_tls(args),
+        BenchCommand::Quota(args) => run_quota(args),
     }
+}
+
+fn run_quota(args: QuotaArgs) -> Result<ExitCode, CliError> {
+    let config = ferry_bench::quota::QuotaBenchConfig {
+        quota_bytes_per_sec: args.quota,
+        duration: match stop(None, Some(args.duration))? {
+            RunLength::Duration(d) => d,
+            RunLength::Records(_) => unreachable!("stop() with no --records gives a duration"),
+        },
+        record_size: args.record_size,
+        parent: args.common.data_dir.clone(),
+        ..Default::default()
+    };
+    let bar = cells_bar(args.common.json, 2);
+    let mut step = 0;
+    let bench = ferry_bench::quota::QuotaBench::run(&config, |label| {
+        bar.set_position(step);
+        bar.set_message(label.to_string());
+        step += 1;
+    });
+    bar.finish_and_clear();
+    let bench = bench?;
+    print_report(args.common.json, &bench, bench.failed(), || {
+        bench.markdown()
+    })
 }
 
 fn run_tls(args: TlsArgs) -> Result<ExitCode, CliError> {
