@@ -5,19 +5,20 @@
 //! long); how closely a throttled producer tracks its quota is measured
 //! by `ferry bench quota`.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use ferry_broker::auth::Credentials;
 use ferry_broker::quota::QuotaConfig;
 use ferry_broker::{BrokerConfig, EmbeddedBroker};
 use ferry_proto::batch::BatchBuilder;
 use ferry_proto::v1;
 use kafka_protocol::messages::*;
-use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request, StrBytes};
+use kafka_protocol::protocol::StrBytes;
 use tonic::transport::Channel;
+
+mod support;
+use support::Raw;
 
 fn quotas(specs: &[&str]) -> QuotaConfig {
     let mut q = QuotaConfig::default();
@@ -127,41 +128,6 @@ async fn grpc_throttles_the_principal_over_its_quota_and_not_the_one_beside_it()
     );
 }
 
-struct Kafka {
-    stream: TcpStream,
-    next: i32,
-}
-
-impl Kafka {
-    fn call<R: Request>(&mut self, version: i16, req: &R) -> R::Response {
-        self.next += 1;
-        let mut header = RequestHeader::default();
-        header.request_api_key = R::KEY;
-        header.request_api_version = version;
-        header.correlation_id = self.next;
-        header.client_id = Some(StrBytes::from_static_str("quota-test"));
-        let mut body = BytesMut::new();
-        header
-            .encode(&mut body, R::header_version(version))
-            .unwrap();
-        req.encode(&mut body, version).unwrap();
-        let mut frame = BytesMut::new();
-        frame.put_i32(body.len() as i32);
-        frame.put_slice(&body);
-        self.stream.write_all(&frame).unwrap();
-        let mut len = [0u8; 4];
-        self.stream.read_exact(&mut len).unwrap();
-        let mut buf = vec![0u8; i32::from_be_bytes(len) as usize];
-        self.stream.read_exact(&mut buf).unwrap();
-        let mut buf = Bytes::from(buf);
-        let h = ResponseHeader::decode(&mut buf, R::Response::header_version(version)).unwrap();
-        assert_eq!(h.correlation_id, self.next);
-        let resp = R::Response::decode(&mut buf, version).unwrap();
-        assert!(!buf.has_remaining());
-        resp
-    }
-}
-
 #[tokio::test]
 async fn kafka_reports_the_throttle_at_once_and_mutes_the_connection_for_it() {
     // Without authentication every client is ANONYMOUS and shares its
@@ -175,11 +141,7 @@ async fn kafka_reports_the_throttle_at_once_and_mutes_the_connection_for_it() {
     broker.state().create_topic("t", 1).unwrap();
     let addr = broker.kafka_addr().unwrap();
     std::thread::spawn(move || {
-        let stream = TcpStream::connect(addr).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(20)))
-            .unwrap();
-        let mut k = Kafka { stream, next: 0 };
+        let mut k = Raw::connect(addr);
         let mut pd = produce_request::PartitionProduceData::default();
         pd.index = 0;
         pd.records = Some(batch_of(20 * 1024));
