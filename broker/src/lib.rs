@@ -9,6 +9,7 @@ mod config;
 mod data_dir;
 mod embedded;
 mod error;
+mod frame_deadline;
 mod group;
 mod kafka;
 mod names;

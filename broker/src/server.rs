@@ -20,6 +20,7 @@ use crate::auth::grpc::GrpcAuth;
 use crate::auth::{CredentialsStore, Principal};
 use crate::config::BrokerConfig;
 use crate::error::BrokerError;
+use crate::frame_deadline::Deadline;
 use crate::service::FerryService;
 use crate::state::BrokerState;
 use crate::tls::{self, Tls};
@@ -424,7 +425,8 @@ impl PeerInfo {
 
 /// A connection holding one of the limited connection permits.
 struct LimitedConn {
-    stream: tls::Stream,
+    /// The header timeout applies to every HTTP/2 frame read.
+    stream: crate::frame_deadline::Deadline<tls::Stream>,
     info: PeerInfo,
     _permit: OwnedSemaphorePermit,
 }
@@ -452,23 +454,23 @@ impl AsyncWrite for LimitedConn {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
+        Pin::new(self.stream.get_mut()).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
+        Pin::new(self.stream.get_mut()).poll_flush(cx)
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
+        Pin::new(self.stream.get_mut()).poll_shutdown(cx)
     }
     fn poll_write_vectored(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+        Pin::new(self.stream.get_mut()).poll_write_vectored(cx, bufs)
     }
     fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
+        self.stream.get_ref().is_write_vectored()
     }
 }
 
@@ -531,7 +533,7 @@ fn limited_incoming(
                 match &tls {
                     None => {
                         let conn = LimitedConn {
-                            stream: tls::Stream::Plain(stream),
+                            stream: Deadline::new(tls::Stream::Plain(stream), handshake_timeout),
                             info: PeerInfo {
                                 remote: peer,
                                 principal: None,
@@ -551,7 +553,7 @@ fn limited_incoming(
                                 return;
                             };
                             let _ = done.send(LimitedConn {
-                                stream,
+                                stream: Deadline::new(stream, handshake_timeout),
                                 info: PeerInfo {
                                     remote: peer,
                                     principal,

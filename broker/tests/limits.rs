@@ -210,3 +210,75 @@ async fn connections_past_the_limit_are_closed_and_the_others_keep_working() {
     a.list_topics().await.unwrap();
     b.list_topics().await.unwrap();
 }
+
+/// A gRPC slowloris: a connection that starts the HTTP/2 preface, or a
+/// frame, and never finishes it is closed after
+/// `request_header_timeout_ms`; one idle between frames stays open, and
+/// a neighbour keeps being served.
+#[tokio::test]
+async fn an_http2_frame_that_does_not_arrive_within_the_header_timeout_closes_its_connection() {
+    use std::io::{Read, Write};
+    use std::time::{Duration, Instant};
+    let broker = EmbeddedBroker::start(BrokerConfig {
+        request_header_timeout_ms: 300,
+        ..BrokerConfig::ephemeral()
+    })
+    .await
+    .unwrap();
+    let client = Client::connect(&broker.addr_string()).await.unwrap();
+    client.create_topic("t", 1).await;
+    let addr = broker.addr();
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    // An empty SETTINGS frame: length 0, type 4, no flags, stream 0.
+    const SETTINGS: &[u8] = &[0, 0, 0, 4, 0, 0, 0, 0, 0];
+    let closed_after = |sent: Vec<u8>| {
+        std::thread::spawn(move || {
+            let mut s = std::net::TcpStream::connect(addr).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            s.write_all(&sent).unwrap();
+            let started = Instant::now();
+            let mut buf = [0u8; 4096];
+            // Drain what the server sends (its SETTINGS) until it closes.
+            loop {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => return started.elapsed(),
+                    Ok(_) => {}
+                }
+            }
+        })
+    };
+    let half_preface = closed_after(PREFACE[..10].to_vec());
+    let half_frame = closed_after([PREFACE, SETTINGS, &[0, 0, 8, 6]].concat());
+    // Whole preface and SETTINGS, then silence: not a slowloris.
+    let mut idle = std::net::TcpStream::connect(addr).unwrap();
+    idle.write_all(&[PREFACE, SETTINGS].concat()).unwrap();
+    for t in [half_preface, half_frame] {
+        let waited = tokio::task::spawn_blocking(move || t.join().unwrap())
+            .await
+            .unwrap();
+        assert!(waited >= Duration::from_millis(250), "{waited:?}");
+        assert!(waited < Duration::from_secs(20), "never closed");
+    }
+    assert_still_serving(&client).await;
+    // The idle one is still open: a read finds the server's frames, or
+    // waits, but not the end of the stream.
+    idle.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    loop {
+        match idle.read(&mut buf) {
+            Ok(0) => panic!("the idle connection was closed"),
+            Ok(_) => continue,
+            Err(e) => {
+                assert!(
+                    matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ),
+                    "{e}"
+                );
+                break;
+            }
+        }
+    }
+}
