@@ -15,7 +15,7 @@ use kafka_protocol::messages::*;
 use kafka_protocol::protocol::{Decodable, StrBytes};
 
 mod support;
-use support::Raw;
+use support::kafka::Raw;
 
 async fn broker() -> EmbeddedBroker {
     EmbeddedBroker::start(BrokerConfig::ephemeral())

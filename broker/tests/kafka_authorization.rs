@@ -16,7 +16,7 @@ use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
 
 mod support;
-use support::{Raw, sasl_plain};
+use support::kafka::{Raw, sasl_plain};
 
 const TOPIC_DENIED: i16 = 29;
 const GROUP_DENIED: i16 = 30;

@@ -18,7 +18,7 @@ use kafka_protocol::protocol::StrBytes;
 use tonic::transport::Channel;
 
 mod support;
-use support::Raw;
+use support::kafka::Raw;
 
 fn quotas(specs: &[&str]) -> QuotaConfig {
     let mut q = QuotaConfig::default();
