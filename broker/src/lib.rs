@@ -49,7 +49,7 @@ pub use producer_state::{
     SeqError, check_sequence,
 };
 pub use server::{Broker, Listeners, MAX_FRAME_BYTES, PeerInfo, Stop};
-pub use service::{FerryService, MAX_IN_FLIGHT_PER_STREAM};
+pub use service::{FUZZED_RPCS, FerryService, MAX_IN_FLIGHT_PER_STREAM, serve_encoded};
 pub use state::{
     AckLevel, BrokerState, ConsumerLag, FetchResult, FetchSpec, InflightGuard, Isolation,
     MAX_FETCH_PARTITIONS, OffsetSpec,

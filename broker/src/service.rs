@@ -983,3 +983,56 @@ fn handle_streamed(
     };
     (throttle, reply)
 }
+
+/// How many unary RPCs [`serve_encoded`] picks among.
+#[doc(hidden)]
+pub const FUZZED_RPCS: u8 = 23;
+
+/// Decodes `bytes` as the protobuf request of the unary RPC `rpc` picks
+/// (modulo [`FUZZED_RPCS`]) and serves it: the path of a gRPC request
+/// after the transport, for fuzzing the handlers' checks of what prost
+/// decoded. `None` when prost refuses the bytes. A fetch's wait is capped
+/// so that a run does not stall; everything else is served as sent.
+#[doc(hidden)]
+pub async fn serve_encoded(
+    service: &FerryService,
+    rpc: u8,
+    bytes: &[u8],
+) -> Option<Result<(), Status>> {
+    use prost::Message;
+    macro_rules! call {
+        ($method:ident, $req:ty) => {{
+            let req = <$req>::decode(bytes).ok()?;
+            service.$method(Request::new(req)).await.map(|_| ())
+        }};
+    }
+    Some(match rpc % FUZZED_RPCS {
+        0 => call!(create_topic, v1::CreateTopicRequest),
+        1 => call!(delete_topic, v1::DeleteTopicRequest),
+        2 => call!(list_topics, v1::ListTopicsRequest),
+        3 => call!(describe_topic, v1::DescribeTopicRequest),
+        4 => call!(produce, v1::ProduceRequest),
+        5 => {
+            let mut req = v1::FetchRequest::decode(bytes).ok()?;
+            req.max_wait_ms = req.max_wait_ms.min(10);
+            service.fetch(Request::new(req)).await.map(|_| ())
+        }
+        6 => call!(list_offsets, v1::ListOffsetsRequest),
+        7 => call!(init_producer_id, v1::InitProducerIdRequest),
+        8 => call!(add_partitions_to_txn, v1::AddPartitionsToTxnRequest),
+        9 => call!(add_offsets_to_txn, v1::AddOffsetsToTxnRequest),
+        10 => call!(txn_offset_commit, v1::TxnOffsetCommitRequest),
+        11 => call!(end_txn, v1::EndTxnRequest),
+        12 => call!(list_transactions, v1::ListTransactionsRequest),
+        13 => call!(abort_transaction, v1::AbortTransactionRequest),
+        14 => call!(commit_offsets, v1::CommitOffsetsRequest),
+        15 => call!(fetch_offsets, v1::FetchOffsetsRequest),
+        16 => call!(join_group, v1::JoinGroupRequest),
+        17 => call!(sync_group, v1::SyncGroupRequest),
+        18 => call!(heartbeat, v1::HeartbeatRequest),
+        19 => call!(leave_group, v1::LeaveGroupRequest),
+        20 => call!(list_groups, v1::ListGroupsRequest),
+        21 => call!(describe_group, v1::DescribeGroupRequest),
+        _ => call!(delete_group, v1::DeleteGroupRequest),
+    })
+}
