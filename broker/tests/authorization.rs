@@ -613,3 +613,70 @@ async fn every_grpc_request_needs_its_right_and_a_denied_one_changes_nothing() {
         "app created new and deleted t"
     );
 }
+
+/// Guessing tokens: hundreds of wrong ones, on one connection, are each
+/// refused `UNAUTHENTICATED` before any handler runs; the right token on
+/// the same connection is still served afterwards, and nothing was
+/// created by the refused requests.
+#[tokio::test]
+async fn many_wrong_tokens_are_each_refused_and_the_right_one_still_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("credentials.toml");
+    let mut creds = Credentials::default();
+    let token = creds.add_token("admin").unwrap();
+    creds.save(&file).unwrap();
+    let broker = EmbeddedBroker::start(BrokerConfig {
+        credentials_file: Some(file),
+        super_users: vec!["admin".into()],
+        ..BrokerConfig::ephemeral()
+    })
+    .await
+    .unwrap();
+    let channel = Channel::from_shared(format!("http://{}", broker.addr_string()))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let create = |t: &str, name: String| {
+        As {
+            raw: Raw::new(channel.clone()),
+            token: Some(t.to_string()),
+        }
+        .req(v1::CreateTopicRequest {
+            name,
+            partitions: 1,
+        })
+    };
+    // Wrong tokens of every shape: near misses of the right one (same
+    // length, one character changed), random ones, and garbage.
+    let mut guesses: Vec<String> = (0..100)
+        .map(|i| {
+            let mut g: Vec<char> = token.chars().collect();
+            let at = i % g.len();
+            g[at] = if g[at] == 'A' { 'B' } else { 'A' };
+            g.into_iter().collect()
+        })
+        .collect();
+    guesses.extend((0..100).map(|i| format!("ferry_{i:040}")));
+    guesses.extend((0..100).map(|i| "x".repeat(i + 1)));
+    for (i, guess) in guesses.iter().enumerate() {
+        let status = Raw::new(channel.clone())
+            .create_topic(create(guess, format!("guess-{i}")))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unauthenticated, "{guess}");
+    }
+    let r = Raw::new(channel.clone())
+        .create_topic(create(&token, "real".into()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.error_code, 0, "{}", r.error_message);
+    let names: Vec<String> = broker
+        .state()
+        .topics()
+        .iter()
+        .map(|t| t.name.to_string())
+        .collect();
+    assert_eq!(names, ["real"]);
+}

@@ -15,7 +15,7 @@ use kafka_protocol::messages::*;
 use kafka_protocol::protocol::{Decodable, StrBytes};
 
 mod support;
-use support::kafka::Raw;
+use support::kafka::{Raw, sasl_plain};
 
 async fn broker() -> EmbeddedBroker {
     EmbeddedBroker::start(BrokerConfig::ephemeral())
@@ -552,4 +552,50 @@ async fn a_flood_of_connections_past_the_limit_is_refused_and_the_listener_recov
             std::thread::sleep(Duration::from_millis(50));
         }
     });
+}
+
+/// Guessing: a hundred wrong passwords in a row are each refused with
+/// SASL_AUTHENTICATION_FAILED and close their connection; nothing locks
+/// the user out or slows the broker for others, and the right password
+/// still opens a connection afterwards. (The comparison itself is
+/// constant-time, `subtle::ConstantTimeEq`; timing is not measured in a
+/// test on a shared machine.)
+#[tokio::test]
+async fn many_wrong_passwords_are_each_refused_and_the_right_one_still_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("credentials.toml");
+    let mut creds = ferry_broker::auth::Credentials::default();
+    creds
+        .add_scram(
+            "alice",
+            ferry_broker::auth::Mechanism::ScramSha256,
+            b"correct horse",
+        )
+        .unwrap();
+    creds.save(&file).unwrap();
+    let b = EmbeddedBroker::start(BrokerConfig {
+        credentials_file: Some(file),
+        super_users: vec!["alice".into()],
+        ..BrokerConfig::ephemeral()
+    })
+    .await
+    .unwrap();
+    let addr = b.kafka_addr().unwrap();
+    tokio::task::spawn_blocking(move || {
+        // A connection authenticated before the guessing keeps working.
+        let mut kept = Raw::connect(addr);
+        assert_eq!(sasl_plain(&mut kept, "alice", "correct horse"), 0);
+        for i in 0..100 {
+            let mut c = Raw::connect(addr);
+            let guess = format!("guess-{i}");
+            assert_eq!(sasl_plain(&mut c, "alice", &guess), 58, "{guess}");
+            assert!(c.closed(), "{guess}: the connection stays open");
+        }
+        let mut c = Raw::connect(addr);
+        assert_eq!(sasl_plain(&mut c, "alice", "correct horse"), 0);
+        assert_eq!(c.call(12, &MetadataRequest::default()).brokers.len(), 1);
+        assert_eq!(kept.call(12, &MetadataRequest::default()).brokers.len(), 1);
+    })
+    .await
+    .unwrap();
 }
