@@ -398,6 +398,23 @@ fn describe_metrics() {
         "ferry_tls_handshake_failures_total",
         "TLS handshakes that failed or timed out, by listener"
     );
+    describe_counter!(
+        "ferry_authorization_denied_total",
+        "Requests an ACL refused, by resource type and operation"
+    );
+    describe_counter!(
+        "ferry_grpc_closed_total",
+        "gRPC connections closed for an HTTP/2 frame not finished in time, by reason"
+    );
+    describe_counter!(
+        "ferry_quota_throttled_total",
+        "Requests throttled for a principal over its quota, by direction"
+    );
+    describe_counter!(
+        "ferry_quota_throttle_milliseconds_total",
+        Unit::Milliseconds,
+        "Throttle time given to principals over their quotas, by direction"
+    );
     describe_histogram!(
         "ferry_flush_latency_seconds",
         Unit::Seconds,
