@@ -1,6 +1,7 @@
 //! Command-line parsing and dispatch. The commands, flags and JSON shapes
 //! here are a public contract: keep them stable.
 
+mod acl;
 mod bench;
 mod broker;
 mod consume;
@@ -135,6 +136,11 @@ enum Command {
         #[command(subcommand)]
         command: user::UserCommand,
     },
+    /// Add, remove and list the rules of an ACL file.
+    Acl {
+        #[command(subcommand)]
+        command: acl::AclCommand,
+    },
 }
 
 /// Runs the parsed command.
@@ -150,6 +156,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Torture(args) => torture::run(args),
         Command::Lab(args) => lab::run(args),
         Command::User { command } => user::run(command),
+        Command::Acl { command } => acl::run(command),
         Command::Copy(args) => client_runtime()?.block_on(copy::run(args)),
         Command::Txn { command, broker } => client_runtime()?.block_on(txn::run(command, broker)),
         Command::Group { command, broker } => {

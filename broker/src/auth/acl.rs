@@ -171,6 +171,33 @@ impl Operation {
     }
 }
 
+impl std::str::FromStr for Operation {
+    type Err = String;
+
+    /// Parses an operation by its name ([`Operation::name`]).
+    fn from_str(s: &str) -> Result<Operation, String> {
+        Operation::ALL
+            .into_iter()
+            .find(|o| o.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Operation::ALL.iter().map(|o| o.name()).collect();
+                format!("unknown operation {s:?} (one of {})", names.join(", "))
+            })
+    }
+}
+
+/// A principal as ACLs spell it: `app` and `User:app` are both
+/// `User:app`, and `*` is [`ANY_PRINCIPAL`].
+pub fn principal_of(name: &str) -> String {
+    if name == WILDCARD {
+        ANY_PRINCIPAL.to_string()
+    } else if name.starts_with(USER_PREFIX) {
+        name.to_string()
+    } else {
+        format!("{USER_PREFIX}{name}")
+    }
+}
+
 /// Whether an ACL allows or denies.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
