@@ -414,6 +414,145 @@ fn produce_with_env(
         .unwrap()
 }
 
+fn acl(args: &[&str], file: &std::path::Path) -> std::process::Output {
+    Command::new(FERRY)
+        .arg("acl")
+        .args(args)
+        .arg("--acls")
+        .arg(file)
+        .output()
+        .unwrap()
+}
+
+/// `ferry acl` writes the file the broker reads: each rule as a JSON
+/// line, a bad rule or an empty selection refused with the reason and the
+/// file unchanged.
+#[test]
+fn ferry_acl_adds_lists_and_removes_the_rules_of_the_acl_file() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("acls.toml");
+    let lines = |out: &std::process::Output| -> Vec<serde_json::Value> {
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let added = lines(&acl(
+        &[
+            "add",
+            "--principal",
+            "app",
+            "--topic",
+            "orders",
+            "--operation",
+            "read",
+            "--operation",
+            "write",
+        ],
+        &file,
+    ));
+    assert_eq!(added.len(), 2);
+    assert_eq!(added[0]["principal"], "User:app");
+    assert_eq!(added[1]["operation"], "write");
+    lines(&acl(
+        &[
+            "add",
+            "--principal",
+            "*",
+            "--cluster",
+            "--operation",
+            "alter",
+            "--deny",
+        ],
+        &file,
+    ));
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    // What the broker reads is what was added.
+    let stored = ferry_broker::auth::acl::load(&file).unwrap();
+    assert_eq!(stored.len(), 3);
+    assert_eq!(lines(&acl(&["list"], &file)).len(), 3);
+    assert_eq!(
+        lines(&acl(&["list", "--operation", "write"], &file)).len(),
+        1
+    );
+
+    let before = std::fs::read(&file).unwrap();
+    for (bad, says) in [
+        (vec!["remove"], "nothing selected"),
+        (
+            vec![
+                "add",
+                "--principal",
+                "app",
+                "--topic",
+                "t",
+                "--operation",
+                "fly",
+            ],
+            "unknown operation",
+        ),
+        (
+            vec![
+                "add",
+                "--principal",
+                "app",
+                "--topic",
+                "*",
+                "--prefixed",
+                "--operation",
+                "read",
+            ],
+            "prefixed",
+        ),
+        (
+            vec![
+                "add",
+                "--principal",
+                "app",
+                "--host",
+                "example.org",
+                "--topic",
+                "t",
+                "--operation",
+                "read",
+            ],
+            "IP address",
+        ),
+        (
+            vec!["add", "--principal", "app", "--operation", "read"],
+            "required",
+        ),
+    ] {
+        let out = acl(&bad, &file);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(says),
+            "{bad:?}: {err}"
+        );
+        assert_eq!(
+            std::fs::read(&file).unwrap(),
+            before,
+            "{bad:?} changed the file"
+        );
+    }
+
+    let removed = lines(&acl(
+        &["remove", "--principal", "app", "--topic", "orders"],
+        &file,
+    ));
+    assert_eq!(removed.len(), 2);
+    let left = lines(&acl(&["list"], &file));
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0]["permission"], "deny");
+    assert_eq!(lines(&acl(&["remove", "--all"], &file)).len(), 1);
+    assert!(ferry_broker::auth::acl::load(&file).unwrap().is_empty());
+}
+
 fn user(args: &[&str], file: &std::path::Path, stdin: &str) -> std::process::Output {
     use std::io::Write as _;
     let mut child = Command::new(FERRY)
@@ -837,11 +976,21 @@ fn grpc_requests_need_an_acl_and_the_acl_file_reloads_on_sighup() {
         "may not alter cluster",
     );
 
-    // Read by prefix, granted on SIGHUP.
-    grant(
-        "[[acl]]\nprincipal = \"User:app\"\nresource = \"topic\"\nname = \"orders\"\noperation = \"write\"\n\n\
-         [[acl]]\nprincipal = \"User:app\"\nresource = \"topic\"\nname = \"ord\"\npattern = \"prefixed\"\noperation = \"read\"\n",
+    // Read by prefix, added with `ferry acl` and granted on SIGHUP.
+    let added = acl(
+        &[
+            "add",
+            "--principal",
+            "app",
+            "--topic",
+            "ord",
+            "--prefixed",
+            "--operation",
+            "read",
+        ],
+        &acls,
     );
+    assert!(added.status.success(), "{added:?}");
     let hup = || {
         let ok = Command::new("kill")
             .args(["-HUP", &broker.pid().to_string()])
