@@ -39,9 +39,8 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let h = harness();
-    let answered = h.rt.block_on(tokio::time::timeout(
-        Duration::from_secs(5),
-        serve_encoded(&h.service, rpc, body),
-    ));
+    let answered = h.rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(5), serve_encoded(&h.service, rpc, body)).await
+    });
     assert!(answered.is_ok(), "rpc {rpc} hung");
 });
