@@ -984,6 +984,10 @@ fn handle_streamed(
     (throttle, reply)
 }
 
+/// The most partitions a topic created by [`serve_encoded`] gets.
+#[doc(hidden)]
+pub const MAX_FUZZED_PARTITIONS: u32 = 4;
+
 /// How many unary RPCs [`serve_encoded`] picks among.
 #[doc(hidden)]
 pub const FUZZED_RPCS: u8 = 23;
@@ -992,7 +996,9 @@ pub const FUZZED_RPCS: u8 = 23;
 /// (modulo [`FUZZED_RPCS`]) and serves it: the path of a gRPC request
 /// after the transport, for fuzzing the handlers' checks of what prost
 /// decoded. `None` when prost refuses the bytes. A fetch's wait is capped
-/// so that a run does not stall; everything else is served as sent.
+/// so that a run does not stall, and a new topic's partitions at
+/// [`MAX_FUZZED_PARTITIONS`] so that a run does not fill the disk with
+/// segment files; everything else is served as sent.
 #[doc(hidden)]
 pub async fn serve_encoded(
     service: &FerryService,
@@ -1007,7 +1013,11 @@ pub async fn serve_encoded(
         }};
     }
     Some(match rpc % FUZZED_RPCS {
-        0 => call!(create_topic, v1::CreateTopicRequest),
+        0 => {
+            let mut req = v1::CreateTopicRequest::decode(bytes).ok()?;
+            req.partitions = req.partitions.min(MAX_FUZZED_PARTITIONS);
+            service.create_topic(Request::new(req)).await.map(|_| ())
+        }
         1 => call!(delete_topic, v1::DeleteTopicRequest),
         2 => call!(list_topics, v1::ListTopicsRequest),
         3 => call!(describe_topic, v1::DescribeTopicRequest),
