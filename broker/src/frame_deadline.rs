@@ -68,14 +68,17 @@ impl Framing {
         let mut completed = false;
         while !bytes.is_empty() {
             match self.unit {
-                Unit::Preface(due) => {
+                // The preface and a payload are only counted off.
+                unit @ (Unit::Preface(due) | Unit::Payload(due)) => {
                     let n = due.min(bytes.len());
                     bytes = &bytes[n..];
-                    self.unit = if n == due {
-                        completed = true;
-                        Unit::Header(0)
-                    } else {
-                        Unit::Preface(due - n)
+                    self.unit = match unit {
+                        _ if n == due => {
+                            completed = true;
+                            Unit::Header(0)
+                        }
+                        Unit::Preface(_) => Unit::Preface(due - n),
+                        _ => Unit::Payload(due - n),
                     };
                 }
                 Unit::Header(have) => {
@@ -93,16 +96,6 @@ impl Framing {
                         } else {
                             Unit::Payload(len)
                         }
-                    };
-                }
-                Unit::Payload(due) => {
-                    let n = due.min(bytes.len());
-                    bytes = &bytes[n..];
-                    self.unit = if n == due {
-                        completed = true;
-                        Unit::Header(0)
-                    } else {
-                        Unit::Payload(due - n)
                     };
                 }
             }
