@@ -16,7 +16,8 @@ use crate::{LogConfig, MIN_SEGMENT_BYTES, StorageError};
 /// offsets below the high watermark, the index recovery left matches one
 /// rebuilt from the kept batches, and a clean close and reopen keep the
 /// same log. Panics when one of those fails; a file recovery refuses is an
-/// `Err`.
+/// `Err`, and so is damage inside a prefix that recovery trusted to the
+/// index's checkpoint (the read that meets it refuses it).
 pub fn recover(dir: &Path, segment: &[u8], index: &[u8]) -> Result<(), StorageError> {
     let io = |e: std::io::Error| StorageError::Io {
         op: "write fuzz input",

@@ -88,6 +88,11 @@ pub struct Segment {
     /// `valid_len` of the last index written; serialises index writes.
     pub checkpoint: Mutex<u64>,
     pub index_interval_bytes: u32,
+    /// Bytes at the start that recovery trusted to an index or checkpoint
+    /// written by an earlier run instead of checking them. A read checks
+    /// the CRC of each batch it serves from them, so damage to a flushed
+    /// prefix (a bad disk, not a crash) is an error, never data.
+    pub trusted_len: u64,
 }
 
 /// What [`scan`] found.
@@ -488,21 +493,61 @@ impl Segment {
     }
 
     /// Position of the indexed batch at or before `offset`.
-    fn lookup(&self, offset: u64) -> Result<u64, StorageError> {
+    /// The position to start looking for `offset` at, and the base offset
+    /// of the batch there.
+    fn lookup(&self, offset: u64) -> Result<(u64, u64), StorageError> {
         self.ensure_entries()?;
         let guard = self.entries.read();
         let entries = guard.as_deref().unwrap_or(&[]);
         let relative = offset.saturating_sub(self.base_offset);
         let i = entries.partition_point(|e| u64::from(e.relative_offset) <= relative);
         Ok(if i == 0 {
-            0
+            (0, self.base_offset)
         } else {
-            u64::from(entries[i - 1].position)
+            let e = entries[i - 1];
+            (
+                u64::from(e.position),
+                self.base_offset + u64::from(e.relative_offset),
+            )
         })
+    }
+
+    /// The header of the batch at `pos`, which must start at offset
+    /// `expected`: what recovery checks of a batch outside its CRC, checked
+    /// on every read because a trusted prefix was not scanned in this run.
+    fn batch_at(&self, pos: u64, end: u64, expected: u64) -> Result<BatchHeader, StorageError> {
+        let header = self.header_at(pos, end)?;
+        if header.base_offset != expected {
+            let reason = format!(
+                "base offset {} where {expected} was expected",
+                header.base_offset
+            );
+            return Err(self.corrupt(pos, reason));
+        }
+        if header.leader_epoch != LEADER_EPOCH {
+            return Err(self.corrupt(pos, format!("leader epoch {}", header.leader_epoch)));
+        }
+        Ok(header)
+    }
+
+    /// Checks the CRC of the batch at `pos` if it lies in the prefix
+    /// recovery trusted without reading.
+    fn check_trusted(&self, pos: u64, header: &BatchHeader) -> Result<(), StorageError> {
+        if pos >= self.trusted_len {
+            return Ok(());
+        }
+        let bytes = self
+            .map
+            .slice(pos, pos + u64::from(header.batch_len))
+            .ok_or_else(|| self.corrupt(pos, "batch outside the published range"))?;
+        check_framing(bytes).map_err(|e| self.corrupt(pos, e.to_string()))?;
+        Ok(())
     }
 
     /// Whole batches from the one holding `offset`, each ending at or below
     /// `upper`, at most `max_bytes` except that the first is always whole.
+    /// A batch that does not continue the offsets before it, or a damaged
+    /// one in the trusted prefix, is an error.
     pub fn read(
         &self,
         offset: u64,
@@ -510,21 +555,22 @@ impl Segment {
         upper: u64,
     ) -> Result<SegmentRead, StorageError> {
         let end = self.data_len();
-        let mut pos = self.lookup(offset)?;
+        let (mut pos, mut expected) = self.lookup(offset)?;
         loop {
             if pos >= end {
                 return Ok(SegmentRead::PastEnd);
             }
-            let header = self.header_at(pos, end)?;
+            let header = self.batch_at(pos, end, expected)?;
             if header.next_offset() > offset {
                 break;
             }
+            expected = header.next_offset();
             pos += u64::from(header.batch_len);
         }
         let start = pos;
         let mut total = 0u64;
         while pos < end {
-            let header = self.header_at(pos, end)?;
+            let header = self.batch_at(pos, end, expected)?;
             if header.next_offset() > upper {
                 break;
             }
@@ -532,8 +578,10 @@ impl Segment {
             if total > 0 && total + len > max_bytes as u64 {
                 break;
             }
+            self.check_trusted(pos, &header)?;
             total += len;
             pos += len;
+            expected = header.next_offset();
         }
         if total == 0 {
             return Ok(SegmentRead::Data(Bytes::new()));
@@ -548,11 +596,13 @@ impl Segment {
     pub fn offset_for_timestamp(&self, timestamp_ms: i64) -> Result<Option<u64>, StorageError> {
         let end = self.data_len();
         let mut pos = 0;
+        let mut expected = self.base_offset;
         while pos < end {
-            let header = self.header_at(pos, end)?;
+            let header = self.batch_at(pos, end, expected)?;
             if header.max_timestamp >= timestamp_ms {
                 return Ok(Some(header.base_offset));
             }
+            expected = header.next_offset();
             pos += u64::from(header.batch_len);
         }
         Ok(None)

@@ -453,3 +453,36 @@ proptest! {
         let _ = ferry_storage::fuzzing::recover(dir.path(), &segment, index);
     }
 }
+
+/// A flushed, checkpointed batch damaged afterwards (a bad disk, not a
+/// crash): recovery trusts the checkpoint and does not scan it, so the
+/// read that meets it must refuse it. Found by the property test above,
+/// with its first byte (the base offset, outside the CRC) flipped.
+#[test]
+fn damage_below_the_checkpoint_is_a_read_error_not_an_empty_read() {
+    for flip in [0usize, 13, 30, 90] {
+        let written = tempfile::tempdir().unwrap();
+        let config = LogConfig {
+            segment_bytes: ferry_storage::MIN_SEGMENT_BYTES,
+            ..LogConfig::default()
+        };
+        let log = Log::open(written.path(), config.clone()).unwrap();
+        log.append(ValidBatch::new(&make_batch(0, 2, 40)).unwrap())
+            .unwrap();
+        log.close().unwrap();
+        drop(log);
+        let path = written.path().join("00000000000000000000.log");
+        let mut segment = std::fs::read(&path).unwrap();
+        segment[flip] ^= 0x5a;
+        std::fs::write(&path, &segment).unwrap();
+        let log = Log::open(written.path(), config).unwrap();
+        assert_eq!(log.next_offset(), 2, "the checkpoint is trusted");
+        let err = log
+            .read(0, 1 << 20, 2)
+            .expect_err(&format!("byte {flip} flipped"));
+        assert!(
+            matches!(err, ferry_storage::StorageError::Corrupt { .. }),
+            "byte {flip}: {err}"
+        );
+    }
+}

@@ -659,6 +659,7 @@ fn new_segment(
         lazy_header,
         checkpoint: Mutex::new(0),
         index_interval_bytes: config.index_interval_bytes,
+        trusted_len: 0,
     }
 }
 

@@ -313,8 +313,9 @@ fn trust_sealed(
         next_offset: h.next_offset,
         max_timestamp: h.max_timestamp,
     };
-    let seg = new_segment(dir, base, Arc::new(map), durable, None, Some(h), config);
+    let mut seg = new_segment(dir, base, Arc::new(map), durable, None, Some(h), config);
     *seg.checkpoint.lock() = h.valid_len;
+    seg.trusted_len = h.valid_len;
     Ok(seg)
 }
 
@@ -415,8 +416,9 @@ fn open_active(
         next_offset: found.next_offset,
         max_timestamp: found.max_timestamp,
     };
-    let seg = new_segment(dir, base, map, durable, Some(entries), None, config);
+    let mut seg = new_segment(dir, base, map, durable, Some(entries), None, config);
     *seg.checkpoint.lock() = checkpoint.len;
+    seg.trusted_len = checkpoint.len;
     if found.end > checkpoint.len || checkpoint.len == 0 {
         seg.write_index(durable)?;
     }
