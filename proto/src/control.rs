@@ -21,7 +21,9 @@
 
 use bytes::Bytes;
 
-use crate::batch::{BatchBuilder, NO_SEQUENCE, ProducerStamp, ValidBatch};
+use std::collections::HashSet;
+
+use crate::batch::{BatchBuilder, BatchHeader, NO_SEQUENCE, ProducerStamp, ValidBatch};
 
 /// Which way a transaction ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -133,5 +135,69 @@ mod tests {
             ControlType::from_key(&[0, 0, 0, 1]),
             Some(ControlType::Commit)
         );
+    }
+}
+
+/// Drops the batches of aborted transactions from one partition's fetched
+/// data under `read_committed`.
+///
+/// The broker sends, with each `read_committed` fetch, the aborted
+/// transactions overlapping the returned records as (producer id, first
+/// offset) pairs. A transactional batch of producer `P` is dropped when an
+/// aborted transaction of `P` started at or before the batch's last offset
+/// and `P`'s ABORT marker has not been seen since: a producer has at most
+/// one open transaction per partition, so the marker ends the span. Batches
+/// of other producers, non-transactional batches, and `P`'s batches of
+/// later (committed) transactions pass.
+///
+/// Batches must be given in offset order, control batches included.
+#[derive(Debug, Default)]
+pub struct AbortedFilter {
+    /// Aborted transactions not reached yet, sorted by first offset,
+    /// latest first so the next one pops off the end.
+    upcoming: Vec<(u64, i64)>,
+    /// Producers inside an aborted transaction at the current batch.
+    active: HashSet<i64>,
+}
+
+impl AbortedFilter {
+    /// A filter for the aborted transactions of one fetch result, as
+    /// (producer id, first offset) pairs.
+    pub fn new(aborted: impl IntoIterator<Item = (i64, u64)>) -> AbortedFilter {
+        let mut upcoming: Vec<(u64, i64)> = aborted
+            .into_iter()
+            .map(|(producer_id, first_offset)| (first_offset, producer_id))
+            .collect();
+        upcoming.sort_unstable_by(|a, b| b.cmp(a));
+        AbortedFilter {
+            upcoming,
+            active: HashSet::new(),
+        }
+    }
+
+    /// A filter that drops nothing (`read_uncommitted`).
+    pub fn none() -> AbortedFilter {
+        AbortedFilter::default()
+    }
+
+    /// Whether the records of the batch with this header are returned to
+    /// the application. Must be called for every batch in offset order,
+    /// control batches included; `marker` is the batch's marker type if it
+    /// is a control batch. Control batches are never returned.
+    pub fn keep(&mut self, header: &BatchHeader, marker: Option<ControlType>) -> bool {
+        while let Some(&(first, pid)) = self.upcoming.last() {
+            if first > header.last_offset() {
+                break;
+            }
+            self.active.insert(pid);
+            self.upcoming.pop();
+        }
+        if header.is_control() {
+            if marker == Some(ControlType::Abort) {
+                self.active.remove(&header.producer_id);
+            }
+            return false;
+        }
+        !(header.is_transactional() && self.active.contains(&header.producer_id))
     }
 }

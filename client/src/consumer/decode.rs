@@ -1,71 +1,10 @@
 //! Decoding one partition's fetched batches into records: the position,
 //! control batches, CRC checks, and the aborted-transaction filter of
-//! `read_committed`.
+//! `read_committed` ([`AbortedFilter`], shared with the broker's record
+//! browser).
 
 use super::*;
-
-/// Drops the batches of aborted transactions from one partition's fetched
-/// data under `read_committed`.
-///
-/// The broker sends, with each `read_committed` fetch, the aborted
-/// transactions overlapping the returned records as (producer id, first
-/// offset) pairs. A transactional batch of producer `P` is dropped when an
-/// aborted transaction of `P` started at or before the batch's last offset
-/// and `P`'s ABORT marker has not been seen since: a producer has at most
-/// one open transaction per partition, so the marker ends the span. Batches
-/// of other producers, non-transactional batches, and `P`'s batches of
-/// later (committed) transactions pass.
-///
-/// The filter walks batches in offset order, as [`decode_into`] does.
-#[derive(Debug, Default)]
-pub(crate) struct AbortedFilter {
-    /// Aborted transactions not reached yet, sorted by first offset,
-    /// latest first so the next one pops off the end.
-    upcoming: Vec<(u64, i64)>,
-    /// Producers inside an aborted transaction at the current batch.
-    active: HashSet<i64>,
-}
-
-impl AbortedFilter {
-    /// A filter for the aborted transactions of one fetch result.
-    pub(crate) fn new(aborted: &[v1::AbortedTransaction]) -> AbortedFilter {
-        let mut upcoming: Vec<(u64, i64)> = aborted
-            .iter()
-            .map(|a| (a.first_offset, a.producer_id))
-            .collect();
-        upcoming.sort_unstable_by(|a, b| b.cmp(a));
-        AbortedFilter {
-            upcoming,
-            active: HashSet::new(),
-        }
-    }
-
-    /// A filter that drops nothing (`read_uncommitted`).
-    pub(crate) fn none() -> AbortedFilter {
-        AbortedFilter::default()
-    }
-
-    /// Whether the records of the batch with this header are returned to
-    /// the application. Must be called for every batch in offset order,
-    /// control batches included; `marker` is the batch's marker type if it
-    /// is a control batch. Control batches are never returned.
-    pub(crate) fn keep(&mut self, header: &BatchHeader, marker: Option<ControlType>) -> bool {
-        while let Some(&(first, pid)) = self.upcoming.last() {
-            if first > header.last_offset() {
-                break;
-            }
-            self.active.insert(pid);
-            self.upcoming.pop();
-        }
-        if header.is_control() {
-            if marker == Some(ControlType::Abort) {
-                self.active.remove(&header.producer_id);
-            }
-            return false;
-        }
-        !(header.is_transactional() && self.active.contains(&header.producer_id))
-    }
-}
+pub(crate) use ferry_proto::control::AbortedFilter;
 
 /// Appends the records of `data` (concatenated batches of one partition)
 /// at or after `*position` that `filter` keeps to `out`, and moves
@@ -135,7 +74,7 @@ pub(super) fn decode_into(
 mod tests {
     use super::*;
     use ferry_proto::batch::{BatchBuilder, ProducerStamp, patch_base_offset};
-    use ferry_proto::control::marker_batch;
+    use ferry_proto::control::{ControlType, marker_batch};
 
     fn batch(base: u64, values: &[&[u8]]) -> Vec<u8> {
         let mut b = BatchBuilder::new(1000);
@@ -238,15 +177,6 @@ mod tests {
         bytes
     }
 
-    fn aborted(list: &[(i64, u64)]) -> Vec<v1::AbortedTransaction> {
-        list.iter()
-            .map(|&(producer_id, first_offset)| v1::AbortedTransaction {
-                producer_id,
-                first_offset,
-            })
-            .collect()
-    }
-
     /// Decodes `parts` from `position` under a filter for `aborted_list`
     /// (or read-uncommitted when `None`); returns the values and the new
     /// position.
@@ -257,7 +187,7 @@ mod tests {
     ) -> (Vec<String>, u64) {
         let data = Bytes::from(parts.concat());
         let mut filter = match aborted_list {
-            Some(list) => AbortedFilter::new(&aborted(list)),
+            Some(list) => AbortedFilter::new(list.iter().copied()),
             None => AbortedFilter::none(),
         };
         let mut position = position;

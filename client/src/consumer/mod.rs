@@ -57,15 +57,15 @@
 //! others take its partitions at once; a consumer dropped without it is
 //! noticed after its session timeout, as a crashed one would be.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use ferry_proto::ErrorCode;
-use ferry_proto::batch::{BatchHeader, DecodedBatchIter};
-use ferry_proto::control::{ControlType, marker_type};
+use ferry_proto::batch::DecodedBatchIter;
+use ferry_proto::control::marker_type;
 use ferry_proto::v1;
 
 use crate::client::{Client, OffsetSpec};
@@ -775,7 +775,12 @@ impl Consumer {
             }
             let (mut filter, end) = match self.config.isolation {
                 IsolationLevel::ReadCommitted => (
-                    AbortedFilter::new(&result.aborted_transactions),
+                    AbortedFilter::new(
+                        result
+                            .aborted_transactions
+                            .iter()
+                            .map(|a| (a.producer_id, a.first_offset)),
+                    ),
                     result.last_stable_offset,
                 ),
                 IsolationLevel::ReadUncommitted => (AbortedFilter::none(), result.high_watermark),
