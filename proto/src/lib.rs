@@ -1,8 +1,10 @@
 //! Ferry's shared protocol pieces: the record-batch codec (one format for
-//! client, wire and disk), the stable [`ErrorCode`] table, and the gRPC
+//! client, wire and disk), the consumer protocol's member bytes (which the
+//! broker's console decodes too), the stable [`ErrorCode`] table, and the gRPC
 //! service generated from `proto/ferry.proto`.
 
 pub mod batch;
+pub mod consumer_protocol;
 pub mod control;
 pub mod error_code;
 pub mod varint;

@@ -4,7 +4,7 @@
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::protocol::Subscription;
+use super::Subscription;
 use super::{CooperativeStickyAssignor, RangeAssignor, RoundRobinAssignor};
 
 /// A member id, as the group coordinator hands it out in JoinGroup.

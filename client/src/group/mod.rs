@@ -95,7 +95,6 @@
 //! ```
 
 mod assignor;
-mod protocol;
 mod range;
 mod roundrobin;
 mod sticky;
@@ -106,7 +105,7 @@ pub use assignor::{
     AssignmentChange, Assignor, DEFAULT_ASSIGNORS, GroupAssignment, MemberId, MemberSubscription,
     RebalanceProtocol, UnknownAssignor, assignors, by_name, default_assignors,
 };
-pub use protocol::{
+pub use ferry_proto::consumer_protocol::{
     ASSIGNMENT_VERSION, Assignment, MAX_KNOWN_SUBSCRIPTION_VERSION, MAX_NAME_BYTES,
     MAX_PARTITIONS_PER_ASSIGNMENT, MAX_RACK_ID_BYTES, MAX_TOPICS_PER_SUBSCRIPTION,
     MAX_USER_DATA_BYTES, PROTOCOL_TYPE, ProtocolError, SUBSCRIPTION_VERSION, Subscription,

@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 
+use super::Subscription;
 use super::assignor::{GroupAssignment, MemberSubscription};
-use super::protocol::Subscription;
 
 /// A member subscribed to `topics`, owning nothing.
 pub(crate) fn member(id: &str, topics: &[&str]) -> MemberSubscription {
