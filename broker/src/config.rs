@@ -12,6 +12,8 @@ use crate::error::BrokerError;
 
 /// Default port of `ferry broker`.
 pub const DEFAULT_PORT: u16 = 7400;
+/// The HTTP listener's default port (console, admin API, metrics).
+pub const DEFAULT_HTTP_PORT: u16 = 7401;
 /// Largest request the broker decodes by default.
 pub const DEFAULT_MAX_REQUEST_BYTES: usize = 32 * 1024 * 1024;
 /// Largest batch the broker appends by default.
@@ -66,8 +68,10 @@ pub struct BrokerConfig {
     pub data_dir: PathBuf,
     /// Address the gRPC server binds; port 0 picks a free port.
     pub listen: SocketAddr,
-    /// Address of the Prometheus `/metrics` endpoint, if any.
-    pub metrics_listen: Option<SocketAddr>,
+    /// Address of the HTTP listener (the console, the admin API,
+    /// `/metrics` and `/health`), or `None` for none; port 0 picks a
+    /// free port.
+    pub http_listen: Option<SocketAddr>,
     /// Address the Kafka listener binds, or `None` for no Kafka listener;
     /// port 0 picks a free port.
     pub kafka_listen: Option<SocketAddr>,
@@ -144,7 +148,7 @@ impl Default for BrokerConfig {
         BrokerConfig {
             data_dir: PathBuf::from("ferry-data"),
             listen: SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)),
-            metrics_listen: None,
+            http_listen: Some(SocketAddr::from(([127, 0, 0, 1], DEFAULT_HTTP_PORT))),
             kafka_listen: Some(SocketAddr::from((
                 [127, 0, 0, 1],
                 crate::kafka::DEFAULT_KAFKA_PORT,
@@ -183,6 +187,7 @@ impl BrokerConfig {
             data_dir: PathBuf::new(),
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             kafka_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+            http_listen: None,
             group_min_session_timeout_ms: 100,
             group_initial_rebalance_delay_ms: 0,
             ..BrokerConfig::default()
@@ -219,11 +224,12 @@ impl BrokerConfig {
         if let Some(v) = file.listen {
             self.listen = v.parse().map_err(|e| format!("listen = {v:?}: {e}"))?;
         }
-        if let Some(v) = file.metrics_listen {
-            self.metrics_listen = Some(
-                v.parse()
-                    .map_err(|e| format!("metrics_listen = {v:?}: {e}"))?,
-            );
+        if let Some(v) = file.http_listen {
+            self.http_listen = if v == "off" {
+                None
+            } else {
+                Some(v.parse().map_err(|e| format!("http_listen = {v:?}: {e}"))?)
+            };
         }
         if let Some(v) = file.kafka_listen {
             self.kafka_listen = if v == "off" {
@@ -435,7 +441,8 @@ impl BrokerConfig {
         [
             ("--listen", Some(self.listen), authenticates),
             ("--kafka-listen", self.kafka_listen, authenticates),
-            ("--metrics-listen", self.metrics_listen, false),
+            // Plain HTTP: only a credentials file authenticates its callers.
+            ("--http-listen", self.http_listen, self.credentials_file.is_some()),
         ]
         .into_iter()
         .filter_map(|(flag, addr, auth)| addr.map(|a| (flag, a, auth)))
@@ -454,11 +461,13 @@ impl BrokerConfig {
         {
             None => Ok(()),
             Some((flag, addr, _)) => {
-                let fix = if flag != "--metrics-listen" {
+                let fix = if flag != "--http-listen" {
                     "give --credentials FILE (config credentials_file) or --tls-client-ca FILE \
                      (mutual TLS) so that clients must authenticate, or pass --allow-anonymous (config allow_anonymous = true)"
                 } else {
-                    "pass --allow-anonymous (config allow_anonymous = true) to serve it anyway"
+                    "give --credentials FILE (config credentials_file) so that the console and \
+                     the admin API require a login, pass --http-listen off, or pass \
+                     --allow-anonymous (config allow_anonymous = true)"
                 };
                 Err(BrokerError::Config(format!(
                     "{flag} {addr} is not a loopback address and does not authenticate \
@@ -476,7 +485,9 @@ impl BrokerConfig {
 struct FileConfig {
     data_dir: Option<PathBuf>,
     listen: Option<String>,
-    metrics_listen: Option<String>,
+    /// `metrics_listen` is its older name.
+    #[serde(alias = "metrics_listen")]
+    http_listen: Option<String>,
     kafka_listen: Option<String>,
     kafka_advertise: Option<String>,
     auto_create_topics: Option<bool>,
@@ -596,9 +607,9 @@ mod tests {
                 },
             ),
             (
-                "--metrics-listen [::]:9100",
+                "--http-listen [::]:9100",
                 BrokerConfig {
-                    metrics_listen: Some("[::]:9100".parse().unwrap()),
+                    http_listen: Some("[::]:9100".parse().unwrap()),
                     ..BrokerConfig::default()
                 },
             ),
@@ -616,8 +627,8 @@ mod tests {
             .merge_toml("listen = \"0.0.0.0:7400\"\nallow_anonymous = true\n")
             .unwrap();
         from_file.validate().unwrap();
-        // Credentials make the gRPC and Kafka listeners authenticate; the
-        // metrics endpoint never does.
+        // Credentials make every listener authenticate (the HTTP one's
+        // console and API ask for a login).
         let tokens = BrokerConfig::default()
             .merge_toml(
                 "listen = \"0.0.0.0:7400\"\nkafka_listen = \"0.0.0.0:9092\"\n\
@@ -626,13 +637,23 @@ mod tests {
             .unwrap();
         assert_eq!(tokens.credentials_file, Some(PathBuf::from("c.toml")));
         tokens.validate().unwrap();
-        let metrics = BrokerConfig {
-            metrics_listen: Some("0.0.0.0:9100".parse().unwrap()),
+        let http = BrokerConfig {
+            http_listen: Some("0.0.0.0:9100".parse().unwrap()),
             ..tokens
         };
-        let e = metrics.validate().unwrap_err().to_string();
-        assert!(e.contains("--metrics-listen 0.0.0.0:9100"), "{e}");
-        // Mutual TLS authenticates too; TLS alone (anyone may connect) does not.
+        http.validate().unwrap();
+        // The older name of http_listen still reads.
+        let renamed = BrokerConfig::default()
+            .merge_toml("metrics_listen = \"127.0.0.1:9100\"\n")
+            .unwrap();
+        assert_eq!(renamed.http_listen, Some("127.0.0.1:9100".parse().unwrap()));
+        let off = BrokerConfig::default()
+            .merge_toml("http_listen = \"off\"\n")
+            .unwrap();
+        assert_eq!(off.http_listen, None);
+        // Mutual TLS authenticates too; TLS alone (anyone may connect) does
+        // not. The HTTP listener speaks no TLS: mutual TLS does not
+        // authenticate it.
         let tls_only = BrokerConfig::default()
             .merge_toml("listen = \"0.0.0.0:7400\"\ntls_cert = \"s.pem\"\ntls_key = \"k.pem\"\n")
             .unwrap();

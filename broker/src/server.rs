@@ -4,7 +4,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -41,13 +41,16 @@ pub enum Stop {
     Crash,
 }
 
-/// The bound listeners of a broker: gRPC, and Kafka unless it is off.
+/// The bound listeners of a broker: gRPC, and Kafka and HTTP unless they
+/// are off.
 #[derive(Debug)]
 pub struct Listeners {
     /// The gRPC listener.
     pub grpc: TcpListener,
     /// The Kafka listener.
     pub kafka: Option<TcpListener>,
+    /// The HTTP listener (console, admin API, metrics).
+    pub http: Option<TcpListener>,
 }
 
 impl Listeners {
@@ -59,6 +62,11 @@ impl Listeners {
     /// The Kafka address, if the Kafka listener is on.
     pub fn kafka_addr(&self) -> Option<SocketAddr> {
         self.kafka.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// The HTTP address, if the HTTP listener is on.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().and_then(|l| l.local_addr().ok())
     }
 }
 
@@ -124,7 +132,11 @@ impl Broker {
             Some(addr) => Some(bind(addr, "bind --kafka-listen").await?),
             None => None,
         };
-        Ok(Listeners { grpc, kafka })
+        let http = match config.http_listen {
+            Some(addr) => Some(bind(addr, "bind --http-listen").await?),
+            None => None,
+        };
+        Ok(Listeners { grpc, kafka, http })
     }
 
     /// Serves on `listener` until `stop` resolves, then stops as it says.
@@ -133,15 +145,27 @@ impl Broker {
         listeners: Listeners,
         stop: impl std::future::Future<Output = Stop> + Send,
     ) -> Result<(), BrokerError> {
+        let info = crate::http::ListenerInfo {
+            grpc: listeners.grpc_addr().ok(),
+            kafka: listeners.kafka_addr(),
+            http: listeners.http_addr(),
+        };
         let Listeners {
             grpc: listener,
             kafka,
+            http,
         } = listeners;
         let state = self.state.clone();
         let limits = state.config().limits;
-        if let Some(addr) = state.config().metrics_listen {
-            install_metrics(addr)?;
-        }
+        let http = http.map(|l| {
+            tracing::info!(addr = ?info.http, "serving the console, the admin API and /metrics over HTTP");
+            tokio::spawn(crate::http::serve(
+                l,
+                state.clone(),
+                self.credentials.clone(),
+                info.clone(),
+            ))
+        });
         describe_metrics();
 
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -261,6 +285,9 @@ impl Broker {
         if let Some(k) = kafka {
             k.abort();
         }
+        if let Some(h) = http {
+            h.abort();
+        }
         drop(server);
         match how {
             Stop::Graceful => {
@@ -319,26 +346,6 @@ async fn txn_timeout_loop(state: Arc<BrokerState>) {
         }
         state.abort_expired_transactions().await;
     }
-}
-
-static METRICS: OnceLock<()> = OnceLock::new();
-
-fn install_metrics(addr: SocketAddr) -> Result<(), BrokerError> {
-    if METRICS.get().is_some() {
-        tracing::warn!("a metrics exporter is already installed in this process");
-        return Ok(());
-    }
-    metrics_exporter_prometheus::PrometheusBuilder::new()
-        .with_http_listener(addr)
-        .set_buckets(&[
-            0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
-            0.25, 0.5, 1.0, 2.5,
-        ])
-        .and_then(|b| b.install())
-        .map_err(|e| BrokerError::Config(format!("metrics exporter on {addr}: {e}")))?;
-    let _ = METRICS.set(());
-    tracing::info!(%addr, "serving Prometheus metrics at /metrics");
-    Ok(())
 }
 
 fn describe_metrics() {

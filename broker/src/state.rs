@@ -356,6 +356,7 @@ impl BrokerState {
         }
         let info = p.append(valid)?;
         drop(_admitted);
+        p.count_produced(batch.len());
         metrics::counter!("ferry_bytes_in_total").increment(batch.len() as u64);
         metrics::counter!("ferry_records_in_total").increment(u64::from(header.record_count));
         Ok((p, info))
@@ -452,6 +453,11 @@ impl BrokerState {
                 || self.is_shutting_down()
             {
                 metrics::counter!("ferry_bytes_out_total").increment(total as u64);
+                for (r, p) in results.iter().zip(&partitions) {
+                    if let (Ok(bytes), Ok(p)) = (&r.records, p) {
+                        p.count_fetched(bytes.len());
+                    }
+                }
                 metrics::histogram!("ferry_fetch_latency_seconds")
                     .record(started.elapsed().as_secs_f64());
                 return Ok(results);
@@ -683,6 +689,42 @@ impl BrokerState {
             .filter(|(g, ..)| g == group)
             .map(|(_, topic, partition, offset)| (topic, partition, offset))
             .collect()
+    }
+
+    /// Moves `group`'s committed offsets for `topic` (one partition, or
+    /// all) to `to`, as `ferry group reset-offsets` does: only while the
+    /// group has no members, each offset within its partition's log. The
+    /// commit is a simple commit, so a member that joins in between makes
+    /// it fail rather than be overwritten.
+    pub async fn reset_offsets(
+        &self,
+        group: &str,
+        topic: &str,
+        partition: Option<u32>,
+        to: crate::ResetTo,
+    ) -> Result<Vec<(String, u32, u64)>, BrokerError> {
+        match self.describe_group(group).await {
+            Ok(g) if !g.members.is_empty() => {
+                return Err(GroupError::NonEmptyGroup(group.to_string()).into());
+            }
+            Ok(_) | Err(BrokerError::Group(GroupError::GroupIdNotFound(_))) => {}
+            Err(e) => return Err(e),
+        }
+        let logs: Vec<crate::PartitionLog> = self
+            .topic(topic)?
+            .partitions
+            .iter()
+            .map(|p| crate::PartitionLog {
+                partition: p.id,
+                log_start: p.log.log_start_offset(),
+                log_end: p.visible_offset(),
+            })
+            .collect();
+        let offsets = crate::reset_targets(topic, &logs, partition, to)
+            .map_err(BrokerError::InvalidRequest)?;
+        self.commit_offsets(group, &offsets, &CommitFence::default())
+            .await?;
+        Ok(offsets)
     }
 
     /// Waits for `fut` unless shutdown begins first.

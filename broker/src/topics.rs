@@ -17,6 +17,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use ferry_proto::batch::ValidBatch;
 use ferry_proto::control::{ControlType, marker_batch, marker_type};
@@ -42,6 +43,10 @@ pub struct Partition {
     producers: Mutex<ProducerTable>,
     snapshot_path: PathBuf,
     settings: ProducerSettings,
+    /// Bytes of batches appended and fetched since the broker started, for
+    /// the console's rates.
+    produced_bytes: AtomicU64,
+    fetched_bytes: AtomicU64,
 }
 
 impl Partition {
@@ -63,7 +68,30 @@ impl Partition {
             producers: Mutex::new(producers),
             snapshot_path,
             settings,
+            produced_bytes: AtomicU64::new(0),
+            fetched_bytes: AtomicU64::new(0),
         })
+    }
+
+    /// Counts `bytes` appended by a producer.
+    pub fn count_produced(&self, bytes: usize) {
+        self.produced_bytes
+            .fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    /// Counts `bytes` returned to a consumer.
+    pub fn count_fetched(&self, bytes: usize) {
+        self.fetched_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    /// Bytes appended by producers since the broker started.
+    pub fn produced_bytes(&self) -> u64 {
+        self.produced_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Bytes returned to consumers since the broker started.
+    pub fn fetched_bytes(&self) -> u64 {
+        self.fetched_bytes.load(Ordering::Relaxed)
     }
 
     /// Appends a validated batch, applying the idempotent-producer checks

@@ -37,7 +37,7 @@ async fn each_groups_lag_per_partition_is_the_high_watermark_less_its_commit() {
         l.local_addr().unwrap().port()
     };
     let mut config = BrokerConfig::ephemeral();
-    config.metrics_listen = Some(format!("127.0.0.1:{port}").parse().unwrap());
+    config.http_listen = Some(format!("127.0.0.1:{port}").parse().unwrap());
     let broker = EmbeddedBroker::start(config).await.unwrap();
     let client = Client::connect(&broker.addr_string()).await.unwrap();
     client.create_topic("t", 2).await.unwrap();

@@ -138,7 +138,7 @@ async fn the_metrics_endpoint_serves_prometheus_text() {
         l.local_addr().unwrap().port()
     };
     let mut config = BrokerConfig::ephemeral();
-    config.metrics_listen = Some(format!("127.0.0.1:{port}").parse().unwrap());
+    config.http_listen = Some(format!("127.0.0.1:{port}").parse().unwrap());
     let broker = EmbeddedBroker::start(config).await.unwrap();
     let client = Client::connect(&broker.addr_string()).await.unwrap();
     client.create_topic("t", 1).await.unwrap();

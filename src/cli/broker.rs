@@ -21,12 +21,14 @@ pub struct BrokerArgs {
     /// Flush policy: always (group commit), interval=MS, or never [default: always].
     #[arg(long)]
     fsync: Option<FlushPolicy>,
-    /// Serve Prometheus metrics at http://HOST:PORT/metrics.
-    #[arg(long)]
-    metrics_listen: Option<SocketAddr>,
+    /// HTTP listener for the web console (/), the admin API (/api/v1/),
+    /// Prometheus metrics (/metrics) and /health: HOST:PORT, or `off`
+    /// [default: 127.0.0.1:7401].
+    #[arg(long, alias = "metrics-listen", value_parser = parse_listen_or_off)]
+    http_listen: Option<ListenOrOff>,
     /// Kafka protocol listener, HOST:PORT, or `off` [default: 127.0.0.1:9092].
-    #[arg(long, value_parser = parse_kafka_listen)]
-    kafka_listen: Option<KafkaListen>,
+    #[arg(long, value_parser = parse_listen_or_off)]
+    kafka_listen: Option<ListenOrOff>,
     /// HOST:PORT that Kafka clients are told to connect to [default: the
     /// Kafka listen address].
     #[arg(long, value_parser = parse_advertise)]
@@ -101,16 +103,16 @@ pub struct BrokerArgs {
     group_initial_rebalance_delay_ms: Option<u32>,
 }
 
-/// `--kafka-listen`: an address, or off.
+/// `--kafka-listen`, `--http-listen`: an address, or off.
 #[derive(Debug, Clone, Copy)]
-pub struct KafkaListen(Option<SocketAddr>);
+pub struct ListenOrOff(Option<SocketAddr>);
 
-fn parse_kafka_listen(s: &str) -> Result<KafkaListen, String> {
+fn parse_listen_or_off(s: &str) -> Result<ListenOrOff, String> {
     if s == "off" {
-        return Ok(KafkaListen(None));
+        return Ok(ListenOrOff(None));
     }
     s.parse()
-        .map(|a| KafkaListen(Some(a)))
+        .map(|a| ListenOrOff(Some(a)))
         .map_err(|e| format!("{e}: expected HOST:PORT (an IP address and port) or off"))
 }
 
@@ -139,10 +141,10 @@ pub fn run(args: BrokerArgs) -> Result<ExitCode, CliError> {
     if let Some(v) = args.fsync {
         config.log.flush = v;
     }
-    if let Some(v) = args.metrics_listen {
-        config.metrics_listen = Some(v);
+    if let Some(ListenOrOff(v)) = args.http_listen {
+        config.http_listen = v;
     }
-    if let Some(KafkaListen(v)) = args.kafka_listen {
+    if let Some(ListenOrOff(v)) = args.kafka_listen {
         config.kafka_listen = v;
     }
     if let Some(v) = args.kafka_advertise {
@@ -212,11 +214,15 @@ pub fn run(args: BrokerArgs) -> Result<ExitCode, CliError> {
         let listeners = broker.bind().await?;
         let addr = listeners.grpc_addr()?;
         let kafka = listeners.kafka_addr();
+        let http = listeners.http_addr();
         tracing::info!(%addr, kafka = ?kafka, data_dir = %data_dir.display(), fsync = %flush, "broker ready");
         let mut out = std::io::stdout().lock();
         writeln!(out, "ferry broker listening on {addr}")?;
         if let Some(k) = kafka {
             writeln!(out, "ferry broker serving Kafka clients on {k}")?;
+        }
+        if let Some(h) = http {
+            writeln!(out, "ferry broker serving the console on http://{h}/")?;
         }
         out.flush()?;
         drop(out);

@@ -4,7 +4,8 @@ use std::collections::HashMap;
 use std::process::ExitCode;
 
 use clap::Subcommand;
-use ferry_client::{Client, ClientError, GroupDescription, GroupSummary, TopicDescription};
+use ferry_broker::{PartitionLog, ResetTo, non_empty, reset_targets};
+use ferry_client::{Client, ClientError, GroupDescription, GroupSummary};
 use ferry_proto::ErrorCode;
 use serde_json::json;
 
@@ -46,27 +47,6 @@ pub enum GroupCommand {
         #[arg(long)]
         partition: Option<u32>,
     },
-}
-
-/// Where `reset-offsets --to` moves the committed offsets.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum ResetTo {
-    Earliest,
-    Latest,
-    Offset(u64),
-}
-
-impl ResetTo {
-    fn parse(s: &str) -> Result<ResetTo, CliError> {
-        match s {
-            "earliest" => Ok(ResetTo::Earliest),
-            "latest" => Ok(ResetTo::Latest),
-            _ => s.parse().map(ResetTo::Offset).map_err(|_| {
-                format!("--to must be earliest, latest or an offset (a whole number), not {s:?}")
-                    .into()
-            }),
-        }
-    }
 }
 
 pub async fn run(command: GroupCommand, broker: BrokerAddr) -> Result<ExitCode, CliError> {
@@ -210,48 +190,6 @@ fn describe_json(d: &GroupDescription, offsets: &[CommittedOffset]) -> serde_jso
     })
 }
 
-/// The offsets `reset-offsets` commits: one per chosen partition of
-/// `topic`, each within its partition's log. Refuses the whole reset if
-/// any offset is out of range.
-fn reset_targets(
-    topic: &TopicDescription,
-    partition: Option<u32>,
-    to: ResetTo,
-) -> Result<Vec<(String, u32, u64)>, CliError> {
-    if let Some(p) = partition
-        && !topic.partitions.iter().any(|info| info.partition == p)
-    {
-        return Err(format!(
-            "topic {} has no partition {p} (it has {})",
-            topic.name,
-            topic.partitions.len()
-        )
-        .into());
-    }
-    topic
-        .partitions
-        .iter()
-        .filter(|info| partition.is_none_or(|p| p == info.partition))
-        .map(|info| {
-            let offset = match to {
-                ResetTo::Earliest => info.log_start_offset,
-                ResetTo::Latest => info.high_watermark,
-                ResetTo::Offset(o) => {
-                    if o < info.log_start_offset || o > info.high_watermark {
-                        return Err(format!(
-                            "offset {o} is outside partition {} of {}: its log holds {}..{}",
-                            info.partition, topic.name, info.log_start_offset, info.high_watermark
-                        )
-                        .into());
-                    }
-                    o
-                }
-            };
-            Ok((topic.name.clone(), info.partition, offset))
-        })
-        .collect()
-}
-
 async fn reset_offsets(
     client: &Client,
     group: &str,
@@ -270,7 +208,16 @@ async fn reset_offsets(
         Err(e) => return Err(e.into()),
     }
     let d = client.describe_topic(topic).await?;
-    let offsets = reset_targets(&d, partition, to)?;
+    let logs: Vec<PartitionLog> = d
+        .partitions
+        .iter()
+        .map(|p| PartitionLog {
+            partition: p.partition,
+            log_start: p.log_start_offset,
+            log_end: p.high_watermark,
+        })
+        .collect();
+    let offsets = reset_targets(&d.name, &logs, partition, to)?;
     match client.commit_offsets(group, &offsets).await {
         Ok(()) => {}
         Err(e) if e.code() == ErrorCode::UnknownMemberId => {
@@ -287,69 +234,10 @@ async fn reset_offsets(
     Ok(())
 }
 
-fn non_empty(group: &str, members: usize) -> String {
-    format!("group {group} has {members} member(s): offsets can be reset only while it has none")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ferry_client::{GroupMember, PartitionInfo};
-
-    fn topic(logs: &[(u64, u64)]) -> TopicDescription {
-        TopicDescription {
-            name: "t".into(),
-            partitions: logs
-                .iter()
-                .enumerate()
-                .map(|(i, &(start, end))| PartitionInfo {
-                    partition: i as u32,
-                    log_start_offset: start,
-                    high_watermark: end,
-                    ..Default::default()
-                })
-                .collect(),
-        }
-    }
-
-    #[test]
-    fn to_takes_earliest_latest_or_a_whole_number() {
-        assert_eq!(ResetTo::parse("earliest").unwrap(), ResetTo::Earliest);
-        assert_eq!(ResetTo::parse("latest").unwrap(), ResetTo::Latest);
-        assert_eq!(ResetTo::parse("42").unwrap(), ResetTo::Offset(42));
-        for bad in ["", "-1", "soon", "1.5", "Earliest"] {
-            let e = ResetTo::parse(bad).unwrap_err().to_string();
-            assert!(e.starts_with("--to must be"), "{bad:?}: {e}");
-        }
-    }
-
-    #[test]
-    fn reset_targets_follow_each_partitions_log() {
-        let t = topic(&[(0, 10), (4, 6)]);
-        let all = |to| reset_targets(&t, None, to).unwrap();
-        assert_eq!(
-            all(ResetTo::Earliest),
-            vec![("t".into(), 0, 0), ("t".into(), 1, 4)]
-        );
-        assert_eq!(
-            all(ResetTo::Latest),
-            vec![("t".into(), 0, 10), ("t".into(), 1, 6)]
-        );
-        assert_eq!(
-            reset_targets(&t, Some(0), ResetTo::Offset(3)).unwrap(),
-            vec![("t".into(), 0, 3)]
-        );
-    }
-
-    #[test]
-    fn a_reset_outside_a_log_or_to_a_missing_partition_is_refused() {
-        let t = topic(&[(0, 10), (4, 6)]);
-        let e = reset_targets(&t, None, ResetTo::Offset(3)).unwrap_err();
-        assert!(e.to_string().contains("partition 1 of t"), "{e}");
-        assert!(reset_targets(&t, Some(0), ResetTo::Offset(11)).is_err());
-        let e = reset_targets(&t, Some(2), ResetTo::Latest).unwrap_err();
-        assert!(e.to_string().contains("no partition 2"), "{e}");
-    }
+    use ferry_client::GroupMember;
 
     #[test]
     fn lag_is_the_distance_to_the_log_end_and_never_negative() {

@@ -456,6 +456,16 @@ impl Credentials {
         }
     }
 
+    /// Whether `password` is `user`'s SCRAM password (either mechanism):
+    /// SASL PLAIN and the HTTP listener's basic authentication check a
+    /// password this way, against the salted keys.
+    pub fn authenticate_password(&self, user: &str, password: &[u8]) -> bool {
+        [Mechanism::ScramSha256, Mechanism::ScramSha512]
+            .iter()
+            .filter_map(|m| self.scram(user, *m).map(|c| (m, c)))
+            .any(|(m, c)| c.matches_password(*m, password))
+    }
+
     /// A set of one SCRAM credential, for tests with fixed salts.
     #[cfg(test)]
     pub(crate) fn with_scram_for_tests(

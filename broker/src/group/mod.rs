@@ -35,9 +35,11 @@
 
 pub(crate) mod codec;
 mod coordinator;
+mod reset;
 pub(crate) mod state;
 
 pub use coordinator::CommitFence;
+pub use reset::{PartitionLog, ResetTo, non_empty, reset_targets};
 pub(crate) use coordinator::GroupCoordinator;
 pub use state::{Group, Join, JoinReply, Member, SyncReply};
 pub use state::{

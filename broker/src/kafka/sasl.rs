@@ -148,12 +148,7 @@ pub(crate) async fn sasl_authenticate(
             let (authzid, user, password) = (parts.next(), parts.next(), parts.next());
             let user = user.and_then(|u| std::str::from_utf8(u).ok()).unwrap_or("");
             let ok = authzid.is_some_and(|a| a.is_empty() || a == user.as_bytes())
-                && password.is_some_and(|p| {
-                    [Mechanism::ScramSha256, Mechanism::ScramSha512]
-                        .iter()
-                        .filter_map(|m| creds.scram(user, *m).map(|c| (m, c)))
-                        .any(|(m, c)| c.matches_password(*m, p))
-                });
+                && password.is_some_and(|p| creds.authenticate_password(user, p));
             if ok {
                 Sasl::Done(Principal(user.to_string()))
             } else {
