@@ -16,7 +16,7 @@ gib=${2:-10}
 size=${3:-1024}
 work=$(mktemp -d "${TMPDIR:-/tmp}/ferry-memory.XXXXXX")
 port=$((20000 + RANDOM % 20000))
-"$ferry" broker --data-dir "$work/data" --listen "127.0.0.1:$port" --fsync never >"$work/broker.log" 2>&1 &
+"$ferry" broker --data-dir "$work/data" --listen "127.0.0.1:$port" --http-listen off --fsync never >"$work/broker.log" 2>&1 &
 broker=$!
 trap 'kill $broker 2>/dev/null; wait $broker 2>/dev/null; rm -rf "$work"' EXIT
 sleep 1

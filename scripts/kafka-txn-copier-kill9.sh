@@ -26,7 +26,7 @@ GRPC=127.0.0.1:$(port)
 KAFKA=127.0.0.1:$(port)
 
 start_broker() {
-  "$FERRY" broker --data-dir "$work/data" --listen "$GRPC" --kafka-listen "$KAFKA" \
+  "$FERRY" broker --data-dir "$work/data" --listen "$GRPC" --kafka-listen "$KAFKA" --http-listen off \
     --group-initial-rebalance-delay-ms 0 >>"$work/broker.log" 2>&1 &
   BROKER=$!
   for _ in $(seq 100); do

@@ -16,12 +16,15 @@ fn start_broker(data_dir: &Path, listen: &str) -> BrokerProcess {
     BrokerProcess::start(FERRY, data_dir, listen).expect("start ferry broker")
 }
 
-/// `ferry broker` on free ports (gRPC and Kafka), before `--data-dir DIR`.
+/// `ferry broker` on free ports (gRPC, Kafka and HTTP), before
+/// `--data-dir DIR`.
 const EPHEMERAL_BROKER: &[&str] = &[
     "broker",
     "--listen",
     "127.0.0.1:0",
     "--kafka-listen",
+    "127.0.0.1:0",
+    "--http-listen",
     "127.0.0.1:0",
     "--data-dir",
 ];
@@ -221,12 +224,12 @@ fn a_broker_without_authentication_refuses_a_non_loopback_listener() {
     for (flag, addr) in [
         ("--listen", "0.0.0.0:0"),
         ("--kafka-listen", "0.0.0.0:0"),
-        ("--metrics-listen", "0.0.0.0:0"),
+        ("--http-listen", "0.0.0.0:0"),
     ] {
         let data = dir.path().join(flag.trim_start_matches('-'));
         let mut cmd = Command::new(FERRY);
         cmd.args(["broker", "--data-dir"]).arg(&data);
-        for loopback in ["--listen", "--kafka-listen"] {
+        for loopback in ["--listen", "--kafka-listen", "--http-listen"] {
             if loopback != flag {
                 cmd.args([loopback, "127.0.0.1:0"]);
             }

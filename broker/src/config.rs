@@ -442,7 +442,11 @@ impl BrokerConfig {
             ("--listen", Some(self.listen), authenticates),
             ("--kafka-listen", self.kafka_listen, authenticates),
             // Plain HTTP: only a credentials file authenticates its callers.
-            ("--http-listen", self.http_listen, self.credentials_file.is_some()),
+            (
+                "--http-listen",
+                self.http_listen,
+                self.credentials_file.is_some(),
+            ),
         ]
         .into_iter()
         .filter_map(|(flag, addr, auth)| addr.map(|a| (flag, a, auth)))

@@ -27,6 +27,7 @@ use crate::state::BrokerState;
 pub struct EmbeddedBroker {
     addr: SocketAddr,
     kafka_addr: Option<SocketAddr>,
+    http_addr: Option<SocketAddr>,
     data_dir: PathBuf,
     config: BrokerConfig,
     tmp: Option<Arc<tempfile::TempDir>>,
@@ -96,8 +97,8 @@ impl EmbeddedBroker {
                     let addr = listeners
                         .grpc_addr()
                         .expect("bound listener has an address");
-                    let kafka_addr = listeners.kafka_addr();
-                    let _ = ready_tx.send(Ok((addr, kafka_addr, broker.state().clone())));
+                    let bound = (addr, listeners.kafka_addr(), listeners.http_addr());
+                    let _ = ready_tx.send(Ok((bound, broker.state().clone())));
                     broker
                         .serve(
                             listeners,
@@ -111,12 +112,13 @@ impl EmbeddedBroker {
                 path: String::new(),
                 source,
             })?;
-        let (addr, kafka_addr, state) = ready_rx.await.map_err(|_| {
+        let ((addr, kafka_addr, http_addr), state) = ready_rx.await.map_err(|_| {
             BrokerError::Config("embedded broker thread died while starting".into())
         })??;
         Ok(EmbeddedBroker {
             addr,
             kafka_addr,
+            http_addr,
             data_dir: config.data_dir.clone(),
             config,
             tmp,
@@ -134,6 +136,12 @@ impl EmbeddedBroker {
     /// The Kafka listener's address, unless the config turned it off.
     pub fn kafka_addr(&self) -> Option<SocketAddr> {
         self.kafka_addr
+    }
+
+    /// The HTTP listener's address (console, admin API, metrics), if the
+    /// config turned it on.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
     }
 
     /// The address as `host:port`, as clients and the CLI take it.
@@ -198,6 +206,7 @@ impl EmbeddedBroker {
         let mut config = self.config.clone();
         config.listen = self.addr;
         config.kafka_listen = self.kafka_addr;
+        config.http_listen = self.http_addr;
         Ok((config, self.tmp.take()))
     }
 
@@ -214,6 +223,7 @@ impl EmbeddedBroker {
         let mut config = self.config.clone();
         config.listen = self.addr;
         config.kafka_listen = self.kafka_addr;
+        config.http_listen = self.http_addr;
         Self::start_in(config, self.tmp.clone()).await
     }
 }

@@ -28,20 +28,20 @@ mod txn;
 
 pub use config::{
     BrokerConfig, DEFAULT_GROUP_INITIAL_REBALANCE_DELAY_MS, DEFAULT_GROUP_MAX_SESSION_TIMEOUT_MS,
-    DEFAULT_GROUP_MIN_SESSION_TIMEOUT_MS, DEFAULT_HTTP_PORT, DEFAULT_PORT, Limits, MAX_FETCH_WAIT_MS,
-    MAX_PARTITIONS_PER_TOPIC, MAX_TOPICS, ProducerSettings,
+    DEFAULT_GROUP_MIN_SESSION_TIMEOUT_MS, DEFAULT_HTTP_PORT, DEFAULT_PORT, Limits,
+    MAX_FETCH_WAIT_MS, MAX_PARTITIONS_PER_TOPIC, MAX_TOPICS, ProducerSettings,
 };
 pub use embedded::EmbeddedBroker;
-pub use http::{
-    HISTORY_INTERVAL, HISTORY_SAMPLES, ListenerInfo, MAX_BROWSE_RECORDS, MAX_HTTP_BODY_BYTES,
-};
 pub use error::BrokerError;
 pub use ferry_storage::{FlushPolicy, LogConfig};
 pub use group::{
     CommitFence, Group, GroupError, GroupState, Join, JoinReply, MAX_ASSIGNMENT_BYTES,
-    PartitionLog, ResetTo, non_empty, reset_targets,
     MAX_GROUP_MEMBERS, MAX_GROUPS, MAX_MEMBER_METADATA_BYTES, MAX_MEMBER_STRING_BYTES,
-    MAX_PROTOCOLS_PER_MEMBER, MAX_REBALANCE_TIMEOUT_MS, Member, SyncReply,
+    MAX_PROTOCOLS_PER_MEMBER, MAX_REBALANCE_TIMEOUT_MS, Member, PartitionLog, ResetTo, SyncReply,
+    non_empty, reset_targets,
+};
+pub use http::{
+    HISTORY_INTERVAL, HISTORY_SAMPLES, ListenerInfo, MAX_BROWSE_RECORDS, MAX_HTTP_BODY_BYTES,
 };
 pub use kafka::{
     Advertised, DEFAULT_KAFKA_PORT, KAFKA_IDLE_TIMEOUT, MAX_KAFKA_ARRAY_LEN, MAX_PENDING_RESPONSES,

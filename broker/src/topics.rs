@@ -81,7 +81,8 @@ impl Partition {
 
     /// Counts `bytes` returned to a consumer.
     pub fn count_fetched(&self, bytes: usize) {
-        self.fetched_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+        self.fetched_bytes
+            .fetch_add(bytes as u64, Ordering::Relaxed);
     }
 
     /// Bytes appended by producers since the broker started.

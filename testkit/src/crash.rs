@@ -55,6 +55,7 @@ pub struct BrokerProcess {
     child: Child,
     addr: String,
     kafka_addr: Option<String>,
+    http_addr: Option<String>,
     bin: PathBuf,
     data_dir: PathBuf,
     extra_args: Vec<OsString>,
@@ -89,11 +90,21 @@ impl BrokerProcess {
         } else {
             &["--kafka-listen", "127.0.0.1:0"]
         };
+        // So does the HTTP listener (console, admin API, metrics).
+        let http_default: &[&str] = if extra_args
+            .iter()
+            .any(|a| a == "--http-listen" || a == "--metrics-listen")
+        {
+            &[]
+        } else {
+            &["--http-listen", "127.0.0.1:0"]
+        };
         let mut child = Command::new(&bin)
             .args(["broker", "--data-dir"])
             .arg(&data_dir)
             .args(["--listen", listen])
             .args(kafka_default)
+            .args(http_default)
             .args(&extra_args)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -119,6 +130,19 @@ impl BrokerProcess {
         } else {
             None
         };
+        let http_off = extra_args
+            .windows(2)
+            .any(|w| (w[0] == "--http-listen" || w[0] == "--metrics-listen") && w[1] == "off");
+        let http_addr = if addr.contains(':') && !http_off {
+            let mut http_line = String::new();
+            stdout.read_line(&mut http_line)?;
+            http_line
+                .trim()
+                .strip_prefix("ferry broker serving the console on http://")
+                .map(|a| a.trim_end_matches('/').to_string())
+        } else {
+            None
+        };
         if !addr.contains(':') {
             let _ = child.kill();
             let status = child.wait()?;
@@ -130,6 +154,7 @@ impl BrokerProcess {
             child,
             addr,
             kafka_addr,
+            http_addr,
             bin,
             data_dir,
             extra_args,
@@ -144,6 +169,11 @@ impl BrokerProcess {
     /// The Kafka listener's address, `host:port`, unless it is off.
     pub fn kafka_addr(&self) -> Option<&str> {
         self.kafka_addr.as_deref()
+    }
+
+    /// The HTTP listener's address, `host:port`, unless it is off.
+    pub fn http_addr(&self) -> Option<&str> {
+        self.http_addr.as_deref()
     }
 
     /// The flags for a restart: the same ones, with the Kafka listener on

@@ -39,8 +39,8 @@ mod reset;
 pub(crate) mod state;
 
 pub use coordinator::CommitFence;
-pub use reset::{PartitionLog, ResetTo, non_empty, reset_targets};
 pub(crate) use coordinator::GroupCoordinator;
+pub use reset::{PartitionLog, ResetTo, non_empty, reset_targets};
 pub use state::{Group, Join, JoinReply, Member, SyncReply};
 pub use state::{
     GroupError, GroupState, MAX_ASSIGNMENT_BYTES, MAX_GROUP_MEMBERS, MAX_GROUPS,

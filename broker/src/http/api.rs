@@ -86,11 +86,7 @@ impl From<JsonRejection> for ApiError {
             StatusCode::UNSUPPORTED_MEDIA_TYPE => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             _ => StatusCode::BAD_REQUEST,
         };
-        ApiError::new(
-            status,
-            ErrorCode::InvalidRequest.name(),
-            e.body_text(),
-        )
+        ApiError::new(status, ErrorCode::InvalidRequest.name(), e.body_text())
     }
 }
 
@@ -175,7 +171,10 @@ async fn openapi() -> Response {
 #[utoipa::path(get, path = "/api/v1/broker", responses(
     (status = 200, body = BrokerView),
     (status = 401, body = ApiError), (status = 403, body = ApiError)))]
-async fn broker(State(http): State<Http>, Extension(who): Extension<Caller>) -> ApiResult<BrokerView> {
+async fn broker(
+    State(http): State<Http>,
+    Extension(who): Extension<Caller>,
+) -> ApiResult<BrokerView> {
     Ok(Json(http.broker(&who)?))
 }
 
@@ -201,7 +200,10 @@ async fn create_topic(
     body: Result<Json<CreateTopic>, JsonRejection>,
 ) -> Result<(StatusCode, Json<TopicView>), ApiError> {
     let Json(req) = body?;
-    Ok((StatusCode::CREATED, Json(http.create_topic(&who, req).await?)))
+    Ok((
+        StatusCode::CREATED,
+        Json(http.create_topic(&who, req).await?),
+    ))
 }
 
 /// One topic, partition by partition.

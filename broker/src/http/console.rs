@@ -321,10 +321,9 @@ struct BrowseForm {
 fn field<T: std::str::FromStr>(v: &Option<String>, name: &str) -> Result<Option<T>, BrokerError> {
     match v.as_deref().map(str::trim) {
         None | Some("") => Ok(None),
-        Some(s) => s
-            .parse()
-            .map(Some)
-            .map_err(|_| BrokerError::InvalidRequest(format!("{name} must be a whole number, not {s:?}"))),
+        Some(s) => s.parse().map(Some).map_err(|_| {
+            BrokerError::InvalidRequest(format!("{name} must be a whole number, not {s:?}"))
+        }),
     }
 }
 
@@ -347,7 +346,10 @@ fn show(b: &Option<BytesView>, format: Format) -> Markup {
 }
 
 fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect::<Vec<_>>().join(" ")
+    b.iter()
+        .map(|x| format!("{x:02x}"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 async fn browse(
@@ -378,8 +380,16 @@ async fn browse(
     let next = format!(
         "?offset={}&isolation={}&format={}&limit={}",
         r.next_offset,
-        if isolation == IsolationParam::ReadCommitted { "read_committed" } else { "read_uncommitted" },
-        match format { Format::Text => "text", Format::Json => "json", Format::Hex => "hex" },
+        if isolation == IsolationParam::ReadCommitted {
+            "read_committed"
+        } else {
+            "read_uncommitted"
+        },
+        match format {
+            Format::Text => "text",
+            Format::Json => "json",
+            Format::Hex => "hex",
+        },
         form.limit.as_deref().unwrap_or(""),
     );
     ok(
@@ -536,7 +546,11 @@ async fn group(
         Err(e) => return failed("/groups", e),
     };
     let total: u64 = g.offsets.iter().map(|o| o.lag).sum();
-    let lag: Vec<(i64, f64)> = g.lag_history.iter().map(|p| (p.at_ms, p.lag as f64)).collect();
+    let lag: Vec<(i64, f64)> = g
+        .lag_history
+        .iter()
+        .map(|p| (p.at_ms, p.lag as f64))
+        .collect();
     ok(
         &g.group,
         "/groups",

@@ -592,7 +592,12 @@ impl Http {
             .ok_or_else(|| BrokerError::InvalidRequest("empty fetch".into()))?;
         let data = result.records?;
         let mut filter = if filter_for {
-            AbortedFilter::new(result.aborted.iter().map(|a| (a.producer_id, a.first_offset)))
+            AbortedFilter::new(
+                result
+                    .aborted
+                    .iter()
+                    .map(|a| (a.producer_id, a.first_offset)),
+            )
         } else {
             AbortedFilter::default()
         };
