@@ -156,7 +156,10 @@ fn chart(label: &str, unit: &str, series: &[(&str, &str, Vec<(i64, f64)>)]) -> M
         t1 = t1.max(t);
         max = max.max(v);
     }
-    let span = (t1 - t0).max(1) as f64;
+    if t0 > t1 {
+        (t0, t1) = (0, 0);
+    }
+    let span = t1.saturating_sub(t0).max(1) as f64;
     let top = if max > 0.0 { max * 1.1 } else { 1.0 };
     let line = |pts: &[(i64, f64)]| {
         pts.iter()
@@ -628,6 +631,19 @@ mod tests {
         assert_eq!(urlencode("a b/c"), "a%20b%2Fc");
         let m = html! { td { ("<script>") } };
         assert_eq!(m.into_string(), "<td>&lt;script&gt;</td>");
+    }
+
+    #[test]
+    fn a_chart_with_no_points_says_so() {
+        let m = chart("Lag", "records", &[("lag", "lag", vec![])]).into_string();
+        assert!(m.contains("Collecting data"), "{m}");
+        let m = chart(
+            "Lag",
+            "records",
+            &[("lag", "lag", vec![(1, 2.0), (2, 0.0)])],
+        )
+        .into_string();
+        assert!(m.contains("<polyline"), "{m}");
     }
 
     #[test]
