@@ -8,7 +8,7 @@ mod common;
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use common::{FERRY, ferry, json_lines, ok};
+use common::{FERRY, ferry, json_lines, ok, python_with_requirements};
 use ferry_testkit::BrokerProcess;
 use serde_json::{Value, json};
 
@@ -396,4 +396,78 @@ fn basic(user: &str, password: &str) -> String {
         "Basic {}",
         base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
     )
+}
+
+/// Schemathesis (PyPI) generates requests from the API's own OpenAPI
+/// document, valid and invalid, and runs them against a broker holding a
+/// topic with records and a group with offsets: no response may be a 5xx,
+/// and every response must match the document (status, content type,
+/// schema). The seed is fixed, so a failure reproduces; the report names
+/// the request.
+#[test]
+fn the_api_conforms_to_its_openapi_document_under_schemathesis() {
+    let dir = tempfile::tempdir().unwrap();
+    // Small segments: it creates topics of up to the partition limit, each
+    // partition with a preallocated segment.
+    let broker = BrokerProcess::start_with_args(
+        FERRY,
+        dir.path().join("data"),
+        "127.0.0.1:0",
+        [
+            "--segment-bytes",
+            &ferry_storage::MIN_SEGMENT_BYTES.to_string(),
+        ],
+    )
+    .unwrap();
+    let addr = broker.addr().to_string();
+    common::create_topic(&addr, "orders", 2);
+    let out = ferry(
+        &addr,
+        &["produce", "orders", "--partition", "0"],
+        Some("a\nb\nc\n"),
+    );
+    ok(&out);
+    let reset = ferry(
+        &addr,
+        &[
+            "group",
+            "reset-offsets",
+            "billing",
+            "--topic",
+            "orders",
+            "--to",
+            "earliest",
+        ],
+        None,
+    );
+    ok(&reset);
+    let python = python_with_requirements();
+    let schemathesis = python.with_file_name("schemathesis");
+    let seed = "20261203";
+    eprintln!("schemathesis seed {seed}");
+    let out = Command::new(&schemathesis)
+        .arg("run")
+        .arg(format!("http://{}/api/v1/openapi.json", broker.http_addr().unwrap()))
+        .args([
+            "--checks",
+            "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance",
+            "--max-examples",
+            "25",
+            "--workers",
+            "1",
+            "--seed",
+            seed,
+            "--no-color",
+        ])
+        .current_dir(dir.path())
+        .output()
+        .expect("run schemathesis");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "schemathesis found problems (seed {seed}):\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // It did test every operation.
+    assert!(stdout.contains("Tested: 12"), "{stdout}");
 }

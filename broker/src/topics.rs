@@ -449,7 +449,18 @@ impl Topics {
         let dir = self.root.join(name);
         fs::rename(&tmp, &dir).map_err(io_err("rename", &tmp))?;
         sync_dir(&self.root)?;
-        let topic = Self::open_topic(&dir, &self.log_config, self.settings)?;
+        let topic = match Self::open_topic(&dir, &self.log_config, self.settings) {
+            Ok(t) => t,
+            Err(e) => {
+                // Nothing was published and nothing appended: take the
+                // half-made topic away (its preallocated segments hold the
+                // space it failed for), so a retry or a restart does not
+                // find it.
+                let _ = fs::remove_dir_all(&dir);
+                let _ = sync_dir(&self.root);
+                return Err(e);
+            }
+        };
         self.map.write().insert(name.to_string(), Arc::new(topic));
         Ok(())
     }

@@ -75,8 +75,27 @@ pub(super) fn status_of(code: ErrorCode) -> StatusCode {
 impl From<BrokerError> for ApiError {
     fn from(e: BrokerError) -> ApiError {
         let code = e.code();
-        ApiError::new(status_of(code), code.name(), e.to_string())
+        let status = if out_of_space(&e) {
+            StatusCode::INSUFFICIENT_STORAGE
+        } else {
+            status_of(code)
+        };
+        ApiError::new(status, code.name(), e.to_string())
     }
+}
+
+/// Whether the broker failed for want of disk space (507, not 500).
+fn out_of_space(e: &BrokerError) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::StorageFull
+        {
+            return true;
+        }
+        source = s.source();
+    }
+    false
 }
 
 impl From<JsonRejection> for ApiError {
@@ -193,7 +212,8 @@ async fn list_topics(
     (status = 201, body = TopicView),
     (status = 400, body = ApiError), (status = 401, body = ApiError),
     (status = 403, body = ApiError), (status = 409, body = ApiError),
-    (status = 413, body = ApiError), (status = 415, body = ApiError)))]
+    (status = 413, body = ApiError), (status = 415, body = ApiError),
+    (status = 500, body = ApiError), (status = 507, body = ApiError)))]
 async fn create_topic(
     State(http): State<Http>,
     Extension(who): Extension<Caller>,
@@ -336,4 +356,45 @@ async fn reset_offsets(
     let Path(id) = id?;
     let Json(req) = body?;
     Ok(Json(http.reset_offsets(&who, &id, req).await?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The document's limits are literals in attributes; they must be the
+    /// broker's.
+    #[test]
+    fn the_documented_limits_are_the_enforced_ones() {
+        let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
+        let create = &doc["components"]["schemas"]["CreateTopic"]["properties"];
+        assert_eq!(
+            create["partitions"]["maximum"],
+            crate::MAX_PARTITIONS_PER_TOPIC,
+            "{create}"
+        );
+        assert_eq!(
+            create["name"]["maxLength"],
+            crate::names::MAX_NAME_BYTES,
+            "{create}"
+        );
+        let browse = doc["paths"]["/api/v1/topics/{name}/partitions/{partition}/records"]["get"]
+            ["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "limit")
+            .cloned()
+            .unwrap();
+        assert_eq!(browse["schema"]["maximum"], MAX_BROWSE_RECORDS, "{browse}");
+    }
+
+    #[test]
+    fn every_error_code_has_a_status_and_a_name() {
+        for code in ErrorCode::ALL {
+            let s = status_of(code);
+            assert!(s.is_client_error() || s.is_server_error(), "{code}: {s}");
+            assert!(!code.name().is_empty());
+        }
+    }
 }

@@ -124,10 +124,16 @@ pub struct PartitionView {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateTopic {
-    /// Its name.
+    /// Its name: ASCII letters, digits, `.`, `_` and `-`, not starting
+    /// with `.` or `__`.
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = "^[A-Za-z0-9_-][A-Za-z0-9._-]*$"
+    )]
     pub name: String,
     /// Number of partitions (the broker's default if absent).
-    #[schema(minimum = 1)]
+    #[schema(minimum = 1, maximum = 1024)]
     pub partitions: Option<u32>,
 }
 
