@@ -717,7 +717,9 @@ impl BrokerState {
             .map(|p| crate::PartitionLog {
                 partition: p.id,
                 log_start: p.log.log_start_offset(),
-                log_end: p.visible_offset(),
+                // As `ferry topic describe` reports it, which the CLI's
+                // reset uses.
+                log_end: p.log.next_offset(),
             })
             .collect();
         let offsets = crate::reset_targets(topic, &logs, partition, to)

@@ -145,8 +145,11 @@ fn time(ms: i64) -> Markup {
     html! { time data-ms=(ms) { (ms) } }
 }
 
-/// A line chart of `series` (name, class, points) as inline SVG.
-fn chart(label: &str, unit: &str, series: &[(&str, &str, Vec<(i64, f64)>)]) -> Markup {
+/// One line of a chart: its name, its CSS class, its (ms, value) points.
+type Series<'a> = (&'a str, &'a str, Vec<(i64, f64)>);
+
+/// A line chart of `series` as inline SVG.
+fn chart(label: &str, unit: &str, series: &[Series<'_>]) -> Markup {
     const W: f64 = 720.0;
     const H: f64 = 160.0;
     let all = series.iter().flat_map(|s| s.2.iter());

@@ -106,9 +106,11 @@ pub struct PartitionView {
     pub partition: u32,
     /// First offset in the log.
     pub log_start_offset: u64,
-    /// Offset after the last record consumers may read.
+    /// Offset after the last record appended (the log end), as `ferry
+    /// topic describe` shows it.
     pub high_watermark: u64,
-    /// Offset below which everything is flushed.
+    /// Offset below which everything is flushed; under `fsync = always`
+    /// or `interval`, consumers read below it.
     pub durable_watermark: u64,
     /// Last stable offset: `read_committed` consumers read below it.
     pub last_stable_offset: u64,
@@ -479,7 +481,7 @@ impl Http {
                     name: t.name.to_string(),
                     partitions: t.partitions.len() as u32,
                     size_bytes: t.partitions.iter().map(|p| p.log.size_bytes()).sum(),
-                    high_watermark_sum: t.partitions.iter().map(|p| p.visible_offset()).sum(),
+                    high_watermark_sum: t.partitions.iter().map(|p| p.log.next_offset()).sum(),
                     produce_bytes_per_sec: rates.produce_bytes,
                     fetch_bytes_per_sec: rates.fetch_bytes,
                 }
@@ -499,7 +501,7 @@ impl Http {
                 .map(|p| PartitionView {
                     partition: p.id,
                     log_start_offset: p.log.log_start_offset(),
-                    high_watermark: p.visible_offset(),
+                    high_watermark: p.log.next_offset(),
                     durable_watermark: p.log.durable_offset(),
                     last_stable_offset: p.last_stable_offset(),
                     size_bytes: p.log.size_bytes(),
