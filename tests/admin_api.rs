@@ -193,6 +193,14 @@ fn the_api_shows_what_the_cli_wrote_and_refuses_bad_requests_with_json_errors() 
         "invalid_request",
     );
     assert_error(http.get("/api/v1/nothing"), 404, "not_found");
+    // A page on another site cannot make a browser change anything.
+    let forged = http
+        .agent
+        .delete(format!("{}/api/v1/topics/orders", http.base))
+        .header("origin", "https://evil.example")
+        .call()
+        .unwrap();
+    assert_eq!(forged.status().as_u16(), 403);
     assert_error(http.get("/api/v1/groups/nobody"), 404, "group_id_not_found");
     let (_, list) = http.get("/api/v1/topics");
     assert_eq!(

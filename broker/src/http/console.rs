@@ -220,6 +220,12 @@ async fn overview(State(http): State<Http>, Extension(who): Extension<Caller>) -
                 ("Fsync", html! { code { (b.fsync) } }),
                 ("Data dir", html! { code { (b.data_dir) } }),
                 ("Log bytes", html! { (bytes(b.log_bytes as f64)) }),
+                ("Disk", html! {
+                    @match (b.disk_free_bytes, b.disk_total_bytes) {
+                        (Some(free), Some(total)) => { (bytes(free as f64)) " free of " (bytes(total as f64)) },
+                        _ => span.muted { "unknown" },
+                    }
+                }),
                 ("Topics", html! { a href="/topics" { (b.topics) } }),
                 ("Authentication", html! { (if b.authentication { "on" } else { "off" }) }),
             ]))

@@ -119,6 +119,10 @@ fn router(http: Http) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             http.clone(),
             auth::authenticate,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            http.clone(),
+            auth::same_origin,
         ));
     Router::new()
         .route("/health", get(health))

@@ -46,6 +46,10 @@ pub struct BrokerView {
     pub data_dir: String,
     /// Bytes the topics' logs hold.
     pub log_bytes: u64,
+    /// Size of the data dir's filesystem, if it can be read.
+    pub disk_total_bytes: Option<u64>,
+    /// Bytes free on it for the broker, if it can be read.
+    pub disk_free_bytes: Option<u64>,
     /// Number of topics.
     pub topics: u32,
     /// Whether clients must authenticate.
@@ -437,6 +441,7 @@ impl Http {
         let config = self.state.config();
         let topics = self.state.topics();
         let addr = |a: Option<std::net::SocketAddr>| a.map(|a| a.to_string());
+        let disk = rustix::fs::statvfs(&config.data_dir).ok();
         Ok(BrokerView {
             version: env!("CARGO_PKG_VERSION").to_string(),
             uptime_ms: self.started.elapsed().as_millis() as u64,
@@ -450,6 +455,8 @@ impl Http {
                 .flat_map(|t| t.partitions.iter())
                 .map(|p| p.log.size_bytes())
                 .sum(),
+            disk_total_bytes: disk.as_ref().map(|d| d.f_blocks * d.f_frsize),
+            disk_free_bytes: disk.as_ref().map(|d| d.f_bavail * d.f_frsize),
             topics: topics.len() as u32,
             authentication: self.credentials.is_some(),
             throughput: self.throughput(None),
