@@ -193,6 +193,18 @@ fn the_api_shows_what_the_cli_wrote_and_refuses_bad_requests_with_json_errors() 
         "invalid_request",
     );
     assert_error(http.get("/api/v1/nothing"), 404, "not_found");
+    // The console's pages answer bad input with an error page.
+    let (status, page) = http.get("/topics/orders/partitions/0?isolation=bogus");
+    assert_eq!(status, 400);
+    assert!(page.as_str().unwrap().contains("invalid_request"), "{page}");
+    let (status, page) = http.get("/topics/missing");
+    assert_eq!(status, 404);
+    assert!(
+        page.as_str()
+            .unwrap()
+            .contains("unknown_topic_or_partition"),
+        "{page}"
+    );
     // A page on another site cannot make a browser change anything.
     let forged = http
         .agent

@@ -5,6 +5,7 @@
 //! anywhere else.
 
 use axum::Router;
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -367,9 +368,14 @@ fn hex(b: &[u8]) -> String {
 async fn browse(
     State(http): State<Http>,
     Extension(who): Extension<Caller>,
-    Path((name, partition)): Path<(String, u32)>,
-    Query(form): Query<BrowseForm>,
+    path: Result<Path<(String, u32)>, PathRejection>,
+    form: Result<Query<BrowseForm>, QueryRejection>,
 ) -> Response {
+    let (Path((name, partition)), Query(form)) = match (path, form) {
+        (Ok(p), Ok(f)) => (p, f),
+        (Err(e), _) => return failed("/topics", BrokerError::InvalidRequest(e.body_text())),
+        (_, Err(e)) => return failed("/topics", BrokerError::InvalidRequest(e.body_text())),
+    };
     let query = (|| {
         Ok::<_, BrokerError>(BrowseQuery {
             offset: field(&form.offset, "offset")?,
