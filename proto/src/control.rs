@@ -180,6 +180,18 @@ impl AbortedFilter {
         AbortedFilter::default()
     }
 
+    /// [`AbortedFilter::keep`] for a whole batch: reads its marker type
+    /// if it is a control batch.
+    pub fn keep_batch(&mut self, batch: &ValidBatch<'_>) -> bool {
+        let header = batch.header();
+        let marker = if header.is_control() {
+            marker_type(batch)
+        } else {
+            None
+        };
+        self.keep(header, marker)
+    }
+
     /// Whether the records of the batch with this header are returned to
     /// the application. Must be called for every batch in offset order,
     /// control batches included; `marker` is the batch's marker type if it

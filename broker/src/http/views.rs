@@ -9,7 +9,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use ferry_proto::batch::DecodedBatchIter;
 use ferry_proto::consumer_protocol::Assignment;
-use ferry_proto::control::{AbortedFilter, marker_type};
+use ferry_proto::control::AbortedFilter;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -621,12 +621,7 @@ impl Http {
             let decoded = decoded?;
             let batch = decoded.batch();
             let header = *batch.header();
-            let marker = if header.is_control() {
-                marker_type(batch)
-            } else {
-                None
-            };
-            let keep = filter.keep(&header, marker);
+            let keep = filter.keep_batch(batch);
             if header.next_offset() <= position {
                 continue;
             }

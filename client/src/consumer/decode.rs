@@ -27,14 +27,9 @@ pub(super) fn decode_into(
         })?;
         let batch = decoded.batch();
         let header = *batch.header();
-        let marker = if header.is_control() {
-            marker_type(batch)
-        } else {
-            None
-        };
         // Every batch goes through the filter, including those below the
         // position, so it sees each ABORT marker.
-        let keep = filter.keep(&header, marker);
+        let keep = filter.keep_batch(batch);
         if header.next_offset() <= *position {
             continue;
         }

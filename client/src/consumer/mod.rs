@@ -65,7 +65,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use ferry_proto::ErrorCode;
 use ferry_proto::batch::DecodedBatchIter;
-use ferry_proto::control::marker_type;
 use ferry_proto::v1;
 
 use crate::client::{Client, OffsetSpec};
