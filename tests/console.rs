@@ -264,6 +264,17 @@ async fn the_console_shows_watermarks_aborts_a_transaction_and_shows_lag_falling
         |t| t == "8",
     )
     .await;
+    // The record browser drops the aborted records under read_committed,
+    // as a consumer does, and shows them under read_uncommitted.
+    for (isolation, rows) in [("read_committed", 5), ("read_uncommitted", 7)] {
+        c.goto(&format!(
+            "{console}/topics/orders/partitions/0?isolation={isolation}&limit=50"
+        ))
+        .await
+        .unwrap();
+        let shown = c.find_all(Locator::Css("#records tbody tr")).await.unwrap();
+        assert_eq!(shown.len(), rows, "{isolation}");
+    }
     drop(txn);
 
     // A group with lag, which falls to 0 as its consumer catches up; the

@@ -572,9 +572,9 @@ impl Http {
             }
             (None, None) => p.log.log_start_offset(),
         };
-        let (mode, filter_for) = match isolation {
-            IsolationParam::ReadCommitted => (Isolation::ReadCommitted, true),
-            IsolationParam::ReadUncommitted => (Isolation::ReadUncommitted, false),
+        let mode = match isolation {
+            IsolationParam::ReadCommitted => Isolation::ReadCommitted,
+            IsolationParam::ReadUncommitted => Isolation::ReadUncommitted,
         };
         let mut page = RecordsPage {
             topic: topic.to_string(),
@@ -606,16 +606,14 @@ impl Http {
             .pop()
             .ok_or_else(|| BrokerError::InvalidRequest("empty fetch".into()))?;
         let data = result.records?;
-        let mut filter = if filter_for {
-            AbortedFilter::new(
-                result
-                    .aborted
-                    .iter()
-                    .map(|a| (a.producer_id, a.first_offset)),
-            )
-        } else {
-            AbortedFilter::default()
-        };
+        // Under read_uncommitted the fetch lists no aborted transactions,
+        // and the filter drops nothing.
+        let mut filter = AbortedFilter::new(
+            result
+                .aborted
+                .iter()
+                .map(|a| (a.producer_id, a.first_offset)),
+        );
         let mut position = from;
         for decoded in DecodedBatchIter::new(&data) {
             let decoded = decoded?;
