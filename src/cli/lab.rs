@@ -10,26 +10,39 @@ use super::CliError;
 /// Arguments of `ferry lab`.
 #[derive(Debug, clap::Args)]
 #[command(after_help = "\
-Runs three pipelines end to end, each delivery mode side by side, under one \
-seeded fault schedule: lost produce acks, consumer crashes before the offset \
-commit, and a broker restart halfway through the input.
+Runs three pipelines end to end, each delivery mode side by side, in two \
+columns on the same input: fault-free (nothing lost, crashed or restarted), \
+which measures what a mode costs, and faulted, under one seeded fault \
+schedule: lost produce acks, consumer crashes before the offset commit, and \
+a broker restart halfway through the input.
 
   orders  reserve stock in SQLite and write a fulfilment event:
           exactly-once; at-least-once + unique sink; at-least-once, plain INSERT
   views   one row per view event_id: at-least-once + unique sink
   trips   latest state per trip_id by timestamp: at-least-once + upsert sink
 
-Prints a table per scenario and mode (records produced, sink rows, duplicates \
-delivered / absorbed / left in the sink, lost, records/s, p50 and p99 \
-end-to-end latency). Exits 1 if a mode broke its own guarantee: exactly-once \
-and the idempotent sinks must lose nothing and hold no duplicate; \
-at-least-once without a sink must lose nothing (its duplicates are reported).")]
+Each cell runs --rounds times, rounds interleaved across modes. Prints a \
+row per scenario, mode and column (records produced, sink rows, duplicates \
+delivered / absorbed / left in the sink, lost, records/s and each round's, \
+seconds, p50 and p99 end-to-end latency): rates and latencies are the median \
+round's, duplicate and lost counts the worst round's. Below it, the cost \
+ratios (orders: exactly-once / at-least-once, at-least-once + unique sink / \
+exactly-once, ...) from the fault-free medians, each with both modes' damage \
+under faults. Exits 1 if a mode broke its own guarantee in either column: \
+exactly-once and the idempotent sinks must lose nothing and hold no \
+duplicate; at-least-once without a sink must lose nothing (its duplicates \
+are reported).")]
 pub struct LabArgs {
-    /// Input records per scenario and mode [default: 100000; 600 with
+    /// Input records per cell and round [default: 1500000; 600 with
     /// --fast].
     #[arg(long)]
     records: Option<u64>,
-    /// The small preset for CI: 600 records per cell, faults more often.
+    /// Rounds per cell: the table shows the median throughput and latency
+    /// and the worst round's damage [default: 3; 1 with --fast].
+    #[arg(long)]
+    rounds: Option<u32>,
+    /// The small preset for CI: 600 records per cell, one round, faults
+    /// more often.
     #[arg(long)]
     fast: bool,
     /// Seed of the fault schedule.
@@ -46,7 +59,8 @@ pub struct LabArgs {
     /// goes to stderr) when PATH is left out.
     #[arg(long, value_name = "PATH", num_args = 0..=1)]
     json: Option<Option<PathBuf>>,
-    /// Write a bar chart of throughput and duplicates as SVG.
+    /// Write a bar chart of throughput and duplicates, fault-free next to
+    /// faulted, as SVG.
     #[arg(long, value_name = "PATH")]
     chart: Option<PathBuf>,
 }
@@ -72,6 +86,12 @@ pub fn run(args: LabArgs) -> Result<ExitCode, CliError> {
         }
         config.records = n;
     }
+    config.rounds = match args.rounds {
+        Some(0) => return Err("--rounds must be at least 1".into()),
+        Some(n) => n,
+        None if args.fast => 1,
+        None => 3,
+    };
     config.broker = args.broker;
     config.scenarios = args.scenario;
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -1,5 +1,5 @@
-//! One cell of the lab: a scenario in one mode, from a fresh broker to its
-//! [`Row`].
+//! One round of a lab cell: a scenario in one mode and one [`Faults`]
+//! column, from a fresh broker to its [`Round`].
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -17,8 +17,8 @@ use ferry_storage::FlushPolicy;
 use hdrhistogram::Histogram;
 use parking_lot::Mutex;
 
-use super::report::Row;
-use super::{LabConfig, LabError, LabMode, Scenario};
+use super::report::Round;
+use super::{Faults, LabConfig, LabError, LabMode, Scenario};
 use ferry_bench::{Latency, latency_histogram, record_us};
 use ferry_testkit::proxy::splitmix64;
 use ferry_testkit::{
@@ -129,16 +129,16 @@ struct Names {
 }
 
 impl Names {
-    fn new(scenario: Scenario, mode: LabMode, seed: u64) -> Names {
+    fn new(scenario: Scenario, mode: LabMode, faults: Faults, seed: u64) -> Names {
         let nonce = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_micros());
-        let mode = match mode {
-            LabMode::ExactlyOnce => "eos",
-            LabMode::AtLeastOnceSink => "alo-sink",
-            LabMode::AtLeastOnce => "alo",
-        };
-        let base = format!("lab-{}-{mode}-{seed}-{nonce}", scenario.name());
+        let base = format!(
+            "lab-{}-{}-{}-{seed}-{nonce}",
+            scenario.name(),
+            mode.spec().key.replace('_', "-"),
+            faults.label()
+        );
         Names {
             input: format!("{base}-in"),
             output: format!("{base}-out"),
@@ -200,22 +200,32 @@ impl Progress {
     }
 }
 
-/// Runs one cell; see the [module docs](super).
+/// Runs one round of a cell on a fresh broker (or the configured one): the
+/// scenario's input, consumed in `mode`, under the seeded faults or none;
+/// see the [module docs](super).
 pub async fn run_cell(
     config: &LabConfig,
     scenario: Scenario,
     mode: LabMode,
-) -> Result<Row, LabError> {
-    // One fault schedule per scenario: its modes face the same one.
+    faults: Faults,
+) -> Result<Round, LabError> {
+    // One fault schedule per scenario: its modes and rounds face the same
+    // one.
     let seed = splitmix64(config.seed ^ splitmix64(scenario as u64));
-    let names = Names::new(scenario, mode, config.seed);
+    let names = Names::new(scenario, mode, faults, config.seed);
     let mut broker = LabBroker::start(config).await?;
     let direct = Client::connect(&broker.addr()).await?;
     direct.create_topic(&names.input, PARTITIONS).await?;
     if scenario == Scenario::Orders {
         direct.create_topic(&names.output, PARTITIONS).await?;
     }
-    let proxy = FaultProxy::start(&broker.addr(), lost_acks(seed, config)).await?;
+    // Fault-free, the traffic takes the same path through the proxy, whose
+    // plan is empty.
+    let (plan, schedule) = match faults {
+        Faults::Seeded => (lost_acks(seed, config), crash_schedule(seed, config)),
+        Faults::None => (FaultPlan::new(seed), CrashSchedule::never()),
+    };
+    let proxy = FaultProxy::start(&broker.addr(), plan).await?;
     let client = Client::connect(&proxy.addr_string()).await?;
     let history = History::new();
     let dir = tempfile::tempdir()?;
@@ -226,7 +236,7 @@ pub async fn run_cell(
         client: &client,
         names: &names,
         history: &history,
-        schedule: crash_schedule(seed, config),
+        schedule,
         produced: &produced,
         applied: &applied,
         sent_at: &sent_at,
@@ -234,11 +244,12 @@ pub async fn run_cell(
     };
     let started = Instant::now();
     let (restarted, progress) = tokio::join!(
-        produce_input(&shared, scenario, mode, &mut broker),
+        produce_input(&shared, scenario, mode, faults.injected(), &mut broker),
         consume(shared.clone(), scenario, mode, &db),
     );
     let restarted = restarted?;
     let (progress, sink) = progress?;
+    let consumed = started.elapsed();
     let elapsed = progress
         .last_first_delivery
         .map_or(started.elapsed(), |t| t.duration_since(started));
@@ -261,11 +272,19 @@ pub async fn run_cell(
         lost_acks: proxy.stats().on(Targets::PRODUCE, FaultKind::DropResponse),
         restarted,
     };
-    let row = outcome.row(config, scenario, mode);
+    let round = outcome.round(config, scenario, mode, faults);
+    let checked = started.elapsed();
     drop(client);
     proxy.shutdown().await;
     broker.stop().await;
-    Ok(row)
+    tracing::debug!(
+        timed = ?elapsed,
+        consumed = ?consumed,
+        checked = ?checked,
+        stopped = ?started.elapsed(),
+        "round finished"
+    );
+    Ok(round)
 }
 
 /// The proxy's plan: the second produce request of each kind always
@@ -289,12 +308,13 @@ fn crash_schedule(seed: u64, config: &LabConfig) -> CrashSchedule {
         .at(3, CrashPoint::BeforeCommit)
 }
 
-/// Produces the input, restarting the broker halfway once the consumer
-/// is busy; returns whether it restarted.
+/// Produces the input, with `restart` restarting the broker halfway once
+/// the consumer is busy; returns whether it restarted.
 async fn produce_input(
     shared: &Shared<'_>,
     scenario: Scenario,
     mode: LabMode,
+    restart: bool,
     broker: &mut LabBroker,
 ) -> Result<bool, LabError> {
     let Shared {
@@ -315,7 +335,7 @@ async fn produce_input(
     );
     let mut restarted = false;
     for i in 0..records {
-        if i == records / 2 {
+        if restart && i == records / 2 {
             // Restart while both sides are busy: once the consumer has
             // applied a quarter of the input.
             let waiting = Instant::now();
@@ -351,11 +371,12 @@ async fn consume(
     mode: LabMode,
     db: &std::path::Path,
 ) -> Result<(Progress, Option<AloSink>), LabError> {
-    if mode == LabMode::ExactlyOnce {
-        consume_exactly_once(shared).await
-    } else {
-        let sink = AloSink::open(scenario, mode, db)?;
-        consume_at_least_once(shared, scenario, mode, sink).await
+    match mode {
+        LabMode::ExactlyOnce => consume_exactly_once(shared).await,
+        LabMode::AtLeastOnceSink | LabMode::AtLeastOnce => {
+            let sink = AloSink::open(scenario, mode, db)?;
+            consume_at_least_once(shared, scenario, mode, sink).await
+        }
     }
 }
 
@@ -406,7 +427,7 @@ impl Outcome {
         if lost > 0 {
             problems.push(format!("{lost} acknowledged events lost"));
         }
-        if mode != LabMode::AtLeastOnce && self.state.duplicates > 0 {
+        if !mode.spec().duplicates_allowed && self.state.duplicates > 0 {
             problems.push(format!(
                 "{} duplicate effects in the sink",
                 self.state.duplicates
@@ -419,7 +440,13 @@ impl Outcome {
         problems
     }
 
-    fn row(&self, config: &LabConfig, scenario: Scenario, mode: LabMode) -> Row {
+    fn round(
+        &self,
+        config: &LabConfig,
+        scenario: Scenario,
+        mode: LabMode,
+        faults: Faults,
+    ) -> Round {
         let duplicates_delivered: u64 = self
             .report
             .of(AnomalyKind::DuplicateDelivery)
@@ -437,31 +464,31 @@ impl Outcome {
                 .unwrap_or(&latency_histogram()),
         );
         let problems = self.problems(config, mode, lost);
-        Row {
-            scenario,
-            mode,
-            label: mode.label(scenario),
+        let secs = self.elapsed.as_secs_f64().max(1e-9);
+        Round {
             produced: self.acked.len() as u64,
             sink_rows: self.state.rows,
             duplicates_delivered,
             duplicates_absorbed: self.progress.absorbed,
             duplicates_in_sink: self.state.duplicates,
             lost,
-            records_per_sec: self.acked.len() as f64 / self.elapsed.as_secs_f64().max(1e-9),
+            records_per_sec: self.acked.len() as f64 / secs,
+            secs,
             p50_ms: latency.p50_us as f64 / 1000.0,
             p99_ms: latency.p99_us as f64 / 1000.0,
+            lost_acks: self.lost_acks,
+            crashes: self.progress.crashes,
+            broker_restarts: u64::from(self.restarted),
             faults: format!(
                 "{} lost produce acks, {} consumer crashes before commit, {}",
                 self.lost_acks,
                 self.progress.crashes,
-                if self.restarted {
-                    "1 broker restart"
-                } else {
-                    "no broker restart (external broker)"
+                match (self.restarted, faults) {
+                    (true, _) => "1 broker restart",
+                    (false, Faults::None) => "no broker restart",
+                    (false, Faults::Seeded) => "no broker restart (external broker)",
                 }
             ),
-            guarantee: mode.guarantee().into(),
-            held: problems.is_empty(),
             problems,
         }
     }
