@@ -39,6 +39,7 @@ pub mod crash;
 pub mod history;
 pub mod matrix;
 pub mod pki;
+pub mod postgres;
 pub mod proxy;
 pub mod workload;
 
@@ -56,6 +57,7 @@ pub use matrix::{
     BrokerUnderTest, CellReport, FaultClass, MatrixRow, Run, RunConfig, WorkOp, parse_mode,
     run_embedded,
 };
+pub use postgres::{PostgresError, PostgresOptions, TempPostgres};
 pub use proxy::{
     Fault, FaultKind, FaultPlan, FaultProxy, FaultStats, InjectedFault, RpcKind, Targets,
 };
