@@ -41,6 +41,7 @@
 //! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(demo()).unwrap();
 //! ```
 
+pub mod db;
 mod dedup;
 #[cfg(feature = "sqlite")]
 mod sqlite;
@@ -105,6 +106,34 @@ pub enum SinkError {
     /// The broker or the client failed (the transactional sink).
     #[error(transparent)]
     Client(#[from] ClientError),
+    /// A database sink's commit found a newer generation's claim on a
+    /// partition: this consumer lost it in a rebalance. Nothing was
+    /// written; the consumer rejoins on its next poll.
+    #[error(
+        "fenced: group {group} generation {generation}, but {topic}/{partition} is claimed by generation {stored}"
+    )]
+    Fenced {
+        /// The group.
+        group: String,
+        /// The partition's topic.
+        topic: String,
+        /// The partition.
+        partition: u32,
+        /// The committing member's generation.
+        generation: i32,
+        /// The generation that holds the partition.
+        stored: i32,
+    },
+    /// An observer crashed the commit at this point (tests).
+    #[error("crashed at {0:?}")]
+    Crashed(db::DbPoint),
+    /// A bad argument (a name too long, a batch size out of range).
+    #[error("invalid argument: {0}")]
+    Invalid(String),
+    /// PostgreSQL failed; the batch's transaction rolled back.
+    #[cfg(feature = "postgres")]
+    #[error("postgres: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
     /// SQLite failed; the batch's SQLite transaction rolled back.
     #[cfg(feature = "sqlite")]
     #[error("sqlite: {0}")]
