@@ -184,7 +184,8 @@ impl<S: std::fmt::Debug> std::fmt::Debug for DbConsumer<S> {
 }
 
 impl<S: OffsetStore> DbConsumer<S> {
-    /// Wraps a subscribed group consumer.
+    /// Wraps a subscribed group consumer (`poll` refuses one whose
+    /// partitions were assigned by hand: they have no generation).
     pub fn new(consumer: Consumer, store: S) -> Result<DbConsumer<S>, SinkError> {
         let Some(group) = consumer.config().group.clone() else {
             return Err(SinkError::Invalid(
@@ -210,7 +211,11 @@ impl<S: OffsetStore> DbConsumer<S> {
     pub async fn poll(&mut self, timeout: Duration) -> Result<Vec<ConsumerRecord>, SinkError> {
         let records = self.consumer.poll(timeout).await?;
         let Some(meta) = self.consumer.group_metadata() else {
-            return Ok(records);
+            // Assigned by hand: no generation to fence with, so no claim.
+            return Err(SinkError::Invalid(
+                "a database sink needs a subscribed consumer: assigned partitions have no generation to fence with"
+                    .into(),
+            ));
         };
         if !self.consumer.joined() || meta.generation < 0 {
             return Ok(Vec::new());
