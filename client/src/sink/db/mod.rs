@@ -207,7 +207,10 @@ impl<S: OffsetStore> DbConsumer<S> {
 
     /// Polls the consumer. A poll that joined a new generation claims the
     /// partitions and seeks them to the stored offsets, and returns no
-    /// records.
+    /// records; so does a poll that finds a rebalance pending. Records
+    /// such a poll fetched are read again (from the stored offset, or,
+    /// for a partition with none yet, from where they began), never
+    /// skipped.
     pub async fn poll(&mut self, timeout: Duration) -> Result<Vec<ConsumerRecord>, SinkError> {
         let records = self.consumer.poll(timeout).await?;
         let Some(meta) = self.consumer.group_metadata() else {
@@ -217,11 +220,13 @@ impl<S: OffsetStore> DbConsumer<S> {
                     .into(),
             ));
         };
+        if meta.generation == self.claimed && self.consumer.joined() {
+            return Ok(records);
+        }
+        // Whatever this poll fetched is not handed out: read it again.
+        self.seek_back(&records);
         if !self.consumer.joined() || meta.generation < 0 {
             return Ok(Vec::new());
-        }
-        if meta.generation == self.claimed {
-            return Ok(records);
         }
         let partitions: Vec<(String, u32)> = self
             .consumer
@@ -242,7 +247,6 @@ impl<S: OffsetStore> DbConsumer<S> {
                 }
                 self.claimed = meta.generation;
                 tracing::debug!(group = %self.group, generation = meta.generation, partitions = partitions.len(), "claimed");
-                // Records fetched before the seek are read again.
                 Ok(Vec::new())
             }
             Err(e) => {
@@ -279,6 +283,13 @@ impl<S: OffsetStore> DbConsumer<S> {
     /// each partition goes back to the batch's first offset; a fenced
     /// member also rejoins on its next poll.
     fn rewind(&mut self, records: &[ConsumerRecord], error: &SinkError) {
+        self.seek_back(records);
+        self.stale(error);
+    }
+
+    /// Seeks each partition of `records` back to their first offset, so
+    /// the next poll reads them again.
+    fn seek_back(&mut self, records: &[ConsumerRecord]) {
         let mut first: BTreeMap<(&str, u32), u64> = BTreeMap::new();
         for r in records {
             let e = first.entry((&r.topic, r.partition)).or_insert(r.offset);
@@ -287,7 +298,6 @@ impl<S: OffsetStore> DbConsumer<S> {
         for ((topic, partition), offset) in first {
             self.consumer.seek(topic, partition, offset);
         }
-        self.stale(error);
     }
 
     fn stale(&mut self, error: &SinkError) {

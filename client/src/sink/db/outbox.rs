@@ -18,7 +18,8 @@
 //! aborts it, then reads the committed position: the batch is published
 //! again, once, and read_committed consumers never see the aborted copy.
 //! Rows at or below the position are deleted from the outbox afterwards;
-//! a crash before the delete only leaves rows that the position skips.
+//! a crash before the delete leaves rows that the position skips, and the
+//! next relay deletes them when it starts.
 //!
 //! # When to choose it
 //!
@@ -168,6 +169,13 @@ impl<S: OutboxStore> OutboxRelay<S> {
                 Err(e) => return Err(e.into()),
             }
         };
+        let mut store = store;
+        if position > 0 {
+            // What a predecessor published but died before deleting.
+            if let Err(e) = store.delete_through(position).await {
+                tracing::debug!(%e, "outbox cleanup failed");
+            }
+        }
         Ok(OutboxRelay {
             store,
             producer,
