@@ -354,6 +354,57 @@ async fn a_static_member_that_comes_back_in_time_keeps_its_partitions_without_a_
     broker.shutdown().await.unwrap();
 }
 
+/// A static member the coordinator no longer knows (an admin removed its
+/// instance, as Kafka's `removeMembersFromConsumerGroup` does, or its
+/// session expired) is refused as an unknown member; it must join again as
+/// new under its instance id, not repeat the stale member id until it
+/// gives up.
+#[tokio::test]
+async fn a_static_member_joins_again_after_the_coordinator_dropped_it() {
+    let (broker, client) = broker().await;
+    client.create_topic("static-removed", 2).await.unwrap();
+    let stat = ConsumerConfig {
+        group_instance_id: Some("s".to_owned()),
+        ..config("static-removed", 2_000)
+    };
+    let producer = Producer::new(client.clone(), ProducerConfig::default())
+        .await
+        .unwrap();
+    let a = Member::start(&client, "static-removed", stat).await;
+    until("a owns both", || a.owned().len() == 2).await;
+    let removed = client
+        .raw()
+        .leave_group(ferry_proto::v1::LeaveGroupRequest {
+            group: "static-removed".into(),
+            members: vec![ferry_proto::v1::LeavingMember {
+                member_id: String::new(),
+                group_instance_id: "s".into(),
+            }],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(removed.error_code, 0, "{removed:?}");
+    until("a lost its partitions", || !a.seen.lock().lost.is_empty()).await;
+    for p in 0..2 {
+        producer
+            .send_to("static-removed", p, None, Some(b"after"))
+            .await
+            .unwrap()
+            .wait()
+            .await
+            .unwrap();
+    }
+    until("a joined again and reads both partitions", || {
+        let seen = a.seen.lock();
+        (0..2).all(|p| seen.records.get(&p).copied().unwrap_or(0) > 0)
+    })
+    .await;
+    a.stop().await.close().await.unwrap();
+    producer.close().await.unwrap();
+    broker.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn cooperative_members_only_revoke_the_partitions_that_move() {
     let (broker, client) = broker().await;

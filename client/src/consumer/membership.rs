@@ -208,14 +208,14 @@ impl Membership {
         }
     }
 
-    /// After a lost membership: forget the generation, and a dynamic
-    /// member's id (the coordinator dropped it).
+    /// After a lost membership: forget the generation and the member id.
+    /// A static member joins again with no member id under its instance
+    /// id, which the coordinator (if it still knows the instance) answers
+    /// with its partitions under a new id.
     pub(crate) fn reset(&self) {
         let mut shared = self.shared.lock();
         shared.generation = -1;
-        if self.settings.instance_id.is_none() {
-            shared.member_id.clear();
-        }
+        shared.member_id.clear();
         shared.phase = Phase::Unjoined;
     }
 
@@ -251,11 +251,11 @@ impl Membership {
                     match e.code() {
                         ErrorCode::MemberIdRequired | ErrorCode::RebalanceInProgress => {}
                         ErrorCode::IllegalGeneration => {}
-                        ErrorCode::UnknownMemberId => {
-                            if self.settings.instance_id.is_none() {
-                                self.shared.lock().member_id.clear();
-                            }
-                        }
+                        // The coordinator does not know the id (it expired,
+                        // or a restarted broker forgot its members): join
+                        // as new, static members included, or the member
+                        // would repeat the stale id forever.
+                        ErrorCode::UnknownMemberId => self.shared.lock().member_id.clear(),
                         _ if e.is_retriable() => {}
                         _ => return Err(e),
                     }
