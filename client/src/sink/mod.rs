@@ -132,7 +132,7 @@ pub enum SinkError {
     Invalid(String),
     /// PostgreSQL failed; the batch's transaction rolled back.
     #[cfg(feature = "postgres")]
-    #[error("postgres: {0}")]
+    #[error("postgres: {}", postgres_message(.0))]
     Postgres(#[from] tokio_postgres::Error),
     /// SQLite failed; the batch's SQLite transaction rolled back.
     #[cfg(feature = "sqlite")]
@@ -218,5 +218,15 @@ impl<T: Clone + Send + Sync> Sink for Vec<T> {
 pub(crate) fn count_absorbed(sink: &'static str, n: u64) {
     if n > 0 {
         metrics::counter!(ABSORBED_METRIC, "sink" => sink).increment(n);
+    }
+}
+
+/// The server's own message, when the error is one; tokio-postgres's
+/// display says only "db error".
+#[cfg(feature = "postgres")]
+fn postgres_message(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => e.to_string(),
     }
 }

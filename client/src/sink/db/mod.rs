@@ -106,6 +106,7 @@ impl OffsetCommit {
 
 /// The fencing decision of one row: `Ok` if a member of `generation` may
 /// write a row that holds `stored`.
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub(crate) fn check_fence(
     fence: &Fence,
     topic: &str,
@@ -124,6 +125,7 @@ pub(crate) fn check_fence(
     }
 }
 
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub(crate) fn check_names(fence: &Fence, topics: &[&str]) -> Result<(), SinkError> {
     for name in std::iter::once(fence.group.as_str()).chain(topics.iter().copied()) {
         if name.is_empty() || name.len() > MAX_DB_NAME_BYTES {
@@ -282,6 +284,7 @@ impl<S: OffsetStore> DbConsumer<S> {
     /// After a failed commit of `records`: nothing of them applied, so
     /// each partition goes back to the batch's first offset; a fenced
     /// member also rejoins on its next poll.
+    #[cfg(any(feature = "postgres", feature = "sqlite"))]
     fn rewind(&mut self, records: &[ConsumerRecord], error: &SinkError) {
         self.seek_back(records);
         self.stale(error);
@@ -330,6 +333,7 @@ impl<F: FnMut(DbPoint) -> bool + Send> DbObserver for F {
     }
 }
 
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub(crate) fn crashed(point: DbPoint) -> SinkError {
     SinkError::Crashed(point)
 }

@@ -2,8 +2,9 @@
 //! same database transaction as the rows and the offsets, and a relay
 //! that publishes them to the broker exactly once.
 //!
-//! The application stores each event with `enqueue` (one per backend:
-//! `postgres::enqueue` and `sqlite::enqueue`) inside its
+//! The application stores each event with `enqueue` (one per backend;
+//! `postgres::enqueue`, or `postgres::enqueue_all` for a batch in one
+//! statement, and `sqlite::enqueue`) inside its
 //! [`DbConsumer`](super::DbConsumer) commit. The outbox's ids follow commit
 //! order: a PostgreSQL writer locks the outbox from its first `enqueue` to
 //! its commit, and SQLite has a single writer, so no row can commit

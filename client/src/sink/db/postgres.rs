@@ -27,6 +27,9 @@ CREATE TABLE IF NOT EXISTS ferry_outbox (
     value BYTEA
 );";
 
+/// The advisory lock key that serialises creating the tables.
+const SCHEMA_LOCK: i64 = 0x6665_7272_795f_6462;
+
 /// Offsets (and outbox) in PostgreSQL. Claims and commits lock the
 /// partitions' rows (`SELECT ... FOR UPDATE`), in a fixed order, so a
 /// stale member's commit and the new owner's claim never interleave.
@@ -49,12 +52,32 @@ pub async fn enqueue(
     key: Option<&[u8]>,
     value: Option<&[u8]>,
 ) -> Result<(), tokio_postgres::Error> {
+    enqueue_all(tx, topic, &[(partition, key, value)]).await
+}
+
+/// An output event for [`enqueue_all`]: its partition (`None`: the
+/// producer's partitioner chooses), key and value.
+pub type OutboxEvent<'a> = (Option<u32>, Option<&'a [u8]>, Option<&'a [u8]>);
+
+/// Stores output events for `topic`, each `(partition, key, value)`, in
+/// the outbox in one statement, inside the application's transaction;
+/// their ids follow the slice's order.
+pub async fn enqueue_all(
+    tx: &Transaction<'_>,
+    topic: &str,
+    events: &[OutboxEvent<'_>],
+) -> Result<(), tokio_postgres::Error> {
     // Held to the commit: ids then follow commit order.
     tx.batch_execute("LOCK TABLE ferry_outbox IN EXCLUSIVE MODE")
         .await?;
+    let partitions: Vec<Option<i32>> = events.iter().map(|e| e.0.map(|p| p as i32)).collect();
+    let keys: Vec<Option<&[u8]>> = events.iter().map(|e| e.1).collect();
+    let values: Vec<Option<&[u8]>> = events.iter().map(|e| e.2).collect();
     tx.execute(
-        "INSERT INTO ferry_outbox (topic, partition, key, value) VALUES ($1, $2, $3, $4)",
-        &[&topic, &partition.map(|p| p as i32), &key, &value],
+        "INSERT INTO ferry_outbox (topic, partition, key, value)
+         SELECT $1, p, k, v FROM UNNEST($2::integer[], $3::bytea[], $4::bytea[])
+         WITH ORDINALITY AS e(p, k, v, n) ORDER BY n",
+        &[&topic, &partitions, &keys, &values],
     )
     .await?;
     Ok(())
@@ -80,7 +103,13 @@ async fn generation(
 impl PgOffsets {
     /// Uses `client`, creating the tables if they are missing.
     pub async fn new(client: Client) -> Result<PgOffsets, SinkError> {
-        client.batch_execute(SCHEMA).await?;
+        // Two sessions creating the same table at once collide in the
+        // catalog despite IF NOT EXISTS: serialise on an advisory lock.
+        client
+            .batch_execute(&format!(
+                "BEGIN; SELECT pg_advisory_xact_lock({SCHEMA_LOCK}); {SCHEMA} COMMIT;"
+            ))
+            .await?;
         Ok(PgOffsets { client })
     }
 
