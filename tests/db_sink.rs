@@ -143,7 +143,15 @@ async fn postgres_rows_and_offsets_survive_a_crash_at_every_commit_point() {
     let seed = ferry_testkit::seed();
     let n = 120;
     let (_broker, client) = broker_with_orders(n).await;
-    let setup = PgOffsets::connect(&pg.url()).await.unwrap();
+    // Stores opened at once on a fresh database (a consumer and its relay
+    // starting together) all create or find the tables.
+    let url = pg.url();
+    let (setup, b, c) = tokio::join!(
+        PgOffsets::connect(&url),
+        PgOffsets::connect(&url),
+        PgOffsets::connect(&url)
+    );
+    let (setup, _, _) = (setup.unwrap(), b.unwrap(), c.unwrap());
     setup
         .client()
         .batch_execute("CREATE TABLE applied (v BIGINT NOT NULL)")
@@ -291,7 +299,15 @@ async fn a_zombie_with_the_old_generation_cannot_commit() {
     let Some(pg) = postgres_server() else { return };
     let n = 40;
     let (_broker, client) = broker_with_orders(n).await;
-    let setup = PgOffsets::connect(&pg.url()).await.unwrap();
+    // Stores opened at once on a fresh database (a consumer and its relay
+    // starting together) all create or find the tables.
+    let url = pg.url();
+    let (setup, b, c) = tokio::join!(
+        PgOffsets::connect(&url),
+        PgOffsets::connect(&url),
+        PgOffsets::connect(&url)
+    );
+    let (setup, _, _) = (setup.unwrap(), b.unwrap(), c.unwrap());
     setup
         .client()
         .batch_execute("CREATE TABLE applied (v BIGINT NOT NULL)")
