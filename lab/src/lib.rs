@@ -7,6 +7,7 @@
 //! | scenario | input event | effect | modes |
 //! |---|---|---|---|
 //! | `orders` | an order (id, SKU) | reserve one unit of stock in SQLite, write a fulfilment event | exactly-once; at-least-once + [`UniqueSink`](ferry_client::UniqueSink); at-least-once, plain `INSERT` |
+//! | `orders` | the same | reserve one unit of stock in PostgreSQL (and, with the outbox, write the fulfilment event) | exactly-once, offsets in the database ([`DbConsumer`](ferry_client::sink::db::DbConsumer)); the same + outbox and [`OutboxRelay`](ferry_client::sink::db::outbox::OutboxRelay); at-least-once, plain `INSERT` |
 //! | `views` | a page view with a unique `event_id` | one row per view | at-least-once + [`UniqueSink`](ferry_client::UniqueSink) |
 //! | `trips` | a trip update (`trip_id`, timestamp) | the trip's latest state, last write wins | at-least-once + [`UpsertSink`](ferry_client::UpsertSink) |
 //!
@@ -41,6 +42,35 @@
 //!
 //! The fault schedule depends only on the seed and the scenario: every
 //! mode and every round of a scenario faces the same one.
+//!
+//! # The PostgreSQL modes
+//!
+//! Each cell makes a database of its own on the server of
+//! [`LabConfig::postgres`], or on a throwaway durable one the run starts
+//! (initdb in a temporary directory, a free loopback port), and drops it
+//! at the end; without either, the modes are skipped and the report says
+//! why ([`LabReport::postgres_skipped`]). Each batch (one poll) reserves
+//! its orders in two statements, whatever the mode.
+//!
+//! - **Exactly-once, offsets in the database**: a
+//!   [`DbConsumer`](ferry_client::sink::db::DbConsumer) commits the
+//!   reservations and the next offsets in one database transaction,
+//!   fenced by the group generation. Its consumer is a static group
+//!   member, so a restart keeps the partitions without a rebalance. A
+//!   scheduled crash drops the member and its connection, alternately
+//!   before the database commit (the batch rolls back and is read again)
+//!   and after it (nothing is read again).
+//! - **Outbox + relay**: the same, with each order's fulfilment event
+//!   written to the outbox in the same transaction, and an
+//!   [`OutboxRelay`](ferry_client::sink::db::outbox::OutboxRelay)
+//!   publishing it meanwhile; a consumer crash kills the relay too, as one
+//!   process. The fulfilment topic is checked read_committed at the end:
+//!   a fulfilment published twice counts as a duplicate in the sink, and
+//!   an acknowledged order without one as lost. The timed span ends with
+//!   the last fulfilment published.
+//! - **At-least-once, plain `INSERT`**: the baseline of both, the same
+//!   writes in a transaction of their own, then the offset commit to the
+//!   broker.
 //!
 //! A [`Row`] sums a cell's rounds up: the median throughput and latency
 //! percentiles, the worst round's damage, each round's throughput, and
@@ -123,6 +153,9 @@ impl Scenario {
                 LabMode::ExactlyOnce,
                 LabMode::AtLeastOnceSink,
                 LabMode::AtLeastOnce,
+                LabMode::ExactlyOncePg,
+                LabMode::OutboxRelay,
+                LabMode::AtLeastOncePg,
             ],
             Scenario::Views | Scenario::Trips => &[LabMode::AtLeastOnceSink],
         }
@@ -144,6 +177,11 @@ impl Scenario {
                 (LabMode::ExactlyOnce, LabMode::AtLeastOnceSink),
                 // What the idempotent sink costs over none.
                 (LabMode::AtLeastOnce, LabMode::AtLeastOnceSink),
+                // What exactly-once costs when the database holds the
+                // offsets, against at-least-once into the same database.
+                (LabMode::ExactlyOncePg, LabMode::AtLeastOncePg),
+                // What the outbox and its relay add to that.
+                (LabMode::OutboxRelay, LabMode::ExactlyOncePg),
             ],
             Scenario::Views | Scenario::Trips => &[],
         }
@@ -169,6 +207,16 @@ pub enum LabMode {
     /// Commit after the sink write, into a sink that applies every
     /// delivery.
     AtLeastOnce,
+    /// Offsets in PostgreSQL, committed with the rows in one database
+    /// transaction, fenced by the group generation.
+    ExactlyOncePg,
+    /// [`ExactlyOncePg`](Self::ExactlyOncePg), with each output event
+    /// written to the outbox in the same transaction and published by a
+    /// relay.
+    OutboxRelay,
+    /// Commit to the broker after a plain write to PostgreSQL: the
+    /// database modes' baseline.
+    AtLeastOncePg,
 }
 
 /// Everything the lab's report needs to know about a [`LabMode`].
@@ -188,6 +236,9 @@ pub struct ModeSpec {
     /// Whether it may leave a duplicate effect in the sink (it must
     /// never lose an acknowledged event).
     pub duplicates_allowed: bool,
+    /// Whether its sink is PostgreSQL (and the mode is skipped without
+    /// a server).
+    pub postgres: bool,
 }
 
 impl LabMode {
@@ -201,6 +252,7 @@ impl LabMode {
                 guarantee: "no loss, no duplicate in the sink",
                 delivery: DeliveryMode::ExactlyOnce,
                 duplicates_allowed: false,
+                postgres: false,
             },
             LabMode::AtLeastOnceSink => ModeSpec {
                 key: "at_least_once_sink",
@@ -209,6 +261,7 @@ impl LabMode {
                 guarantee: "no loss, no duplicate row",
                 delivery: DeliveryMode::AtLeastOnce,
                 duplicates_allowed: false,
+                postgres: false,
             },
             LabMode::AtLeastOnce => ModeSpec {
                 key: "at_least_once_no_sink",
@@ -217,6 +270,34 @@ impl LabMode {
                 guarantee: "no loss (duplicates allowed, reported)",
                 delivery: DeliveryMode::AtLeastOnce,
                 duplicates_allowed: true,
+                postgres: false,
+            },
+            LabMode::ExactlyOncePg => ModeSpec {
+                key: "exactly_once_pg_offsets",
+                short: "EOS/PG",
+                label: "PostgreSQL: exactly-once, offsets in the database",
+                guarantee: "no loss, no duplicate row",
+                delivery: DeliveryMode::ExactlyOnce,
+                duplicates_allowed: false,
+                postgres: true,
+            },
+            LabMode::OutboxRelay => ModeSpec {
+                key: "outbox_relay",
+                short: "outbox",
+                label: "PostgreSQL: exactly-once + outbox relay",
+                guarantee: "no loss, no duplicate row or fulfilment",
+                delivery: DeliveryMode::ExactlyOnce,
+                duplicates_allowed: false,
+                postgres: true,
+            },
+            LabMode::AtLeastOncePg => ModeSpec {
+                key: "at_least_once_pg",
+                short: "ALO/PG",
+                label: "PostgreSQL: at-least-once, plain INSERT",
+                guarantee: "no loss (duplicates allowed, reported)",
+                delivery: DeliveryMode::AtLeastOnce,
+                duplicates_allowed: true,
+                postgres: true,
             },
         }
     }
@@ -295,6 +376,11 @@ pub struct LabConfig {
     /// The table flags a cell whose median round lasted less than this
     /// many seconds: its throughput is a short sample.
     pub min_cell_secs: f64,
+    /// The PostgreSQL server of the database modes, as a connection URL
+    /// (each cell makes a database of its own there). `None`: a
+    /// throwaway server is started, or, without server binaries, the
+    /// modes are skipped and the report says so.
+    pub postgres: Option<String>,
 }
 
 impl LabConfig {
@@ -311,6 +397,7 @@ impl LabConfig {
             catch_up: Duration::from_secs(120),
             scenarios: Vec::new(),
             min_cell_secs: 5.0,
+            postgres: None,
         }
     }
 
@@ -337,17 +424,43 @@ impl LabConfig {
     }
 }
 
+/// Checks that `url` is a PostgreSQL connection URL (or key=value
+/// string) the lab can connect with.
+pub fn check_postgres_url(url: &str) -> Result<(), String> {
+    url.parse::<ferry_client::sink::db::tokio_postgres::Config>()
+        .map(drop)
+        .map_err(|e| e.to_string())
+}
+
 /// Runs every cell's rounds and collects the rows: per scenario, round 1
 /// of each mode in both columns, then round 2, and so on. A round that
 /// fails to run is reported in its row's problems, which violates the
 /// guarantee.
 pub async fn run(config: &LabConfig) -> LabReport {
     let rounds = config.rounds.max(1);
+    let mut config = config.clone();
+    let needs_postgres = config
+        .scenarios()
+        .iter()
+        .any(|s| s.modes().iter().any(|m| m.spec().postgres));
+    let (_server, skipped) = if needs_postgres && config.postgres.is_none() {
+        match cell::throwaway_postgres().await {
+            Ok(server) => {
+                config.postgres = Some(server.url());
+                (Some(server), None)
+            }
+            Err(why) => (None, Some(why)),
+        }
+    } else {
+        (None, None)
+    };
+    let config = &config;
     let mut rows = Vec::new();
     for scenario in config.scenarios() {
         let cells: Vec<(LabMode, Faults)> = scenario
             .modes()
             .iter()
+            .filter(|m| config.postgres.is_some() || !m.spec().postgres)
             .flat_map(|&mode| Faults::ALL.map(|faults| (mode, faults)))
             .collect();
         let mut results: Vec<Vec<Result<Round, String>>> = vec![Vec::new(); cells.len()];
@@ -371,5 +484,7 @@ pub async fn run(config: &LabConfig) -> LabReport {
             rows.push(Row::from_rounds(scenario, mode, faults, results));
         }
     }
-    LabReport::new(config, rows)
+    let mut report = LabReport::new(config, rows);
+    report.postgres_skipped = skipped;
+    report
 }

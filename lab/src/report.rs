@@ -319,6 +319,8 @@ pub struct LabReport {
     pub ratios: BTreeMap<String, Option<f64>>,
     /// Every comparison in full, in [`Scenario::comparisons`] order.
     pub comparisons: Vec<Comparison>,
+    /// Why the PostgreSQL modes did not run, when they did not.
+    pub postgres_skipped: Option<String>,
 }
 
 impl LabReport {
@@ -341,6 +343,7 @@ impl LabReport {
                 .collect(),
             comparisons,
             rows,
+            postgres_skipped: None,
         }
     }
 
@@ -444,6 +447,11 @@ impl LabReport {
                 "note: the median round lasted under {} s in {}: a short sample of throughput (raise --records)\n",
                 self.min_cell_secs,
                 short.join(", ")
+            ));
+        }
+        if let Some(why) = &self.postgres_skipped {
+            s.push_str(&format!(
+                "note: the PostgreSQL modes were skipped: {why} (give --postgres URL, or install PostgreSQL)\n"
             ));
         }
         for r in self.rows.iter().filter(|r| !r.held) {

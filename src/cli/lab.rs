@@ -17,7 +17,10 @@ schedule: lost produce acks, consumer crashes before the offset commit, and \
 a broker restart halfway through the input.
 
   orders  reserve stock in SQLite and write a fulfilment event:
-          exactly-once; at-least-once + unique sink; at-least-once, plain INSERT
+          exactly-once; at-least-once + unique sink; at-least-once, plain INSERT;
+          and reserve stock in PostgreSQL: exactly-once with the offsets in
+          the database; the same with the fulfilment through an outbox and
+          its relay; at-least-once, plain INSERT
   views   one row per view event_id: at-least-once + unique sink
   trips   latest state per trip_id by timestamp: at-least-once + upsert sink
 
@@ -27,11 +30,18 @@ delivered / absorbed / left in the sink, lost, records/s and each round's, \
 seconds, p50 and p99 end-to-end latency): rates and latencies are the median \
 round's, duplicate and lost counts the worst round's. Below it, the cost \
 ratios (orders: exactly-once / at-least-once, at-least-once + unique sink / \
-exactly-once, ...) from the fault-free medians, each with both modes' damage \
+exactly-once, offsets in PostgreSQL / at-least-once into PostgreSQL, ...) \
+from the fault-free medians, each with both modes' damage \
 under faults. Exits 1 if a mode broke its own guarantee in either column: \
 exactly-once and the idempotent sinks must lose nothing and hold no \
 duplicate; at-least-once without a sink must lose nothing (its duplicates \
-are reported).")]
+are reported).
+
+The PostgreSQL modes use --postgres URL, each cell in a database of its own \
+that it creates and drops; without it, a throwaway durable server (initdb in \
+a temporary directory, a free loopback port), found under \
+/usr/lib/postgresql/*/bin, in FERRY_POSTGRES_BIN or on PATH. Without either, \
+they are skipped and the report says so.")]
 pub struct LabArgs {
     /// Input records per cell and round [default: 1500000; 600 with
     /// --fast].
@@ -52,6 +62,11 @@ pub struct LabArgs {
     /// cell (it is not restarted).
     #[arg(long, value_name = "ADDR")]
     broker: Option<String>,
+    /// The PostgreSQL server of the database modes, e.g.
+    /// postgres://user@127.0.0.1:5432/postgres (the user must be allowed
+    /// to create databases) [default: a throwaway server].
+    #[arg(long, value_name = "URL")]
+    postgres: Option<String>,
     /// Only these scenarios, comma-separated: orders, views, trips.
     #[arg(long, value_delimiter = ',', value_parser = parse_scenario)]
     scenario: Vec<Scenario>,
@@ -93,6 +108,10 @@ pub fn run(args: LabArgs) -> Result<ExitCode, CliError> {
         None => 3,
     };
     config.broker = args.broker;
+    if let Some(url) = &args.postgres {
+        ferry_lab::check_postgres_url(url).map_err(|e| format!("--postgres {url:?}: {e}"))?;
+    }
+    config.postgres = args.postgres;
     config.scenarios = args.scenario;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

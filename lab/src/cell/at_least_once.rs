@@ -19,10 +19,11 @@ pub(super) async fn consume_at_least_once(
         config,
     } = shared;
     let mut consumer = subscribe(client, names, mode, history, &schedule).await?;
-    // Orders also write a fulfilment event per delivery, acknowledged
-    // before the offsets commit.
-    let fulfilments = match scenario {
-        Scenario::Orders => Some(
+    // Orders in SQLite also write a fulfilment event per delivery,
+    // acknowledged before the offsets commit (the PostgreSQL baseline, as
+    // the offsets-in-the-database mode it is compared with, does not).
+    let fulfilments = match (scenario, mode) {
+        (Scenario::Orders, LabMode::AtLeastOnceSink | LabMode::AtLeastOnce) => Some(
             patiently(|| Producer::new(client.clone(), producer_config(DeliveryMode::AtLeastOnce)))
                 .await?,
         ),

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use ferry_client::sink::db::tokio_postgres;
 use ferry_client::sink::rusqlite::{self, Connection, params};
 use ferry_client::sink::{Event, Sink, SinkError, UniqueSink, UpsertSink, Versioned, Written};
 use ferry_client::{
@@ -30,10 +31,13 @@ use ferry_testkit::{
 
 mod at_least_once;
 mod exactly_once;
+mod pg;
 mod sinks;
 
 use at_least_once::consume_at_least_once;
 use exactly_once::consume_exactly_once;
+pub(crate) use pg::throwaway_postgres;
+use pg::{CellDb, consume_with_db_offsets, fulfilment_damage};
 use sinks::{AloSink, SinkState, insert_plain, order_event, orders_db, plain_reservations};
 
 /// Partitions of every lab topic.
@@ -213,6 +217,12 @@ pub async fn run_cell(
     // one.
     let seed = splitmix64(config.seed ^ splitmix64(scenario as u64));
     let names = Names::new(scenario, mode, faults, config.seed);
+    // The database modes' own database, made before the broker starts.
+    let cell_db = match (mode.spec().postgres, &config.postgres) {
+        (false, _) => None,
+        (true, Some(url)) => Some(CellDb::create(url, &names).await?),
+        (true, None) => return Err(format!("{mode:?} needs a PostgreSQL server").into()),
+    };
     let mut broker = LabBroker::start(config).await?;
     let direct = Client::connect(&broker.addr()).await?;
     direct.create_topic(&names.input, PARTITIONS).await?;
@@ -245,7 +255,7 @@ pub async fn run_cell(
     let started = Instant::now();
     let (restarted, progress) = tokio::join!(
         produce_input(&shared, scenario, mode, faults.injected(), &mut broker),
-        consume(shared.clone(), scenario, mode, &db),
+        consume(shared.clone(), scenario, mode, &db, cell_db.as_ref()),
     );
     let restarted = restarted?;
     let (progress, sink) = progress?;
@@ -257,8 +267,20 @@ pub async fn run_cell(
         Some(sink) => sink,
         None => downstream_orders(&proxy, &direct, &names, &db).await?,
     };
+    let acked = acked_values(&history);
+    let mut state = sink.state(scenario).await?;
+    // The outbox's half of the sink is the fulfilment topic.
+    if mode == LabMode::OutboxRelay {
+        let (twice, missing) = fulfilment_damage(&proxy, &direct, &names, &acked).await?;
+        state.duplicates += twice;
+        state.missing_outputs = missing;
+    }
+    drop(sink);
+    if let Some(db) = cell_db {
+        db.drop_db().await;
+    }
     let outcome = Outcome {
-        state: SinkState::read(scenario, sink.connection(), config.records)?,
+        state,
         report: check(
             &history.ops(),
             &CheckOptions {
@@ -266,7 +288,7 @@ pub async fn run_cell(
                 group: Some(names.group.clone()),
             },
         ),
-        acked: acked_values(&history),
+        acked,
         progress,
         elapsed,
         lost_acks: proxy.stats().on(Targets::PRODUCE, FaultKind::DropResponse),
@@ -370,12 +392,23 @@ async fn consume(
     scenario: Scenario,
     mode: LabMode,
     db: &std::path::Path,
+    cell_db: Option<&CellDb>,
 ) -> Result<(Progress, Option<AloSink>), LabError> {
-    match mode {
-        LabMode::ExactlyOnce => consume_exactly_once(shared).await,
-        LabMode::AtLeastOnceSink | LabMode::AtLeastOnce => {
+    match (mode, cell_db) {
+        (LabMode::ExactlyOnce, _) => consume_exactly_once(shared).await,
+        (LabMode::AtLeastOnceSink | LabMode::AtLeastOnce, _) => {
             let sink = AloSink::open(scenario, mode, db)?;
             consume_at_least_once(shared, scenario, mode, sink).await
+        }
+        (LabMode::ExactlyOncePg | LabMode::OutboxRelay, Some(cell_db)) => {
+            consume_with_db_offsets(shared, mode, cell_db).await
+        }
+        (LabMode::AtLeastOncePg, Some(cell_db)) => {
+            let sink = AloSink::OrdersPg(cell_db.connect().await?);
+            consume_at_least_once(shared, scenario, mode, sink).await
+        }
+        (LabMode::ExactlyOncePg | LabMode::OutboxRelay | LabMode::AtLeastOncePg, None) => {
+            Err(format!("{mode:?} needs a PostgreSQL server").into())
         }
     }
 }
@@ -455,7 +488,8 @@ impl Outcome {
                 _ => 0,
             })
             .sum();
-        let lost = self.state.lost(scenario, &self.acked, config.records);
+        let lost =
+            self.state.lost(scenario, &self.acked, config.records) + self.state.missing_outputs;
         let latency = Latency::from_histogram(
             "send_to_effect",
             self.progress

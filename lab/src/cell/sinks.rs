@@ -1,4 +1,4 @@
-//! The sinks the lab writes to: SQLite stock reservations, with or without an idempotent guard, and what each sink saw.
+//! The sinks the lab writes to: stock reservations in SQLite, with or without an idempotent guard, or in PostgreSQL; and what each sink saw.
 
 use super::*;
 
@@ -10,6 +10,8 @@ pub(super) enum AloSink {
     Orders(UniqueSink),
     Views(UniqueSink),
     Trips(UpsertSink),
+    /// Orders in the cell's PostgreSQL database, plain.
+    OrdersPg(tokio_postgres::Client),
 }
 
 pub(super) fn orders_db(path: &std::path::Path) -> Result<Connection, SinkError> {
@@ -84,6 +86,7 @@ impl AloSink {
                     .collect();
                 sink.write(&events).await
             }
+            AloSink::OrdersPg(db) => pg::reserve_in_transaction(db, values).await,
             AloSink::Trips(sink) => {
                 let changes: Vec<Versioned> = values
                     .iter()
@@ -110,12 +113,15 @@ impl AloSink {
         }
     }
 
-    pub(super) fn connection(&self) -> &Connection {
-        match self {
+    /// What the sink holds at the end.
+    pub(super) async fn state(&self, scenario: Scenario) -> Result<SinkState, LabError> {
+        let conn = match self {
+            AloSink::OrdersPg(db) => return SinkState::read_pg(db).await,
             AloSink::OrdersPlain(conn) => conn,
             AloSink::Orders(s) | AloSink::Views(s) => s.connection(),
             AloSink::Trips(s) => s.connection(),
-        }
+        };
+        Ok(SinkState::read(scenario, conn)?)
     }
 }
 
@@ -146,14 +152,13 @@ pub(super) struct SinkState {
     pub(super) duplicates: u64,
     /// Event ids with an effect (orders, views), or trip → version.
     pub(super) present: HashMap<u64, i64>,
+    /// Acknowledged events without their output event (the outbox mode's
+    /// fulfilment topic).
+    pub(super) missing_outputs: u64,
 }
 
 impl SinkState {
-    pub(super) fn read(
-        scenario: Scenario,
-        conn: &Connection,
-        _records: u64,
-    ) -> Result<SinkState, SinkError> {
+    pub(super) fn read(scenario: Scenario, conn: &Connection) -> Result<SinkState, SinkError> {
         let (table, key, version) = match scenario {
             Scenario::Orders => ("reservations", "event_id", "0"),
             Scenario::Views => ("views", "event_id", "0"),
@@ -169,23 +174,32 @@ impl SinkState {
             let (k, v) = row?;
             present.insert(k as u64, v);
         }
-        let duplicates = match scenario {
-            // Every unit of stock taken beyond one per order reserved.
-            Scenario::Orders => {
-                let taken: i64 = conn.query_row(
-                    "SELECT ?1 * COUNT(*) - SUM(qty) FROM stock",
-                    params![STOCK],
-                    |r| r.get(0),
-                )?;
-                (taken as u64).saturating_sub(present.len() as u64)
-            }
-            _ => (rows as u64).saturating_sub(present.len() as u64),
-        };
+        if scenario == Scenario::Orders {
+            let taken: i64 = conn.query_row(
+                "SELECT ?1 * COUNT(*) - SUM(qty) FROM stock",
+                params![STOCK],
+                |r| r.get(0),
+            )?;
+            return Ok(SinkState::of_orders(rows as u64, present, taken));
+        }
         Ok(SinkState {
             rows: rows as u64,
-            duplicates,
+            duplicates: (rows as u64).saturating_sub(present.len() as u64),
             present,
+            missing_outputs: 0,
         })
+    }
+
+    /// The orders' state: `rows` reservations, of the orders in
+    /// `present`, and `taken` units of stock; every unit taken beyond one
+    /// per order reserved is a duplicate.
+    pub(super) fn of_orders(rows: u64, present: HashMap<u64, i64>, taken: i64) -> SinkState {
+        SinkState {
+            rows,
+            duplicates: (taken.max(0) as u64).saturating_sub(present.len() as u64),
+            present,
+            missing_outputs: 0,
+        }
     }
 
     /// Acknowledged events without their effect: orders and views missing
