@@ -258,6 +258,24 @@ impl Log {
         })
     }
 
+    /// Starts a new segment now, unless the active one is empty, so that
+    /// what is appended next begins a segment of its own; returns whether
+    /// it rolled. The old segment is sealed in the background, as at any
+    /// roll.
+    pub fn roll(&self) -> Result<bool, StorageError> {
+        let inner = &*self.inner;
+        let mut app = inner.appender.lock();
+        if app.closed {
+            return Err(StorageError::Closed);
+        }
+        inner.check_failed()?;
+        if app.writer.read_map().published() == 0 {
+            return Ok(false);
+        }
+        inner.roll(&mut app)?;
+        Ok(true)
+    }
+
     /// Zero-copy read of whole batches from one segment; see the crate docs.
     pub fn read(&self, offset: u64, max_bytes: usize, upper: u64) -> Result<Bytes, StorageError> {
         let inner = &*self.inner;
@@ -375,6 +393,11 @@ impl Log {
         self.inner.config.flush
     }
 
+    /// The size segment files are preallocated to; no batch is larger.
+    pub fn segment_bytes(&self) -> u64 {
+        self.inner.config.segment_bytes
+    }
+
     /// Blocks until `durable_offset > offset`.
     pub fn wait_durable_blocking(&self, offset: u64) -> Result<(), StorageError> {
         let inner = &*self.inner;
@@ -414,41 +437,58 @@ impl Log {
     /// active segment, and segments whose seal is still queued, are never
     /// deleted.
     pub fn apply_retention(&self, now_ms: i64) -> Result<RetentionOutcome, StorageError> {
+        let config = &self.inner.config;
+        self.delete_oldest_while("retention", |seg, total| {
+            let by_size = config
+                .retention_bytes
+                .is_some_and(|limit| total - seg.data_len() >= limit);
+            let max_ts = seg.max_timestamp.load(Ordering::Relaxed);
+            let by_age = config.retention_ms.is_some_and(|ms| {
+                max_ts == NO_TIMESTAMP
+                    || now_ms.saturating_sub(max_ts) > ms.min(i64::MAX as u64) as i64
+            });
+            by_size || by_age
+        })
+    }
+
+    /// Deletes the sealed segments that hold nothing at or after `offset`,
+    /// oldest first: for a log whose state from `offset` on restates
+    /// everything before it. Like retention, it never deletes the active
+    /// segment or one whose seal is still queued.
+    pub fn delete_below(&self, offset: u64) -> Result<RetentionOutcome, StorageError> {
+        self.delete_oldest_while("truncation", |seg, _| {
+            seg.next_offset.load(Ordering::Acquire) <= offset
+        })
+    }
+
+    /// Deletes sealed segments, oldest first, while `doomed(segment, total
+    /// data bytes of the log before deleting it)` holds.
+    fn delete_oldest_while(
+        &self,
+        why: &'static str,
+        mut doomed: impl FnMut(&Segment, u64) -> bool,
+    ) -> Result<RetentionOutcome, StorageError> {
         let inner = &*self.inner;
-        let config = &inner.config;
         // The appender lock keeps a roll from changing the active segment.
         let _app = inner.appender.lock();
         // Segments still queued for sealing are kept too.
         let unsealed = inner.sealing.lock().len();
-        let mut doomed = Vec::new();
+        let mut deleted = Vec::new();
         {
             let mut segs = inner.segments.write();
             let mut total: u64 = segs.iter().map(|s| s.data_len()).sum();
             let mut count = 0;
-            while count + 1 + unsealed < segs.len() {
-                let seg = &segs[count];
-                let size = seg.data_len();
-                let by_size = config
-                    .retention_bytes
-                    .is_some_and(|limit| total - size >= limit);
-                let max_ts = seg.max_timestamp.load(Ordering::Relaxed);
-                let by_age = config.retention_ms.is_some_and(|ms| {
-                    max_ts == NO_TIMESTAMP
-                        || now_ms.saturating_sub(max_ts) > ms.min(i64::MAX as u64) as i64
-                });
-                if !(by_size || by_age) {
-                    break;
-                }
-                total -= size;
+            while count + 1 + unsealed < segs.len() && doomed(&segs[count], total) {
+                total -= segs[count].data_len();
                 count += 1;
             }
-            doomed.extend(segs.drain(..count));
+            deleted.extend(segs.drain(..count));
             inner
                 .log_start
                 .store(segs[0].base_offset, Ordering::Release);
         }
         let mut bytes_deleted = 0;
-        for seg in &doomed {
+        for seg in &deleted {
             bytes_deleted += seg.data_len();
             // Oldest first, .log before .index: a crash part-way leaves a
             // contiguous log, and an orphaned .index is removed at open.
@@ -456,13 +496,13 @@ impl Log {
             // frees the blocks when the last map goes.
             segment::remove_files(&seg.log_path, &seg.index_path)?;
         }
-        if !doomed.is_empty() {
+        if !deleted.is_empty() {
             fsutil::sync_dir(&inner.dir)
                 .map_err(|e| StorageError::io("fsync dir", &inner.dir, e))?;
-            tracing::info!(dir = %inner.dir.display(), segments = doomed.len(), bytes_deleted, "retention deleted segments");
+            tracing::info!(dir = %inner.dir.display(), segments = deleted.len(), bytes_deleted, why, "deleted segments");
         }
         Ok(RetentionOutcome {
-            segments_deleted: doomed.len(),
+            segments_deleted: deleted.len(),
             bytes_deleted,
             log_start_offset: inner.log_start.load(Ordering::Acquire),
         })

@@ -302,6 +302,51 @@ fn retention_deletes_only_whole_sealed_segments() {
 }
 
 #[test]
+fn a_roll_by_hand_starts_the_next_append_in_a_segment_of_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), config(64 * 1024, FlushPolicy::Never)).unwrap();
+    assert!(!log.roll().unwrap(), "an empty active segment is kept");
+    append(&log, &batch(1, 2, 10));
+    assert!(log.roll().unwrap());
+    assert!(!log.roll().unwrap());
+    let info = append(&log, &batch(2, 1, 10));
+    assert!(!info.rolled);
+    log.flush().unwrap();
+    let segs = log.segments();
+    assert_eq!(segs.len(), 2);
+    assert_eq!((segs[1].base_offset, segs[1].next_offset), (2, 3));
+    assert_eq!(log.delete_below(2).unwrap().segments_deleted, 1);
+    assert_eq!(read_all(&log), vec![(2, 1)]);
+    drop(log);
+    let log = Log::open(dir.path(), config(64 * 1024, FlushPolicy::Never)).unwrap();
+    assert_eq!((log.log_start_offset(), log.next_offset()), (2, 3));
+}
+
+#[test]
+fn delete_below_removes_only_segments_wholly_before_the_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), config(4096, FlushPolicy::Never)).unwrap();
+    // Two batches of one record per segment: segments start at 0, 2, 4, 6.
+    for ts in 0..7 {
+        append(&log, &batch(ts, 1, 1500));
+    }
+    log.flush().unwrap();
+    // Offset 3 sits in the segment starting at 2: only [0, 2) goes.
+    let out = log.delete_below(3).unwrap();
+    assert_eq!(out.segments_deleted, 1);
+    assert_eq!(log.log_start_offset(), 2);
+    assert_eq!(log.delete_below(3).unwrap().segments_deleted, 0);
+    // Past the end: everything but the active segment goes.
+    let out = log.delete_below(u64::MAX).unwrap();
+    assert_eq!(out.segments_deleted, 2);
+    assert_eq!(log.log_start_offset(), 6);
+    assert_eq!(read_all(&log), vec![(6, 1)]);
+    drop(log);
+    let log = Log::open(dir.path(), config(4096, FlushPolicy::Never)).unwrap();
+    assert_eq!((log.log_start_offset(), log.next_offset()), (6, 7));
+}
+
+#[test]
 fn retention_by_age_uses_each_segments_newest_timestamp() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(4096, FlushPolicy::Never);
