@@ -19,6 +19,7 @@ mod producer_ids;
 mod producer_state;
 pub mod quota;
 mod replay;
+mod restate;
 mod server;
 mod service;
 mod state;
@@ -53,6 +54,7 @@ pub use producer_state::{
     AbortedTxn, BatchMeta, MAX_BATCHES_PER_PRODUCER, ProducerEntry, ProducerTable, SeqCheck,
     SeqError, check_sequence,
 };
+pub use restate::{INTERNAL_SEGMENT_BYTES, InternalLogSize};
 pub use server::{Broker, Listeners, MAX_FRAME_BYTES, PeerInfo, Stop};
 pub use service::{FUZZED_RPCS, FerryService, MAX_IN_FLIGHT_PER_STREAM, serve_encoded};
 pub use state::{

@@ -21,6 +21,7 @@ use crate::offsets::OffsetStore;
 use crate::producer_ids::ProducerIds;
 use crate::producer_state::AbortedTxn;
 use crate::quota::{Direction, Quotas};
+use crate::restate::InternalLogSize;
 use crate::topics::{Partition, Topic, Topics};
 use crate::txn::{Coordinator, TxnMeta};
 
@@ -196,13 +197,11 @@ impl BrokerState {
             config.producers,
         )?);
         let producer_ids = Arc::new(ProducerIds::open(dir)?);
-        let offsets = Arc::new(OffsetStore::open(
-            &dir.join("__offsets"),
-            config.log.clone(),
-        )?);
+        let internal = crate::restate::internal_log_config(&config.log);
+        let offsets = Arc::new(OffsetStore::open(&dir.join("__offsets"), internal.clone())?);
         let coordinator = Coordinator::open(
             &dir.join("__transactions"),
-            config.log.clone(),
+            internal,
             topics.clone(),
             offsets.clone(),
             producer_ids.clone(),
@@ -233,6 +232,12 @@ impl BrokerState {
             shutdown_tx,
             _lock: lock,
         })
+    }
+
+    /// The sizes of the broker's own logs, `__offsets` and
+    /// `__transactions`.
+    pub fn internal_logs(&self) -> [InternalLogSize; 2] {
+        [self.offsets.log_size(), self.coordinator.log_size()]
     }
 
     /// The configuration in force.

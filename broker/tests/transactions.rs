@@ -270,3 +270,76 @@ async fn open_and_committed_transactions_survive_a_crash() {
     assert_eq!(r.error_code, 0, "{}", r.error_message);
     assert_eq!(read(&client, "t", 0, true).await.0, ["c1", "c2", "o1"]);
 }
+
+#[tokio::test]
+async fn the_internal_logs_stay_the_size_of_their_state_across_a_crash() {
+    // 4 KiB segments: the transaction and offsets logs restate every few
+    // dozen transactions.
+    let mut config = BrokerConfig::ephemeral();
+    config.log.segment_bytes = 4096;
+    let broker = EmbeddedBroker::start(config).await.unwrap();
+    let client = Client::connect(&broker.addr_string()).await.unwrap();
+    client.create_topic("t", 1).await;
+    let mut producers = [init(&client, "a", 0).await, init(&client, "b", 0).await];
+    let mut last_committed = 0;
+    for round in 0..150u64 {
+        for t in &mut producers {
+            assert_eq!(add(&client, t, "t", 0).await, 0);
+            assert_eq!(send(&client, t, "t", 0, &["v"]).await.error_code, 0);
+            for (code, message) in send_offsets(&client, t, round).await {
+                assert_eq!(code, 0, "{message}");
+            }
+            let commit = round % 3 != 0;
+            let r = end(&client, t, commit).await;
+            assert_eq!(r.error_code, 0, "{}", r.error_message);
+            if commit {
+                last_committed = round;
+            }
+            t.epoch = r.producer_epoch;
+            t.seq.clear();
+        }
+    }
+    // One left open across the crash, offsets and all.
+    let open = init(&client, "open", 0).await;
+    assert_eq!(add(&client, &open, "t", 0).await, 0);
+    for (code, message) in send_offsets(&client, &open, 10_000).await {
+        assert_eq!(code, 0, "{message}");
+    }
+    for log in broker.state().internal_logs() {
+        // Hundreds of kilobytes were written to each; a few segments are
+        // left.
+        assert!(log.bytes <= 6 * 4096, "{log:?}");
+        assert!(log.log_start_offset > 0, "{log:?}");
+    }
+
+    let broker = broker.crash_and_restart().await.unwrap();
+    let client = Client::connect(&broker.addr_string()).await.unwrap();
+    assert_eq!(
+        client.fetch_offsets("g", "t").await.get(&0),
+        Some(&last_committed),
+        "the last committed transaction's offset survives"
+    );
+    let listed = client
+        .raw()
+        .list_transactions(v1::ListTransactionsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let mut states: Vec<_> = listed
+        .transactions
+        .iter()
+        .map(|t| (t.transactional_id.as_str(), t.state.as_str()))
+        .collect();
+    states.sort_unstable();
+    assert_eq!(
+        states,
+        [
+            ("a", "CompleteCommit"),
+            ("b", "CompleteCommit"),
+            ("open", "Ongoing")
+        ]
+    );
+    let r = end(&client, &open, true).await;
+    assert_eq!(r.error_code, 0, "{}", r.error_message);
+    assert_eq!(client.fetch_offsets("g", "t").await.get(&0), Some(&10_000));
+}

@@ -23,6 +23,7 @@ use crate::error::BrokerError;
 use crate::names::check_name;
 use crate::offsets::OffsetStore;
 use crate::producer_ids::ProducerIds;
+use crate::restate::{InternalLogSize, Restatement, Restater};
 use crate::topics::{Partition, Topics};
 
 /// One transactional id: its meta (read by appends under a short lock) and
@@ -67,6 +68,12 @@ impl OpenTxn {
 #[derive(Debug)]
 pub(crate) struct Coordinator {
     log: Log,
+    /// Keeps the log bounded (`crate::restate`); every persist holds its
+    /// gate.
+    restater: Restater,
+    /// The last record persisted for each transactional id: what a replay
+    /// of the log rebuilds, and what a restatement writes.
+    persisted: Mutex<HashMap<String, Vec<u8>>>,
     topics: Arc<Topics>,
     offsets: Arc<OffsetStore>,
     producer_ids: Arc<ProducerIds>,
@@ -94,28 +101,35 @@ impl Coordinator {
         producer_ids: Arc<ProducerIds>,
     ) -> Result<Coordinator, BrokerError> {
         let log = Log::open(dir, log_config)?;
-        let mut metas: HashMap<String, TxnMeta> = HashMap::new();
-        crate::replay::replay(&log, 0, |batch| {
-            for record in batch.records()?.iter() {
-                let record = record?;
-                let (Some(key), Some(value)) = (record.key, record.value) else {
-                    continue;
-                };
-                let Ok(tid) = std::str::from_utf8(key) else {
-                    continue;
-                };
-                match codec::decode(tid, value) {
-                    Some(meta) => {
-                        metas.insert(tid.to_string(), meta);
+        let (restater, metas) = Restater::replay(
+            "__transactions",
+            &log,
+            |metas: &mut HashMap<String, TxnMeta>, batch| {
+                for record in batch.records()?.iter() {
+                    let record = record?;
+                    let (Some(key), Some(value)) = (record.key, record.value) else {
+                        continue;
+                    };
+                    let Ok(tid) = std::str::from_utf8(key) else {
+                        continue;
+                    };
+                    match codec::decode(tid, value) {
+                        Some(meta) => {
+                            metas.insert(tid.to_string(), meta);
+                        }
+                        None => tracing::warn!(
+                            transactional_id = tid,
+                            "skipping unreadable transaction record"
+                        ),
                     }
-                    None => tracing::warn!(
-                        transactional_id = tid,
-                        "skipping unreadable transaction record"
-                    ),
                 }
-            }
-            Ok(())
-        })?;
+                Ok(())
+            },
+        )?;
+        let persisted = metas
+            .iter()
+            .map(|(tid, meta)| (tid.clone(), codec::encode(meta)))
+            .collect();
         let mut entries = HashMap::new();
         let mut by_pid = HashMap::new();
         for (tid, meta) in metas {
@@ -130,6 +144,8 @@ impl Coordinator {
         );
         Ok(Coordinator {
             log,
+            restater,
+            persisted: Mutex::new(persisted),
             topics,
             offsets,
             producer_ids,
@@ -149,8 +165,35 @@ impl Coordinator {
             &[],
         );
         let bytes = b.finish();
-        self.log.append_durable(ValidBatch::exact(&bytes)?).await?;
+        {
+            let _gate = self.restater.gate().await?;
+            self.log.append_durable(ValidBatch::exact(&bytes)?).await?;
+            self.persisted
+                .lock()
+                .insert(meta.transactional_id.clone(), codec::encode(meta));
+        }
+        if self.restater.appended(bytes.len() as u64)
+            && let Err(e) = self.restate().await
+        {
+            // The record itself is durable; the log is only longer.
+            tracing::warn!(error = %e, "restating the transaction log failed");
+        }
         Ok(())
+    }
+
+    /// Restates the log (`crate::restate`) if it is due: the last record
+    /// of every transactional id.
+    async fn restate(&self) -> Result<Option<Restatement>, BrokerError> {
+        self.restater
+            .restate(&self.log, |out| {
+                let persisted = self.persisted.lock();
+                let mut tids: Vec<_> = persisted.keys().collect();
+                tids.sort_unstable();
+                for tid in tids {
+                    out.push(None, tid.as_bytes(), Some(&persisted[tid]));
+                }
+            })
+            .await
     }
 
     fn entry(&self, tid: &str) -> Result<Arc<Entry>, BrokerError> {
@@ -495,6 +538,11 @@ impl Coordinator {
             let m = e.meta.lock();
             m.state == TxnState::Ongoing && m.partitions.contains(&(topic.to_string(), partition))
         })
+    }
+
+    /// The size of the transaction log.
+    pub(crate) fn log_size(&self) -> InternalLogSize {
+        InternalLogSize::of("__transactions", &self.log)
     }
 
     /// Flushes and closes the transaction log.
