@@ -5,6 +5,8 @@
 //! - [`workload`]: produce, consume and end-to-end runs against an
 //!   in-process [`EmbeddedBroker`](ferry_broker::EmbeddedBroker) or a remote
 //!   broker, with hdrhistogram latencies.
+//! - [`restart`]: restart time and internal-log size after many offset
+//!   commits.
 //! - [`matrix`]: the standard matrix of modes × record sizes × fsync
 //!   policies, as a markdown table, JSON, and an SVG chart.
 //!
@@ -17,6 +19,7 @@ pub mod kafka;
 pub mod matrix;
 pub mod quota;
 pub mod rebalance;
+pub mod restart;
 pub mod tls;
 pub mod workload;
 

@@ -52,6 +52,26 @@ pub enum BenchCommand {
     /// ferry-client; reports throttled rate ÷ quota and the free
     /// producer's rate beside it ÷ alone.
     Quota(QuotaArgs),
+    /// Restart time and the size of the `__offsets` log after many offset
+    /// commits of the same partitions: a small and a large count, with
+    /// large ÷ small for each.
+    Restart(RestartArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RestartArgs {
+    /// Commit counts, comma-separated; each one commits every partition.
+    #[arg(long, value_delimiter = ',', default_values_t = [10_000u64, 1_000_000])]
+    commits: Vec<u64>,
+    /// Partitions in every commit.
+    #[arg(long, default_value_t = 100)]
+    partitions: u32,
+    /// The broker's fsync policy while committing: always, interval=MS, or
+    /// never.
+    #[arg(long, default_value = "never")]
+    fsync: FlushPolicy,
+    #[command(flatten)]
+    common: Common,
 }
 
 #[derive(Debug, clap::Args)]
@@ -283,7 +303,33 @@ pub fn run(command: BenchCommand) -> Result<ExitCode, CliError> {
         BenchCommand::Kafka(args) => run_kafka(args),
         BenchCommand::Tls(args) => run_tls(args),
         BenchCommand::Quota(args) => run_quota(args),
+        BenchCommand::Restart(args) => run_restart(args),
     }
+}
+
+fn run_restart(args: RestartArgs) -> Result<ExitCode, CliError> {
+    let config = ferry_bench::restart::RestartBenchConfig {
+        commits: args.commits.clone(),
+        partitions: args.partitions,
+        flush: args.fsync,
+        parent: args.common.data_dir.clone(),
+    };
+    let bar = cells_bar(args.common.json, args.commits.iter().sum());
+    let mut done = 0;
+    let mut last = 0;
+    let bench = ferry_bench::restart::RestartBench::run(&config, |i, of| {
+        if i == 0 {
+            done += last;
+        }
+        last = of;
+        bar.set_position(done + i);
+        bar.set_message(format!("{of} commits"));
+    });
+    bar.finish_and_clear();
+    let bench = bench?;
+    print_report(args.common.json, &bench, bench.failed(), || {
+        bench.markdown()
+    })
 }
 
 fn run_quota(args: QuotaArgs) -> Result<ExitCode, CliError> {
