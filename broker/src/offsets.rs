@@ -21,8 +21,10 @@
 //! The offset-commit part: A commit is acknowledged once its batch is
 //! durable under the flush policy, and only then becomes visible to
 //! `FetchOffsets`; a crash before that point may lose the commit, which the
-//! committer never saw succeed. On open the whole log is replayed, later
-//! records winning.
+//! committer never saw succeed. On open the log is replayed, later
+//! records winning; it restates its state at its tail now and then and
+//! drops the segments before (`crate::restate`), so the replay reads the
+//! live state and a short tail, not every commit ever made.
 //!
 //! Offsets committed inside a transaction (`TxnOffsetCommit`) are written as
 //! a transactional batch stamped with the producer id. They stay pending
