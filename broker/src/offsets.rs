@@ -263,15 +263,8 @@ impl OffsetStore {
         bytes: &[u8],
         update: impl FnOnce(&AppendInfo),
     ) -> Result<AppendInfo, BrokerError> {
-        let info = {
-            let _gate = self.restater.gate().await?;
-            let info = self.log.append_durable(ValidBatch::exact(bytes)?).await?;
-            update(&info);
-            info
-        };
-        if self.restater.appended(bytes.len() as u64)
-            && let Err(e) = self.restate().await
-        {
+        let (info, due) = self.restater.append(&self.log, bytes, update).await?;
+        if due && let Err(e) = self.restate().await {
             // The write itself is durable; the log is only longer.
             tracing::warn!(error = %e, "restating the offsets log failed");
         }

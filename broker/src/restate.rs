@@ -22,7 +22,7 @@
 //! old segments that the next restatement deletes; replaying them first
 //! changes nothing, since the END replaces what they built.
 //!
-//! Writers hold the gate shared ([`Restater::gate`]) from before their
+//! Writers hold the gate shared ([`Restater::append`]) from before their
 //! append until the in-memory state reflects it; a restatement holds it
 //! exclusively, so the state it writes is exactly what a replay of the log
 //! up to BEGIN gives, and no other batch lands between BEGIN and END.
@@ -41,8 +41,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use bytes::Bytes;
 use ferry_proto::batch::{BatchBuilder, ProducerStamp, ValidBatch};
-use ferry_storage::{FlushPolicy, Log, LogConfig, StorageError};
-use tokio::sync::{RwLock, RwLockReadGuard};
+use ferry_storage::{AppendInfo, FlushPolicy, Log, LogConfig, StorageError};
+use tokio::sync::RwLock;
 
 use crate::error::BrokerError;
 
@@ -250,12 +250,25 @@ impl Restater {
         Ok(())
     }
 
-    /// Held shared by a writer from before its append until its state is
-    /// updated; refused once a failed restatement could not be abandoned.
-    pub(crate) async fn gate(&self) -> Result<RwLockReadGuard<'_, ()>, BrokerError> {
-        let guard = self.gate.read().await;
-        self.check_poisoned()?;
-        Ok(guard)
+    /// A writer's append: durably appends `bytes` to `log` and applies
+    /// them to the in-memory state (`update`) with the gate held shared, so
+    /// no restatement starts in between; refused once a failed
+    /// restatement could not be abandoned. Returns whether a restatement
+    /// is now due, which the caller then runs with its state.
+    pub(crate) async fn append(
+        &self,
+        log: &Log,
+        bytes: &[u8],
+        update: impl FnOnce(&AppendInfo),
+    ) -> Result<(AppendInfo, bool), BrokerError> {
+        let info = {
+            let _gate = self.gate.read().await;
+            self.check_poisoned()?;
+            let info = log.append_durable(ValidBatch::exact(bytes)?).await?;
+            update(&info);
+            info
+        };
+        Ok((info, self.appended(bytes.len() as u64)))
     }
 
     fn check_poisoned(&self) -> Result<(), BrokerError> {
@@ -272,7 +285,7 @@ impl Restater {
     }
 
     /// Counts `bytes` a writer appended; whether a restatement is due.
-    pub(crate) fn appended(&self, bytes: u64) -> bool {
+    fn appended(&self, bytes: u64) -> bool {
         let since = self.since.fetch_add(bytes, Ordering::AcqRel) + bytes;
         self.due(since)
     }

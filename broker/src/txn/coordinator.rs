@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use ferry_proto::batch::{BatchBuilder, ValidBatch};
+use ferry_proto::batch::BatchBuilder;
 use ferry_storage::{Log, LogConfig};
 use parking_lot::{Mutex, MutexGuard};
 
@@ -165,16 +165,15 @@ impl Coordinator {
             &[],
         );
         let bytes = b.finish();
-        {
-            let _gate = self.restater.gate().await?;
-            self.log.append_durable(ValidBatch::exact(&bytes)?).await?;
-            self.persisted
-                .lock()
-                .insert(meta.transactional_id.clone(), codec::encode(meta));
-        }
-        if self.restater.appended(bytes.len() as u64)
-            && let Err(e) = self.restate().await
-        {
+        let (_, due) = self
+            .restater
+            .append(&self.log, &bytes, |_| {
+                self.persisted
+                    .lock()
+                    .insert(meta.transactional_id.clone(), codec::encode(meta));
+            })
+            .await?;
+        if due && let Err(e) = self.restate().await {
             // The record itself is durable; the log is only longer.
             tracing::warn!(error = %e, "restating the transaction log failed");
         }
