@@ -28,4 +28,7 @@ pub use config::{
     ParseFlushPolicyError,
 };
 pub use error::StorageError;
-pub use log::{AppendInfo, Log, RecoveryStats, RetentionOutcome, SegmentInfo, Watermarks};
+pub use log::{
+    AppendInfo, Log, RecoveryStats, ReplaceOutcome, RetentionOutcome, SealedSegment, SegmentInfo,
+    Watermarks,
+};

@@ -58,6 +58,71 @@ pub fn index_file_name(base_offset: u64) -> String {
     format!("{base_offset:020}.index")
 }
 
+/// Which files hold a segment. A segment as appended is named by its base
+/// offset alone; a segment the cleaner rewrote also names the end of the
+/// range of offsets it replaced (`BASE-END.log`), because a cleaned segment
+/// has gaps and its last batch may end well before `END`. The end in the
+/// name is what lets recovery tell, with no other file, which older
+/// segments a cleaned one supersedes (see `docs/format.md`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SegmentName {
+    /// Offset of the range's first offset.
+    pub base: u64,
+    /// For a cleaned segment, the offset after its range.
+    pub cleaned_end: Option<u64>,
+}
+
+impl SegmentName {
+    /// A segment as appended.
+    pub fn plain(base: u64) -> SegmentName {
+        SegmentName {
+            base,
+            cleaned_end: None,
+        }
+    }
+
+    /// A cleaned segment holding what is left of `[base, end)`.
+    pub fn cleaned(base: u64, end: u64) -> SegmentName {
+        SegmentName {
+            base,
+            cleaned_end: Some(end),
+        }
+    }
+
+    fn stem(&self) -> String {
+        match self.cleaned_end {
+            None => format!("{:020}", self.base),
+            Some(end) => format!("{:020}-{end:020}", self.base),
+        }
+    }
+
+    /// The `.log` file's name.
+    pub fn log_file(&self) -> String {
+        format!("{}.log", self.stem())
+    }
+
+    /// The `.index` file's name.
+    pub fn index_file(&self) -> String {
+        format!("{}.index", self.stem())
+    }
+
+    /// Parses a file stem (`BASE` or `BASE-END`, 20 digits each).
+    pub fn parse_stem(stem: &str) -> Option<SegmentName> {
+        let number = |s: &str| {
+            (s.len() == 20 && s.bytes().all(|b| b.is_ascii_digit()))
+                .then(|| s.parse::<u64>().ok())
+                .flatten()
+        };
+        match stem.split_once('-') {
+            None => number(stem).map(SegmentName::plain),
+            Some((base, end)) => {
+                let (base, end) = (number(base)?, number(end)?);
+                (end > base).then_some(SegmentName::cleaned(base, end))
+            }
+        }
+    }
+}
+
 /// The durable prefix of a segment: flushed bytes and what they hold.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DurablePoint {
@@ -88,6 +153,9 @@ pub struct Segment {
     /// `valid_len` of the last index written; serialises index writes.
     pub checkpoint: Mutex<u64>,
     pub index_interval_bytes: u32,
+    /// For a cleaned segment, the end of the range it holds; its batches
+    /// then only increase in offset, with gaps between them.
+    pub cleaned_end: Option<u64>,
     /// Bytes at the start that recovery trusted to an index or checkpoint
     /// written by an earlier run instead of checking them. A read checks
     /// the CRC of each batch it serves from them, so damage to a flushed
@@ -119,6 +187,13 @@ pub fn wants_entry(position: u64, last_entry: Option<&IndexEntry>, interval_byte
 /// Walks batches in `bytes[start..]`, which must be the segment's bytes from
 /// position 0, checking framing, CRC and offset continuity, adding index
 /// entries to `entries`. Never panics or allocates from a length on disk.
+///
+/// In a segment as appended each batch starts where the previous one
+/// ended. In a cleaned segment (`cleaned_end` is set) offsets only have to
+/// increase and stay below the end of its range: such a file is written
+/// whole, synced and renamed into place, so it has no stale tail for the
+/// stricter rule to guard against.
+#[allow(clippy::too_many_arguments)]
 pub fn scan(
     bytes: &[u8],
     start: u64,
@@ -127,6 +202,7 @@ pub fn scan(
     max_timestamp: i64,
     entries: &mut Vec<IndexEntry>,
     interval_bytes: u32,
+    cleaned_end: Option<u64>,
 ) -> Scan {
     let mut pos = start;
     let mut next = expected_next;
@@ -149,11 +225,8 @@ pub fn scan(
         if header.leader_epoch != LEADER_EPOCH {
             break Some(format!("leader epoch {}", header.leader_epoch));
         }
-        if header.base_offset != next {
-            break Some(format!(
-                "base offset {} where {next} was expected",
-                header.base_offset
-            ));
+        if let Err(reason) = check_base(&header, next, cleaned_end) {
+            break Some(reason);
         }
         let relative = header.base_offset - base_offset;
         let Ok(relative) = u32::try_from(relative) else {
@@ -181,6 +254,34 @@ pub fn scan(
         max_timestamp: max_ts,
         stop,
     }
+}
+
+/// Checks that a batch may follow one that ended at `expected`: it starts
+/// exactly there, or, in a cleaned segment, anywhere after it and ends
+/// within the segment's range.
+pub fn check_base(
+    header: &BatchHeader,
+    expected: u64,
+    cleaned_end: Option<u64>,
+) -> Result<(), String> {
+    let ok = match cleaned_end {
+        None => header.base_offset == expected,
+        Some(end) => header.base_offset >= expected && header.next_offset() <= end,
+    };
+    if ok {
+        return Ok(());
+    }
+    Err(match cleaned_end {
+        None => format!(
+            "base offset {} where {expected} was expected",
+            header.base_offset
+        ),
+        Some(end) => format!(
+            "batch [{}, {}) outside [{expected}, {end}) of a cleaned segment",
+            header.base_offset,
+            header.next_offset()
+        ),
+    })
 }
 
 /// Extends `file` to `len` bytes with real blocks, so later writes through
@@ -479,6 +580,7 @@ impl Segment {
             NO_TIMESTAMP,
             &mut entries,
             self.index_interval_bytes,
+            self.cleaned_end,
         );
         if scan.end != end {
             return Err(self.corrupt(scan.end, scan.stop.unwrap_or_default()));
@@ -517,13 +619,7 @@ impl Segment {
     /// on every read because a trusted prefix was not scanned in this run.
     fn batch_at(&self, pos: u64, end: u64, expected: u64) -> Result<BatchHeader, StorageError> {
         let header = self.header_at(pos, end)?;
-        if header.base_offset != expected {
-            let reason = format!(
-                "base offset {} where {expected} was expected",
-                header.base_offset
-            );
-            return Err(self.corrupt(pos, reason));
-        }
+        check_base(&header, expected, self.cleaned_end).map_err(|r| self.corrupt(pos, r))?;
         if header.leader_epoch != LEADER_EPOCH {
             return Err(self.corrupt(pos, format!("leader epoch {}", header.leader_epoch)));
         }
@@ -708,7 +804,7 @@ mod tests {
         let mut data = batches(5);
         let one = data.len() / 5;
         let mut entries = Vec::new();
-        let full = scan(&data, 0, 10, 10, NO_TIMESTAMP, &mut entries, 300);
+        let full = scan(&data, 0, 10, 10, NO_TIMESTAMP, &mut entries, 300, None);
         assert_eq!(
             (full.end, full.next_offset, full.stop),
             (data.len() as u64, 20, None)
@@ -716,7 +812,7 @@ mod tests {
         assert_eq!(entries.len(), 2);
         patch_base_offset(&mut data[3 * one..], 99);
         let mut entries = Vec::new();
-        let cut = scan(&data, 0, 10, 10, NO_TIMESTAMP, &mut entries, 300);
+        let cut = scan(&data, 0, 10, 10, NO_TIMESTAMP, &mut entries, 300, None);
         assert_eq!((cut.end, cut.next_offset), (3 * one as u64, 16));
         assert!(cut.stop.unwrap().contains("expected"));
     }
@@ -739,7 +835,7 @@ mod tests {
         let mut data = batches(2);
         data[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
         let mut entries = Vec::new();
-        let s = scan(&data, 0, 10, 10, NO_TIMESTAMP, &mut entries, 1);
+        let s = scan(&data, 0, 10, 10, NO_TIMESTAMP, &mut entries, 1, None);
         assert_eq!(s.end, 0);
         assert!(s.stop.is_some());
     }

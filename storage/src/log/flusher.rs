@@ -33,7 +33,7 @@ use crate::error::StorageError;
 use crate::fsutil;
 use crate::index::NO_TIMESTAMP;
 use crate::mmap::{self, Writer};
-use crate::segment::{self, DurablePoint, Segment, flush_range, log_file_name};
+use crate::segment::{self, DurablePoint, Segment, SegmentName, flush_range};
 
 use super::{Appender, Inner, new_segment, open_rw};
 
@@ -242,7 +242,8 @@ fn create_segment(
     base_offset: u64,
     config: &LogConfig,
 ) -> Result<(Arc<Segment>, Writer), StorageError> {
-    let path = dir.join(log_file_name(base_offset));
+    let name = SegmentName::plain(base_offset);
+    let path = dir.join(name.log_file());
     let file = open_rw(&path, true)?;
     let len = file
         .metadata()
@@ -262,14 +263,6 @@ fn create_segment(
         next_offset: base_offset,
         max_timestamp: NO_TIMESTAMP,
     };
-    let seg = new_segment(
-        dir,
-        base_offset,
-        map,
-        durable,
-        Some(Vec::new()),
-        None,
-        config,
-    );
+    let seg = new_segment(dir, name, map, durable, Some(Vec::new()), None, config);
     Ok((Arc::new(seg), writer))
 }

@@ -32,6 +32,7 @@
 //! as the files are concerned, it is a crash (the page cache still holds
 //! the bytes, which tests then damage on purpose to model lost writes).
 
+mod clean;
 mod flusher;
 mod recovery;
 
@@ -52,10 +53,9 @@ use crate::error::StorageError;
 use crate::fsutil;
 use crate::index::{self, IndexEntry, NO_TIMESTAMP};
 use crate::mmap::{self, Writer};
-use crate::segment::{
-    self, DurablePoint, Segment, SegmentRead, index_file_name, log_file_name, wants_entry,
-};
+use crate::segment::{self, DurablePoint, Segment, SegmentName, SegmentRead, wants_entry};
 
+pub use self::clean::{ReplaceOutcome, SealedSegment};
 use self::flusher::{FlusherState, Sealing};
 pub use self::recovery::RecoveryStats;
 use self::recovery::recover;
@@ -140,6 +140,9 @@ struct Inner {
     sealing: Mutex<VecDeque<Sealing>>,
     flusher_state: Mutex<FlusherState>,
     flusher_cv: Condvar,
+    /// Serialises changes to the list of sealed segments: retention,
+    /// truncation and the swap of cleaned segments.
+    maintenance: Mutex<()>,
     recovery: RecoveryStats,
 }
 
@@ -191,6 +194,7 @@ impl Log {
             sealing: Mutex::new(VecDeque::new()),
             flusher_state: Mutex::new(FlusherState::default()),
             flusher_cv: Condvar::new(),
+            maintenance: Mutex::new(()),
             recovery: recovered.stats,
         });
         let flusher = {
@@ -469,6 +473,7 @@ impl Log {
         mut doomed: impl FnMut(&Segment, u64) -> bool,
     ) -> Result<RetentionOutcome, StorageError> {
         let inner = &*self.inner;
+        let _maintenance = inner.maintenance.lock();
         // The appender lock keeps a roll from changing the active segment.
         let _app = inner.appender.lock();
         // Segments still queued for sealing are kept too.
@@ -680,7 +685,7 @@ fn open_rw(path: &Path, create: bool) -> Result<File, StorageError> {
 
 fn new_segment(
     dir: &Path,
-    base_offset: u64,
+    name: SegmentName,
     map: Arc<mmap::ReadMap>,
     durable: DurablePoint,
     entries: Option<Vec<IndexEntry>>,
@@ -688,9 +693,9 @@ fn new_segment(
     config: &LogConfig,
 ) -> Segment {
     Segment {
-        base_offset,
-        log_path: dir.join(log_file_name(base_offset)),
-        index_path: dir.join(index_file_name(base_offset)),
+        base_offset: name.base,
+        log_path: dir.join(name.log_file()),
+        index_path: dir.join(name.index_file()),
         map,
         next_offset: AtomicU64::new(durable.next_offset),
         max_timestamp: AtomicI64::new(durable.max_timestamp),
@@ -699,6 +704,7 @@ fn new_segment(
         lazy_header,
         checkpoint: Mutex::new(0),
         index_interval_bytes: config.index_interval_bytes,
+        cleaned_end: name.cleaned_end,
         trusted_len: 0,
     }
 }

@@ -30,7 +30,9 @@ use crate::error::StorageError;
 use crate::fsutil;
 use crate::index::{self, DiskRead, IndexEntry, IndexHeader, NO_TIMESTAMP};
 use crate::mmap::{self, Writer};
-use crate::segment::{self, DurablePoint, Scan, Segment, index_file_name, log_file_name, scan};
+use crate::segment::{
+    self, DurablePoint, Scan, Segment, SegmentName, index_file_name, log_file_name, scan,
+};
 
 use super::{Appender, new_segment, open_rw};
 
@@ -64,13 +66,13 @@ pub(super) struct Recovered {
 /// segments, open the rolled ones (sealed by their index, the rest like an
 /// active segment), then the active one, and make the result durable.
 pub(super) fn recover(dir: &Path, config: &LogConfig) -> Result<Recovered, StorageError> {
-    let bases = segment_bases(dir)?;
+    let names = segment_names(dir)?;
     let mut stats = RecoveryStats::default();
-    let unfinished_from = first_unfinished_seal(dir, &bases);
-    let mut segments: Vec<Arc<Segment>> = Vec::with_capacity(bases.len());
+    let unfinished_from = first_unfinished_seal(dir, &names);
+    let mut segments: Vec<Arc<Segment>> = Vec::with_capacity(names.len());
     let cut = open_rolled(
         dir,
-        &bases,
+        &names,
         unfinished_from,
         config,
         &mut segments,
@@ -78,27 +80,34 @@ pub(super) fn recover(dir: &Path, config: &LogConfig) -> Result<Recovered, Stora
     )?;
     let (active, writer) = match cut {
         Some(cut) => cut,
-        None => open_last(dir, &bases, &mut segments, config, &mut stats)?,
+        None => open_last(dir, &names, &mut segments, config, &mut stats)?,
     };
     // Removed files (stray indexes, dropped segments) stay removed.
     fsutil::sync_dir(dir).map_err(|e| StorageError::io("fsync dir", dir, e))?;
     Ok(assemble(dir, segments, active, writer, stats))
 }
 
-/// Creates the directory if needed and lists its segments' base offsets,
-/// oldest first. A new log starts with one segment at offset 0.
-fn segment_bases(dir: &Path) -> Result<Vec<u64>, StorageError> {
+/// Creates the directory if needed and lists its segments, oldest first.
+/// A new log starts with one segment at offset 0; a log whose last segment
+/// is a cleaned one (which is never appended to) gets a new, empty one at
+/// its end.
+fn segment_names(dir: &Path) -> Result<Vec<SegmentName>, StorageError> {
     std::fs::create_dir_all(dir).map_err(|e| StorageError::io("create dir", dir, e))?;
-    let mut bases = list_segments(dir)?;
-    if bases.is_empty() {
-        bases.push(0);
+    let mut names = list_segments(dir)?;
+    match names.last() {
+        None => names.push(SegmentName::plain(0)),
+        Some(SegmentName {
+            cleaned_end: Some(end),
+            ..
+        }) => names.push(SegmentName::plain(*end)),
+        Some(_) => {}
     }
-    Ok(bases)
+    Ok(names)
 }
 
-/// Lists the directory: segment base offsets, sorted; removes stray
-/// temporary and orphaned index files.
-fn list_segments(dir: &Path) -> Result<Vec<u64>, StorageError> {
+/// Lists the directory: segments, sorted; removes stray temporary files,
+/// orphaned index files, and the segments a cleaned segment superseded.
+fn list_segments(dir: &Path) -> Result<Vec<SegmentName>, StorageError> {
     let mut logs = Vec::new();
     let mut indexes = Vec::new();
     let entries = std::fs::read_dir(dir).map_err(|e| StorageError::io("read dir", dir, e))?;
@@ -106,39 +115,75 @@ fn list_segments(dir: &Path) -> Result<Vec<u64>, StorageError> {
         let entry = entry.map_err(|e| StorageError::io("read dir", dir, e))?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        if name.ends_with(".index.tmp") {
+        if name.ends_with(".index.tmp") || name.ends_with(".log.tmp") {
+            // An index being rewritten, or a cleaned segment that was not
+            // renamed into place: neither is part of the log yet.
             let _ = std::fs::remove_file(entry.path());
             continue;
         }
-        let parse = |stem: &str| {
-            (stem.len() == 20)
-                .then(|| stem.parse::<u64>().ok())
-                .flatten()
-        };
-        if let Some(base) = name.strip_suffix(".log").and_then(parse) {
-            logs.push(base);
-        } else if let Some(base) = name.strip_suffix(".index").and_then(parse) {
-            indexes.push(base);
+        if let Some(n) = name.strip_suffix(".log").and_then(SegmentName::parse_stem) {
+            logs.push(n);
+        } else if let Some(n) = name
+            .strip_suffix(".index")
+            .and_then(SegmentName::parse_stem)
+        {
+            indexes.push(n);
         }
     }
-    logs.sort_unstable();
-    for base in indexes {
-        if logs.binary_search(&base).is_err() {
-            let _ = std::fs::remove_file(dir.join(index_file_name(base)));
+    let (kept, superseded) = supersede(logs);
+    for name in superseded {
+        tracing::info!(dir = %dir.display(), file = %name.log_file(), "removing a segment a cleaned segment replaced");
+        segment::remove_files(&dir.join(name.log_file()), &dir.join(name.index_file()))?;
+    }
+    for name in indexes {
+        if kept.binary_search(&name).is_err() {
+            let _ = std::fs::remove_file(dir.join(name.index_file()));
         }
     }
-    Ok(logs)
+    Ok(kept)
 }
 
-/// The position in `bases` of the first segment whose seal did not finish
+/// Splits segment files into those that make up the log and those a
+/// cleaned segment replaced. A cleaned segment `[b, e)` is renamed into
+/// place only once it is complete and synced, and the segments it replaces
+/// are deleted only after that, so any other segment whose base lies in
+/// `[b, e)` is one of them, left by a crash before its deletion; of two
+/// cleaned segments with the same base, the one covering more is newer.
+/// Both lists are sorted.
+pub(super) fn supersede(mut logs: Vec<SegmentName>) -> (Vec<SegmentName>, Vec<SegmentName>) {
+    // By base, and for one base the widest cleaned segment first, the
+    // segment as appended last.
+    logs.sort_unstable_by_key(|n| (n.base, std::cmp::Reverse(n.cleaned_end.unwrap_or(0))));
+    let mut kept: Vec<SegmentName> = Vec::with_capacity(logs.len());
+    let mut superseded = Vec::new();
+    let mut covered_until = 0;
+    for name in logs {
+        if !kept.is_empty() && name.base < covered_until {
+            superseded.push(name);
+            continue;
+        }
+        if let Some(end) = name.cleaned_end {
+            covered_until = end;
+        }
+        kept.push(name);
+    }
+    kept.sort_unstable();
+    superseded.sort_unstable();
+    (kept, superseded)
+}
+
+/// The position in `names` of the first segment whose seal did not finish
 /// before a crash. Seals finish in roll order, so these are the segments
 /// after the last finished seal. Before that point a bad segment is
-/// damage, and an error.
-fn first_unfinished_seal(dir: &Path, bases: &[u64]) -> usize {
-    let rolled = bases.len() - 1;
+/// damage, and an error. A cleaned segment was sealed before it was
+/// cleaned, so it always counts as finished.
+fn first_unfinished_seal(dir: &Path, names: &[SegmentName]) -> usize {
+    let rolled = names.len() - 1;
     (0..rolled)
         .rev()
-        .find(|&i| seal_finished(dir, bases[i], bases[i + 1]))
+        .find(|&i| {
+            names[i].cleaned_end.is_some() || seal_finished(dir, names[i].base, names[i + 1].base)
+        })
         .map_or(0, |i| i + 1)
 }
 
@@ -147,16 +192,17 @@ fn first_unfinished_seal(dir: &Path, bases: &[u64]) -> usize {
 /// its tail; the segments after it are gone by then.
 fn open_rolled(
     dir: &Path,
-    bases: &[u64],
+    names: &[SegmentName],
     unfinished_from: usize,
     config: &LogConfig,
     segments: &mut Vec<Arc<Segment>>,
     stats: &mut RecoveryStats,
 ) -> Result<Option<(Arc<Segment>, Writer)>, StorageError> {
-    let rolled = &bases[..bases.len() - 1];
-    for (i, &base) in rolled.iter().enumerate() {
+    let rolled = &names[..names.len() - 1];
+    for (i, &name) in rolled.iter().enumerate() {
+        let base = name.base;
         if i < unfinished_from {
-            let seg = open_sealed(dir, base, config, stats)?;
+            let seg = open_sealed(dir, name, config, stats)?;
             if let Some(prev) = segments.last() {
                 check_continuity(prev, base)?;
             }
@@ -169,11 +215,11 @@ fn open_rolled(
         if let Some(prev) = segments.last() {
             check_continuity(prev, base)?;
         }
-        if seg.next_offset.load(Ordering::Acquire) == bases[i + 1] {
+        if seg.next_offset.load(Ordering::Acquire) == names[i + 1].base {
             segments.push(seg);
             continue;
         }
-        drop_segments_after(dir, &seg, &bases[i + 1..], stats)?;
+        drop_segments_after(dir, &seg, &names[i + 1..], stats)?;
         return Ok(Some((seg, writer)));
     }
     Ok(None)
@@ -186,7 +232,7 @@ fn open_rolled(
 fn drop_segments_after(
     dir: &Path,
     seg: &Segment,
-    dropped: &[u64],
+    dropped: &[SegmentName],
     stats: &mut RecoveryStats,
 ) -> Result<(), StorageError> {
     tracing::warn!(
@@ -195,8 +241,8 @@ fn drop_segments_after(
         dropped_segments = dropped.len(),
         "segment lost its tail before it was sealed; the log ends here"
     );
-    for &b in dropped {
-        segment::remove_files(&dir.join(log_file_name(b)), &dir.join(index_file_name(b)))?;
+    for name in dropped {
+        segment::remove_files(&dir.join(name.log_file()), &dir.join(name.index_file()))?;
     }
     stats.dropped_segments = dropped.len();
     Ok(())
@@ -208,12 +254,12 @@ fn drop_segments_after(
 /// appending; a non-empty one is damage.
 fn open_last(
     dir: &Path,
-    bases: &[u64],
+    names: &[SegmentName],
     segments: &mut Vec<Arc<Segment>>,
     config: &LogConfig,
     stats: &mut RecoveryStats,
 ) -> Result<(Arc<Segment>, Writer), StorageError> {
-    let mut last = bases[bases.len() - 1];
+    let mut last = names[names.len() - 1].base;
     loop {
         let (active, writer) = open_active(dir, last, config, stats)?;
         let Some(prev) = segments.last() else {
@@ -233,6 +279,12 @@ fn open_last(
         drop(active);
         for p in [log_path, index_path] {
             let _ = std::fs::remove_file(p);
+        }
+        if let Some(end) = segments.last().and_then(|p| p.cleaned_end) {
+            // A cleaned segment is never appended to: a new one starts
+            // where its range ends.
+            last = end;
+            continue;
         }
         let prev = segments.pop().expect("checked above");
         last = prev.base_offset;
@@ -270,17 +322,21 @@ fn assemble(
 /// rebuilds the index by a full scan if it is missing or corrupt.
 fn open_sealed(
     dir: &Path,
-    base: u64,
+    name: SegmentName,
     config: &LogConfig,
     stats: &mut RecoveryStats,
 ) -> Result<Segment, StorageError> {
-    let path = dir.join(log_file_name(base));
-    let index_path = dir.join(index_file_name(base));
+    let path = dir.join(name.log_file());
+    let index_path = dir.join(name.index_file());
     let file = open_rw(&path, false)?;
     let cap = file_len(&file, &path)?.min(MAX_SEGMENT_BYTES);
     match index::read_header(&index_path) {
-        DiskRead::Present(h) if h.base_offset == base && h.valid_len <= cap => {
-            return trust_sealed(dir, base, &file, cap, h, config);
+        DiskRead::Present(h)
+            if h.base_offset == name.base
+                && h.valid_len <= cap
+                && name.cleaned_end.is_none_or(|end| h.next_offset == end) =>
+        {
+            return trust_sealed(dir, name, &file, cap, h, config);
         }
         DiskRead::Present(h) => {
             tracing::warn!(path = %index_path.display(), header = ?h, "index does not match its segment; rebuilding");
@@ -293,27 +349,27 @@ fn open_sealed(
         }
     }
     stats.rebuilt_indexes += 1;
-    rebuild_sealed(dir, base, &file, cap, config, stats)
+    rebuild_sealed(dir, name, &file, cap, config, stats)
 }
 
 /// Maps a sealed segment read-only as its final index describes it; its
 /// entries load lazily on the first read.
 fn trust_sealed(
     dir: &Path,
-    base: u64,
+    name: SegmentName,
     file: &File,
     cap: u64,
     h: IndexHeader,
     config: &LogConfig,
 ) -> Result<Segment, StorageError> {
     let map = mmap::map_read_only(file, cap, h.valid_len)
-        .map_err(|e| StorageError::io("mmap", dir.join(log_file_name(base)), e))?;
+        .map_err(|e| StorageError::io("mmap", dir.join(name.log_file()), e))?;
     let durable = DurablePoint {
         len: h.valid_len,
         next_offset: h.next_offset,
         max_timestamp: h.max_timestamp,
     };
-    let mut seg = new_segment(dir, base, Arc::new(map), durable, None, Some(h), config);
+    let mut seg = new_segment(dir, name, Arc::new(map), durable, None, Some(h), config);
     *seg.checkpoint.lock() = h.valid_len;
     seg.trusted_len = h.valid_len;
     Ok(seg)
@@ -324,13 +380,14 @@ fn trust_sealed(
 /// scan's end is damage to report, never a tail to cut.
 fn rebuild_sealed(
     dir: &Path,
-    base: u64,
+    name: SegmentName,
     file: &File,
     cap: u64,
     config: &LogConfig,
     stats: &mut RecoveryStats,
 ) -> Result<Segment, StorageError> {
-    let path = dir.join(log_file_name(base));
+    let base = name.base;
+    let path = dir.join(name.log_file());
     let (map, mut writer) =
         mmap::map_writable(file, cap, 0).map_err(|e| StorageError::io("mmap", &path, e))?;
     let mut entries = Vec::new();
@@ -343,6 +400,7 @@ fn rebuild_sealed(
         NO_TIMESTAMP,
         &mut entries,
         config.index_interval_bytes,
+        name.cleaned_end,
     );
     stats.scanned_bytes += found.end;
     let (nonzero, _) = segment::find_nonzero(file, &writer, found.end, cap);
@@ -361,10 +419,11 @@ fn rebuild_sealed(
     drop(writer);
     let durable = DurablePoint {
         len: found.end,
-        next_offset: found.next_offset,
+        // A cleaned segment holds its whole range, gaps included.
+        next_offset: name.cleaned_end.unwrap_or(found.next_offset),
         max_timestamp: found.max_timestamp,
     };
-    let seg = new_segment(dir, base, map, durable, Some(entries), None, config);
+    let seg = new_segment(dir, name, map, durable, Some(entries), None, config);
     seg.write_index(durable)?;
     Ok(seg)
 }
@@ -404,6 +463,7 @@ fn open_active(
         checkpoint.max_timestamp,
         &mut entries,
         config.index_interval_bytes,
+        None,
     );
     stats.scanned_bytes += found.end - checkpoint.len;
     clear_tail(&file, &path, &mut writer, &found, cap, stats)?;
@@ -416,7 +476,8 @@ fn open_active(
         next_offset: found.next_offset,
         max_timestamp: found.max_timestamp,
     };
-    let mut seg = new_segment(dir, base, map, durable, Some(entries), None, config);
+    let name = SegmentName::plain(base);
+    let mut seg = new_segment(dir, name, map, durable, Some(entries), None, config);
     *seg.checkpoint.lock() = checkpoint.len;
     seg.trusted_len = checkpoint.len;
     if found.end > checkpoint.len || checkpoint.len == 0 {

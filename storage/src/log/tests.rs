@@ -4,6 +4,7 @@ use ferry_proto::batch::{BatchBuilder, BatchIter, PATCHED_PREFIX, ValidBatch};
 
 use super::recovery::seal_finished;
 use super::*;
+use crate::segment::log_file_name;
 
 fn batch(first_ts: i64, records: usize, value_len: usize) -> Bytes {
     let mut b = BatchBuilder::new(first_ts);
@@ -734,4 +735,25 @@ fn a_garbled_last_batch_is_cut_and_warned_with_the_bytes_it_lost() {
     assert_one_torn_tail_warning(&captured, last + 1);
     assert_eq!(log.recovery_stats().lost_bytes, last + 1);
     assert_eq!(log.next_offset(), 4, "the log ends after the second batch");
+}
+
+#[test]
+fn a_cleaned_segment_supersedes_every_segment_whose_base_lies_in_its_range() {
+    use crate::segment::SegmentName;
+    let (p, c) = (SegmentName::plain, SegmentName::cleaned);
+    // A crash after the rename of 0-300 and before the deletion of the
+    // segments it replaced, with an earlier, narrower cleaning of 0-100.
+    let found = vec![p(300), c(0, 100), p(0), p(100), p(200), c(0, 300), p(400)];
+    let (kept, superseded) = super::recovery::supersede(found);
+    assert_eq!(kept, vec![c(0, 300), p(300), p(400)]);
+    assert_eq!(superseded, vec![p(0), c(0, 100), p(100), p(200)]);
+    assert_eq!(
+        SegmentName::parse_stem("00000000000000000000-00000000000000000300"),
+        Some(c(0, 300))
+    );
+    assert_eq!(
+        SegmentName::parse_stem("00000000000000000300-00000000000000000300"),
+        None
+    );
+    assert_eq!(SegmentName::parse_stem("0000000000000000030"), None);
 }
