@@ -24,6 +24,7 @@ mod server;
 mod service;
 mod state;
 pub mod tls;
+mod topic_config;
 mod topics;
 mod txn;
 
@@ -60,6 +61,10 @@ pub use service::{FUZZED_RPCS, FerryService, MAX_IN_FLIGHT_PER_STREAM, serve_enc
 pub use state::{
     AckLevel, BrokerState, ConsumerLag, FetchResult, FetchSpec, InflightGuard, Isolation,
     MAX_FETCH_PARTITIONS, OffsetSpec,
+};
+pub use topic_config::{
+    CleanupPolicy, DEFAULT_DELETE_RETENTION_MS, DEFAULT_MIN_CLEANABLE_DIRTY_RATIO,
+    MAX_TOPIC_CONFIG_BYTES, MAX_TOPIC_CONFIGS, TopicConfig, TopicConfigError,
 };
 pub use topics::{Partition, Topic};
 pub use txn::{

@@ -544,6 +544,10 @@ impl BrokerState {
     pub fn apply_retention(&self) {
         let now = ferry_proto::now_ms();
         for topic in self.topics.all() {
+            if !topic.config.cleanup_policy.deletes() {
+                // cleanup.policy=compact: old records go only by cleaning.
+                continue;
+            }
             for p in &topic.partitions {
                 match p.log.apply_retention(now) {
                     Ok(r) if r.segments_deleted > 0 => tracing::info!(
@@ -564,6 +568,16 @@ impl BrokerState {
     /// Creates a topic. Blocking.
     pub fn create_topic(&self, name: &str, partitions: u32) -> Result<(), BrokerError> {
         self.topics.create(name, partitions)
+    }
+
+    /// Creates a topic with its own settings. Blocking.
+    pub fn create_topic_with_config(
+        &self,
+        name: &str,
+        partitions: u32,
+        config: crate::TopicConfig,
+    ) -> Result<(), BrokerError> {
+        self.topics.create_with_config(name, partitions, config)
     }
 
     /// Grows a topic to `total` partitions. Blocking.

@@ -29,6 +29,7 @@ use crate::config::{MAX_PARTITIONS_PER_TOPIC, MAX_TOPICS, ProducerSettings};
 use crate::error::BrokerError;
 use crate::names::check_name;
 use crate::producer_state::{AbortedTxn, ProducerTable, SeqCheck, check_sequence};
+use crate::topic_config::TopicConfig;
 
 /// One partition: an append-only log.
 #[derive(Debug)]
@@ -302,6 +303,8 @@ pub struct Topic {
     pub name: Arc<str>,
     /// Partitions, indexed by number.
     pub partitions: Vec<Arc<Partition>>,
+    /// The topic's settings.
+    pub config: TopicConfig,
     dir: PathBuf,
 }
 
@@ -310,6 +313,19 @@ struct TopicMeta {
     name: String,
     partitions: u32,
     created_ms: i64,
+    /// Absent in topics created before topics had settings: the defaults.
+    #[serde(default)]
+    config: TopicConfig,
+}
+
+/// The log settings of a topic's partitions: the broker's, with the
+/// topic's own `segment.bytes` if it has one.
+fn topic_log_config(broker: &LogConfig, topic: &TopicConfig) -> LogConfig {
+    let mut config = broker.clone();
+    if let Some(bytes) = topic.segment_bytes {
+        config.segment_bytes = bytes;
+    }
+    config
 }
 
 /// All topics of a broker.
@@ -395,13 +411,14 @@ impl Topics {
             )));
         }
         let name: Arc<str> = Arc::from(meta.name.as_str());
+        let log_config = topic_log_config(log_config, &meta.config);
         let mut partitions = Vec::with_capacity(meta.partitions as usize);
         for id in 0..meta.partitions {
             partitions.push(Arc::new(Partition::open(
                 name.clone(),
                 id,
                 dir,
-                log_config,
+                &log_config,
                 settings,
             )?));
         }
@@ -409,12 +426,24 @@ impl Topics {
         Ok(Topic {
             name,
             partitions,
+            config: meta.config,
             dir: dir.to_path_buf(),
         })
     }
 
-    /// Creates a topic with `partitions` partitions.
+    /// Creates a topic with `partitions` partitions and the default
+    /// settings.
     pub fn create(&self, name: &str, partitions: u32) -> Result<(), BrokerError> {
+        self.create_with_config(name, partitions, TopicConfig::default())
+    }
+
+    /// Creates a topic with `partitions` partitions and `config`.
+    pub fn create_with_config(
+        &self,
+        name: &str,
+        partitions: u32,
+        config: TopicConfig,
+    ) -> Result<(), BrokerError> {
         check_name(name).map_err(|reason| BrokerError::InvalidTopic {
             name: name.to_string(),
             reason,
@@ -438,6 +467,7 @@ impl Topics {
             name: name.to_string(),
             partitions,
             created_ms: ferry_proto::now_ms(),
+            config,
         };
         let meta_path = tmp.join("meta.json");
         let text = serde_json::to_string_pretty(&meta).expect("topic metadata serialises");
@@ -502,12 +532,13 @@ impl Topics {
         fs::rename(&aside, &meta_path).map_err(io_err("rename", &aside))?;
         sync_dir(&topic.dir)?;
         let mut partitions = topic.partitions.clone();
+        let log_config = topic_log_config(&self.log_config, &topic.config);
         for id in current..total {
             partitions.push(Arc::new(Partition::open(
                 topic.name.clone(),
                 id,
                 &topic.dir,
-                &self.log_config,
+                &log_config,
                 self.settings,
             )?));
         }
@@ -517,6 +548,7 @@ impl Topics {
             Arc::new(Topic {
                 name: topic.name.clone(),
                 partitions,
+                config: topic.config,
                 dir: topic.dir.clone(),
             }),
         );
@@ -610,4 +642,45 @@ fn load_producers(log: &Log, snapshot_path: &Path) -> Result<ProducerTable, Brok
         Ok(())
     })?;
     Ok(table)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_topics_settings_survive_a_reopen_and_set_its_segment_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let broker_log = LogConfig {
+            segment_bytes: 1 << 20,
+            ..LogConfig::default()
+        };
+        let settings = ProducerSettings::default();
+        let config =
+            TopicConfig::from_pairs([("cleanup.policy", "compact"), ("segment.bytes", "65536")])
+                .unwrap();
+        {
+            let topics = Topics::open(dir.path(), broker_log.clone(), settings).unwrap();
+            topics.create_with_config("table", 1, config).unwrap();
+            topics.create("plain", 1).unwrap();
+            topics.add_partitions("table", 2).unwrap();
+            assert_eq!(
+                topics.get("table").unwrap().partitions[1]
+                    .log
+                    .segment_bytes(),
+                65536
+            );
+            topics.close_all();
+        }
+        let topics = Topics::open(dir.path(), broker_log, settings).unwrap();
+        let table = topics.get("table").unwrap();
+        assert_eq!(table.config, config);
+        for p in &table.partitions {
+            assert_eq!(p.log.segment_bytes(), 65536);
+        }
+        let plain = topics.get("plain").unwrap();
+        assert_eq!(plain.config, TopicConfig::default());
+        assert_eq!(plain.partitions[0].log.segment_bytes(), 1 << 20);
+        topics.close_all();
+    }
 }
