@@ -55,6 +55,24 @@ fn contents(log: &Log) -> Vec<(u64, Vec<u8>)> {
         .collect()
 }
 
+/// What `contents` reads after the segments below `end` were replaced by
+/// `keep_even` of them.
+fn after_keep_even(before: &[(u64, Vec<u8>)], end: u64) -> Vec<(u64, Vec<u8>)> {
+    before
+        .iter()
+        .filter(|(o, _)| *o >= end || (o / 4) % 2 == 0)
+        .cloned()
+        .collect()
+}
+
+/// The names of the files in `dir`.
+fn file_names(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect()
+}
+
 fn wait_sealed(log: &Log, at_least: usize) -> Vec<SealedSegment> {
     for _ in 0..500 {
         let sealed = log.sealed_segments().unwrap();
@@ -77,11 +95,7 @@ fn a_cleaned_segment_reads_across_its_gaps_and_survives_close_crash_and_a_lost_i
     let outcome = log.replace_segments(cleaned, &keep_even(cleaned)).unwrap();
     assert_eq!(outcome.segments_replaced, 3);
     assert!(outcome.bytes_after < outcome.bytes_before);
-    let expected: Vec<_> = before
-        .iter()
-        .filter(|(o, _)| *o >= end || (o / 4) % 2 == 0)
-        .cloned()
-        .collect();
+    let expected = after_keep_even(&before, end);
     assert_eq!(contents(&log), expected);
     // An offset inside a gap reads the next batch that is left.
     let in_gap = log.read(4, 1, u64::MAX).unwrap();
@@ -139,9 +153,8 @@ fn cleaning_a_cleaned_segment_again_replaces_it_and_its_neighbour() {
     drop(log);
     let log = Log::open(dir.path(), config()).unwrap();
     assert_eq!(contents(&log), after);
-    let names: Vec<String> = std::fs::read_dir(dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
+    let names: Vec<String> = file_names(dir.path())
+        .into_iter()
         .filter(|n| n.ends_with(".log"))
         .collect();
     assert_eq!(
@@ -194,11 +207,7 @@ mod crash_matrix {
             let old = contents(&log);
             let cleaned = keep_even(&sealed[..3]);
             let end = sealed[2].next_offset;
-            let new: Vec<_> = old
-                .iter()
-                .filter(|(o, _)| *o >= end || (o / 4) % 2 == 0)
-                .cloned()
-                .collect();
+            let new = after_keep_even(&old, end);
             fail::cfg(step, "return").unwrap();
             assert!(
                 log.replace_segments(&sealed[..3], &cleaned).is_err(),
@@ -211,10 +220,7 @@ mod crash_matrix {
             let found = contents(&log);
             let expected = if committed { &new } else { &old };
             assert_eq!(&found, expected, "after a crash at {step}");
-            let files: Vec<String> = std::fs::read_dir(dir.path())
-                .unwrap()
-                .map(|e| e.unwrap().file_name().into_string().unwrap())
-                .collect();
+            let files = file_names(dir.path());
             assert!(
                 files.iter().all(|f| !f.ends_with(".tmp")),
                 "{step}: {files:?}"
