@@ -102,6 +102,24 @@ fn the_api_shows_what_the_cli_wrote_and_refuses_bad_requests_with_json_errors() 
     // The CLI's describe agrees.
     let described = json_lines(&ok(&ferry(&addr, &["topic", "describe", "orders"], None)).stdout);
     assert_eq!(described[0]["partitions"][1]["high_watermark"], 2);
+    assert_eq!(topic["configs"], described[0]["configs"], "{topic}");
+
+    // Settings by Kafka's names; a bad one is a 400 and creates nothing.
+    let (status, table) = http.post_json(
+        "/api/v1/topics",
+        &json!({"name": "table", "configs": {"cleanup.policy": "compact"}}),
+    );
+    assert_eq!(status, 201, "{table}");
+    assert_eq!(table["configs"]["cleanup.policy"], "compact", "{table}");
+    assert_error(
+        http.post_json(
+            "/api/v1/topics",
+            &json!({"name": "bad", "configs": {"cleanup.policy": "often"}}),
+        ),
+        400,
+        "invalid_config",
+    );
+    assert_eq!(http.get("/api/v1/topics/bad").0, 404);
 
     let (status, page) = http.get("/api/v1/topics/orders/partitions/1/records?limit=10");
     assert_eq!(status, 200, "{page}");
@@ -126,7 +144,7 @@ fn the_api_shows_what_the_cli_wrote_and_refuses_bad_requests_with_json_errors() 
     assert_eq!(status, 200);
     assert_eq!(b["grpc_listen"], addr);
     assert_eq!(b["fsync"], "always");
-    assert_eq!(b["topics"], 1);
+    assert_eq!(b["topics"], 2);
 
     // Errors: JSON, the error code's name, a 4xx status; nothing changes.
     assert_error(
@@ -217,7 +235,7 @@ fn the_api_shows_what_the_cli_wrote_and_refuses_bad_requests_with_json_errors() 
     let (_, list) = http.get("/api/v1/topics");
     assert_eq!(
         list.as_array().unwrap().len(),
-        1,
+        2,
         "a refused create made a topic: {list}"
     );
 

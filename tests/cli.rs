@@ -202,6 +202,54 @@ fn bad_flags_unknown_topics_and_a_dead_broker_exit_non_zero_with_one_line() {
 }
 
 #[test]
+fn topic_configs_given_at_creation_are_described_and_bad_ones_create_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start_broker(&dir.path().join("d"), "127.0.0.1:0");
+    common::ok(&ferry(
+        broker.addr(),
+        &[
+            "topic",
+            "create",
+            "table",
+            "--config",
+            "cleanup.policy=compact",
+            "--config",
+            "segment.bytes=65536",
+            "--config",
+            "delete.retention.ms=100",
+        ],
+        None,
+    ));
+    let out = ferry(broker.addr(), &["topic", "describe", "table"], None);
+    let d = &json_lines(&common::ok(&out).stdout)[0];
+    assert_eq!(d["configs"]["cleanup.policy"], "compact", "{d}");
+    assert_eq!(d["configs"]["segment.bytes"], "65536", "{d}");
+    assert_eq!(d["configs"]["delete.retention.ms"], "100", "{d}");
+    assert_eq!(d["configs"]["min.cleanable.dirty.ratio"], "0.5", "{d}");
+    for (bad, says) in [
+        ("cleanup.policy=compacted", "compact,delete"),
+        ("retention.typo=1", "unknown topic config"),
+        ("segment.bytes=12", "byte count"),
+        ("no-equals-sign", "KEY=VALUE"),
+    ] {
+        let out = ferry(
+            broker.addr(),
+            &["topic", "create", "bad", "--config", bad],
+            None,
+        );
+        assert!(!out.status.success(), "{bad} was accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.lines().next().unwrap_or("").contains(says),
+            "{bad}: {err}"
+        );
+    }
+    let out = ferry(broker.addr(), &["topic", "list"], None);
+    let listed = String::from_utf8_lossy(&common::ok(&out).stdout).to_string();
+    assert!(!listed.contains("bad"), "{listed}");
+}
+
+#[test]
 fn a_second_broker_on_the_same_data_dir_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("d");

@@ -131,6 +131,9 @@ pub enum BrokerError {
     /// Bad configuration.
     #[error("configuration error: {0}")]
     Config(String),
+    /// A topic setting was refused.
+    #[error(transparent)]
+    TopicConfig(#[from] crate::TopicConfigError),
     /// An I/O error outside any log (metadata files, sockets).
     #[error("{op} {path}: {source}")]
     Io {
@@ -164,6 +167,7 @@ impl BrokerError {
             BrokerError::BatchTooLarge { .. } => ErrorCode::MessageTooLarge,
             BrokerError::InvalidRequest(_) | BrokerError::Config(_) => ErrorCode::InvalidRequest,
             BrokerError::ShuttingDown => ErrorCode::BrokerShuttingDown,
+            BrokerError::TopicConfig(_) => ErrorCode::InvalidConfig,
             BrokerError::Unauthorized(_) => ErrorCode::AuthorizationFailed,
             BrokerError::ProducerQuota { .. } => ErrorCode::ProducerIdQuotaExceeded,
             BrokerError::InvalidTxnState(_) => ErrorCode::InvalidTxnState,

@@ -156,7 +156,10 @@ impl Ferry for FerryService {
         let state = self.state.clone();
         let r = tokio::task::spawn_blocking(move || {
             state.authorize(&who, Action::CreateTopic(&req.name))?;
-            state.create_topic(&req.name, req.partitions)
+            let config = crate::TopicConfig::from_pairs(
+                req.configs.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+            )?;
+            state.create_topic_with_config(&req.name, req.partitions, config)
         })
         .await
         .map_err(|e| Status::internal(e.to_string()))?;
@@ -230,6 +233,7 @@ impl Ferry for FerryService {
                         segments: p.log.segments().len() as u32,
                     })
                     .collect();
+                resp.configs = self.state.topic_configs(&topic).into_iter().collect();
             }
         }
         Ok(Response::new(resp))

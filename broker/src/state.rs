@@ -580,6 +580,11 @@ impl BrokerState {
         self.topics.create_with_config(name, partitions, config)
     }
 
+    /// A topic's effective settings, by Kafka's names.
+    pub fn topic_configs(&self, topic: &Topic) -> std::collections::BTreeMap<String, String> {
+        topic.config.to_pairs(self.config().log.segment_bytes)
+    }
+
     /// Grows a topic to `total` partitions. Blocking.
     pub fn add_partitions(&self, name: &str, total: u32) -> Result<(), BrokerError> {
         self.topics.add_partitions(name, total)

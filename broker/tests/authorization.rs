@@ -127,7 +127,8 @@ async fn every_rpc(who: &As, ids: &Ids) -> Vec<(&'static str, Outcome)> {
         create_topic,
         v1::CreateTopicRequest {
             name: "new".into(),
-            partitions: 1
+            partitions: 1,
+            ..Default::default()
         },
         |r| code(r.error_code)
     );
@@ -467,6 +468,7 @@ async fn every_grpc_request_needs_its_right_and_a_denied_one_changes_nothing() {
         .create_topic(admin.req(v1::CreateTopicRequest {
             name: "t".into(),
             partitions: 1,
+            ..Default::default()
         }))
         .await
         .unwrap()
@@ -645,6 +647,7 @@ async fn many_wrong_tokens_are_each_refused_and_the_right_one_still_works() {
         .req(v1::CreateTopicRequest {
             name,
             partitions: 1,
+            ..Default::default()
         })
     };
     // Wrong tokens of every shape: near misses of the right one (same

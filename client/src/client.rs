@@ -198,6 +198,8 @@ pub struct TopicDescription {
     pub name: String,
     /// One entry per partition, in partition order.
     pub partitions: Vec<PartitionInfo>,
+    /// The topic's effective settings, by Kafka's names.
+    pub configs: std::collections::BTreeMap<String, String>,
 }
 
 /// A consumer group as [`Client::describe_group`] shows it.
@@ -324,13 +326,30 @@ impl Client {
         &self.inner.addr
     }
 
-    /// Creates a topic with `partitions` partitions.
+    /// Creates a topic with `partitions` partitions and the broker's
+    /// default settings.
     pub async fn create_topic(&self, name: &str, partitions: u32) -> Result<(), ClientError> {
+        self.create_topic_with_configs(name, partitions, &[]).await
+    }
+
+    /// Creates a topic with settings named as Kafka names them, for
+    /// example `("cleanup.policy", "compact")`. An unknown name or a bad
+    /// value fails with `InvalidConfig`, and no topic is created.
+    pub async fn create_topic_with_configs(
+        &self,
+        name: &str,
+        partitions: u32,
+        configs: &[(&str, &str)],
+    ) -> Result<(), ClientError> {
         let r = self
             .raw()
             .create_topic(v1::CreateTopicRequest {
                 name: name.to_owned(),
                 partitions,
+                configs: configs
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
             })
             .await?
             .into_inner();
@@ -379,6 +398,7 @@ impl Client {
                 r.name
             },
             partitions,
+            configs: r.configs.into_iter().collect(),
         })
     }
 

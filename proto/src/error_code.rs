@@ -95,11 +95,14 @@ pub enum ErrorCode {
     /// one denies it). Definite, and not retried: the same request fails
     /// the same way until an ACL changes.
     AuthorizationFailed = 39,
+    /// A topic setting the broker does not have, or a value it cannot
+    /// take. Definite, and not retried.
+    InvalidConfig = 40,
 }
 
 impl ErrorCode {
     /// Every code, in numeric order.
-    pub const ALL: [ErrorCode; 40] = [
+    pub const ALL: [ErrorCode; 41] = [
         ErrorCode::None,
         ErrorCode::Unknown,
         ErrorCode::CorruptMessage,
@@ -140,6 +143,7 @@ impl ErrorCode {
         ErrorCode::TooManyGroups,
         ErrorCode::AuthenticationFailed,
         ErrorCode::AuthorizationFailed,
+        ErrorCode::InvalidConfig,
     ];
 
     /// The code's wire number.
@@ -227,6 +231,7 @@ impl ErrorCode {
             ErrorCode::TooManyGroups => "too_many_groups",
             ErrorCode::AuthenticationFailed => "authentication_failed",
             ErrorCode::AuthorizationFailed => "authorization_failed",
+            ErrorCode::InvalidConfig => "invalid_config",
         }
     }
 }
@@ -263,6 +268,7 @@ mod tests {
         assert_eq!(ErrorCode::TooManyGroups as u32, 37);
         assert_eq!(ErrorCode::AuthenticationFailed as u32, 38);
         assert_eq!(ErrorCode::AuthorizationFailed as u32, 39);
+        assert_eq!(ErrorCode::InvalidConfig as u32, 40);
     }
 
     #[test]

@@ -16,6 +16,11 @@ pub enum TopicCommand {
         /// Number of partitions.
         #[arg(long, default_value_t = 1)]
         partitions: u32,
+        /// A topic setting as KEY=VALUE, by Kafka's names: cleanup.policy
+        /// (delete, compact, compact,delete), segment.bytes,
+        /// min.cleanable.dirty.ratio, delete.retention.ms. Repeatable.
+        #[arg(long = "config", value_name = "KEY=VALUE", value_parser = parse_config)]
+        configs: Vec<(String, String)>,
     },
     /// List topics, one per line: NAME<TAB>PARTITIONS.
     List,
@@ -31,11 +36,25 @@ pub enum TopicCommand {
     },
 }
 
+fn parse_config(arg: &str) -> Result<(String, String), String> {
+    ferry_broker::TopicConfig::split_pair(arg).map(|(k, v)| (k.to_string(), v.to_string()))
+}
+
 pub async fn run(command: TopicCommand, broker: BrokerAddr) -> Result<ExitCode, CliError> {
     let client = broker.connect().await?;
     match command {
-        TopicCommand::Create { name, partitions } => {
-            client.create_topic(&name, partitions).await?;
+        TopicCommand::Create {
+            name,
+            partitions,
+            configs,
+        } => {
+            let pairs: Vec<(&str, &str)> = configs
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            client
+                .create_topic_with_configs(&name, partitions, &pairs)
+                .await?;
             println!("created topic {name} with {partitions} partition(s)");
         }
         TopicCommand::List => {
@@ -60,7 +79,10 @@ pub async fn run(command: TopicCommand, broker: BrokerAddr) -> Result<ExitCode, 
                     })
                 })
                 .collect();
-            println!("{}", json!({ "name": d.name, "partitions": partitions }));
+            println!(
+                "{}",
+                json!({ "name": d.name, "partitions": partitions, "configs": d.configs })
+            );
         }
         TopicCommand::Delete { name } => {
             client.delete_topic(&name).await?;

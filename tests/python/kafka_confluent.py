@@ -89,6 +89,26 @@ def basic(bs):
     for f in res.values():
         configs = f.result(10)
         check("retention.ms" in configs and "cleanup.policy" in configs, f"configs: {list(configs)}")
+        check(configs["cleanup.policy"].value == "delete", f"default policy: {configs['cleanup.policy']}")
+    # Settings given at creation are the topic's own; a bad one creates nothing.
+    table = f"table-{uuid.uuid4().hex[:8]}"
+    fs = admin.create_topics([NewTopic(table, num_partitions=1, replication_factor=1,
+                                       config={"cleanup.policy": "compact", "segment.bytes": "65536"})])
+    for f in fs.values():
+        f.result(15)
+    for f in admin.describe_configs([ConfigResource(ConfigResource.Type.TOPIC, table)]).values():
+        configs = f.result(10)
+        check(configs["cleanup.policy"].value == "compact", f"policy: {configs['cleanup.policy']}")
+        check(configs["segment.bytes"].value == "65536", f"segment.bytes: {configs['segment.bytes']}")
+    bad = f"bad-{uuid.uuid4().hex[:8]}"
+    try:
+        for f in admin.create_topics([NewTopic(bad, num_partitions=1, replication_factor=1,
+                                               config={"cleanup.policy": "sometimes"})]).values():
+            f.result(15)
+        fail("a topic with cleanup.policy=sometimes was created")
+    except KafkaException as e:
+        check(e.args[0].code() == KafkaError.INVALID_CONFIG, f"bad config: {e}")
+    check(bad not in admin.list_topics(timeout=10).topics, f"{bad} exists")
 
     p = Producer({"bootstrap.servers": bs, "enable.idempotence": True, "linger.ms": 5})
     sent = {}

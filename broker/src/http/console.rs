@@ -307,6 +307,15 @@ async fn topic(
                 ("produce", "produce", rates.iter().map(|p| (p.at_ms, p.produce_bytes_per_sec)).collect()),
                 ("fetch", "fetch", rates.iter().map(|p| (p.at_ms, p.fetch_bytes_per_sec)).collect()),
             ]))
+            h2 { "Settings" }
+            table id="configs" {
+                thead { tr { th { "Name" } th { "Value" } } }
+                tbody {
+                    @for (k, v) in &t.configs {
+                        tr data-config=(k) { td { code { (k) } } td.value { (v) } }
+                    }
+                }
+            }
         },
     )
 }

@@ -95,6 +95,8 @@ pub struct TopicView {
     pub name: String,
     /// Its partitions.
     pub partitions: Vec<PartitionView>,
+    /// Its effective settings, by Kafka's names.
+    pub configs: std::collections::BTreeMap<String, String>,
     /// Bytes appended per second, lately.
     pub produce_bytes_per_sec: f64,
     /// Offsets appended per second, lately.
@@ -141,6 +143,11 @@ pub struct CreateTopic {
     /// Number of partitions (the broker's default if absent).
     #[schema(minimum = 1, maximum = 1024)]
     pub partitions: Option<u32>,
+    /// Topic settings by Kafka's names (`cleanup.policy`,
+    /// `segment.bytes`, `min.cleanable.dirty.ratio`,
+    /// `delete.retention.ms`); the defaults when absent.
+    #[serde(default)]
+    pub configs: std::collections::BTreeMap<String, String>,
 }
 
 /// Isolation of a browse.
@@ -516,6 +523,7 @@ impl Http {
                     producers: p.producer_count() as u32,
                 })
                 .collect(),
+            configs: self.state.topic_configs(&topic),
             produce_bytes_per_sec: rates.produce_bytes,
             produce_records_per_sec: rates.produce_records,
             fetch_bytes_per_sec: rates.fetch_bytes,
@@ -531,11 +539,16 @@ impl Http {
         let partitions = req
             .partitions
             .unwrap_or(self.state.config().default_partitions);
+        let config = crate::TopicConfig::from_pairs(
+            req.configs.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        )?;
         let state = self.state.clone();
         let name = req.name.clone();
-        tokio::task::spawn_blocking(move || state.create_topic(&name, partitions))
-            .await
-            .map_err(|e| BrokerError::Config(format!("create topic: {e}")))??;
+        tokio::task::spawn_blocking(move || {
+            state.create_topic_with_config(&name, partitions, config)
+        })
+        .await
+        .map_err(|e| BrokerError::Config(format!("create topic: {e}")))??;
         self.topic(who, &req.name)
     }
 

@@ -10,7 +10,7 @@ use kafka_protocol::messages::create_partitions_response::{
 };
 use kafka_protocol::messages::create_topics_request::CreateTopicsRequest;
 use kafka_protocol::messages::create_topics_response::{
-    CreatableTopicResult, CreateTopicsResponse,
+    CreatableTopicConfigs, CreatableTopicResult, CreateTopicsResponse,
 };
 use kafka_protocol::messages::delete_topics_request::DeleteTopicsRequest;
 use kafka_protocol::messages::delete_topics_response::{
@@ -35,6 +35,7 @@ use crate::error::BrokerError;
 const RESOURCE_TOPIC: i8 = 2;
 const RESOURCE_BROKER: i8 = 4;
 /// DescribeConfigs config sources.
+const SOURCE_TOPIC: i8 = 1;
 const SOURCE_STATIC_BROKER: i8 = 4;
 const SOURCE_DEFAULT: i8 = 5;
 
@@ -75,21 +76,25 @@ pub(crate) async fn create_topics(cx: &Ctx<'_>, req: CreateTopicsRequest) -> Cre
             r.error_code = cx.raw(code::INVALID_REPLICATION_FACTOR);
             r.error_message = Some(str("replication factor must be -1 or positive"));
             None
-        } else if !t.configs.is_empty() {
-            r.error_code = cx.raw(code::INVALID_CONFIG);
-            r.error_message = Some(str(&format!(
-                "topic configs are not supported yet: {}",
-                t.configs
-                    .iter()
-                    .map(|c| c.name.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )));
-            None
         } else {
             Some(partitions)
         };
-        if let Some(partitions) = outcome {
+        let config = crate::TopicConfig::from_pairs(
+            t.configs
+                .iter()
+                .map(|c| (c.name.as_str(), c.value.as_ref().map_or("", |v| v.as_str()))),
+        );
+        let outcome = match (outcome, config) {
+            (None, _) => None,
+            (Some(_), Err(e)) => {
+                let e = BrokerError::from(e);
+                r.error_code = cx.code(&e);
+                r.error_message = Some(str(&e.to_string()));
+                None
+            }
+            (Some(partitions), Ok(config)) => Some((partitions, config)),
+        };
+        if let Some((partitions, config)) = outcome {
             let result = match partitions {
                 Err(e) => Err(e),
                 Ok(n) if req.validate_only => crate::names::check_name(&name)
@@ -110,7 +115,7 @@ pub(crate) async fn create_topics(cx: &Ctx<'_>, req: CreateTopicsRequest) -> Cre
                 Ok(n) => {
                     let s = cx.state().clone();
                     let owned = name.clone();
-                    blocking(move || s.create_topic(&owned, n)).await
+                    blocking(move || s.create_topic_with_config(&owned, n, config)).await
                 }
             };
             match result {
@@ -118,6 +123,19 @@ pub(crate) async fn create_topics(cx: &Ctx<'_>, req: CreateTopicsRequest) -> Cre
                     if cx.version >= 5 {
                         r.num_partitions = partitions_of(cx, &name, t.num_partitions, default);
                         r.replication_factor = 1;
+                        r.configs = Some(
+                            topic_configs(cx, &config)
+                                .into_iter()
+                                .map(|(name, value, source)| {
+                                    let mut c = CreatableTopicConfigs::default();
+                                    c.name = str(&name);
+                                    c.value = Some(str(&value));
+                                    c.read_only = true;
+                                    c.config_source = source;
+                                    c
+                                })
+                                .collect(),
+                        );
                     }
                 }
                 Err(e) => {
@@ -183,18 +201,26 @@ pub(crate) async fn delete_topics(cx: &Ctx<'_>, req: DeleteTopicsRequest) -> Del
     resp
 }
 
-/// The settings DescribeConfigs reports, by Kafka's names: (name, value,
-/// source).
-fn topic_configs(cx: &Ctx<'_>) -> Vec<(&'static str, String, i8)> {
+/// The settings DescribeConfigs reports for a topic with `topic`'s
+/// settings, by Kafka's names: (name, value, source). A topic setting
+/// that differs from the default is reported as the topic's own.
+fn topic_configs(cx: &Ctx<'_>, topic: &crate::TopicConfig) -> Vec<(String, String, i8)> {
     let c = cx.state().config();
     let log = &c.log;
-    vec![
-        ("cleanup.policy", "delete".to_string(), SOURCE_DEFAULT),
-        (
-            "segment.bytes",
-            log.segment_bytes.to_string(),
-            SOURCE_STATIC_BROKER,
-        ),
+    let defaults = crate::TopicConfig::default().to_pairs(log.segment_bytes);
+    let mut v: Vec<(String, String, i8)> = topic
+        .to_pairs(log.segment_bytes)
+        .into_iter()
+        .map(|(name, value)| {
+            let source = match defaults.get(&name) {
+                Some(d) if *d == value && name == "segment.bytes" => SOURCE_STATIC_BROKER,
+                Some(d) if *d == value => SOURCE_DEFAULT,
+                _ => SOURCE_TOPIC,
+            };
+            (name, value, source)
+        })
+        .collect();
+    let broker_wide = [
         (
             "retention.bytes",
             log.retention_bytes
@@ -217,12 +243,18 @@ fn topic_configs(cx: &Ctx<'_>) -> Vec<(&'static str, String, i8)> {
             SOURCE_DEFAULT,
         ),
         ("compression.type", "producer".to_string(), SOURCE_DEFAULT),
-    ]
+    ];
+    v.extend(
+        broker_wide
+            .into_iter()
+            .map(|(name, value, source)| (name.to_string(), value, source)),
+    );
+    v
 }
 
-fn broker_configs(cx: &Ctx<'_>) -> Vec<(&'static str, String, i8)> {
+fn broker_configs(cx: &Ctx<'_>) -> Vec<(String, String, i8)> {
     let c = cx.state().config();
-    let mut v = vec![
+    let own = [
         (
             "broker.id",
             super::NODE_ID.to_string(),
@@ -259,7 +291,11 @@ fn broker_configs(cx: &Ctx<'_>) -> Vec<(&'static str, String, i8)> {
             SOURCE_DEFAULT,
         ),
     ];
-    v.extend(topic_configs(cx));
+    let mut v: Vec<(String, String, i8)> = own
+        .into_iter()
+        .map(|(name, value, source)| (name.to_string(), value, source))
+        .collect();
+    v.extend(topic_configs(cx, &crate::TopicConfig::default()));
     v
 }
 
@@ -277,7 +313,7 @@ pub(crate) async fn describe_configs(
                 .authorize(Action::DescribeTopicConfigs(res.resource_name.as_str()))
                 .and_then(|()| cx.state().topic(res.resource_name.as_str()))
             {
-                Ok(_) => Some(topic_configs(cx)),
+                Ok(topic) => Some(topic_configs(cx, &topic.config)),
                 Err(e) => {
                     out.error_code = cx.code(&e);
                     out.error_message = Some(str(&e.to_string()));
@@ -312,11 +348,11 @@ pub(crate) async fn describe_configs(
                 .filter(|(name, ..)| {
                     res.configuration_keys
                         .as_ref()
-                        .is_none_or(|keys| keys.iter().any(|k| k.as_str() == *name))
+                        .is_none_or(|keys| keys.iter().any(|k| k.as_str() == name))
                 })
                 .map(|(name, value, source)| {
                     let mut c = DescribeConfigsResourceResult::default();
-                    c.name = str(name);
+                    c.name = str(&name);
                     c.value = Some(str(&value));
                     c.read_only = true;
                     c.config_source = source;

@@ -114,6 +114,7 @@ pub(crate) fn kafka_code(c: ErrorCode) -> i16 {
         // Kafka has one number per kind of resource; [`of`] picks it from
         // the refusal. Without one, the cluster's.
         ErrorCode::AuthorizationFailed => CLUSTER_AUTHORIZATION_FAILED,
+        ErrorCode::InvalidConfig => INVALID_CONFIG,
     }
 }
 

@@ -37,6 +37,7 @@ impl Client {
             .create_topic(v1::CreateTopicRequest {
                 name: name.into(),
                 partitions,
+                ..Default::default()
             })
             .await
             .unwrap()
