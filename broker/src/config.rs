@@ -93,6 +93,8 @@ pub struct BrokerConfig {
     pub retention_check_interval: Duration,
     /// Idempotent-producer state settings.
     pub producers: ProducerSettings,
+    /// How the log cleaner of compacted topics runs.
+    pub cleaner: crate::cleaner::CleanerSettings,
     /// Shortest session timeout a group member may ask for.
     pub group_min_session_timeout_ms: u32,
     /// Longest session timeout a group member may ask for.
@@ -130,6 +132,9 @@ pub struct BrokerConfig {
     pub quotas: crate::quota::QuotaConfig,
 }
 
+/// Longest `cleaner_interval_ms` (an hour).
+pub const MAX_CLEANER_INTERVAL: Duration = Duration::from_secs(3600);
+
 /// Default `request_header_timeout_ms`.
 pub const DEFAULT_REQUEST_HEADER_TIMEOUT_MS: u64 = 10_000;
 /// Largest `request_header_timeout_ms` (the idle timeout of a Kafka
@@ -160,6 +165,7 @@ impl Default for BrokerConfig {
             limits: Limits::default(),
             retention_check_interval: Duration::from_secs(60),
             producers: ProducerSettings::default(),
+            cleaner: crate::cleaner::CleanerSettings::default(),
             group_min_session_timeout_ms: DEFAULT_GROUP_MIN_SESSION_TIMEOUT_MS,
             group_max_session_timeout_ms: DEFAULT_GROUP_MAX_SESSION_TIMEOUT_MS,
             group_initial_rebalance_delay_ms: DEFAULT_GROUP_INITIAL_REBALANCE_DELAY_MS,
@@ -220,6 +226,15 @@ impl BrokerConfig {
         let file: FileConfig = toml::from_str(text).map_err(|e| e.to_string())?;
         if let Some(v) = file.data_dir {
             self.data_dir = v;
+        }
+        if let Some(v) = file.cleaner_interval_ms {
+            self.cleaner.interval = Duration::from_millis(v);
+        }
+        if let Some(v) = file.cleaner_max_bytes_per_sec {
+            self.cleaner.max_bytes_per_sec = Some(v);
+        }
+        if let Some(v) = file.cleaner_max_map_bytes {
+            self.cleaner.max_map_bytes = v;
         }
         if let Some(v) = file.listen {
             self.listen = v.parse().map_err(|e| format!("listen = {v:?}: {e}"))?;
@@ -330,6 +345,25 @@ impl BrokerConfig {
 
     /// Rejects settings the broker cannot honour.
     pub fn validate(&self) -> Result<(), BrokerError> {
+        let c = &self.cleaner;
+        if c.interval.is_zero() || c.interval > MAX_CLEANER_INTERVAL {
+            return Err(BrokerError::Config(format!(
+                "cleaner_interval_ms must be in 1..={}",
+                MAX_CLEANER_INTERVAL.as_millis()
+            )));
+        }
+        if c.max_map_bytes < (1 << 20) || c.max_map_bytes > crate::cleaner::MAX_CLEANER_MAP_BYTES {
+            return Err(BrokerError::Config(format!(
+                "cleaner_max_map_bytes must be in {}..={}",
+                1 << 20,
+                crate::cleaner::MAX_CLEANER_MAP_BYTES
+            )));
+        }
+        if c.max_bytes_per_sec == Some(0) {
+            return Err(BrokerError::Config(
+                "cleaner_max_bytes_per_sec must be positive".into(),
+            ));
+        }
         let l = &self.limits;
         if l.max_batch_bytes == 0 || l.max_batch_bytes > ferry_proto::batch::MAX_BATCH_BYTES {
             return Err(BrokerError::Config(format!(
@@ -500,6 +534,9 @@ struct FileConfig {
     segment_bytes: Option<u64>,
     retention_bytes: Option<u64>,
     retention_ms: Option<u64>,
+    cleaner_interval_ms: Option<u64>,
+    cleaner_max_bytes_per_sec: Option<u64>,
+    cleaner_max_map_bytes: Option<usize>,
     producer_id_expiry_ms: Option<i64>,
     max_producer_ids: Option<usize>,
     group_min_session_timeout_ms: Option<u32>,

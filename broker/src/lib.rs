@@ -4,6 +4,7 @@
 //! front end calls; [`EmbeddedBroker`] runs one inside another process.
 
 pub mod auth;
+pub mod cleaner;
 mod codec;
 mod config;
 mod data_dir;

@@ -286,6 +286,15 @@ impl ProducerTable {
             .collect()
     }
 
+    /// Drops the index entries of aborted transactions whose markers, at
+    /// the offsets in `markers` by producer, the cleaner removes: no
+    /// record of them is left, and a consumer told of an abort whose
+    /// marker is gone would skip the producer's later transactions.
+    pub fn forget_aborted(&mut self, markers: &std::collections::HashSet<(i64, u64)>) {
+        self.aborted
+            .retain(|a| !markers.contains(&(a.producer_id, a.last_offset)));
+    }
+
     /// Drops index entries wholly below the log start.
     pub fn truncate_aborted_below(&mut self, log_start: u64) {
         let cut = self.aborted.partition_point(|a| a.last_offset < log_start);

@@ -204,6 +204,11 @@ impl Broker {
         // anyone can read the partitions they touched.
         state.recover_transactions().await?;
         let retention = tokio::spawn(retention_loop(state.clone()));
+        let cleaner = crate::cleaner::spawn(state.clone()).map_err(|source| BrokerError::Io {
+            op: "start the log cleaner",
+            path: String::new(),
+            source,
+        })?;
         let txn_timeouts = tokio::spawn(txn_timeout_loop(state.clone()));
         let lag = tokio::spawn(lag_metrics_loop(state.clone()));
         let group_timers = {
@@ -279,6 +284,10 @@ impl Broker {
             }
         }
         retention.abort();
+        // The cleaner stops between partitions once shutdown has begun; a
+        // cleaning under way finishes (or fails, changing nothing) first.
+        state.begin_shutdown();
+        let _ = tokio::task::spawn_blocking(move || cleaner.join()).await;
         txn_timeouts.abort();
         lag.abort();
         group_timers.abort();

@@ -337,6 +337,15 @@ impl BrokerState {
                 "control batches are written by the transaction coordinator only".into(),
             ));
         }
+        // Only a cleaned batch may span more offsets than it holds records.
+        if u64::from(header.record_count) != u64::from(header.last_offset_delta) + 1 {
+            return Err(BrokerError::InvalidRequest(format!(
+                "a produced batch of {} records must have last offset delta {}, not {}",
+                header.record_count,
+                header.record_count - 1,
+                header.last_offset_delta
+            )));
+        }
         // A transactional batch is appended while its transaction's meta
         // is locked, so the commit cannot start between check and append.
         let txn = if header.is_transactional() {

@@ -43,6 +43,10 @@ pub struct Partition {
     flush: FlushPolicy,
     producers: Mutex<ProducerTable>,
     snapshot_path: PathBuf,
+    /// The producer state as of the end of the last cleaning
+    /// (`crate::cleaner`): a start that cannot use `snapshot_path` replays
+    /// from there, never over batches cleaning removed.
+    cleaned_snapshot_path: PathBuf,
     settings: ProducerSettings,
     /// Bytes of batches appended and fetched since the broker started, for
     /// the console's rates.
@@ -60,7 +64,8 @@ impl Partition {
     ) -> Result<Partition, BrokerError> {
         let log = Log::open(topic_dir.join(id.to_string()), log_config.clone())?;
         let snapshot_path = topic_dir.join(format!("{id}.producers"));
-        let producers = load_producers(&log, &snapshot_path)?;
+        let cleaned_snapshot_path = topic_dir.join(format!("{id}.producers-cleaned"));
+        let producers = load_producers(&log, &snapshot_path, &cleaned_snapshot_path)?;
         Ok(Partition {
             topic,
             id,
@@ -68,6 +73,7 @@ impl Partition {
             flush: log_config.flush,
             producers: Mutex::new(producers),
             snapshot_path,
+            cleaned_snapshot_path,
             settings,
             produced_bytes: AtomicU64::new(0),
             fetched_bytes: AtomicU64::new(0),
@@ -293,6 +299,28 @@ impl Partition {
     /// The flush policy of the log.
     pub fn flush_policy(&self) -> FlushPolicy {
         self.flush
+    }
+
+    /// Where the cleaner keeps the producer state as of its last cleaning.
+    pub(crate) fn cleaned_snapshot_path(&self) -> &Path {
+        &self.cleaned_snapshot_path
+    }
+
+    /// Drops the aborted-index entries of the transactions whose markers
+    /// the cleaner is about to remove, then snapshots, so that no start
+    /// brings them back.
+    pub(crate) fn forget_aborted(
+        &self,
+        markers: &std::collections::HashSet<(i64, u64)>,
+    ) -> Result<(), BrokerError> {
+        let mut table = self.producers.lock();
+        table.forget_aborted(markers);
+        self.write_snapshot(&table)
+    }
+
+    /// The producer-state settings (expiry).
+    pub(crate) fn producer_settings(&self) -> ProducerSettings {
+        self.settings
     }
 }
 
@@ -620,21 +648,43 @@ impl Topics {
 /// Rebuilds a partition's producer table (idempotence windows, open
 /// transactions, aborted index): the snapshot, if it is valid and within
 /// the log, plus a replay of every batch after it.
-fn load_producers(log: &Log, snapshot_path: &Path) -> Result<ProducerTable, BrokerError> {
+/// Reads a producer snapshot: its offset and table, if it is whole and
+/// not ahead of the log's end `end`.
+fn read_snapshot(path: &Path, end: u64) -> Option<(u64, ProducerTable)> {
+    let buf = fs::read(path).ok()?;
+    match ProducerTable::decode_snapshot(&buf) {
+        Some((offset, table)) if offset <= end => Some((offset, table)),
+        Some((offset, _)) => {
+            tracing::warn!(path = %path.display(), offset, end, "producer snapshot is ahead of the log; not used");
+            None
+        }
+        None => {
+            tracing::warn!(path = %path.display(), "corrupt producer snapshot ignored");
+            None
+        }
+    }
+}
+
+/// The producer table at the log's end: the newest usable snapshot, then
+/// a replay of the log after it.
+///
+/// The snapshot at the last roll or close is used when it is usable and
+/// not older than the cleaner's: below the cleaner's offset the log may
+/// have lost batches to cleaning, whose producers' windows only a
+/// snapshot still holds. Without either, the whole log is replayed.
+fn load_producers(
+    log: &Log,
+    snapshot_path: &Path,
+    cleaned_path: &Path,
+) -> Result<ProducerTable, BrokerError> {
     let end = log.next_offset();
-    let (from, mut table) = match fs::read(snapshot_path) {
-        Ok(buf) => match ProducerTable::decode_snapshot(&buf) {
-            Some((offset, table)) if offset <= end => (offset, table),
-            Some((offset, _)) => {
-                tracing::warn!(path = %snapshot_path.display(), offset, end, "producer snapshot is ahead of the log; replaying the log instead");
-                (0, ProducerTable::default())
-            }
-            None => {
-                tracing::warn!(path = %snapshot_path.display(), "corrupt producer snapshot ignored; replaying the log");
-                (0, ProducerTable::default())
-            }
-        },
-        Err(_) => (0, ProducerTable::default()),
+    let latest = read_snapshot(snapshot_path, end);
+    let cleaned = read_snapshot(cleaned_path, end);
+    let (from, mut table) = match (latest, cleaned) {
+        (Some(l), Some(c)) if c.0 > l.0 => c,
+        (Some(l), _) => l,
+        (None, Some(c)) => c,
+        (None, None) => (0, ProducerTable::default()),
     };
     crate::replay::replay(log, from, |batch| {
         let marker = marker_type(batch).map(|k| k == ControlType::Commit);

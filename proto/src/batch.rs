@@ -356,12 +356,14 @@ impl BatchHeader {
         Compression::from_id((self.attributes & COMPRESSION_MASK) as u8)
     }
 
-    /// Sequence number of the last record, wrapping as Kafka's does.
+    /// Sequence number of the last record, wrapping as Kafka's does. It
+    /// follows the offset span, which a cleaned batch keeps when its last
+    /// records are gone.
     pub fn last_sequence(&self) -> i32 {
         if self.base_sequence == NO_SEQUENCE {
             return NO_SEQUENCE;
         }
-        sequence::advance(self.base_sequence, self.record_count as i32 - 1)
+        sequence::advance(self.base_sequence, self.last_offset_delta as i32)
     }
 }
 
@@ -713,9 +715,9 @@ impl<'a> RecordIter<'a> {
         if self.pos != self.buf.len() {
             return Err(corrupt("trailing bytes after the last record"));
         }
-        if self.prev_offset_delta != Some(self.last_offset_delta) {
-            return Err(corrupt("last offset delta disagrees with the header"));
-        }
+        // The last record may sit below the header's last offset delta: a
+        // compacted batch keeps its span after its last records are gone.
+        // Every delta was checked against the header as it was read.
         Ok(())
     }
 
@@ -876,6 +878,12 @@ pub struct BatchBuilder {
     count: u32,
     stamp: ProducerStamp,
     attributes: u16,
+    /// Offset delta of the last record pushed; `None` before the first.
+    last_delta: Option<u32>,
+    /// The last offset delta the header must carry at least: a rewritten
+    /// batch keeps its original span, so that its producer's sequence
+    /// range and the next batch's offsets stay as they were.
+    min_last_delta: u32,
 }
 
 impl BatchBuilder {
@@ -895,7 +903,31 @@ impl BatchBuilder {
             count: 0,
             stamp: ProducerStamp::NONE,
             attributes: 0,
+            last_delta: None,
+            min_last_delta: 0,
         }
+    }
+
+    /// Starts a rewrite of the batch with `header` (what a log cleaner
+    /// does): the same first timestamp, producer stamp, attributes
+    /// (compression aside: [`BatchBuilder::finish_compressed`] picks it)
+    /// and last offset delta. Records are pushed with their original
+    /// offset deltas by [`BatchBuilder::push_at`]; those left out become
+    /// gaps.
+    pub fn rewriting(header: &BatchHeader, capacity: usize) -> BatchBuilder {
+        let mut b = BatchBuilder::with_capacity(header.first_timestamp, capacity);
+        b.stamp = ProducerStamp {
+            producer_id: header.producer_id,
+            producer_epoch: header.producer_epoch,
+            base_sequence: header.base_sequence,
+        };
+        b.attributes = header.attributes & !COMPRESSION_MASK;
+        b.min_last_delta = header.last_offset_delta;
+        if header.attributes & TIMESTAMP_TYPE_BIT != 0 {
+            // Log-append time: the header's timestamp is the record time.
+            b.max_timestamp = header.max_timestamp;
+        }
+        b
     }
 
     /// Stamps the batch with a producer id, epoch and base sequence.
@@ -970,7 +1002,27 @@ impl BatchBuilder {
         value: Option<&[u8]>,
         headers: &[(&[u8], Option<&[u8]>)],
     ) {
-        let offset_delta = self.count;
+        let offset_delta = self.last_delta.map_or(0, |d| d + 1);
+        self.push_at(offset_delta, timestamp, key, value, headers);
+    }
+
+    /// Appends a record at `offset_delta` from the base offset, which must
+    /// be above every delta pushed before.
+    ///
+    /// # Panics
+    /// If `offset_delta` does not increase.
+    pub fn push_at(
+        &mut self,
+        offset_delta: u32,
+        timestamp: i64,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: &[(&[u8], Option<&[u8]>)],
+    ) {
+        assert!(
+            self.last_delta.is_none_or(|d| offset_delta > d),
+            "offset deltas must increase"
+        );
         let timestamp_delta = timestamp.wrapping_sub(self.first_timestamp);
         let body = Self::body_len(offset_delta, timestamp_delta, key, value, headers);
         let out = &mut self.buf;
@@ -986,7 +1038,10 @@ impl BatchBuilder {
             put_bytes(out, *v);
         }
         self.count += 1;
-        self.max_timestamp = self.max_timestamp.max(timestamp);
+        self.last_delta = Some(offset_delta);
+        if self.attributes & TIMESTAMP_TYPE_BIT == 0 {
+            self.max_timestamp = self.max_timestamp.max(timestamp);
+        }
     }
 
     /// Number of records so far.
@@ -1064,11 +1119,8 @@ impl BatchBuilder {
         write(b, layout::LEADER_EPOCH, &(-1i32).to_be_bytes());
         b[layout::MAGIC] = MAGIC;
         write(b, layout::ATTRIBUTES, &attributes.to_be_bytes());
-        write(
-            b,
-            layout::LAST_OFFSET_DELTA,
-            &(self.count - 1).to_be_bytes(),
-        );
+        let last_delta = self.last_delta.unwrap_or(0).max(self.min_last_delta);
+        write(b, layout::LAST_OFFSET_DELTA, &last_delta.to_be_bytes());
         write(
             b,
             layout::FIRST_TIMESTAMP,

@@ -92,6 +92,13 @@ pub struct BrokerArgs {
     /// Delete segments whose newest record is older than this.
     #[arg(long)]
     retention_ms: Option<u64>,
+    /// How often the log cleaner looks for compacted partitions to clean,
+    /// in milliseconds [default: 15000].
+    #[arg(long)]
+    cleaner_interval_ms: Option<u64>,
+    /// Most bytes per second the log cleaner reads [default: no limit].
+    #[arg(long)]
+    cleaner_max_bytes_per_sec: Option<u64>,
     /// Shortest session timeout a group member may ask for [default: 6000].
     #[arg(long)]
     group_min_session_timeout_ms: Option<u32>,
@@ -194,6 +201,12 @@ pub fn run(args: BrokerArgs) -> Result<ExitCode, CliError> {
     }
     if let Some(v) = args.retention_ms {
         config.log.retention_ms = Some(v);
+    }
+    if let Some(v) = args.cleaner_interval_ms {
+        config.cleaner.interval = std::time::Duration::from_millis(v);
+    }
+    if let Some(v) = args.cleaner_max_bytes_per_sec {
+        config.cleaner.max_bytes_per_sec = Some(v);
     }
     if let Some(v) = args.group_min_session_timeout_ms {
         config.group_min_session_timeout_ms = v;

@@ -233,3 +233,25 @@ mod crash_matrix {
         }
     }
 }
+
+#[test]
+fn a_cleaning_that_keeps_nothing_leaves_an_empty_segment_that_reads_as_a_gap_and_reopens() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = filled(dir.path(), 3);
+    let sealed = wait_sealed(&log, 3);
+    let before = contents(&log);
+    let end = sealed[1].next_offset;
+    log.replace_segments(&sealed[..2], &[]).unwrap();
+    let expected: Vec<_> = before.iter().filter(|(o, _)| *o >= end).cloned().collect();
+    assert_eq!(contents(&log), expected);
+    let first = log.read(0, 1, u64::MAX).unwrap();
+    assert_eq!(ValidBatch::new(&first).unwrap().header().base_offset, end);
+    assert_eq!(log.log_start_offset(), 0);
+    let next = log.next_offset();
+    drop(log); // a crash
+    let log = Log::open(dir.path(), config()).unwrap();
+    assert_eq!(contents(&log), expected);
+    assert_eq!(log.next_offset(), next);
+    let first = log.read(0, 1, u64::MAX).unwrap();
+    assert_eq!(ValidBatch::new(&first).unwrap().header().base_offset, end);
+}

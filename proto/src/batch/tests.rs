@@ -286,3 +286,55 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_rewritten_batch_keeps_its_span_stamp_offsets_and_codec_with_gaps() {
+    let stamp = ProducerStamp {
+        producer_id: 7,
+        producer_epoch: 3,
+        base_sequence: 40,
+    };
+    let mut b = BatchBuilder::new(1000).producer(stamp).transactional(true);
+    for i in 0..4u8 {
+        b.push(1000 + i64::from(i), Some(&[b'k', i]), Some(&[i; 30]), &[]);
+    }
+    let original = b.finish_compressed(Compression::Gzip);
+    let v = ValidBatch::exact(&original).unwrap();
+    let h = *v.header();
+    let records = v.records().unwrap();
+    let kept: Vec<_> = records
+        .iter()
+        .map(Result::unwrap)
+        .filter(|r| r.offset_delta == 1)
+        .collect();
+    let mut r = BatchBuilder::rewriting(&h, 256);
+    for rec in &kept {
+        r.push_at(
+            rec.offset_delta,
+            h.first_timestamp + rec.timestamp_delta,
+            rec.key,
+            rec.value,
+            &[],
+        );
+    }
+    let rewritten = r.finish_compressed(Compression::Gzip);
+    let w = ValidBatch::exact(&rewritten).unwrap();
+    let wh = *w.header();
+    assert_eq!(w.compression(), Compression::Gzip);
+    assert_eq!(wh.last_offset_delta, 3, "the span is kept");
+    assert_eq!(wh.record_count, 1);
+    assert_eq!(wh.last_sequence(), h.last_sequence());
+    assert_eq!(
+        (wh.producer_id, wh.producer_epoch, wh.base_sequence),
+        (7, 3, 40)
+    );
+    assert!(wh.is_transactional());
+    assert_eq!(wh.first_timestamp, h.first_timestamp);
+    assert_eq!(wh.max_timestamp, 1001);
+    let w_records = w.records().unwrap();
+    let left: Vec<_> = w_records.iter().map(Result::unwrap).collect();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].offset_delta, 1);
+    assert_eq!(left[0].timestamp_delta, 1);
+    assert_eq!(left[0].key, Some(&[b'k', 1][..]));
+}
