@@ -151,6 +151,22 @@ fn confluent_kafka_transactions_commit_visibly_abort_invisibly_copy_with_offsets
 }
 
 #[test]
+fn a_compacted_topic_created_through_admin_client_reads_as_the_latest_value_per_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut flags = BROKER_FLAGS.to_vec();
+    flags.extend(["--cleaner-interval-ms", "200"]);
+    let broker =
+        BrokerProcess::start_with_args(FERRY, dir.path().join("data"), "127.0.0.1:0", flags)
+            .expect("start ferry broker");
+    let out = confluent(&["compacted", &kafka(&broker)]);
+    let report = json_lines(&out.stdout).pop().unwrap();
+    assert!(
+        report["compacted_records"].as_u64().unwrap() < 600,
+        "{report}"
+    );
+}
+
+#[test]
 fn a_confluent_kafka_group_of_three_splits_six_partitions_and_rebalances_when_one_leaves() {
     let dir = tempfile::tempdir().unwrap();
     let broker = start(dir.path());
