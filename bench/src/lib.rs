@@ -15,6 +15,7 @@
 //! [`Ratios`]).
 
 pub mod baseline;
+pub mod compaction;
 pub mod kafka;
 pub mod matrix;
 pub mod quota;

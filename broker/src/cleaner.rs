@@ -90,7 +90,7 @@ impl Default for CleanerSettings {
 }
 
 /// What one cleaning of one partition did.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CleanOutcome {
     /// The cleaned range `[start, end)`.
     pub start: u64,

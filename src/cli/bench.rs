@@ -56,6 +56,37 @@ pub enum BenchCommand {
     /// commits of the same partitions: a small and a large count, with
     /// large ÷ small for each.
     Restart(RestartArgs),
+    /// How fast the log cleaner cleans a compacted topic, against
+    /// sequential write(2) of the same bytes, and produce to another topic
+    /// while it cleans, against produce alone.
+    Compaction(CompactionArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CompactionArgs {
+    /// Bytes written to the compacted topic before it is cleaned.
+    #[arg(long, default_value_t = 1 << 30)]
+    bytes: u64,
+    /// Value bytes per record.
+    #[arg(long, default_value_t = 1024)]
+    record_size: usize,
+    /// Share of the records whose key is live after cleaning.
+    #[arg(long, default_value_t = 0.1)]
+    live: f64,
+    /// The compacted topic's segment.bytes.
+    #[arg(long, default_value_t = 64 << 20)]
+    segment_bytes: u64,
+    /// The cleaner's read limit in bytes per second [default: none].
+    #[arg(long)]
+    cleaner_max_bytes_per_sec: Option<u64>,
+    /// Seconds produce to the other topic is measured alone.
+    #[arg(long, default_value_t = 5.0)]
+    alone_secs: f64,
+    /// The broker's fsync policy: always, interval=MS, or never.
+    #[arg(long, default_value = "never")]
+    fsync: FlushPolicy,
+    #[command(flatten)]
+    common: Common,
 }
 
 #[derive(Debug, clap::Args)]
@@ -304,7 +335,34 @@ pub fn run(command: BenchCommand) -> Result<ExitCode, CliError> {
         BenchCommand::Tls(args) => run_tls(args),
         BenchCommand::Quota(args) => run_quota(args),
         BenchCommand::Restart(args) => run_restart(args),
+        BenchCommand::Compaction(args) => run_compaction(args),
     }
+}
+
+fn run_compaction(args: CompactionArgs) -> Result<ExitCode, CliError> {
+    if !(args.alone_secs > 0.0 && args.alone_secs <= 3600.0) {
+        return Err("--alone-secs must be in (0, 3600]".into());
+    }
+    let config = ferry_bench::compaction::CompactionBenchConfig {
+        bytes: args.bytes,
+        record_size: args.record_size,
+        live_fraction: args.live,
+        segment_bytes: args.segment_bytes,
+        max_bytes_per_sec: args.cleaner_max_bytes_per_sec,
+        alone: std::time::Duration::from_secs_f64(args.alone_secs),
+        flush: args.fsync,
+        parent: args.common.data_dir.clone(),
+    };
+    let bar = cells_bar(args.common.json, 100);
+    let bench = ferry_bench::compaction::CompactionBench::run(&config, |done, of| {
+        bar.set_position(done * 100 / of.max(1));
+        bar.set_message("filling the compacted topic");
+    });
+    bar.finish_and_clear();
+    let bench = bench?;
+    print_report(args.common.json, &bench, bench.failed(), || {
+        bench.markdown()
+    })
 }
 
 fn run_restart(args: RestartArgs) -> Result<ExitCode, CliError> {
