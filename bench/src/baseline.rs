@@ -219,6 +219,18 @@ pub fn write_count(dir: &Path, chunk: &[u8], count: usize) -> std::io::Result<Du
     Ok(start.elapsed())
 }
 
+/// [`write_count`], then one `fdatasync`: the same bytes written and made
+/// durable, as a cleaner's rewrite is.
+pub fn write_count_synced(dir: &Path, chunk: &[u8], count: usize) -> std::io::Result<Duration> {
+    let (_scratch, mut file) = ScratchFile::create(dir, "write-count-synced")?;
+    let start = Instant::now();
+    for _ in 0..count {
+        file.write_all(chunk)?;
+    }
+    file.sync_data()?;
+    Ok(start.elapsed())
+}
+
 /// `count` appends of `chunk`, each followed by `fdatasync`, on one
 /// thread: the storage benches' baseline for group commit.
 pub fn write_fdatasync_count(dir: &Path, chunk: &[u8], count: usize) -> std::io::Result<Duration> {

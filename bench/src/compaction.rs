@@ -1,6 +1,8 @@
 //! `ferry bench compaction`: how fast the log cleaner cleans, against
-//! sequential `write(2)` of the same bytes in the same run, and what it
-//! costs producers of another topic meanwhile.
+//! sequential `write(2)` of the same bytes and one `fdatasync` in the same
+//! run (the cleaner syncs its rewrite too; the page-cache-only rate is
+//! reported beside it), and what it costs producers of another topic
+//! meanwhile.
 //!
 //! A compacted topic is filled with `bytes` of records whose keys cycle
 //! over `live_fraction` of the record count, so that after cleaning that
@@ -71,8 +73,11 @@ pub struct CompactionBench {
     pub flush: String,
     /// Bytes of the compacted topic when filled.
     pub log_bytes: u64,
-    /// Sequential `write(2)` of `log_bytes`, MB/s.
+    /// Sequential `write(2)` of `log_bytes` and one `fdatasync` (the
+    /// baseline: the cleaner's rewrite is synced too), MB/s.
     pub write_mb_per_sec: f64,
+    /// The same writes without the sync (into the page cache only), MB/s.
+    pub cached_write_mb_per_sec: f64,
     /// What the cleaning did, and its read rate in MB/s.
     pub outcome: CleanOutcome,
     pub clean_secs: f64,
@@ -169,13 +174,14 @@ impl CompactionBench {
         let p = state.topic("table")?.partitions[0].clone();
         p.log.flush()?;
         let log_bytes = p.log.size_bytes();
-        let write_secs = crate::baseline::write_count(
-            &dir,
-            &vec![0x5a_u8; 1 << 20],
-            (log_bytes >> 20).max(1) as usize,
-        )?
-        .as_secs_f64();
-        let write_mb_per_sec = (log_bytes >> 20).max(1) as f64 * (1 << 20) as f64 / MB / write_secs;
+        let mib = (log_bytes >> 20).max(1);
+        let chunk = vec![0x5a_u8; 1 << 20];
+        let written_mb = mib as f64 * (1 << 20) as f64 / MB;
+        let cached_secs = crate::baseline::write_count(&dir, &chunk, mib as usize)?.as_secs_f64();
+        let write_secs =
+            crate::baseline::write_count_synced(&dir, &chunk, mib as usize)?.as_secs_f64();
+        let write_mb_per_sec = written_mb / write_secs;
+        let cached_write_mb_per_sec = written_mb / cached_secs;
 
         // Each produce window writes a fresh topic, deleted after it, so
         // that no window pays for the dirty pages of the one before.
@@ -218,6 +224,7 @@ impl CompactionBench {
             flush: config.flush.to_string(),
             log_bytes,
             write_mb_per_sec,
+            cached_write_mb_per_sec,
             clean_vs_write: ratio(clean_mb_per_sec, write_mb_per_sec),
             outcome,
             clean_secs,
@@ -242,7 +249,8 @@ impl CompactionBench {
         format!(
             "Cleaning a compacted topic of {:.0} MB ({} records of {} B, {} keys), fsync `{}`\n\n\
              | | MB/s | ratio |\n|---|--:|--:|\n\
-             | sequential write(2), same bytes | {:.0} | |\n\
+             | sequential write(2) of the same bytes, then fdatasync | {:.0} | |\n\
+             | the same write(2)s, page cache only | {:.0} | |\n\
              | cleaning (bytes read) | {:.0} | {} × write |\n\
              | produce to another topic, alone | {:.0} | |\n\
              | produce to another topic, while cleaning | {:.0} | {} × alone |\n\n\
@@ -253,6 +261,7 @@ impl CompactionBench {
             self.keys,
             self.flush,
             self.write_mb_per_sec,
+            self.cached_write_mb_per_sec,
             self.clean_mb_per_sec,
             f(self.clean_vs_write),
             self.produce_alone_mb_per_sec,

@@ -50,7 +50,9 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use ferry_proto::batch::{BatchBuilder, BatchHeader, BatchIter, ValidBatch};
+use ferry_proto::batch::{
+    BatchBuilder, BatchHeader, Record, RecordIter, ValidBatch, check_framing,
+};
 use ferry_proto::control::{ControlType, marker_type};
 use ferry_storage::SealedSegment;
 
@@ -186,10 +188,54 @@ fn aborted(header: &BatchHeader, index: &HashMap<i64, Vec<AbortedTxn>>) -> bool 
         })
 }
 
-/// Every batch of `seg`. The log validated them as it wrote or recovered
-/// them; one that fails now stops the cleaning, changing nothing.
-fn batches(seg: &SealedSegment) -> impl Iterator<Item = Result<ValidBatch<'_>, BrokerError>> {
-    BatchIter::new(&seg.bytes).map(|b| b.map_err(BrokerError::from))
+/// Every batch of `seg`, its header and bytes, with framing and CRC
+/// checked. The log validated every record as it wrote or recovered them;
+/// the record iterators check each length again as they read. A batch
+/// that fails stops the cleaning, changing nothing.
+fn batches(seg: &SealedSegment) -> impl Iterator<Item = Result<(BatchHeader, &[u8]), BrokerError>> {
+    let mut pos = 0;
+    let mut failed = false;
+    std::iter::from_fn(move || {
+        if failed || pos >= seg.bytes.len() {
+            return None;
+        }
+        match check_framing(&seg.bytes[pos..]) {
+            Ok(h) => {
+                let at = pos;
+                pos += h.batch_len as usize;
+                Some(Ok((h, &seg.bytes[at..pos])))
+            }
+            Err(e) => {
+                failed = true;
+                Some(Err(e.into()))
+            }
+        }
+    })
+}
+
+/// The marker type of a control batch.
+fn marker(bytes: &[u8]) -> Result<Option<ControlType>, BrokerError> {
+    Ok(marker_type(&ValidBatch::new(bytes)?))
+}
+
+/// Calls `f` with every record of the batch with header `h`: read in place
+/// when uncompressed, else decompressed once.
+fn for_each_record(
+    h: &BatchHeader,
+    bytes: &[u8],
+    mut f: impl FnMut(&Record<'_>),
+) -> Result<(), BrokerError> {
+    if !h.is_compressed() {
+        for r in RecordIter::new(h, bytes) {
+            f(&r?);
+        }
+    } else {
+        let batch = ValidBatch::new(bytes)?;
+        for r in batch.records()?.iter() {
+            f(&r?);
+        }
+    }
+    Ok(())
 }
 
 /// Cleans `p` if its dirty ratio has reached `config`'s, or whatever its
@@ -222,20 +268,23 @@ pub fn clean_partition(
     // Abort markers whose transactions have no record left go too.
     let horizon =
         now_ms.saturating_sub(i64::try_from(config.delete_retention_ms).unwrap_or(i64::MAX));
-    let mut latest: HashMap<Box<[u8]>, u64> = HashMap::new();
+    // Per key: its latest offset, and whether that record is a tombstone
+    // past its retention.
+    let mut latest: HashMap<Box<[u8]>, (u64, bool)> = HashMap::new();
+    let mut keyless: HashSet<u64> = HashSet::new();
     let mut map_bytes = 0usize;
     let mut mapped = 0;
     let mut in_txn: HashMap<i64, u64> = HashMap::new();
     let mut empty_aborts: HashSet<(i64, u64)> = HashSet::new();
     for seg in &range {
         for batch in batches(seg) {
-            let batch = batch?;
-            let h = batch.header();
+            let (h, bytes) = batch?;
+            let h = &h;
             if h.is_control() {
                 let records = in_txn.remove(&h.producer_id).unwrap_or(0);
                 if records == 0
                     && h.max_timestamp < horizon
-                    && marker_type(&batch) == Some(ControlType::Abort)
+                    && marker(bytes)? == Some(ControlType::Abort)
                 {
                     empty_aborts.insert((h.producer_id, h.base_offset));
                 }
@@ -247,19 +296,22 @@ pub fn clean_partition(
             if aborted(h, &index) {
                 continue;
             }
-            for r in batch.records()?.iter() {
-                let r = r?;
-                if let Some(key) = r.key {
-                    let offset = h.base_offset + u64::from(r.offset_delta);
-                    match latest.get_mut(key) {
-                        Some(o) => *o = offset,
-                        None => {
-                            map_bytes += key.len() + MAP_ENTRY_OVERHEAD;
-                            latest.insert(key.into(), offset);
-                        }
+            for_each_record(h, bytes, |r| {
+                let Some(key) = r.key else {
+                    keyless.insert(h.base_offset);
+                    return;
+                };
+                let offset = h.base_offset + u64::from(r.offset_delta);
+                let expired = r.value.is_none()
+                    && h.first_timestamp.wrapping_add(r.timestamp_delta) < horizon;
+                match latest.get_mut(key) {
+                    Some(o) => *o = (offset, expired),
+                    None => {
+                        map_bytes += key.len() + MAP_ENTRY_OVERHEAD;
+                        latest.insert(key.into(), (offset, expired));
                     }
                 }
-            }
+            })?;
         }
         throttle.read(seg.bytes.len() as u64);
         mapped += 1;
@@ -277,10 +329,14 @@ pub fn clean_partition(
     // The producer state at `end` is durable before any batch is dropped.
     for seg in range.iter().filter(|s| s.next_offset > cleaned_to) {
         for batch in batches(seg) {
-            let batch = batch?;
-            if batch.header().base_offset >= cleaned_to {
-                let marker = marker_type(&batch).map(|k| k == ControlType::Commit);
-                table.replay(batch.header(), marker);
+            let (h, bytes) = batch?;
+            if h.base_offset >= cleaned_to {
+                let commit = if h.is_control() {
+                    marker(bytes)?.map(|k| k == ControlType::Commit)
+                } else {
+                    None
+                };
+                table.replay(&h, commit);
             }
         }
     }
@@ -301,8 +357,15 @@ pub fn clean_partition(
 
     // Pass 2: rewrite, packing consecutive segments into cleaned ones of
     // at most a segment's size, and swap each group in.
+    let mut kept: Vec<u64> = latest
+        .into_values()
+        .filter(|(_, expired)| !expired)
+        .map(|(offset, _)| offset)
+        .collect();
+    kept.sort_unstable();
     let mut rewrite = Rewrite {
-        latest: &latest,
+        kept: &kept,
+        keyless: &keyless,
         index: &index,
         empty_aborts: &empty_aborts,
         horizon,
@@ -322,7 +385,8 @@ pub fn clean_partition(
         let before = rewrite.removed;
         let mut seg_out = Vec::with_capacity(seg.bytes.len() / 2);
         for batch in batches(&seg) {
-            rewrite.batch(&batch?, &mut seg_out)?;
+            let (h, bytes) = batch?;
+            rewrite.batch(&h, bytes, &mut seg_out)?;
         }
         outcome.bytes_read += seg.bytes.len() as u64;
         throttle.read(seg.bytes.len() as u64);
@@ -362,7 +426,11 @@ fn swap(
 /// The second pass's state: what to keep, and the records kept so far of
 /// each producer's transaction that has not reached its marker yet.
 struct Rewrite<'a> {
-    latest: &'a HashMap<Box<[u8]>, u64>,
+    /// The offsets to keep of keyed records, sorted: each key's latest,
+    /// unless it is a tombstone past its retention.
+    kept: &'a [u64],
+    /// Base offsets of the batches with a record without a key.
+    keyless: &'a HashSet<u64>,
     index: &'a HashMap<i64, Vec<AbortedTxn>>,
     /// Abort markers removed, by producer and offset.
     empty_aborts: &'a HashSet<(i64, u64)>,
@@ -374,54 +442,82 @@ struct Rewrite<'a> {
 }
 
 impl Rewrite<'_> {
-    /// Appends what is kept of `batch` to `out`.
-    fn batch(&mut self, batch: &ValidBatch<'_>, out: &mut Vec<u8>) -> Result<(), BrokerError> {
-        let h = *batch.header();
+    /// How many offsets to keep lie in `[from, to]`.
+    fn kept_between(&self, from: u64, to: u64) -> u64 {
+        let lo = self.kept.partition_point(|&o| o < from);
+        let hi = self.kept.partition_point(|&o| o <= to);
+        (hi - lo) as u64
+    }
+
+    /// Appends what is kept of the batch with header `h` and `bytes`
+    /// (framing and CRC checked) to `out`. A batch that keeps all its
+    /// records or none is decided from the kept offsets alone, without
+    /// reading its records.
+    fn batch(
+        &mut self,
+        h: &BatchHeader,
+        bytes: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), BrokerError> {
+        let count = u64::from(h.record_count);
         if h.is_control() {
             let kept = self.kept_in_txn.remove(&h.producer_id).unwrap_or(0);
-            let gone = match marker_type(batch) {
+            let gone = match marker(bytes)? {
                 Some(ControlType::Abort) => {
                     self.empty_aborts.contains(&(h.producer_id, h.base_offset))
                 }
                 _ => kept == 0 && h.max_timestamp < self.horizon,
             };
             if gone {
-                self.removed += u64::from(h.record_count);
+                self.removed += count;
             } else {
-                out.extend_from_slice(batch.bytes());
+                out.extend_from_slice(bytes);
             }
             return Ok(());
         }
-        if aborted(&h, self.index) {
-            self.removed += u64::from(h.record_count);
+        if aborted(h, self.index) {
+            self.removed += count;
             return Ok(());
         }
+        let in_range = self.kept_between(h.base_offset, h.last_offset());
+        let kept = if self.keyless.contains(&h.base_offset) || (in_range > 0 && in_range < count) {
+            self.rewrite(h, bytes, out)?
+        } else {
+            if in_range == count {
+                out.extend_from_slice(bytes);
+            }
+            in_range
+        };
+        self.removed += count - kept;
+        if h.is_transactional() {
+            *self.kept_in_txn.entry(h.producer_id).or_default() += kept;
+        }
+        Ok(())
+    }
+
+    /// Appends the batch with only its kept records (all of them: the
+    /// batch as it is); returns how many it kept.
+    fn rewrite(
+        &self,
+        h: &BatchHeader,
+        bytes: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<u64, BrokerError> {
+        let batch = ValidBatch::new(bytes)?;
         let records = batch.records()?;
         let mut keep = Vec::with_capacity(h.record_count as usize);
         for r in records.iter() {
             let r = r?;
             let offset = h.base_offset + u64::from(r.offset_delta);
-            let timestamp = h.first_timestamp.wrapping_add(r.timestamp_delta);
-            let kept = match r.key {
-                None => true,
-                Some(key) => {
-                    self.latest.get(key) == Some(&offset)
-                        && (r.value.is_some() || timestamp >= self.horizon)
-                }
-            };
-            if kept {
+            if r.key.is_none() || self.kept.binary_search(&offset).is_ok() {
                 keep.push(r);
             }
         }
         let kept = keep.len() as u64;
-        self.removed += u64::from(h.record_count) - kept;
-        if h.is_transactional() {
-            *self.kept_in_txn.entry(h.producer_id).or_default() += kept;
-        }
         if kept == u64::from(h.record_count) {
-            out.extend_from_slice(batch.bytes());
+            out.extend_from_slice(bytes);
         } else if kept > 0 {
-            let mut b = BatchBuilder::rewriting(&h, batch.bytes().len());
+            let mut b = BatchBuilder::rewriting(h, bytes.len());
             for r in &keep {
                 let headers: Vec<(&[u8], Option<&[u8]>)> = r.headers().collect();
                 b.push_at(
@@ -437,7 +533,7 @@ impl Rewrite<'_> {
             // The base offset lies outside the CRC.
             ferry_proto::batch::patch_base_offset(&mut out[at..], h.base_offset);
         }
-        Ok(())
+        Ok(kept)
     }
 }
 

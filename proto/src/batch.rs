@@ -352,6 +352,11 @@ impl BatchHeader {
 
     /// The codec of the records, or `None` if bits 0–2 name none of the
     /// four (never for a header from [`BatchHeader::decode`]).
+    /// Whether the records are compressed.
+    pub fn is_compressed(&self) -> bool {
+        self.attributes & COMPRESSION_MASK != 0
+    }
+
     fn codec(&self) -> Option<Compression> {
         Compression::from_id((self.attributes & COMPRESSION_MASK) as u8)
     }
