@@ -190,6 +190,26 @@ async fn the_console_shows_watermarks_aborts_a_transaction_and_shows_lag_falling
     })
     .await;
     screenshot(&c, "topic").await;
+    // A topic's own settings.
+    ok(&ferry(
+        &addr,
+        &[
+            "topic",
+            "create",
+            "table",
+            "--config",
+            "cleanup.policy=compact",
+        ],
+        None,
+    ));
+    c.goto(&format!("{console}/topics/table")).await.unwrap();
+    wait_for_text(
+        &c,
+        "#configs tr[data-config='cleanup.policy'] td.value",
+        "cleanup.policy",
+        |t| t == "compact",
+    )
+    .await;
     // The record browser shows the values as JSON.
     c.goto(&format!("{console}/topics/orders/partitions/0?format=json"))
         .await

@@ -563,3 +563,45 @@ async fn a_produced_batch_with_gaps_is_refused_only_cleaning_makes_them() {
     let r = produce(&client, whole).await;
     assert_eq!(r.error_code, 0, "{}", r.error_message);
 }
+
+#[tokio::test]
+async fn retention_deletes_old_segments_of_delete_topics_and_leaves_compact_only_ones() {
+    let mut config = BrokerConfig::ephemeral();
+    config.log.retention_bytes = Some(4096);
+    config.cleaner.interval = std::time::Duration::from_secs(3600);
+    let broker = EmbeddedBroker::start(config).await.unwrap();
+    let state = broker.state().clone();
+    let small = ("segment.bytes", "4096");
+    for (name, policy) in [
+        ("deleted", "delete"),
+        ("compacted", "compact"),
+        ("both", "compact,delete"),
+    ] {
+        let c = ferry_broker::TopicConfig::from_pairs([("cleanup.policy", policy), small]).unwrap();
+        state.create_topic_with_config(name, 1, c).unwrap();
+        for i in 0..200u32 {
+            let mut b = BatchBuilder::new(1);
+            b.push(1, Some(format!("k{i}").as_bytes()), Some(&[7u8; 100]), &[]);
+            state.append(name, 0, &b.finish()).unwrap();
+        }
+    }
+    let s = state.clone();
+    tokio::task::spawn_blocking(move || s.apply_retention())
+        .await
+        .unwrap();
+    let start = |name: &str| {
+        state.topic(name).unwrap().partitions[0]
+            .log
+            .log_start_offset()
+    };
+    assert!(
+        start("deleted") > 0,
+        "retention deletes a delete topic's segments"
+    );
+    assert!(start("both") > 0, "and a compact,delete topic's");
+    assert_eq!(
+        start("compacted"),
+        0,
+        "a compact topic loses records only to cleaning"
+    );
+}
