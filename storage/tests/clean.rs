@@ -255,3 +255,55 @@ fn a_cleaning_that_keeps_nothing_leaves_an_empty_segment_that_reads_as_a_gap_and
     let first = log.read(0, 1, u64::MAX).unwrap();
     assert_eq!(ValidBatch::new(&first).unwrap().header().base_offset, end);
 }
+
+#[test]
+fn a_log_whose_last_file_is_a_cleaned_segment_reopens_with_a_new_active_segment_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = filled(dir.path(), 3);
+    let sealed = wait_sealed(&log, 3);
+    let end = sealed.last().unwrap().next_offset;
+    let before = contents(&log);
+    log.replace_segments(&sealed, &keep_even(&sealed)).unwrap();
+    log.close().unwrap();
+    drop(log);
+    // Every segment after the cleaned one is lost (a segment file whose
+    // directory entry never reached the disk).
+    for name in file_names(dir.path()) {
+        let base: u64 = name.split(['.', '-']).next().unwrap().parse().unwrap();
+        if base >= end {
+            std::fs::remove_file(dir.path().join(name)).unwrap();
+        }
+    }
+    let log = Log::open(dir.path(), config()).unwrap();
+    let expected: Vec<_> = after_keep_even(&before, end)
+        .into_iter()
+        .filter(|(o, _)| *o < end)
+        .collect();
+    // Read until the gap at the end of the cleaned range, which holds
+    // nothing to return.
+    let mut got = Vec::new();
+    let mut offset = 0;
+    loop {
+        let bytes = log.read(offset, 1, u64::MAX).unwrap();
+        let Some(batch) = BatchIter::new(&bytes).next() else {
+            break;
+        };
+        let h = *batch.unwrap().header();
+        got.push((h.base_offset, bytes.to_vec()));
+        offset = h.next_offset();
+    }
+    let offsets = |v: &[(u64, Vec<u8>)]| v.iter().map(|b| b.0).collect::<Vec<_>>();
+    assert_eq!(offsets(&got), offsets(&expected));
+    assert!(got == expected, "the kept batches read back as written");
+    assert_eq!(
+        log.next_offset(),
+        end,
+        "the log continues where the cleaned range ends"
+    );
+    let info = append(&log, &make_batch(5000, 2, 10));
+    assert_eq!(info.base_offset, end);
+    log.close().unwrap();
+    drop(log);
+    let log = Log::open(dir.path(), config()).unwrap();
+    assert_eq!(log.next_offset(), end + 2);
+}
