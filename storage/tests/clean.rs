@@ -9,6 +9,14 @@ use common::{append, make_batch, read_batches};
 use ferry_proto::batch::{BatchIter, ValidBatch};
 use ferry_storage::{FlushPolicy, Log, LogConfig, SealedSegment};
 
+/// The crash matrix sets failpoints for the whole process, which would
+/// fail the swaps of tests running beside it: every test here holds this.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn config() -> LogConfig {
     LogConfig {
         segment_bytes: 8192,
@@ -86,6 +94,7 @@ fn wait_sealed(log: &Log, at_least: usize) -> Vec<SealedSegment> {
 
 #[test]
 fn a_cleaned_segment_reads_across_its_gaps_and_survives_close_crash_and_a_lost_index() {
+    let _serial = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let log = filled(dir.path(), 4);
     let sealed = wait_sealed(&log, 4);
@@ -130,6 +139,7 @@ fn a_cleaned_segment_reads_across_its_gaps_and_survives_close_crash_and_a_lost_i
 
 #[test]
 fn cleaning_a_cleaned_segment_again_replaces_it_and_its_neighbour() {
+    let _serial = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let log = filled(dir.path(), 4);
     let sealed = wait_sealed(&log, 4);
@@ -166,6 +176,7 @@ fn cleaning_a_cleaned_segment_again_replaces_it_and_its_neighbour() {
 
 #[test]
 fn a_swap_that_no_longer_matches_the_log_changes_nothing() {
+    let _serial = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let log = filled(dir.path(), 3);
     let sealed = wait_sealed(&log, 3);
@@ -199,6 +210,7 @@ mod crash_matrix {
 
     #[test]
     fn a_crash_at_every_step_of_the_swap_leaves_the_old_segments_or_the_new_one() {
+        let _serial = one_at_a_time();
         let _scenario = fail::FailScenario::setup();
         for (step, committed) in STEPS {
             let dir = tempfile::tempdir().unwrap();
@@ -236,6 +248,7 @@ mod crash_matrix {
 
 #[test]
 fn a_cleaning_that_keeps_nothing_leaves_an_empty_segment_that_reads_as_a_gap_and_reopens() {
+    let _serial = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let log = filled(dir.path(), 3);
     let sealed = wait_sealed(&log, 3);
@@ -258,6 +271,7 @@ fn a_cleaning_that_keeps_nothing_leaves_an_empty_segment_that_reads_as_a_gap_and
 
 #[test]
 fn a_log_whose_last_file_is_a_cleaned_segment_reopens_with_a_new_active_segment_after_it() {
+    let _serial = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let log = filled(dir.path(), 3);
     let sealed = wait_sealed(&log, 3);
