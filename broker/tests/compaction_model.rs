@@ -102,6 +102,30 @@ async fn init(client: &Client, tid: &str) -> Producer {
     }
 }
 
+/// A broker whose cleaner runs only when a test asks, with the topic
+/// `TOPIC` of one partition created with `configs`.
+async fn start_with_table(configs: &[(&str, &str)]) -> (EmbeddedBroker, Client) {
+    let mut config = BrokerConfig::ephemeral();
+    config.cleaner.interval = std::time::Duration::from_secs(3600);
+    let broker = EmbeddedBroker::start(config).await.unwrap();
+    let client = Client::connect(&broker.addr_string()).await.unwrap();
+    let r = client
+        .raw()
+        .create_topic(v1::CreateTopicRequest {
+            name: TOPIC.into(),
+            partitions: 1,
+            configs: configs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.error_code, 0, "{}", r.error_message);
+    (broker, client)
+}
+
 async fn produce(client: &Client, bytes: bytes::Bytes) -> v1::ProduceResponse {
     client
         .raw()
@@ -298,28 +322,12 @@ async fn the_consumers_view_after_cleaning_is_the_latest_value_per_key() {
     println!("FERRY_SEED={seed}");
     let mut rng = StdRng::seed_from_u64(seed);
 
-    let mut config = BrokerConfig::ephemeral();
-    config.cleaner.interval = std::time::Duration::from_secs(3600);
-    let mut broker = EmbeddedBroker::start(config).await.unwrap();
-    let client = Client::connect(&broker.addr_string()).await.unwrap();
-    let r = client
-        .raw()
-        .create_topic(v1::CreateTopicRequest {
-            name: TOPIC.into(),
-            partitions: 1,
-            configs: [
-                ("cleanup.policy", "compact"),
-                ("segment.bytes", "4096"),
-                ("delete.retention.ms", "0"),
-            ]
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(r.error_code, 0, "{}", r.error_message);
+    let (mut broker, client) = start_with_table(&[
+        ("cleanup.policy", "compact"),
+        ("segment.bytes", "4096"),
+        ("delete.retention.ms", "0"),
+    ])
+    .await;
     let mut run = Run {
         client,
         model: Vec::new(),
@@ -463,24 +471,8 @@ fn find(dir: &std::path::Path, name: &str, out: &mut Vec<std::path::PathBuf>) {
 
 #[tokio::test]
 async fn a_producers_dedup_window_outlives_the_batches_cleaning_removed() {
-    let mut config = BrokerConfig::ephemeral();
-    config.cleaner.interval = std::time::Duration::from_secs(3600);
-    let broker = EmbeddedBroker::start(config).await.unwrap();
-    let client = Client::connect(&broker.addr_string()).await.unwrap();
-    let r = client
-        .raw()
-        .create_topic(v1::CreateTopicRequest {
-            name: TOPIC.into(),
-            partitions: 1,
-            configs: [("cleanup.policy", "compact"), ("segment.bytes", "4096")]
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(r.error_code, 0, "{}", r.error_message);
+    let (broker, client) =
+        start_with_table(&[("cleanup.policy", "compact"), ("segment.bytes", "4096")]).await;
     let now = ferry_proto::now_ms();
     let value = || Some("v".repeat(200));
     // Producer A writes key "a" three times; B then overwrites it and
