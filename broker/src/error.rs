@@ -131,6 +131,15 @@ pub enum BrokerError {
     /// Bad configuration.
     #[error("configuration error: {0}")]
     Config(String),
+    /// A record without a key, produced to a compacted topic: the cleaner
+    /// could never replace it.
+    #[error("{topic}/{partition} is compacted (cleanup.policy=compact): every record needs a key")]
+    KeyRequired {
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: u32,
+    },
     /// A topic setting was refused.
     #[error(transparent)]
     TopicConfig(#[from] crate::TopicConfigError),
@@ -168,6 +177,7 @@ impl BrokerError {
             BrokerError::InvalidRequest(_) | BrokerError::Config(_) => ErrorCode::InvalidRequest,
             BrokerError::ShuttingDown => ErrorCode::BrokerShuttingDown,
             BrokerError::TopicConfig(_) => ErrorCode::InvalidConfig,
+            BrokerError::KeyRequired { .. } => ErrorCode::InvalidRecord,
             BrokerError::Unauthorized(_) => ErrorCode::AuthorizationFailed,
             BrokerError::ProducerQuota { .. } => ErrorCode::ProducerIdQuotaExceeded,
             BrokerError::InvalidTxnState(_) => ErrorCode::InvalidTxnState,

@@ -337,6 +337,19 @@ impl BrokerState {
                 "control batches are written by the transaction coordinator only".into(),
             ));
         }
+        // A compacted topic keeps the latest record per key; a record
+        // without one could never be replaced.
+        if p.keys_required()
+            && valid
+                .records()?
+                .iter()
+                .any(|r| r.is_ok_and(|r| r.key.is_none()))
+        {
+            return Err(BrokerError::KeyRequired {
+                topic: topic.to_string(),
+                partition,
+            });
+        }
         // Only a cleaned batch may span more offsets than it holds records.
         if u64::from(header.record_count) != u64::from(header.last_offset_delta) + 1 {
             return Err(BrokerError::InvalidRequest(format!(

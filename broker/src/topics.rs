@@ -47,6 +47,8 @@ pub struct Partition {
     /// (`crate::cleaner`): a start that cannot use `snapshot_path` replays
     /// from there, never over batches cleaning removed.
     cleaned_snapshot_path: PathBuf,
+    /// Whether every record needs a key (a compacted topic).
+    keys_required: bool,
     settings: ProducerSettings,
     /// Bytes of batches appended and fetched since the broker started, for
     /// the console's rates.
@@ -60,6 +62,7 @@ impl Partition {
         id: u32,
         topic_dir: &Path,
         log_config: &LogConfig,
+        topic_config: &TopicConfig,
         settings: ProducerSettings,
     ) -> Result<Partition, BrokerError> {
         let log = Log::open(topic_dir.join(id.to_string()), log_config.clone())?;
@@ -74,6 +77,7 @@ impl Partition {
             producers: Mutex::new(producers),
             snapshot_path,
             cleaned_snapshot_path,
+            keys_required: topic_config.cleanup_policy.compacts(),
             settings,
             produced_bytes: AtomicU64::new(0),
             fetched_bytes: AtomicU64::new(0),
@@ -318,6 +322,11 @@ impl Partition {
         self.write_snapshot(&table)
     }
 
+    /// Whether every record needs a key (a compacted topic).
+    pub fn keys_required(&self) -> bool {
+        self.keys_required
+    }
+
     /// The producer-state settings (expiry).
     pub(crate) fn producer_settings(&self) -> ProducerSettings {
         self.settings
@@ -447,6 +456,7 @@ impl Topics {
                 id,
                 dir,
                 &log_config,
+                &meta.config,
                 settings,
             )?));
         }
@@ -567,6 +577,7 @@ impl Topics {
                 id,
                 &topic.dir,
                 &log_config,
+                &topic.config,
                 self.settings,
             )?));
         }

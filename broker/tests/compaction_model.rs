@@ -597,3 +597,33 @@ async fn retention_deletes_old_segments_of_delete_topics_and_leaves_compact_only
         "a compact topic loses records only to cleaning"
     );
 }
+
+#[tokio::test]
+async fn a_record_without_a_key_is_refused_by_a_compacted_topic_and_nothing_is_appended() {
+    let (broker, client) = start_with_table(&[("cleanup.policy", "compact")]).await;
+    let mut b = BatchBuilder::new(1);
+    b.push(1, Some(b"k"), Some(b"v"), &[]);
+    b.push(1, None, Some(b"no key"), &[]);
+    let r = produce(&client, b.finish()).await;
+    assert_eq!(
+        ferry_proto::ErrorCode::from_u32(r.error_code),
+        ferry_proto::ErrorCode::InvalidRecord,
+        "{}",
+        r.error_message
+    );
+    assert!(
+        r.error_message.contains("needs a key"),
+        "{}",
+        r.error_message
+    );
+    assert_eq!(client.high_watermark(TOPIC, 0).await, 0);
+    let mut b = BatchBuilder::new(1);
+    b.push(1, Some(b"k"), Some(b"v"), &[]);
+    let r = produce(&client, b.finish()).await;
+    assert_eq!(r.error_code, 0, "{}", r.error_message);
+    // A topic that is not compacted takes records without keys.
+    broker.state().create_topic("plain", 1).unwrap();
+    let mut b = BatchBuilder::new(1);
+    b.push(1, None, Some(b"no key"), &[]);
+    broker.state().append("plain", 0, &b.finish()).unwrap();
+}

@@ -98,11 +98,14 @@ pub enum ErrorCode {
     /// A topic setting the broker does not have, or a value it cannot
     /// take. Definite, and not retried.
     InvalidConfig = 40,
+    /// A record the topic cannot take: one without a key, produced to a
+    /// compacted topic. Definite, and not retried.
+    InvalidRecord = 41,
 }
 
 impl ErrorCode {
     /// Every code, in numeric order.
-    pub const ALL: [ErrorCode; 41] = [
+    pub const ALL: [ErrorCode; 42] = [
         ErrorCode::None,
         ErrorCode::Unknown,
         ErrorCode::CorruptMessage,
@@ -144,6 +147,7 @@ impl ErrorCode {
         ErrorCode::AuthenticationFailed,
         ErrorCode::AuthorizationFailed,
         ErrorCode::InvalidConfig,
+        ErrorCode::InvalidRecord,
     ];
 
     /// The code's wire number.
@@ -232,6 +236,7 @@ impl ErrorCode {
             ErrorCode::AuthenticationFailed => "authentication_failed",
             ErrorCode::AuthorizationFailed => "authorization_failed",
             ErrorCode::InvalidConfig => "invalid_config",
+            ErrorCode::InvalidRecord => "invalid_record",
         }
     }
 }
@@ -269,6 +274,7 @@ mod tests {
         assert_eq!(ErrorCode::AuthenticationFailed as u32, 38);
         assert_eq!(ErrorCode::AuthorizationFailed as u32, 39);
         assert_eq!(ErrorCode::InvalidConfig as u32, 40);
+        assert_eq!(ErrorCode::InvalidRecord as u32, 41);
     }
 
     #[test]

@@ -676,6 +676,13 @@ def compacted(bs):
         p.produce(topic, key=key, value="f" * 60)
         latest[key] = "f" * 60
     check(p.flush(30) == 0, "filler delivered")
+    # A record without a key cannot be compacted: refused, as Kafka does.
+    errors = []
+    plain = Producer({"bootstrap.servers": bs, "enable.idempotence": False, "retries": 0})
+    plain.produce(topic, value="no key", on_delivery=lambda err, msg: errors.append(err))
+    plain.flush(15)
+    check(len(errors) == 1 and errors[0] is not None and errors[0].code() == KafkaError.INVALID_RECORD,
+          f"a keyless record: {errors}")
 
     deadline = time.time() + 60
     while True:

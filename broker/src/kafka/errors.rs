@@ -36,6 +36,7 @@ pub(crate) mod code {
     pub const INVALID_PARTITIONS: i16 = 37;
     pub const INVALID_REPLICATION_FACTOR: i16 = 38;
     pub const INVALID_CONFIG: i16 = 40;
+    pub const INVALID_RECORD: i16 = 87;
     pub const INVALID_REQUEST: i16 = 42;
     pub const OUT_OF_ORDER_SEQUENCE_NUMBER: i16 = 45;
     pub const INVALID_PRODUCER_EPOCH: i16 = 47;
@@ -115,6 +116,7 @@ pub(crate) fn kafka_code(c: ErrorCode) -> i16 {
         // the refusal. Without one, the cluster's.
         ErrorCode::AuthorizationFailed => CLUSTER_AUTHORIZATION_FAILED,
         ErrorCode::InvalidConfig => INVALID_CONFIG,
+        ErrorCode::InvalidRecord => INVALID_RECORD,
     }
 }
 
