@@ -200,7 +200,8 @@ impl CompactionBench {
                 .name("ferry-cleaner".into())
                 .spawn(move || {
                     let t = Instant::now();
-                    let r = clean_partition(&p, &table, &settings, ferry_proto::now_ms(), true);
+                    let now = ferry_proto::now_ms();
+                    let r = clean_partition(&p, &table, &settings, now, true, &|| false);
                     let secs = t.elapsed().as_secs_f64();
                     done.store(true, Ordering::Release);
                     r.map(|o| (o, secs))

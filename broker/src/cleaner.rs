@@ -241,14 +241,24 @@ fn for_each_record(
 /// Cleans `p` if its dirty ratio has reached `config`'s, or whatever its
 /// ratio with `force`. `now_ms` is the clock tombstone and marker
 /// retention is measured against. Returns `None` when there was nothing
-/// to clean.
+/// to clean. `stop` is asked before each segment; once it says so the
+/// cleaning ends with `ShuttingDown`, leaving the groups swapped in so far
+/// (each swap is whole) and the rest as they were.
 pub fn clean_partition(
     p: &Partition,
     config: &TopicConfig,
     settings: &CleanerSettings,
     now_ms: i64,
     force: bool,
+    stop: &dyn Fn() -> bool,
 ) -> Result<Option<CleanOutcome>, BrokerError> {
+    let check = || {
+        if stop() {
+            Err(BrokerError::ShuttingDown)
+        } else {
+            Ok(())
+        }
+    };
     let mut range = cleanable(p)?;
     let (mut table, cleaned_to) = cleaned_state(p, &range);
     let dirty = ratio(&range, cleaned_to);
@@ -277,6 +287,7 @@ pub fn clean_partition(
     let mut in_txn: HashMap<i64, u64> = HashMap::new();
     let mut empty_aborts: HashSet<(i64, u64)> = HashSet::new();
     for seg in &range {
+        check()?;
         for batch in batches(seg) {
             let (h, bytes) = batch?;
             let h = &h;
@@ -382,6 +393,7 @@ pub fn clean_partition(
     let mut out: Vec<u8> = Vec::new();
     let mut group_removed = 0u64;
     for seg in range {
+        check()?;
         let before = rewrite.removed;
         let mut seg_out = Vec::with_capacity(seg.bytes.len() / 2);
         for batch in batches(&seg) {
@@ -567,7 +579,8 @@ pub fn clean_all(state: &crate::BrokerState, force: bool) -> Vec<CleanReport> {
                 ("partition", p.id.to_string()),
             ];
             let now = ferry_proto::now_ms();
-            match clean_partition(p, &topic.config, &settings, now, force) {
+            let stop = || state.is_shutting_down();
+            match clean_partition(p, &topic.config, &settings, now, force, &stop) {
                 Ok(Some(outcome)) => {
                     metrics::counter!("ferry_cleaner_bytes_read_total")
                         .increment(outcome.bytes_read);
@@ -589,9 +602,10 @@ pub fn clean_all(state: &crate::BrokerState, force: bool) -> Vec<CleanReport> {
                     });
                 }
                 Ok(None) => {}
+                Err(BrokerError::ShuttingDown) => return reports,
                 Err(e) => {
                     metrics::counter!("ferry_cleaner_failures_total").increment(1);
-                    tracing::warn!(topic = %topic.name, partition = p.id, error = %e, "cleaning failed; the log is as it was");
+                    tracing::warn!(topic = %topic.name, partition = p.id, error = %e, "cleaning failed; segments swapped in before the failure are whole, the rest are as they were");
                 }
             }
             if let Ok(r) = dirty_ratio(p) {

@@ -627,3 +627,45 @@ async fn a_record_without_a_key_is_refused_by_a_compacted_topic_and_nothing_is_a
     b.push(1, None, Some(b"no key"), &[]);
     broker.state().append("plain", 0, &b.finish()).unwrap();
 }
+
+#[tokio::test]
+async fn a_cleaning_asked_to_stop_ends_before_touching_the_log() {
+    let (broker, client) =
+        start_with_table(&[("cleanup.policy", "compact"), ("segment.bytes", "4096")]).await;
+    let mut p = init(&client, "").await;
+    for id in 0..60 {
+        let bytes = batch(&p, &[("k".into(), Some("v".repeat(200)), 1, id)]);
+        assert_eq!(produce(&client, bytes).await.error_code, 0);
+        p.seq += 1;
+    }
+    let (before, _) = consume(&client, false).await;
+    let state = broker.state().clone();
+    let topic = state.topic(TOPIC).unwrap();
+    let settings = state.config().cleaner;
+    let now = ferry_proto::now_ms();
+    let stopped = ferry_broker::cleaner::clean_partition(
+        &topic.partitions[0],
+        &topic.config,
+        &settings,
+        now,
+        true,
+        &|| true,
+    );
+    assert!(
+        matches!(stopped, Err(ferry_broker::BrokerError::ShuttingDown)),
+        "{stopped:?}"
+    );
+    assert_eq!(consume(&client, false).await.0, before);
+    let done = ferry_broker::cleaner::clean_partition(
+        &topic.partitions[0],
+        &topic.config,
+        &settings,
+        now,
+        true,
+        &|| false,
+    )
+    .unwrap()
+    .expect("something to clean");
+    assert!(done.records_removed > 0);
+    assert!(consume(&client, false).await.0.len() < before.len());
+}
