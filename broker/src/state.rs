@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use ferry_proto::batch::ValidBatch;
+use ferry_proto::batch::DecodedBatch;
 use ferry_storage::{AppendInfo, FlushPolicy};
 use futures::future::select_all;
 use tokio::sync::{Notify, watch};
@@ -330,8 +330,10 @@ impl BrokerState {
             });
         }
         let p = self.topics.partition(topic, partition)?;
-        let valid = ValidBatch::exact(batch)?;
-        let header = *valid.header();
+        // Decoded once: validation reads every record, and a compacted
+        // topic's key check reads them again from the same decompression.
+        let decoded = DecodedBatch::exact(batch)?;
+        let header = *decoded.header();
         if header.is_control() {
             return Err(BrokerError::InvalidRequest(
                 "control batches are written by the transaction coordinator only".into(),
@@ -340,8 +342,8 @@ impl BrokerState {
         // A compacted topic keeps the latest record per key; a record
         // without one could never be replaced.
         if p.keys_required()
-            && valid
-                .records()?
+            && decoded
+                .records()
                 .iter()
                 .any(|r| r.is_ok_and(|r| r.key.is_none()))
         {
@@ -381,7 +383,7 @@ impl BrokerState {
                 header.producer_id, header.producer_epoch, header.base_sequence
             )));
         }
-        let info = p.append(valid)?;
+        let info = p.append(decoded.into_batch())?;
         drop(_admitted);
         p.count_produced(batch.len());
         metrics::counter!("ferry_bytes_in_total").increment(batch.len() as u64);
