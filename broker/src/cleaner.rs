@@ -313,8 +313,7 @@ pub fn clean_partition(
                     return;
                 };
                 let offset = h.base_offset + u64::from(r.offset_delta);
-                let expired = r.value.is_none()
-                    && h.first_timestamp.wrapping_add(r.timestamp_delta) < horizon;
+                let expired = r.value.is_none() && h.record_timestamp(r.timestamp_delta) < horizon;
                 match latest.get_mut(key) {
                     Some(o) => *o = (offset, expired),
                     None => {

@@ -123,6 +123,8 @@ const COMPRESSION_MASK: u16 = 0b0000_0111;
 /// Set when the broker stamped the timestamps (LogAppendTime); Ferry
 /// accepts and keeps it, and writes CreateTime (0).
 const TIMESTAMP_TYPE_BIT: u16 = 1 << 3;
+/// A builder's max timestamp before its first record.
+const NO_RECORD_TIMESTAMP: i64 = i64::MIN;
 const TRANSACTIONAL_BIT: u16 = 1 << 4;
 const CONTROL_BIT: u16 = 1 << 5;
 const KNOWN_ATTRIBUTES: u16 =
@@ -348,6 +350,18 @@ impl BatchHeader {
     /// Whether the batch is a control batch (a transaction marker).
     pub fn is_control(&self) -> bool {
         self.attributes & CONTROL_BIT != 0
+    }
+
+    /// The timestamp of a record of this batch with `timestamp_delta`:
+    /// the first timestamp plus the delta, or under log-append time the
+    /// batch's max timestamp (the time the log appended it), as Kafka
+    /// readers take it.
+    pub fn record_timestamp(&self, timestamp_delta: i64) -> i64 {
+        if self.attributes & TIMESTAMP_TYPE_BIT != 0 {
+            self.max_timestamp
+        } else {
+            self.first_timestamp.wrapping_add(timestamp_delta)
+        }
     }
 
     /// The codec of the records, or `None` if bits 0–2 name none of the
@@ -904,7 +918,7 @@ impl BatchBuilder {
         BatchBuilder {
             buf,
             first_timestamp,
-            max_timestamp: first_timestamp,
+            max_timestamp: NO_RECORD_TIMESTAMP,
             count: 0,
             stamp: ProducerStamp::NONE,
             attributes: 0,
@@ -1131,7 +1145,13 @@ impl BatchBuilder {
             layout::FIRST_TIMESTAMP,
             &self.first_timestamp.to_be_bytes(),
         );
-        write(b, layout::MAX_TIMESTAMP, &self.max_timestamp.to_be_bytes());
+        // The largest record timestamp, whatever the first timestamp (the
+        // records' base) is: lookups by time and retention read it.
+        let max_timestamp = match self.max_timestamp {
+            NO_RECORD_TIMESTAMP => self.first_timestamp,
+            ts => ts,
+        };
+        write(b, layout::MAX_TIMESTAMP, &max_timestamp.to_be_bytes());
         write(
             b,
             layout::PRODUCER_ID,

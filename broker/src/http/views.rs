@@ -658,7 +658,7 @@ impl Http {
                     }
                     page.records.push(RecordView {
                         offset,
-                        timestamp_ms: header.first_timestamp.wrapping_add(record.timestamp_delta),
+                        timestamp_ms: header.record_timestamp(record.timestamp_delta),
                         key: record.key.map(BytesView::of),
                         value: record.value.map(BytesView::of),
                         headers: record

@@ -50,7 +50,7 @@ pub(super) fn decode_into(
                     topic: topic.clone(),
                     partition,
                     offset,
-                    timestamp: header.first_timestamp.wrapping_add(record.timestamp_delta),
+                    timestamp: header.record_timestamp(record.timestamp_delta),
                     key: record.key.map(|k| backing.slice_ref(k)),
                     value: record.value.map(|v| backing.slice_ref(v)),
                     headers: record

@@ -338,3 +338,31 @@ fn a_rewritten_batch_keeps_its_span_stamp_offsets_and_codec_with_gaps() {
     assert_eq!(left[0].timestamp_delta, 1);
     assert_eq!(left[0].key, Some(&[b'k', 1][..]));
 }
+
+#[test]
+fn the_max_timestamp_is_the_largest_records_even_below_the_first_timestamp() {
+    // A producer's accumulator starts a batch at its clock; records with
+    // their own, older timestamps must not leave the clock as the maximum.
+    let mut b = BatchBuilder::new(9_000);
+    b.push(1_000, None, Some(b"a"), &[]);
+    b.push(2_000, None, Some(b"b"), &[]);
+    let bytes = b.finish();
+    let batch = ValidBatch::exact(&bytes).unwrap();
+    assert_eq!(batch.header().max_timestamp, 2_000);
+    let first = batch.header().first_timestamp;
+    let records = batch.records().unwrap();
+    let stamps: Vec<i64> = records
+        .iter()
+        .map(|r| first + r.unwrap().timestamp_delta)
+        .collect();
+    assert_eq!(stamps, [1_000, 2_000]);
+    for codec in [Compression::Lz4, Compression::Zstd] {
+        let mut b = BatchBuilder::new(9_000);
+        b.push(1_500, None, Some(b"c"), &[]);
+        let bytes = b.finish_compressed(codec);
+        assert_eq!(
+            ValidBatch::exact(&bytes).unwrap().header().max_timestamp,
+            1_500
+        );
+    }
+}
