@@ -4,7 +4,7 @@
 //! ```text
 //! offset size field
 //!      0    4 magic          b"FIDX"
-//!      4    2 version        u16 LE = 1
+//!      4    2 version        u16 LE = 2 (1 is read: its entries are rebuilt)
 //!      6    2 reserved       zero
 //!      8    8 base_offset    u64 LE  must equal the segment's file name
 //!     16    8 valid_len      u64 LE  bytes of the .log file covered: durable and valid
@@ -14,8 +14,19 @@
 //!     44    4 entries_crc    u32 LE  CRC-32 of the entry bytes
 //!     48   12 reserved       zero
 //!     60    4 header_crc     u32 LE  CRC-32 of bytes [0, 60)
-//!     64  8×n entries        (relative_offset u32 LE, position u32 LE), both strictly increasing
+//!     64 16×n entries        (relative_offset u32 LE, position u32 LE,
+//!                             max_timestamp_before i64 LE)
 //! ```
+//!
+//! An entry's `relative_offset` and `position` strictly increase;
+//! `max_timestamp_before` (the largest batch `max_timestamp` of the batches
+//! before the entry's batch in this segment, `i64::MIN` if none) never
+//! decreases, so the same entries are the offset index and the time index:
+//! the first batch whose max timestamp reaches `t` lies between the last
+//! entry whose `max_timestamp_before` is below `t` and the next entry.
+//! Version 1 files (entries without the timestamp, 8 bytes each) keep
+//! their header, which still vouches for the segment; their entries are
+//! rebuilt by a scan when first needed.
 //!
 //! # Crash safety
 //!
@@ -40,12 +51,15 @@ use crate::config::MAX_SEGMENT_BYTES;
 
 /// First four bytes of an index file.
 pub const INDEX_MAGIC: [u8; 4] = *b"FIDX";
-/// The only index format version.
-pub const INDEX_VERSION: u16 = 1;
+/// The index format version written.
+pub const INDEX_VERSION: u16 = 2;
+/// The earlier version, whose header is still read (its entries are
+/// rebuilt).
+pub const INDEX_VERSION_WITHOUT_TIMESTAMPS: u16 = 1;
 /// Size of the fixed index header.
 pub const INDEX_HEADER_LEN: usize = 64;
 /// Size of one entry.
-pub const INDEX_ENTRY_LEN: usize = 8;
+pub const INDEX_ENTRY_LEN: usize = 16;
 /// Most entries one index can hold: one per batch of a largest segment.
 pub const MAX_INDEX_ENTRIES: u64 = MAX_SEGMENT_BYTES / HEADER_LEN as u64;
 /// `max_timestamp` of a segment without batches.
@@ -84,13 +98,17 @@ const _: () = assert!(layout::HEADER_CRC == 60);
 const _: () = assert!(MAX_INDEX_ENTRIES <= u32::MAX as u64);
 
 /// One sparse index entry: the batch starting at `position` has base offset
-/// `segment base + relative_offset`.
+/// `segment base + relative_offset`, and no batch before it in the segment
+/// has a timestamp above `max_timestamp_before`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct IndexEntry {
     /// Base offset of the batch minus the segment's base offset.
     pub relative_offset: u32,
     /// Byte position of the batch in the `.log` file.
     pub position: u32,
+    /// Largest batch max timestamp of the batches before this one in the
+    /// segment ([`NO_TIMESTAMP`] if none).
+    pub max_timestamp_before: i64,
 }
 
 /// The decoded index header.
@@ -108,6 +126,8 @@ pub struct IndexHeader {
     pub entry_count: u32,
     /// CRC of the entries.
     pub entries_crc: u32,
+    /// Format version the file was written in.
+    pub version: u16,
 }
 
 /// The outcome of reading something from disk: it is absent, it is there
@@ -167,7 +187,7 @@ impl IndexHeader {
             ));
         }
         let version = u16::from_le_bytes([b[layout::VERSION], b[layout::VERSION + 1]]);
-        if version != INDEX_VERSION {
+        if version != INDEX_VERSION && version != INDEX_VERSION_WITHOUT_TIMESTAMPS {
             return Err(format!("unsupported version {version}"));
         }
         let header = IndexHeader {
@@ -177,6 +197,7 @@ impl IndexHeader {
             max_timestamp: get_u64(b, layout::MAX_TIMESTAMP) as i64,
             entry_count: get_u32(b, layout::ENTRY_COUNT),
             entries_crc: get_u32(b, layout::ENTRIES_CRC),
+            version,
         };
         if header.valid_len > MAX_SEGMENT_BYTES {
             return Err(format!(
@@ -239,6 +260,12 @@ pub fn read(path: &Path) -> DiskRead<(IndexHeader, Vec<IndexEntry>)> {
 /// Reads the entries that `header` describes, checking the file length
 /// before allocating and the CRC and ordering after.
 pub fn read_entries(path: &Path, header: &IndexHeader) -> DiskRead<Vec<IndexEntry>> {
+    if header.version != INDEX_VERSION {
+        return DiskRead::Unreadable(format!(
+            "version {} entries carry no timestamps",
+            header.version
+        ));
+    }
     let mut file = match open_existing(path) {
         Ok(Some(f)) => f,
         Ok(None) => return DiskRead::Missing,
@@ -273,12 +300,19 @@ pub fn read_entries(path: &Path, header: &IndexHeader) -> DiskRead<Vec<IndexEntr
         let e = IndexEntry {
             relative_offset: get_u32(chunk, 0),
             position: get_u32(chunk, 4),
+            max_timestamp_before: get_u64(chunk, 8) as i64,
         };
         if let Some(prev) = entries.last() {
             let prev: &IndexEntry = prev;
             if e.relative_offset <= prev.relative_offset || e.position <= prev.position {
                 return DiskRead::Unreadable("entries not strictly increasing".into());
             }
+            if e.max_timestamp_before < prev.max_timestamp_before {
+                return DiskRead::Unreadable("entry timestamps decrease".into());
+            }
+        }
+        if e.max_timestamp_before > header.max_timestamp {
+            return DiskRead::Unreadable("entry timestamp above the segment's".into());
         }
         if u64::from(e.position) >= header.valid_len
             || header.base_offset + u64::from(e.relative_offset) >= header.next_offset
@@ -300,11 +334,13 @@ pub fn write(path: &Path, header: &IndexHeader, entries: &[IndexEntry]) -> io::R
     for e in entries {
         body.extend_from_slice(&e.relative_offset.to_le_bytes());
         body.extend_from_slice(&e.position.to_le_bytes());
+        body.extend_from_slice(&e.max_timestamp_before.to_le_bytes());
     }
     let header = IndexHeader {
         entry_count: u32::try_from(entries.len())
             .map_err(|_| io::Error::other("too many index entries"))?,
         entries_crc: crc32fast::hash(&body),
+        version: INDEX_VERSION,
         ..*header
     };
     let mut bytes = Vec::with_capacity(INDEX_HEADER_LEN + body.len());
@@ -325,6 +361,7 @@ mod tests {
             max_timestamp: 42,
             entry_count: 0,
             entries_crc: 0,
+            version: INDEX_VERSION,
         }
     }
 
@@ -336,10 +373,12 @@ mod tests {
             IndexEntry {
                 relative_offset: 10,
                 position: 4096,
+                max_timestamp_before: 7,
             },
             IndexEntry {
                 relative_offset: 20,
                 position: 4500,
+                max_timestamp_before: 7,
             },
         ];
         write(&path, &header(), &entries).unwrap();
@@ -362,6 +401,7 @@ mod tests {
             &[IndexEntry {
                 relative_offset: 1,
                 position: 64,
+                max_timestamp_before: 3,
             }],
         )
         .unwrap();
@@ -378,5 +418,42 @@ mod tests {
         }
         std::fs::remove_file(&path).unwrap();
         assert!(matches!(read(&path), DiskRead::Missing));
+    }
+
+    #[test]
+    fn a_version_1_header_is_trusted_and_its_entries_are_left_to_a_rebuild() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.index");
+        write(&path, &header(), &[]).unwrap();
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[layout::VERSION..layout::VERSION + 2]
+            .copy_from_slice(&INDEX_VERSION_WITHOUT_TIMESTAMPS.to_le_bytes());
+        let crc = crc32fast::hash(&bytes[..layout::HEADER_CRC]);
+        bytes[layout::HEADER_CRC..layout::ENTRIES].copy_from_slice(&crc.to_le_bytes());
+        std::fs::write(&path, &bytes).unwrap();
+        let DiskRead::Present(h) = read_header(&path) else {
+            panic!("a version 1 header is readable")
+        };
+        assert_eq!((h.version, h.valid_len), (1, 5000));
+        assert!(
+            matches!(read_entries(&path, &h), DiskRead::Unreadable(r) if r.contains("version 1"))
+        );
+    }
+
+    #[test]
+    fn entry_timestamps_that_decrease_or_pass_the_segment_are_unreadable() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.index");
+        let entry = |relative_offset, position, max_timestamp_before| IndexEntry {
+            relative_offset,
+            position,
+            max_timestamp_before,
+        };
+        write(&path, &header(), &[entry(1, 64, 9), entry(2, 128, 8)]).unwrap();
+        assert!(matches!(read(&path), DiskRead::Unreadable(r) if r.contains("decrease")));
+        write(&path, &header(), &[entry(1, 64, 43)]).unwrap();
+        assert!(matches!(read(&path), DiskRead::Unreadable(r) if r.contains("above")));
+        write(&path, &header(), &[entry(1, 64, 8), entry(2, 128, 42)]).unwrap();
+        assert!(matches!(read(&path), DiskRead::Present(_)));
     }
 }

@@ -242,6 +242,7 @@ pub fn scan(
             entries.push(IndexEntry {
                 relative_offset: relative,
                 position,
+                max_timestamp_before: max_ts,
             });
         }
         next = batch_next;
@@ -688,11 +689,13 @@ impl Segment {
     }
 
     /// Base offset of the first published batch whose max timestamp is at
-    /// least `timestamp_ms`.
+    /// least `timestamp_ms`. The index says where to start: batches before
+    /// the last entry whose `max_timestamp_before` is below the time all
+    /// lie below it, and the batch sought comes before the next entry; so
+    /// the walk reads at most one index interval of batch headers.
     pub fn offset_for_timestamp(&self, timestamp_ms: i64) -> Result<Option<u64>, StorageError> {
         let end = self.data_len();
-        let mut pos = 0;
-        let mut expected = self.base_offset;
+        let (mut pos, mut expected) = self.time_lookup(timestamp_ms)?;
         while pos < end {
             let header = self.batch_at(pos, end, expected)?;
             if header.max_timestamp >= timestamp_ms {
@@ -702,6 +705,22 @@ impl Segment {
             pos += u64::from(header.batch_len);
         }
         Ok(None)
+    }
+
+    /// The position to start looking for `timestamp_ms` at, and the base
+    /// offset of the batch there.
+    fn time_lookup(&self, timestamp_ms: i64) -> Result<(u64, u64), StorageError> {
+        self.ensure_entries()?;
+        let guard = self.entries.read();
+        let entries = guard.as_deref().unwrap_or(&[]);
+        let i = entries.partition_point(|e| e.max_timestamp_before < timestamp_ms);
+        Ok(match i.checked_sub(1).map(|i| entries[i]) {
+            None => (0, self.base_offset),
+            Some(e) => (
+                u64::from(e.position),
+                self.base_offset + u64::from(e.relative_offset),
+            ),
+        })
     }
 
     /// Writes the index covering the durable prefix, unless one covering as
@@ -729,6 +748,7 @@ impl Segment {
             max_timestamp: durable.max_timestamp,
             entry_count: 0,
             entries_crc: 0,
+            version: index::INDEX_VERSION,
         };
         index::write(&self.index_path, &header, &entries)
             .map_err(|e| StorageError::io("write index", &self.index_path, e))?;
@@ -825,6 +845,7 @@ mod tests {
         let e = IndexEntry {
             relative_offset: 1,
             position: 10,
+            max_timestamp_before: NO_TIMESTAMP,
         };
         assert!(!wants_entry(19, Some(&e), 10));
         assert!(wants_entry(20, Some(&e), 10));

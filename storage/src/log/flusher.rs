@@ -214,6 +214,9 @@ impl Inner {
         }
         let old_writer = std::mem::replace(&mut app.writer, new_writer);
         let old = std::mem::replace(&mut app.active, new_seg.clone());
+        // The timestamps a segment's index and checkpoint record are its
+        // own, as a scan of it finds them.
+        app.max_timestamp = NO_TIMESTAMP;
         assert!(
             self.segments
                 .read()

@@ -237,7 +237,13 @@ impl Log {
             .write(pos, bytes)
             .and_then(|()| app.writer.write(pos, &prefix))
             .map_err(|e| StorageError::io("append", &seg.log_path, e))?;
-        index_batch(&seg, base, pos, inner.config.index_interval_bytes);
+        index_batch(
+            &seg,
+            base,
+            pos,
+            app.max_timestamp,
+            inner.config.index_interval_bytes,
+        );
         debug_assert!(next > base, "offsets strictly increase on append");
         app.next_offset = next;
         app.max_timestamp = app.max_timestamp.max(header.max_timestamp);
@@ -547,9 +553,10 @@ impl Log {
         self.inner.recovery
     }
 
-    /// Per segment: the sparse index as `(absolute offset, position)`.
+    /// Per segment: the sparse index as `(absolute offset, position,
+    /// max timestamp before)`.
     #[doc(hidden)]
-    pub fn index_entries(&self) -> Result<Vec<Vec<(u64, u64)>>, StorageError> {
+    pub fn index_entries(&self) -> Result<Vec<Vec<AbsoluteEntry>>, StorageError> {
         let segs = self.inner.segments.read().clone();
         segs.iter()
             .map(|s| Ok(absolute(s, &s.entries()?)))
@@ -558,7 +565,7 @@ impl Log {
 
     /// Per segment: the sparse index rebuilt from scratch by a full scan.
     #[doc(hidden)]
-    pub fn rebuilt_index_entries(&self) -> Result<Vec<Vec<(u64, u64)>>, StorageError> {
+    pub fn rebuilt_index_entries(&self) -> Result<Vec<Vec<AbsoluteEntry>>, StorageError> {
         let segs = self.inner.segments.read().clone();
         segs.iter()
             .map(|s| Ok(absolute(s, &s.rebuild_entries()?)))
@@ -579,25 +586,33 @@ impl Log {
 }
 
 /// Adds the sparse index entry for a batch appended at `pos`, if one is
-/// due. The rule is the one a scan uses, so a rebuilt index is the same.
-fn index_batch(seg: &Segment, base: u64, pos: u64, interval_bytes: u32) {
+/// due; `max_timestamp_before` is the segment's largest timestamp before
+/// the batch. The rule is the one a scan uses, so a rebuilt index is the
+/// same.
+fn index_batch(seg: &Segment, base: u64, pos: u64, max_timestamp_before: i64, interval_bytes: u32) {
     let mut entries = seg.entries.write();
     let entries = entries.get_or_insert_with(Vec::new);
     if wants_entry(pos, entries.last(), interval_bytes) {
         entries.push(IndexEntry {
             relative_offset: (base - seg.base_offset) as u32,
             position: pos as u32,
+            max_timestamp_before,
         });
     }
 }
 
-fn absolute(seg: &Segment, entries: &[IndexEntry]) -> Vec<(u64, u64)> {
+/// An index entry as tests compare them: `(absolute offset, position, max
+/// timestamp before)`.
+pub type AbsoluteEntry = (u64, u64, i64);
+
+fn absolute(seg: &Segment, entries: &[IndexEntry]) -> Vec<AbsoluteEntry> {
     entries
         .iter()
         .map(|e| {
             (
                 seg.base_offset + u64::from(e.relative_offset),
                 u64::from(e.position),
+                e.max_timestamp_before,
             )
         })
         .collect()

@@ -377,6 +377,111 @@ fn offset_for_timestamp_finds_the_first_batch_that_reaches_it() {
     assert_eq!(log.offset_for_timestamp(52).unwrap(), None);
 }
 
+/// The first of `batches` (base offset, max timestamp) whose max timestamp
+/// reaches `t`: what a walk of every batch finds.
+fn first_reaching(batches: &[(u64, i64)], t: i64) -> Option<u64> {
+    batches.iter().find(|(_, ts)| *ts >= t).map(|(o, _)| *o)
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(32))]
+
+    /// Timestamps in any order (CreateTime is the producer's): the lookup
+    /// through the time entries, while appending, after a close (entries
+    /// from the files) and after a crash (entries rebuilt by recovery),
+    /// equals a walk of every batch.
+    #[test]
+    fn a_time_lookup_through_the_index_finds_what_a_walk_of_every_batch_finds(
+        stamps in proptest::collection::vec(0i64..1000, 1..120),
+        probes in proptest::collection::vec(-5i64..1010, 1..40),
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut batches = Vec::new();
+        let check = |log: &Log, batches: &[(u64, i64)]| {
+            for &t in &probes {
+                proptest::prop_assert_eq!(
+                    log.offset_for_timestamp(t).unwrap(),
+                    first_reaching(batches, t),
+                    "timestamp {}", t
+                );
+            }
+            assert_index_matches_a_rebuild(log);
+            Ok(())
+        };
+        {
+            let log = Log::open(dir.path(), config(4096, FlushPolicy::Never)).unwrap();
+            for &ts in &stamps {
+                batches.push((append(&log, &batch(ts, 1, 200)).base_offset, ts));
+            }
+            check(&log, &batches)?;
+            log.close().unwrap();
+        }
+        {
+            let log = Log::open(dir.path(), config(4096, FlushPolicy::Never)).unwrap();
+            check(&log, &batches)?;
+            for &ts in stamps.iter().rev().take(10) {
+                batches.push((append(&log, &batch(ts, 1, 200)).base_offset, ts));
+            }
+        }
+        let log = Log::open(dir.path(), config(4096, FlushPolicy::Never)).unwrap();
+        check(&log, &batches)?;
+    }
+}
+
+#[test]
+fn a_time_lookup_reads_batch_headers_from_its_index_entry_not_the_segment_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let segs = {
+        let log = Log::open(dir.path(), config(64 * 1024, FlushPolicy::Never)).unwrap();
+        for ts in 0..40 {
+            append(&log, &batch(ts * 10, 1, 200));
+        }
+        log.close().unwrap();
+        log.segments()
+    };
+    // Damage the first batch's length: any walk from position 0 now fails.
+    let mut data = std::fs::read(&segs[0].log_path).unwrap();
+    data[ferry_proto::batch::layout::BATCH_LEN..ferry_proto::batch::layout::BATCH_LEN + 4]
+        .copy_from_slice(&i32::MAX.to_be_bytes());
+    std::fs::write(&segs[0].log_path, &data).unwrap();
+    let log = Log::open(dir.path(), config(64 * 1024, FlushPolicy::Never)).unwrap();
+    assert!(matches!(
+        log.offset_for_timestamp(0),
+        Err(StorageError::Corrupt { position: 0, .. })
+    ));
+    // Batches are 200-odd bytes and entries 512 bytes apart: timestamp 300
+    // is batch 30, found from the entry before it.
+    assert_eq!(log.offset_for_timestamp(300).unwrap(), Some(30));
+    assert_eq!(log.offset_for_timestamp(391).unwrap(), None);
+}
+
+#[test]
+fn each_segment_records_its_own_max_timestamp_not_the_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let segs = {
+        let log = Log::open(dir.path(), config(4096, FlushPolicy::Never)).unwrap();
+        // Two batches per segment; the late timestamp comes first, so a
+        // running maximum over the whole log would stamp every later
+        // segment with it.
+        for ts in [9000, 100, 110, 120, 130, 140] {
+            append(&log, &batch(ts, 1, 1500));
+        }
+        log.close().unwrap();
+        log.segments()
+    };
+    let recorded: Vec<i64> = segs
+        .iter()
+        .map(|s| match index::read_header(&s.index_path) {
+            index::DiskRead::Present(h) => h.max_timestamp,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(recorded, vec![9000, 120, 140]);
+    let log = Log::open(dir.path(), config(4096, FlushPolicy::Never)).unwrap();
+    assert_eq!(log.offset_for_timestamp(9001).unwrap(), None);
+    assert_index_matches_a_rebuild(&log);
+}
+
 #[test]
 fn a_missing_sealed_index_is_rebuilt_and_a_corrupt_sealed_segment_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
@@ -463,6 +568,7 @@ fn unseal(seg: &SegmentInfo, batch_len: usize) {
         max_timestamp: 1,
         entry_count: 0,
         entries_crc: 0,
+        version: index::INDEX_VERSION,
     };
     index::write(&seg.index_path, &header, &[]).unwrap();
 }
