@@ -371,6 +371,49 @@ fn consume_exit_at_end_exits_once_caught_up_and_stops_at_the_last_stable_offset(
 }
 
 #[test]
+fn consume_from_a_time_starts_at_the_first_record_at_or_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start_broker(&dir.path().join("d"), "127.0.0.1:0");
+    let addr = broker.addr().to_string();
+    let limit = Duration::from_secs(30);
+    common::create_topic(&addr, "t", 1);
+    for ts in ["1000", "2000", "3000"] {
+        let input: String = (0..3).map(|i| format!("{ts}-{i}\n")).collect();
+        common::ok(&ferry(
+            &addr,
+            &["produce", "t", "--timestamp", ts],
+            Some(&input),
+        ));
+    }
+    let values_from = |from: &str| -> Vec<String> {
+        let out = ferry_within(
+            &addr,
+            &["consume", "t", "--from", from, "--exit-at-end"],
+            limit,
+        );
+        json_lines(&common::ok(&out).stdout)
+            .iter()
+            .map(|r| r["value"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(
+        values_from("2000"),
+        ["2000-0", "2000-1", "2000-2", "3000-0", "3000-1", "3000-2"]
+    );
+    assert_eq!(
+        values_from("1970-01-01T00:00:02.5Z"),
+        ["3000-0", "3000-1", "3000-2"]
+    );
+    assert_eq!(values_from("0").len(), 9);
+    assert!(values_from("3001").is_empty());
+    let out = ferry_within(&addr, &["consume", "t", "--from", "yesterday"], limit);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("RFC 3339"), "{err}");
+    broker.sigterm().ok();
+}
+
+#[test]
 fn broker_logs_to_a_pipe_are_plain_text_and_a_fresh_start_and_restart_warn_of_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use ferry_proto::batch::DecodedBatch;
+use ferry_proto::batch::{DecodedBatch, DecodedBatchIter};
 use ferry_storage::{AppendInfo, FlushPolicy};
 use futures::future::select_all;
 use tokio::sync::{Notify, watch};
@@ -658,10 +658,10 @@ impl BrokerState {
         Ok(match spec {
             OffsetSpec::Earliest => p.log.log_start_offset(),
             OffsetSpec::Latest => visible,
-            OffsetSpec::ByTimestamp(ts) => p
-                .log
-                .offset_for_timestamp(ts)?
-                .map_or(visible, |o| o.min(visible)),
+            OffsetSpec::ByTimestamp(ts) => match p.log.offset_for_timestamp(ts)? {
+                None => visible,
+                Some(base) => first_record_at_or_after(&p, base, ts)?.min(visible),
+            },
         })
     }
 
@@ -994,4 +994,28 @@ impl BrokerState {
 /// dropped here, so callers can hold this future across awaits.
 pub(crate) async fn shutdown_begun(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await;
+}
+
+/// The offset of the first record with a timestamp at or after `ts` in the
+/// batch at `base`, which the log found as the first batch whose max
+/// timestamp reaches `ts`: a lookup by time answers per record, as
+/// Kafka's does, so that a consumer seeking there reads nothing older
+/// from that batch. A control batch answers with its base offset.
+fn first_record_at_or_after(p: &Partition, base: u64, ts: i64) -> Result<u64, BrokerError> {
+    let bytes = p.log.read(base, 1, u64::MAX)?;
+    let Some(batch) = DecodedBatchIter::new(&bytes).next() else {
+        return Ok(base);
+    };
+    let batch = batch?;
+    let header = batch.header();
+    if header.is_control() {
+        return Ok(header.base_offset);
+    }
+    for record in batch.records().iter() {
+        let record = record?;
+        if header.record_timestamp(record.timestamp_delta) >= ts {
+            return Ok(header.base_offset + u64::from(record.offset_delta));
+        }
+    }
+    Ok(header.base_offset)
 }

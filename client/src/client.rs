@@ -186,8 +186,9 @@ pub enum OffsetSpec {
     Earliest,
     /// The high watermark: the offset the next record will get.
     Latest,
-    /// The first offset whose batch has a timestamp at or after this many
-    /// milliseconds since the Unix epoch, or the high watermark if none.
+    /// The offset of the first record with a timestamp at or after this
+    /// many milliseconds since the Unix epoch, or the high watermark if
+    /// none.
     Timestamp(i64),
 }
 

@@ -25,10 +25,11 @@ pub struct ConsumeArgs {
     /// --partition: only commit its offsets).
     #[arg(long)]
     group: Option<String>,
-    /// Where to start: earliest, latest, or committed (the group's
-    /// committed offset, else earliest). A group member resumes from the
-    /// group's committed offsets wherever there are some; this says where
-    /// the partitions without start.
+    /// Where to start: earliest, latest, committed (the group's committed
+    /// offset, else earliest), or a time, as milliseconds since the epoch
+    /// or RFC 3339 (2026-12-04T10:00:00Z): the first record at or after it. A group member resumes from the group's committed
+    /// offsets wherever there are some; this says where the partitions
+    /// without start.
     #[arg(long, default_value = "committed")]
     from: StartFrom,
     /// none; before (commit, then print: at-most-once); after (print, then

@@ -138,6 +138,17 @@ def basic(bs):
         by_part.setdefault(m.partition(), []).append(m.offset())
     for part, offs in by_part.items():
         check(offs == list(range(len(offs))), f"partition {part} offsets {offs[:5]}...")
+    # ListOffsets by time names the first record at or after it, in the
+    # middle of a batch too; past every record it is the end.
+    stamps = {}
+    for m in msgs:
+        stamps.setdefault(m.partition(), []).append((m.offset(), m.timestamp()[1]))
+    for t in (1_700_000_000_000 + 150, 1_700_000_000_000 + 10_000):
+        found = c.offsets_for_times([TopicPartition(topic, part, t) for part in stamps], timeout=10)
+        for tp in found:
+            want = next((o for o, ts in sorted(stamps[tp.partition]) if ts >= t), len(stamps[tp.partition]))
+            check(tp.error is None and tp.offset == want,
+                  f"offsets_for_times({t}) partition {tp.partition}: {tp.offset}, want {want}")
     c.commit(asynchronous=False)
     committed = c.committed([TopicPartition(topic, i) for i in range(3)], timeout=10)
     for tp in committed:

@@ -110,8 +110,12 @@ pub enum IsolationLevel {
 /// For a partition the group assigned to a subscribed member, the group's
 /// committed offset always wins (partitions moving between members resume
 /// where the last owner committed, as Kafka's `auto.offset.reset` works);
-/// `Earliest` and `Latest` then only say where a partition with no
-/// committed offset starts. For a manual assignment they apply as they say.
+/// `Earliest`, `Latest` and `Timestamp` then only say where a partition
+/// with no committed offset starts. For a manual assignment they apply as
+/// they say.
+///
+/// Parsed from `earliest`, `latest`, `committed`, a number of milliseconds
+/// since the Unix epoch, or an RFC 3339 time (`2026-12-04T10:00:00Z`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StartFrom {
     /// The log start offset.
@@ -121,6 +125,54 @@ pub enum StartFrom {
     /// The group's committed offset, or the earliest offset when the group
     /// committed none for the partition (or there is no group).
     Committed,
+    /// The first record at or after this many milliseconds since the
+    /// Unix epoch (Kafka's `offsetsForTimes`), or the high
+    /// watermark if there is none. A position that later falls out of the
+    /// log resets to the earliest offset.
+    Timestamp(i64),
+}
+
+impl FromStr for StartFrom {
+    type Err = ClientError;
+
+    fn from_str(s: &str) -> Result<StartFrom, ClientError> {
+        match s {
+            "earliest" => return Ok(StartFrom::Earliest),
+            "latest" => return Ok(StartFrom::Latest),
+            "committed" => return Ok(StartFrom::Committed),
+            _ => {}
+        }
+        if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+            return s.parse().map(StartFrom::Timestamp).map_err(|_| {
+                ClientError::InvalidArgument(format!("timestamp {s:?} is out of range"))
+            });
+        }
+        let time = humantime::parse_rfc3339_weak(s).map_err(|_| {
+            ClientError::InvalidArgument(format!(
+                "unknown start position {s:?}: expected earliest, latest, committed, \
+                 milliseconds since the epoch, or an RFC 3339 time such as 2026-12-04T10:00:00Z"
+            ))
+        })?;
+        let ms = time
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()
+            .and_then(|d| i64::try_from(d.as_millis()).ok())
+            .ok_or_else(|| {
+                ClientError::InvalidArgument(format!("time {s:?} is before the Unix epoch"))
+            })?;
+        Ok(StartFrom::Timestamp(ms))
+    }
+}
+
+impl std::fmt::Display for StartFrom {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartFrom::Earliest => f.write_str("earliest"),
+            StartFrom::Latest => f.write_str("latest"),
+            StartFrom::Committed => f.write_str("committed"),
+            StartFrom::Timestamp(ms) => write!(f, "{ms}"),
+        }
+    }
 }
 
 macro_rules! string_enum {
@@ -158,13 +210,6 @@ string_enum!(
     "isolation level",
     ReadUncommitted => "read-uncommitted",
     ReadCommitted => "read-committed",
-);
-string_enum!(
-    StartFrom,
-    "start position",
-    Earliest => "earliest",
-    Latest => "latest",
-    Committed => "committed",
 );
 
 /// Consumer settings.
@@ -504,14 +549,22 @@ impl Consumer {
                 }
                 _ => None,
             };
-            let position = match offsets.and_then(|o| o.get(partition)) {
-                Some(offset) => *offset,
-                None if self.config.start_from == StartFrom::Latest => {
+            let position = match (
+                offsets.and_then(|o| o.get(partition)),
+                self.config.start_from,
+            ) {
+                (Some(offset), _) => *offset,
+                (None, StartFrom::Latest) => {
                     self.client
                         .list_offsets(topic, *partition, OffsetSpec::Latest)
                         .await?
                 }
-                None => self.earliest(topic, *partition).await?,
+                (None, StartFrom::Timestamp(ms)) => {
+                    self.client
+                        .list_offsets(topic, *partition, OffsetSpec::Timestamp(ms))
+                        .await?
+                }
+                (None, _) => self.earliest(topic, *partition).await?,
             };
             resolved.push((topic, *partition, position));
         }
@@ -888,8 +941,29 @@ mod tests {
         ] {
             assert_eq!(l.to_string().parse::<IsolationLevel>().unwrap(), l);
         }
-        for s in [StartFrom::Earliest, StartFrom::Latest, StartFrom::Committed] {
+        for s in [
+            StartFrom::Earliest,
+            StartFrom::Latest,
+            StartFrom::Committed,
+            StartFrom::Timestamp(1_764_842_400_000),
+        ] {
             assert_eq!(s.to_string().parse::<StartFrom>().unwrap(), s);
+        }
+        assert_eq!(
+            "2025-12-04T10:00:00Z".parse::<StartFrom>().unwrap(),
+            StartFrom::Timestamp(1_764_842_400_000)
+        );
+        assert_eq!(
+            "1970-01-01T00:00:02.5Z".parse::<StartFrom>().unwrap(),
+            StartFrom::Timestamp(2500)
+        );
+        for bad in [
+            "",
+            "yesterday",
+            "99999999999999999999",
+            "2025-13-01T00:00:00Z",
+        ] {
+            assert!(bad.parse::<StartFrom>().is_err(), "{bad:?}");
         }
     }
 
