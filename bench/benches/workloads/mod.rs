@@ -21,6 +21,13 @@ pub fn batch(record_bytes: usize, batch_bytes: usize) -> Bytes {
     b.finish()
 }
 
+/// A batch of one `record_bytes`-byte value stamped `timestamp`.
+pub fn batch_at(timestamp: i64, record_bytes: usize) -> Bytes {
+    let mut b = BatchBuilder::with_capacity(timestamp, record_bytes + 128);
+    b.push(timestamp, None, Some(&vec![0x5a_u8; record_bytes]), &[]);
+    b.finish()
+}
+
 fn never() -> LogConfig {
     LogConfig {
         flush: FlushPolicy::Never,
