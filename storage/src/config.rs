@@ -13,14 +13,14 @@ pub const MAX_SEGMENT_BYTES: u64 = 1 << 31;
 /// Longest flush interval accepted (one day); longer is surely a typo.
 pub const MAX_FLUSH_INTERVAL_MS: u64 = 24 * 60 * 60 * 1000;
 
-/// When appended bytes are made durable (msync).
+/// When appended bytes are made durable (fdatasync).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum FlushPolicy {
-    /// Group commit: a flusher thread msyncs everything appended since its
+    /// Group commit: a flusher thread syncs everything appended since its
     /// last flush, as soon as there is something to flush.
     #[default]
     Always,
-    /// The flusher thread msyncs every interval.
+    /// The flusher thread syncs every interval.
     Interval(Duration),
     /// Only explicit [`crate::Log::flush`], segment roll and close flush.
     Never,

@@ -1,32 +1,48 @@
-//! The only module with `unsafe`: the two memory maps of a segment file.
+//! The only module with `unsafe`: the read map of a segment file, and the
+//! writer that appends to the file underneath it.
 //!
-//! A segment file is mapped twice, with `MAP_SHARED`, so both maps see the
-//! same page-cache pages:
+//! A segment file is written with `pwrite` and read through one shared,
+//! read-only map (`MAP_SHARED`, `PROT_READ`). Both go through the same
+//! page-cache pages, so what the writer puts into the file is what the map
+//! shows:
 //!
-//! * a **write map** ([`Writer`]), `PROT_READ | PROT_WRITE`, owned by the
-//!   single appender and dropped when the segment is sealed;
-//! * a **read map** ([`ReadMap`]), `PROT_READ`, shared by every reader
-//!   through an `Arc` and kept alive by the `Bytes` it hands out.
+//! * the **writer** ([`Writer`]) is owned by the single appender; it writes
+//!   with positioned writes (`pwrite`/`pwritev`) and syncs with
+//!   `fdatasync`;
+//! * the **read map** ([`ReadMap`]) is shared by every reader through an
+//!   `Arc` and kept alive by the `Bytes` it hands out, which is what makes
+//!   fetches zero-copy.
+//!
+//! # Why the writer does not write through a map
+//!
+//! The first store to each page of a writable file map faults: the kernel
+//! allocates a page-cache page, zero-fills all of it, and maps it
+//! writable; msync of that map then write-protects it again page by page,
+//! one TLB shootdown after another. A `pwrite` of a whole page into a
+//! preallocated (unwritten) extent copies the bytes into a new page
+//! without zeroing it first, there is no fault, and `fdatasync` has no
+//! mapping to write-protect.
 //!
 //! # Why this is sound
 //!
 //! The read map carries a *published end*, an atomic byte position. The
 //! invariant is: **bytes below the published end are never written again
-//! through any map while a [`ReadMap`] exists; bytes at or above it are
-//! touched only by the one [`Writer`].**
+//! while a [`ReadMap`] exists; bytes at or above it are written only by the
+//! one [`Writer`].**
 //!
 //! * [`Writer`] is created together with its [`ReadMap`] and cannot be
 //!   cloned, so there is at most one writer per file. It checks every write
 //!   against the published end and refuses writes below it.
 //! * [`Writer::publish`] moves the end forward with a `Release` store after
 //!   the bytes were written; [`ReadMap::published`] loads it with `Acquire`,
-//!   so a reader that sees the new end also sees the bytes.
+//!   so a reader that sees the new end also sees the bytes (the write
+//!   system call returned before the store, and the map shows the same
+//!   pages the call wrote).
 //! * [`ReadMap::slice`] only forms a `&[u8]` over `[start, end)` with
 //!   `end <= published end`, so no reference ever covers a byte that is
-//!   being written. The writer never forms a reference over the whole map
-//!   either: it copies with raw pointers, and its only `&[u8]`
-//!   ([`Writer::unpublished`]) borrows `&self`, which excludes its own
-//!   writes for as long as the slice lives.
+//!   being written. The writer's only `&[u8]` ([`Writer::unpublished`])
+//!   borrows `&self`, while every write takes `&mut self`, so the file
+//!   bytes under that slice cannot change for as long as it lives.
 //! * The published end never moves backwards, and the module never
 //!   truncates or shrinks the file, so a mapped page is never cut off
 //!   (which would be SIGBUS). Callers must likewise never shrink a mapped
@@ -36,25 +52,14 @@
 //!
 //! What this module cannot defend against is another process writing or
 //! truncating the file; the log directory is owned by one broker.
-//!
-//! # Prefaulting
-//!
-//! The first write to each page of a fresh segment faults: the kernel finds
-//! (and zero-fills) a page-cache page and maps it writable. On the
-//! appender's thread that costs about as much as the copy itself, so
-//! [`Writer::prefault_ahead`] asks one process-wide thread to fault the
-//! next few MiB in ahead of the writer (`MADV_POPULATE_WRITE`, which maps
-//! pages without changing their contents). It is only a hint: if the
-//! writer gets there first, it takes the faults itself.
 #![allow(unsafe_code)]
 
 use std::fs::File;
-use std::io;
+use std::io::{self, IoSlice};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Sender, channel};
-use std::sync::{Arc, OnceLock};
 
-use memmap2::{Mmap, MmapOptions, MmapRaw};
+use memmap2::{Mmap, MmapOptions};
 
 /// The read-only map of a segment, shared by readers.
 #[derive(Debug)]
@@ -65,78 +70,25 @@ pub(crate) struct ReadMap {
     published: AtomicU64,
 }
 
-/// The writable map of a segment, owned by the single appender.
+/// The writer of a segment file, owned by the single appender.
 #[derive(Debug)]
 pub(crate) struct Writer {
-    raw: Arc<MmapRaw>,
     read: Arc<ReadMap>,
-    /// The mapped file, for syncing it once the write map is gone.
     file: Arc<File>,
-    /// Everything below this was handed to the prefault thread.
-    prefaulted: u64,
 }
 
-/// How far ahead of the write position pages are faulted in.
-const PREFAULT_AHEAD: u64 = 8 << 20;
-/// The unit of one prefault request.
-const PREFAULT_CHUNK: u64 = 2 << 20;
-
-type PrefaultRequest = (Arc<MmapRaw>, u64, u64);
-
-/// The process-wide prefault thread, started on first use. `None` if it
-/// could not be started: prefaulting is only an optimisation.
-fn prefaulter() -> Option<&'static Sender<PrefaultRequest>> {
-    static PREFAULTER: OnceLock<Option<Sender<PrefaultRequest>>> = OnceLock::new();
-    PREFAULTER
-        .get_or_init(|| {
-            let (tx, rx) = channel::<PrefaultRequest>();
-            std::thread::Builder::new()
-                .name("ferry-prefault".into())
-                .spawn(move || {
-                    for (raw, start, end) in rx {
-                        // Advice only; an error (an old kernel without
-                        // MADV_POPULATE_WRITE, memory pressure) just leaves
-                        // the faults to the writer.
-                        let _ = raw.advise_range(
-                            memmap2::Advice::PopulateWrite,
-                            start as usize,
-                            (end - start) as usize,
-                        );
-                    }
-                })
-                .ok()
-                .map(|_| tx)
-        })
-        .as_ref()
-}
-
-/// A clonable handle that can msync ranges of the writable map, used by the
-/// flusher thread while the appender keeps writing above the range.
+/// A clonable handle that syncs the segment file, used by the flusher
+/// thread while the appender keeps writing above what it syncs.
 #[derive(Debug, Clone)]
 pub(crate) struct FlushHandle {
-    raw: Arc<MmapRaw>,
-}
-
-/// A segment that will not be written again: its write map, still mapped,
-/// and its file.
-#[derive(Debug)]
-pub(crate) struct Sealer {
-    raw: Arc<MmapRaw>,
     file: Arc<File>,
 }
 
-impl Sealer {
-    /// Unmaps the write map and returns the file. Syncing the file after
-    /// that (fdatasync) writes its dirty pages back without write-protecting
-    /// a writable mapping page by page, which costs an msync through a
-    /// live write map one TLB-shootdown IPI after another.
-    pub(crate) fn unmap(self) -> Arc<File> {
-        drop(self.raw);
-        self.file
-    }
-}
+/// Zeros to write from: [`Writer::zero`] writes a chunk of these at a time.
+static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
 
-/// Maps `file` (opened read-write, `len` bytes long) twice.
+/// Maps `file` (opened read-write, `len` bytes long) read-only, and returns
+/// the map with the one writer of the file.
 ///
 /// `published` is the initial end: bytes below it are immutable from now on.
 pub(crate) fn map_writable(
@@ -145,14 +97,11 @@ pub(crate) fn map_writable(
     published: u64,
 ) -> io::Result<(Arc<ReadMap>, Writer)> {
     let read = Arc::new(map_read_only(file, len, published)?);
-    let raw = MmapOptions::new().len(to_usize(len)?).map_raw(file)?;
     Ok((
         read.clone(),
         Writer {
-            raw: Arc::new(raw),
             read,
             file: Arc::new(file.try_clone()?),
-            prefaulted: published.min(len),
         },
     ))
 }
@@ -238,19 +187,16 @@ impl Writer {
         &self.read
     }
 
-    /// Gives up writing: what is left is the file and the write map, to be
-    /// dropped by [`Sealer::unmap`] on the thread that syncs the file.
-    pub(crate) fn into_sealer(self) -> Sealer {
-        Sealer {
-            raw: self.raw,
-            file: self.file,
-        }
+    /// Gives up writing: what is left is the file, to be synced one last
+    /// time when the segment is sealed.
+    pub(crate) fn into_file(self) -> Arc<File> {
+        self.file
     }
 
-    /// A handle for msync.
+    /// A handle for syncing the file.
     pub(crate) fn flush_handle(&self) -> FlushHandle {
         FlushHandle {
-            raw: self.raw.clone(),
+            file: self.file.clone(),
         }
     }
 
@@ -266,19 +212,31 @@ impl Writer {
         Ok(())
     }
 
-    /// Copies `data` to `pos`, which must be at or above the published end.
-    pub(crate) fn write(&mut self, pos: u64, data: &[u8]) -> io::Result<()> {
-        self.check_unpublished(pos, data.len())?;
-        // SAFETY: the range is inside the mapping and at or above the
-        // published end, so no reader references it, and `&mut self` on the
-        // only writer means no other write or `unpublished` slice is live.
-        // The source is a separate allocation, so the ranges do not overlap.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                data.as_ptr(),
-                self.raw.as_mut_ptr().add(pos as usize),
-                data.len(),
-            );
+    /// Writes `parts`, one after the other, at `pos`, which must be at or
+    /// above the published end: one `pwritev`, unless the kernel writes
+    /// less than asked (then the rest follows).
+    pub(crate) fn write_parts(&mut self, pos: u64, parts: &[&[u8]]) -> io::Result<()> {
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        self.check_unpublished(pos, total)?;
+        let mut done = 0usize;
+        while done < total {
+            // The parts not yet written, the first one cut at `done`.
+            let mut skip = done;
+            let mut slices = Vec::with_capacity(parts.len());
+            for part in parts {
+                if skip >= part.len() {
+                    skip -= part.len();
+                    continue;
+                }
+                slices.push(IoSlice::new(&part[skip..]));
+                skip = 0;
+            }
+            match rustix::io::pwritev(&*self.file, &slices, pos + done as u64) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => done += n,
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+            }
         }
         Ok(())
     }
@@ -286,45 +244,32 @@ impl Writer {
     /// Zeroes `len` bytes at `pos`, which must be at or above the published end.
     pub(crate) fn zero(&mut self, pos: u64, len: usize) -> io::Result<()> {
         self.check_unpublished(pos, len)?;
-        // SAFETY: as in `write`.
-        unsafe {
-            std::ptr::write_bytes(self.raw.as_mut_ptr().add(pos as usize), 0, len);
+        let mut at = 0;
+        while at < len {
+            let n = (len - at).min(ZEROS.len());
+            self.write_parts(pos + at as u64, &[&ZEROS[..n]])?;
+            at += n;
         }
         Ok(())
     }
 
     /// Bytes `[start, end)` at or above the published end, for recovery to
-    /// inspect before publishing them.
+    /// inspect before publishing them. They are read through the read map.
     pub(crate) fn unpublished(&self, start: u64, end: u64) -> Option<&[u8]> {
         if start < self.read.published() || start > end || end > self.read.len {
             return None;
         }
-        // SAFETY: inside the mapping; readers never touch bytes at or above
-        // the published end, and writes need `&mut self`, which the borrow
-        // of `self` held by the returned slice excludes.
+        let Some(map) = &self.read.map else {
+            return Some(&[]);
+        };
+        // SAFETY: `end <= len`, so the range is inside the mapping. Readers
+        // never touch bytes at or above the published end, and only this
+        // writer writes them, through methods that take `&mut self`; the
+        // borrow of `self` held by the returned slice excludes those, so
+        // the bytes do not change while the slice lives.
         Some(unsafe {
-            std::slice::from_raw_parts(
-                self.raw.as_ptr().add(start as usize),
-                (end - start) as usize,
-            )
+            std::slice::from_raw_parts(map.as_ptr().add(start as usize), (end - start) as usize)
         })
-    }
-
-    /// Asks the prefault thread to fault in the pages up to
-    /// [`PREFAULT_AHEAD`] bytes past `pos`, the next write position.
-    /// Requests go out a [`PREFAULT_CHUNK`] at a time, or whatever is left
-    /// before the end of the map.
-    pub(crate) fn prefault_ahead(&mut self, pos: u64) {
-        // The writer may have overtaken the prefault thread.
-        let start = self.prefaulted.max(pos);
-        let want = pos.saturating_add(PREFAULT_AHEAD).min(self.read.len);
-        if want <= start || (want - start < PREFAULT_CHUNK && want < self.read.len) {
-            return;
-        }
-        if let Some(tx) = prefaulter() {
-            let _ = tx.send((self.raw.clone(), start, want));
-        }
-        self.prefaulted = want;
     }
 
     /// Publishes every byte below `end` to readers. `end` never decreases.
@@ -335,12 +280,14 @@ impl Writer {
 }
 
 impl FlushHandle {
-    /// msync(MS_SYNC) of `[start, end)`: returns once those bytes are on disk.
+    /// Makes `[start, end)` durable: `fdatasync` of the file, which returns
+    /// once every dirty page of it (a superset of the range) and the
+    /// metadata needed to read them back are on disk.
     pub(crate) fn flush_range(&self, start: u64, end: u64) -> io::Result<()> {
         if end <= start {
             return Ok(());
         }
-        self.raw.flush_range(start as usize, (end - start) as usize)
+        rustix::fs::fdatasync(&*self.file).map_err(io::Error::from)
     }
 }
 
@@ -366,38 +313,30 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = sized_file(dir.path(), 4096);
         let (read, mut writer) = map_writable(&file, 4096, 0).unwrap();
-        writer.write(0, b"hello").unwrap();
+        writer.write_parts(0, &[b"hello"]).unwrap();
         assert!(read.slice(0, 5).is_none());
         writer.publish(5);
         assert_eq!(read.slice(0, 5).unwrap(), b"hello");
-        assert!(writer.write(4, b"x").is_err());
-        assert!(writer.write(4095, b"xy").is_err());
+        assert!(writer.write_parts(4, &[b"x"]).is_err());
+        assert!(writer.write_parts(4095, &[b"xy"]).is_err());
         let owned = MapSlice::new(read.clone(), 1, 5).unwrap();
         drop(writer);
         assert_eq!(owned.as_ref(), b"ello");
     }
 
     #[test]
-    fn prefault_requests_run_a_chunk_at_a_time_and_stop_at_the_end_of_the_map() {
+    fn parts_land_in_order_and_the_map_shows_what_was_written() {
         let dir = tempfile::tempdir().unwrap();
-        let len = PREFAULT_AHEAD * 2;
-        let file = sized_file(dir.path(), len);
-        let (_read, mut writer) = map_writable(&file, len, 0).unwrap();
-        writer.prefault_ahead(0);
-        assert_eq!(writer.prefaulted, PREFAULT_AHEAD);
-        // Less than a chunk of new ground: no request.
-        writer.prefault_ahead(PREFAULT_CHUNK - 1);
-        assert_eq!(writer.prefaulted, PREFAULT_AHEAD);
-        writer.prefault_ahead(PREFAULT_CHUNK);
-        assert_eq!(writer.prefaulted, PREFAULT_AHEAD + PREFAULT_CHUNK);
-        // Near the end, the rest of the map goes out even if it is short.
-        writer.prefault_ahead(len - 1);
-        assert_eq!(writer.prefaulted, len);
-        writer.prefault_ahead(len);
-        assert_eq!(writer.prefaulted, len);
-        // Pages faulted in keep their contents.
-        writer.write(0, b"abc").unwrap();
-        writer.prefault_ahead(3);
-        assert_eq!(writer.unpublished(0, 3).unwrap(), b"abc");
+        let file = sized_file(dir.path(), 8192);
+        let (read, mut writer) = map_writable(&file, 8192, 0).unwrap();
+        writer.write_parts(4090, &[b"abc", b"", b"defgh"]).unwrap();
+        assert_eq!(writer.unpublished(4090, 4098).unwrap(), b"abcdefgh");
+        writer.zero(4091, 2).unwrap();
+        assert_eq!(writer.unpublished(4090, 4098).unwrap(), b"a\0\0defgh");
+        assert!(writer.write_parts(8190, &[b"ab", b"c"]).is_err());
+        writer.publish(4098);
+        assert_eq!(&read.slice(4090, 4098).unwrap()[3..], b"defgh");
+        assert!(writer.unpublished(4097, 4098).is_none());
+        writer.flush_handle().flush_range(0, 4098).unwrap();
     }
 }

@@ -3,14 +3,17 @@
 //!
 //! # Crash safety
 //!
-//! * Bytes are appended with a memcpy into the write map, above the
-//!   published end (see [`crate::mmap`]); a crash can lose or tear any of
-//!   them that were not yet flushed, in any order at page granularity.
-//! * The file is preallocated with `fallocate` before it is mapped, so a
-//!   write fault never needs a new disk block: a full disk fails the
-//!   segment roll with an error instead of killing the process with SIGBUS
-//!   inside the memcpy. On a filesystem without `fallocate`, `set_len`
-//!   makes a sparse file and that guarantee is lost (documented).
+//! * Bytes are appended with `pwritev` into the file, above the published
+//!   end (see [`crate::mmap`]); a crash can lose or tear any of them that
+//!   were not yet flushed, in any order at page granularity.
+//! * The file is preallocated with `fallocate` before it is mapped, so an
+//!   append never needs a new disk block: a full disk fails the segment
+//!   roll, before anything was acked into the new segment, rather than an
+//!   append in the middle of it. (On a filesystem without `fallocate`,
+//!   `set_len` makes a sparse file, and a full disk fails that append with
+//!   the write's error instead.) The read map covers the whole preallocated
+//!   length, which never shrinks, so reading it never faults past the end
+//!   of the file.
 //! * Recovery ([`scan`]) accepts a batch only if its header and CRC are
 //!   valid ([`check_framing`]), it lies inside the file, its leader epoch is
 //!   the broker's (the CRC covers neither it nor the base offset), and its
@@ -338,7 +341,7 @@ static ZERO_CHUNK: [u8; ZERO_CHECK_CHUNK_BYTES as usize] = [0; ZERO_CHECK_CHUNK_
 /// `bytes` (at most one chunk) are all zero. A slice comparison is a
 /// memcmp, which stays fast in unoptimised builds too: a byte loop there
 /// made every open of a 64 MiB segment take a tenth of a second, as it
-/// reads the megabytes of zeros that readahead and prefaulting cached.
+/// reads the megabytes of zeros that readahead cached.
 fn all_zero(bytes: &[u8]) -> bool {
     match ZERO_CHUNK.get(..bytes.len()) {
         Some(zeros) => bytes == zeros,
@@ -396,7 +399,7 @@ pub struct TailReset {
 /// Only the regions SEEK_DATA reports can hold anything but zeros; they
 /// are read first to find the last non-zero byte. If there is none, the
 /// partial page at `from` needs nothing. Otherwise it is checked and zeroed
-/// through the map. If SEEK_DATA reports anything beyond that page (torn
+/// with writes. If SEEK_DATA reports anything beyond that page (torn
 /// writes, or just pages that readahead pulled into the page cache), the
 /// rest is reset with `fallocate(FALLOC_FL_ZERO_RANGE)`, which turns it
 /// back into unwritten extents and drops its cached pages without reading
@@ -405,7 +408,7 @@ pub struct TailReset {
 /// that reading them here triggers) would make them count as data at the
 /// next open, which would read more each time (one readahead window per
 /// open). Without ZERO_RANGE support, falls back to zeroing the non-zero
-/// chunks through the map.
+/// chunks with writes.
 pub fn zero_tail(
     file: &File,
     path: &Path,
@@ -467,7 +470,7 @@ fn last_nonzero(writer: &Writer, regions: &[(u64, u64)]) -> Option<u64> {
     None
 }
 
-/// Zeroes, through the map, the non-zero chunks of `[from, to)` and
+/// Zeroes, with writes, the non-zero chunks of `[from, to)` and
 /// flushes them. Returns the bytes zeroed.
 fn zero_nonzero(
     file: &File,
@@ -485,7 +488,7 @@ fn zero_nonzero(
             .map_err(|e| StorageError::io("zero torn tail", path, e))?;
         handle
             .flush_range(start, end)
-            .map_err(|e| StorageError::io("msync zeroed tail", path, e))?;
+            .map_err(|e| StorageError::io("fdatasync zeroed tail", path, e))?;
         zeroed += end - start;
     }
     Ok(zeroed)
@@ -757,7 +760,7 @@ impl Segment {
     }
 }
 
-/// msync of `[start, end)` of a segment. The failpoint lets tests make a
+/// Makes `[start, end)` of a segment durable (fdatasync). The failpoint lets tests make a
 /// flush fail.
 pub fn flush_range(
     handle: &FlushHandle,
@@ -766,13 +769,13 @@ pub fn flush_range(
     end: u64,
 ) -> Result<(), StorageError> {
     fail::fail_point!("storage::flush", |_| Err(StorageError::io(
-        "msync",
+        "fdatasync",
         path,
         std::io::Error::other("injected flush failure")
     )));
     handle
         .flush_range(start, end)
-        .map_err(|e| StorageError::io("msync", path, e))
+        .map_err(|e| StorageError::io("fdatasync", path, e))
 }
 
 /// Deletes a segment's `.log` then its `.index`; a file already gone is

@@ -2,10 +2,10 @@
 //!
 //! # Crash safety
 //!
-//! `durable_offset` only advances after an msync covering every byte below
+//! `durable_offset` only advances after an fdatasync covering every byte below
 //! it has succeeded. A roll does not wait for the disk: it creates the next
 //! segment and queues the old one for sealing. The flusher thread seals
-//! queued segments in order (msync all of it, then write its final index)
+//! queued segments in order (fdatasync the file, then write its final index)
 //! before it flushes the active segment, so a flush of the active segment
 //! still vouches for the whole log below it. Recovery treats a segment
 //! whose seal did not finish like an active segment (see
@@ -24,6 +24,7 @@
 //! checkpoint never vouches for data a crash could still lose; a failed
 //! checkpoint write only makes the next recovery scan more.
 
+use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -40,8 +41,8 @@ use super::{Appender, Inner, new_segment, open_rw};
 /// A rolled segment waiting for its final flush and index.
 pub(super) struct Sealing {
     seg: Arc<Segment>,
-    /// Taken by the seal, which unmaps it and syncs the file.
-    sealer: Option<mmap::Sealer>,
+    /// The segment file, synced one last time by the seal.
+    file: Arc<File>,
     target: DurablePoint,
 }
 
@@ -114,27 +115,21 @@ impl Inner {
         }
     }
 
-    /// Seals the queued segments, oldest first: unmap the write map,
-    /// fdatasync the file, write its final index, advance the watermark to
+    /// Seals the queued segments, oldest first: fdatasync the file, write its final index, advance the watermark to
     /// its end. The caller holds `flush_lock`, so one thread at a time
     /// seals.
     fn seal_queued(&self) -> Result<(), StorageError> {
         loop {
             self.check_failed()?;
             fail::fail_point!("storage::seal");
-            let Some((seg, sealer, target)) = self
+            let Some((seg, file, target)) = self
                 .sealing
                 .lock()
-                .front_mut()
-                .map(|s| (s.seg.clone(), s.sealer.take(), s.target))
+                .front()
+                .map(|s| (s.seg.clone(), s.file.clone(), s.target))
             else {
                 return Ok(());
             };
-            // `None` only if an earlier attempt failed, which failed the log.
-            let Some(sealer) = sealer else {
-                return self.check_failed();
-            };
-            let file = sealer.unmap();
             if let Err(e) = segment::sync_file(&file, &seg.log_path) {
                 return Err(self.fail(&e));
             }
@@ -149,7 +144,7 @@ impl Inner {
         }
     }
 
-    /// One group commit: seal the rolled segments, msync everything the
+    /// One group commit: seal the rolled segments, sync everything the
     /// active segment published since the last flush, then advance the
     /// watermark. With `force`, the checkpoint is written even if the
     /// interval has not passed.
@@ -224,11 +219,11 @@ impl Inner {
                 .is_some_and(|last| Arc::ptr_eq(last, &old)),
             "only the last segment is written; every one before it is sealed"
         );
-        // The seal unmaps the write map, off this thread: a munmap here
-        // measurably slowed appends.
+        // The seal syncs the old file off this thread, so appends to the
+        // new segment do not wait for it.
         self.sealing.lock().push_back(Sealing {
             seg: old,
-            sealer: Some(old_writer.into_sealer()),
+            file: old_writer.into_file(),
             target,
         });
         self.segments.write().push(new_seg);

@@ -5,13 +5,13 @@
 //! # Concurrency
 //!
 //! * One appender at a time, serialised by `Inner::appender` (a mutex held
-//!   only for the memcpy and bookkeeping of one batch).
+//!   only for the write and bookkeeping of one batch).
 //! * Readers take no lock on the data path beyond a brief read lock on the
 //!   segment list (to clone an `Arc`) and on the sparse index; they read
 //!   below each segment's atomically published end.
 //! * The flusher thread (policies `Always` and `Interval`) and explicit
 //!   [`Log::flush`] serialise on `Inner::flush_lock`, take the appender lock
-//!   only to snapshot what to flush, and msync without holding it, so
+//!   only to snapshot what to flush, and fdatasync without holding it, so
 //!   appends continue during a flush: that is the group commit.
 //! * Lock order: `flush_lock` → `appender` → `segments` / a segment's
 //!   `checkpoint` → a segment's `entries` / `durable`. The flusher never
@@ -19,9 +19,9 @@
 //!
 //! # Crash safety
 //!
-//! An append is a memcpy above the segment's published end and makes no
+//! An append is a write above the segment's published end and makes no
 //! promise until `durable_offset` passes it; what makes that promise true
-//! (msync before the watermark moves, seals in roll order, no retry after a
+//! (fdatasync before the watermark moves, seals in roll order, no retry after a
 //! failed flush) is in [`flusher`], and what a crash can leave behind and
 //! how open cuts it back to a valid prefix is in [`recovery`]. See
 //! `docs/format.md` for the crash analysis of each step.
@@ -228,14 +228,14 @@ impl Log {
         }
         let pos = app.writer.read_map().published();
         let seg = app.active.clone();
-        // The batch as sent, then its patched prefix: the base offset and
-        // the leader epoch, which the CRC does not cover.
+        // The patched prefix (the base offset and the leader epoch, which
+        // the CRC does not cover), then the rest of the batch as sent: one
+        // write.
         let mut prefix = [0u8; PATCHED_PREFIX];
         prefix.copy_from_slice(&bytes[..PATCHED_PREFIX]);
         patch_base_offset(&mut prefix, base);
         app.writer
-            .write(pos, bytes)
-            .and_then(|()| app.writer.write(pos, &prefix))
+            .write_parts(pos, &[&prefix, &bytes[PATCHED_PREFIX..]])
             .map_err(|e| StorageError::io("append", &seg.log_path, e))?;
         index_batch(
             &seg,
@@ -251,7 +251,6 @@ impl Log {
             .fetch_max(header.max_timestamp, Ordering::Relaxed);
         seg.next_offset.store(next, Ordering::Release);
         app.writer.publish(pos + len);
-        app.writer.prefault_ahead(pos + len);
         inner.next_offset.store(next, Ordering::Release);
         inner.watch.send_modify(|w| w.next_offset = next);
         drop(app);
