@@ -5,8 +5,8 @@
 # against it until the log holds GIB GiB, and samples the broker's VmRSS,
 # RssAnon and RssFile from /proc every 20 ms. Prints, for the window of
 # +-256 MiB around 1 GiB and around each further GiB, the mean and the
-# maximum of each (KiB). RSS saws up and down with every segment (the
-# active segment's pages are mapped), so compare means and maxima, not
+# maximum of each (KiB). Only the log pages a reader touched are mapped
+# into the broker, so RSS moves with reads; compare means and maxima, not
 # single samples.
 #
 # usage: scripts/broker-memory.sh [FERRY_BINARY] [GIB] [RECORD_BYTES]
