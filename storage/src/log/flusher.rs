@@ -115,9 +115,9 @@ impl Inner {
         }
     }
 
-    /// Seals the queued segments, oldest first: fdatasync the file, write its final index, advance the watermark to
-    /// its end. The caller holds `flush_lock`, so one thread at a time
-    /// seals.
+    /// Seals the queued segments, oldest first: fdatasync the file, write
+    /// its final index, advance the watermark to its end. The caller holds
+    /// `flush_lock`, so one thread at a time seals.
     fn seal_queued(&self) -> Result<(), StorageError> {
         loop {
             self.check_failed()?;
